@@ -1,0 +1,305 @@
+//! The `instructdiffusion` command line. Each subcommand parses into clap structs (what the user
+//! typed), turns them into validated plans, runs, and reports errors once as a chain.
+
+use std::io::IsTerminal;
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::Context;
+use candle_core::{DType, Device};
+use clap::{Args, Parser, Subcommand};
+use serde_json::json;
+
+use crate::imageio;
+use crate::model::load::{self, LoadOptions, ModelSource};
+use crate::model::meta::GuidanceFormula;
+use crate::sample::pipeline::{self, EditOutcome, EditRequest};
+use crate::sample::samplers::Sampler;
+
+#[derive(Parser)]
+#[command(
+    name = "instructdiffusion",
+    version,
+    about = "Every vision task as an instructional image edit (InstructDiffusion, in Rust)"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Edit one image with an instruction.
+    Edit(EditArgs),
+}
+
+/// Where the model comes from and how it runs.
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// A diffusers folder, an LDM checkpoint (.ckpt/.safetensors), a hub id (org/name), or
+    /// "builtin" (the default: the miniature model in models/).
+    #[arg(long, default_value = "builtin")]
+    pub model: String,
+    /// A folder of diffusers config.json files describing a single-file checkpoint.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// cpu, cuda or metal.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Compute precision: f32, f16 or bf16 (f16/bf16 are for GPUs).
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
+    /// Compute attention in slices of this many heads to save memory on large images.
+    #[arg(long)]
+    pub attention_slice: Option<usize>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct EditArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// The image to edit (never modified).
+    #[arg(long)]
+    pub image: PathBuf,
+    /// The instruction, e.g. "make it snow".
+    #[arg(long)]
+    pub prompt: String,
+    /// Where to write the result (.png keeps the settings as metadata).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Sampling steps (default: the model's).
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Text guidance scale (default: the model's).
+    #[arg(long)]
+    pub text_cfg: Option<f64>,
+    /// Image guidance scale (default: the model's).
+    #[arg(long)]
+    pub image_cfg: Option<f64>,
+    /// euler-a (default), euler, heun or dpmpp-2m.
+    #[arg(long)]
+    pub sampler: Option<Sampler>,
+    /// instructdiffusion or pix2pix (default: the model's).
+    #[arg(long)]
+    pub guidance: Option<GuidanceFormula>,
+    /// Noise seed (default: random, printed and saved in the metadata).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Long side at which the model runs, a multiple of 64 (default: the model's).
+    #[arg(long)]
+    pub resolution: Option<usize>,
+    /// Keep the result at model resolution instead of resizing it to the input's size.
+    #[arg(long)]
+    pub keep_model_resolution: bool,
+    /// float32 .npy of unit-normal noise [1,4,H/8,W/8], used instead of the seeded noise.
+    #[arg(long)]
+    pub init_noise: Option<PathBuf>,
+    /// Write settings, timings and peak memory as JSON here.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// Refuse images with more pixels than this.
+    #[arg(long, default_value_t = imageio::DEFAULT_MAX_PIXELS)]
+    pub max_pixels: u64,
+}
+
+/// Runs the command line; prints an error chain and returns exit code 2 on failure.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Command::Edit(args)) => run_edit(&args),
+        None => {
+            use clap::CommandFactory;
+            let _ = Cli::command().print_help();
+            eprintln!("\n(the desktop editor is not built yet: use `instructdiffusion edit`)");
+            Ok(())
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Parses `--device`.
+pub fn parse_device(name: &str) -> anyhow::Result<Device> {
+    match name {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => {
+            Device::new_cuda(0).context("opening CUDA device 0 (built with --features cuda?)")
+        }
+        "metal" => {
+            Device::new_metal(0).context("opening the Metal device (built with --features metal?)")
+        }
+        other => anyhow::bail!("unknown device '{other}' (use cpu, cuda or metal)"),
+    }
+}
+
+/// Parses `--dtype`.
+pub fn parse_dtype(name: &str) -> anyhow::Result<DType> {
+    match name {
+        "f32" => Ok(DType::F32),
+        "f16" => Ok(DType::F16),
+        "bf16" => Ok(DType::BF16),
+        other => anyhow::bail!("unknown dtype '{other}' (use f32, f16 or bf16)"),
+    }
+}
+
+/// Loads the model named by `args`, with a download bar on stderr.
+pub fn load_model(args: &ModelArgs) -> anyhow::Result<load::Model> {
+    let source = ModelSource::parse(&args.model)?;
+    let bar = indicatif::ProgressBar::hidden();
+    if std::io::stderr().is_terminal() {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+    }
+    let shown = bar.clone();
+    let mut progress = move |file: &str, done: u64, total: u64| {
+        let bar = &shown;
+        bar.set_length(total);
+        bar.set_position(done);
+        bar.set_message(file.to_string());
+    };
+    let opts = LoadOptions {
+        device: parse_device(&args.device)?,
+        dtype: parse_dtype(&args.dtype)?,
+        config_dir: args.config.clone(),
+        attention_slice: args.attention_slice,
+        progress: Some(&mut progress),
+    };
+    let model =
+        load::load(&source, opts).with_context(|| format!("loading model '{}'", args.model))?;
+    bar.finish_and_clear();
+    Ok(model)
+}
+
+/// Peak resident memory of this process in bytes (Linux `VmHWM`), when known.
+pub fn peak_memory_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+fn read_init_noise(path: &Path, device: &Device) -> anyhow::Result<candle_core::Tensor> {
+    let t = candle_core::Tensor::read_npy(path).with_context(|| {
+        format!(
+            "reading initial noise '{}' (a float32 .npy)",
+            path.display()
+        )
+    })?;
+    if t.dtype() != DType::F32 {
+        anyhow::bail!(
+            "initial noise '{}' is {:?}, expected float32",
+            path.display(),
+            t.dtype()
+        );
+    }
+    Ok(t.to_device(device)?)
+}
+
+fn run_edit(args: &EditArgs) -> anyhow::Result<()> {
+    imageio::check_not_source(&args.out, &args.image)?;
+    let source = imageio::load_rgb(&args.image, args.max_pixels)?;
+    let t_load = Instant::now();
+    let model = load_model(&args.model)?;
+    let load_s = t_load.elapsed().as_secs_f64();
+    for note in &model.notes {
+        eprintln!("note: {note}");
+    }
+    let request = EditRequest {
+        prompt: args.prompt.clone(),
+        steps: args.steps,
+        text_cfg: args.text_cfg,
+        image_cfg: args.image_cfg,
+        sampler: args.sampler,
+        guidance: args.guidance,
+        seed: args.seed,
+        resolution: args.resolution,
+        keep_model_resolution: args.keep_model_resolution,
+    };
+    let plan = request.validate(&model)?;
+    let init_noise = match &args.init_noise {
+        Some(p) => Some(read_init_noise(p, &model.device)?),
+        None => None,
+    };
+    let bar = indicatif::ProgressBar::new(plan.steps as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} steps {elapsed_precise} eta {eta}",
+        )
+        .expect("static template"),
+    );
+    let mut on_step = |_: &pipeline::StepEvent| {
+        bar.inc(1);
+        ControlFlow::Continue(())
+    };
+    let outcome = pipeline::edit(&model, &source, &plan, init_noise.as_ref(), &mut on_step)?;
+    bar.finish_and_clear();
+    let EditOutcome::Done(edited) = outcome else {
+        anyhow::bail!("the edit was cancelled");
+    };
+    if edited.truncated_tokens > 0 {
+        eprintln!(
+            "note: the prompt is {} tokens too long for the text encoder; the end was ignored",
+            edited.truncated_tokens
+        );
+    }
+    let (mw, mh) = edited.model_size;
+    let parameters = format!(
+        "{}\nSteps: {}, Sampler: {}, CFG scale: {}, Image CFG scale: {}, Seed: {}, Size: {}x{}, Model: {}, Guidance: {}",
+        plan.prompt,
+        plan.steps,
+        plan.sampler.a1111_name(),
+        plan.text_cfg,
+        plan.image_cfg,
+        plan.seed,
+        mw,
+        mh,
+        model.source,
+        plan.guidance.name()
+    );
+    let settings = json!({ "plan": plan, "model": model.source, "model_size": [mw, mh] });
+    imageio::save(
+        &edited.image,
+        &args.out,
+        &[
+            ("parameters", parameters),
+            ("instructdiffusion", settings.to_string()),
+        ],
+    )?;
+    eprintln!(
+        "wrote '{}' (seed {}, {} steps in {:.2} s)",
+        args.out.display(),
+        plan.seed,
+        plan.steps,
+        edited.timings.total_s
+    );
+    if let Some(path) = &args.report {
+        let report = json!({
+            "settings": plan,
+            "model": model.source,
+            "model_notes": model.notes,
+            "device": args.model.device,
+            "dtype": args.model.dtype,
+            "input_size": [source.width(), source.height()],
+            "model_size": [mw, mh],
+            "output_size": [edited.image.width(), edited.image.height()],
+            "timings": {
+                "load_s": load_s,
+                "text_encode_s": edited.timings.text_encode_s,
+                "vae_encode_s": edited.timings.vae_encode_s,
+                "steps_s": edited.timings.steps_s,
+                "vae_decode_s": edited.timings.vae_decode_s,
+                "edit_total_s": edited.timings.total_s,
+            },
+            "peak_memory_bytes": peak_memory_bytes(),
+        });
+        let text = serde_json::to_string_pretty(&report)?;
+        imageio::write_atomic(path, text.as_bytes())?;
+    }
+    Ok(())
+}

@@ -1,0 +1,12 @@
+//! instructdiffusion: every vision task as an instructional image edit (Geng et al., 2023),
+//! in Rust on candle.
+//!
+//! - [`model`]: the networks (UNet, VAE, CLIP text encoder) and loading from every layout.
+//! - [`sample`]: schedules, guidance, samplers and the edit pipeline.
+//! - [`imageio`]: bounded image decoding, the resize rule, atomic writes.
+//! - [`cli`]: the `instructdiffusion` command.
+
+pub mod cli;
+pub mod imageio;
+pub mod model;
+pub mod sample;

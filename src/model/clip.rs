@@ -1,0 +1,346 @@
+//! The CLIP text encoder (transformers `CLIPTextModel`) and its tokenizer.
+//!
+//! Stable Diffusion conditions on the last hidden state after `final_layer_norm`, for 77 tokens
+//! padded with the end token; the empty prompt is the "no text" conditioning.
+//! Reference: transformers/models/clip/modeling_clip.py.
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_nn::VarBuilder;
+use serde::Deserialize;
+
+use super::nn::{self, LayerNorm};
+
+/// The MLP activation of a CLIP text model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// `x * sigmoid(1.702 x)` (OpenAI CLIP, SD 1.x).
+    QuickGelu,
+    /// Exact GELU (OpenCLIP, SD 2.x).
+    Gelu,
+}
+
+/// Architecture of a [`ClipTextModel`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClipConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub max_position_embeddings: usize,
+    pub layer_norm_eps: f64,
+    pub activation: Activation,
+}
+
+impl ClipConfig {
+    /// OpenAI CLIP ViT-L/14's text model, SD 1.5's text encoder
+    /// (openai/clip-vit-large-patch14 `config.json`, `text_config`).
+    pub fn vit_l_14() -> Self {
+        Self {
+            vocab_size: 49408,
+            hidden_size: 768,
+            intermediate_size: 3072,
+            num_hidden_layers: 12,
+            num_attention_heads: 12,
+            max_position_embeddings: 77,
+            layer_norm_eps: 1e-5,
+            activation: Activation::QuickGelu,
+        }
+    }
+}
+
+/// Mirror of transformers' `text_encoder/config.json` (`CLIPTextConfig`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct ClipConfigJson {
+    #[serde(default = "vocab")]
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    #[serde(default = "positions")]
+    pub max_position_embeddings: usize,
+    #[serde(default = "eps")]
+    pub layer_norm_eps: f64,
+    #[serde(default = "quick_gelu")]
+    pub hidden_act: String,
+}
+
+fn vocab() -> usize {
+    49408
+}
+fn positions() -> usize {
+    77
+}
+fn eps() -> f64 {
+    1e-5
+}
+fn quick_gelu() -> String {
+    "quick_gelu".into()
+}
+
+impl TryFrom<ClipConfigJson> for ClipConfig {
+    type Error = String;
+
+    fn try_from(j: ClipConfigJson) -> std::result::Result<Self, String> {
+        let activation = match j.hidden_act.as_str() {
+            "quick_gelu" => Activation::QuickGelu,
+            "gelu" => Activation::Gelu,
+            other => return Err(format!("unsupported CLIP hidden_act '{other}'")),
+        };
+        if j.num_attention_heads == 0 || j.hidden_size % j.num_attention_heads != 0 {
+            return Err(format!(
+                "CLIP hidden_size {} does not split into {} heads",
+                j.hidden_size, j.num_attention_heads
+            ));
+        }
+        Ok(Self {
+            vocab_size: j.vocab_size,
+            hidden_size: j.hidden_size,
+            intermediate_size: j.intermediate_size,
+            num_hidden_layers: j.num_hidden_layers,
+            num_attention_heads: j.num_attention_heads,
+            max_position_embeddings: j.max_position_embeddings,
+            layer_norm_eps: j.layer_norm_eps,
+            activation,
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+struct EncoderLayer {
+    layer_norm1: LayerNorm,
+    q_proj: candle_nn::Linear,
+    k_proj: candle_nn::Linear,
+    v_proj: candle_nn::Linear,
+    out_proj: candle_nn::Linear,
+    layer_norm2: LayerNorm,
+    fc1: candle_nn::Linear,
+    fc2: candle_nn::Linear,
+    heads: usize,
+    activation: Activation,
+}
+
+impl EncoderLayer {
+    fn new(cfg: &ClipConfig, vb: VarBuilder) -> Result<Self> {
+        let (d, i) = (cfg.hidden_size, cfg.intermediate_size);
+        let attn = vb.pp("self_attn");
+        Ok(Self {
+            layer_norm1: LayerNorm::new(d, cfg.layer_norm_eps, vb.pp("layer_norm1"))?,
+            q_proj: nn::linear(d, d, true, attn.pp("q_proj"))?,
+            k_proj: nn::linear(d, d, true, attn.pp("k_proj"))?,
+            v_proj: nn::linear(d, d, true, attn.pp("v_proj"))?,
+            out_proj: nn::linear(d, d, true, attn.pp("out_proj"))?,
+            layer_norm2: LayerNorm::new(d, cfg.layer_norm_eps, vb.pp("layer_norm2"))?,
+            fc1: nn::linear(d, i, true, vb.pp("mlp.fc1"))?,
+            fc2: nn::linear(i, d, true, vb.pp("mlp.fc2"))?,
+            heads: cfg.num_attention_heads,
+            activation: cfg.activation,
+        })
+    }
+
+    fn attention(&self, xs: &Tensor, causal_mask: &Tensor) -> Result<Tensor> {
+        let (b, n, d) = xs.dims3()?;
+        let dh = d / self.heads;
+        let split = |t: Tensor| -> Result<Tensor> {
+            t.reshape((b, n, self.heads, dh))?
+                .transpose(1, 2)?
+                .contiguous()
+        };
+        let scale = 1.0 / (dh as f64).sqrt();
+        let q = split((self.q_proj.forward(xs)? * scale)?)?;
+        let k = split(self.k_proj.forward(xs)?)?;
+        let v = split(self.v_proj.forward(xs)?)?;
+        let scores = q.matmul(&k.t()?)?.broadcast_add(causal_mask)?;
+        let out = nn::softmax_last_dim(&scores)?.matmul(&v)?;
+        self.out_proj
+            .forward(&out.transpose(1, 2)?.reshape((b, n, d))?)
+    }
+
+    fn forward(&self, xs: &Tensor, causal_mask: &Tensor) -> Result<Tensor> {
+        let xs = (self.attention(&self.layer_norm1.forward(xs)?, causal_mask)? + xs)?;
+        let h = self.fc1.forward(&self.layer_norm2.forward(&xs)?)?;
+        let h = match self.activation {
+            Activation::QuickGelu => (&h * candle_nn::ops::sigmoid(&(&h * 1.702)?)?)?,
+            Activation::Gelu => h.gelu_erf()?,
+        };
+        self.fc2.forward(&h)? + xs
+    }
+}
+
+/// CLIP's text transformer: token ids `(b, n)` -> hidden states `(b, n, hidden)`.
+#[derive(Debug, Clone)]
+pub struct ClipTextModel {
+    token_embedding: candle_nn::Embedding,
+    position_embedding: candle_nn::Embedding,
+    layers: Vec<EncoderLayer>,
+    final_layer_norm: LayerNorm,
+    pub config: ClipConfig,
+}
+
+impl ClipTextModel {
+    /// `vb` is rooted where `embeddings.token_embedding.weight` lives (inside `text_model.`).
+    pub fn new(cfg: &ClipConfig, vb: VarBuilder) -> Result<Self> {
+        let d = cfg.hidden_size;
+        let emb = vb.pp("embeddings");
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| EncoderLayer::new(cfg, vb.pp(format!("encoder.layers.{i}"))))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            token_embedding: candle_nn::embedding(cfg.vocab_size, d, emb.pp("token_embedding"))?,
+            position_embedding: candle_nn::embedding(
+                cfg.max_position_embeddings,
+                d,
+                emb.pp("position_embedding"),
+            )?,
+            layers,
+            final_layer_norm: LayerNorm::new(d, cfg.layer_norm_eps, vb.pp("final_layer_norm"))?,
+            config: cfg.clone(),
+        })
+    }
+
+    fn causal_mask(n: usize, dtype: DType, device: &Device) -> Result<Tensor> {
+        let mask: Vec<f32> = (0..n)
+            .flat_map(|i| (0..n).map(move |j| if j > i { f32::NEG_INFINITY } else { 0. }))
+            .collect();
+        Tensor::from_vec(mask, (n, n), device)?.to_dtype(dtype)
+    }
+
+    /// `ids`: `(b, n)` u32 token ids, `n <= max_position_embeddings`. Returns the last hidden
+    /// state after `final_layer_norm`, `(b, n, hidden)`.
+    pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        let (_, n) = ids.dims2()?;
+        if n > self.config.max_position_embeddings {
+            candle_core::bail!(
+                "{n} tokens exceed the text encoder's {} positions",
+                self.config.max_position_embeddings
+            )
+        }
+        let positions = Tensor::arange(0u32, n as u32, ids.device())?;
+        let mut xs = self
+            .token_embedding
+            .forward(ids)?
+            .broadcast_add(&self.position_embedding.forward(&positions)?)?;
+        let mask = Self::causal_mask(n, xs.dtype(), ids.device())?;
+        for layer in &self.layers {
+            xs = layer.forward(&xs, &mask)?;
+        }
+        self.final_layer_norm.forward(&xs)
+    }
+}
+
+/// CLIP's BPE tokenizer, padding and truncating to a fixed length as SD does.
+pub struct ClipTokenizer {
+    inner: tokenizers::Tokenizer,
+    end_id: u32,
+    pad_id: u32,
+    length: usize,
+}
+
+impl ClipTokenizer {
+    /// Loads a Hugging Face `tokenizer.json` holding CLIP's vocabulary.
+    pub fn from_file(path: &Path, length: usize) -> std::result::Result<Self, String> {
+        let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| e.to_string())?;
+        Self::with(inner, length)
+    }
+
+    /// The CLIP ViT-L/14 tokenizer compiled into the binary, so that every model (and folders
+    /// that ship only `vocab.json`/`merges.txt`) can tokenize without extra files.
+    pub fn bundled(length: usize) -> Self {
+        static JSON: &[u8] = include_bytes!("../../models/builtin/tokenizer/tokenizer.json");
+        let inner = tokenizers::Tokenizer::from_bytes(JSON).expect("the bundled tokenizer parses");
+        Self::with(inner, length).expect("the bundled tokenizer is CLIP's")
+    }
+
+    fn with(inner: tokenizers::Tokenizer, length: usize) -> std::result::Result<Self, String> {
+        let end_id = inner
+            .token_to_id("<|endoftext|>")
+            .ok_or("the tokenizer has no '<|endoftext|>' token (is it CLIP's?)")?;
+        Ok(Self {
+            inner,
+            end_id,
+            pad_id: end_id,
+            length,
+        })
+    }
+
+    /// Token ids of `text`: start token, at most `length - 2` text tokens, end token, then
+    /// padding to `length` (LDM's `FrozenCLIPEmbedder`: truncation, `padding="max_length"`).
+    pub fn encode(&self, text: &str) -> std::result::Result<Vec<u32>, String> {
+        let enc = self.inner.encode(text, true).map_err(|e| e.to_string())?;
+        let mut ids = enc.get_ids().to_vec();
+        if ids.len() > self.length {
+            ids.truncate(self.length - 1);
+            ids.push(self.end_id);
+        }
+        ids.resize(self.length, self.pad_id);
+        Ok(ids)
+    }
+
+    /// How many text tokens of `text` fall past the encoder's window (shown to users).
+    pub fn overflow(&self, text: &str) -> usize {
+        self.inner
+            .encode(text, true)
+            .map(|e| e.get_ids().len().saturating_sub(self.length))
+            .unwrap_or(0)
+    }
+}
+
+/// Encodes one prompt to `(1, length, hidden)` embeddings.
+pub fn embed_prompt(
+    tokenizer: &ClipTokenizer,
+    model: &ClipTextModel,
+    prompt: &str,
+    device: &Device,
+) -> Result<Tensor> {
+    let ids = tokenizer
+        .encode(prompt)
+        .map_err(|e| candle_core::Error::Msg(format!("tokenizing {prompt:?}: {e}")))?;
+    let ids = Tensor::new(ids.as_slice(), device)?.unsqueeze(0)?;
+    model.forward(&ids)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared_tokenizer() -> ClipTokenizer {
+        let p =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("models/builtin/tokenizer/tokenizer.json");
+        ClipTokenizer::from_file(&p, 77).expect("the shipped tokenizer loads")
+    }
+
+    #[test]
+    fn tokenizer_gives_the_reference_ids() {
+        let t = shared_tokenizer();
+        let ids = t.encode("a photo of a cat").unwrap();
+        assert_eq!(&ids[..7], &[49406, 320, 1125, 539, 320, 2368, 49407]);
+        assert!(ids[7..].iter().all(|&i| i == 49407));
+        assert_eq!(ids.len(), 77);
+        let empty = t.encode("").unwrap();
+        assert_eq!(empty[0], 49406);
+        assert!(empty[1..].iter().all(|&i| i == 49407));
+    }
+
+    #[test]
+    fn long_prompts_are_truncated_keeping_the_end_token() {
+        let t = shared_tokenizer();
+        let long = "cat ".repeat(100);
+        let ids = t.encode(&long).unwrap();
+        assert_eq!(ids.len(), 77);
+        assert_eq!(ids[76], 49407);
+        assert_eq!(ids[75], 2368);
+        assert_eq!(t.overflow(&long), 25);
+    }
+
+    #[test]
+    fn quick_gelu_parses_and_bad_heads_are_rejected() {
+        let j: ClipConfigJson = serde_json::from_str(
+            r#"{"hidden_size": 30, "intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 4}"#,
+        )
+        .unwrap();
+        assert!(ClipConfig::try_from(j).unwrap_err().contains("4 heads"));
+    }
+}

@@ -1,0 +1,343 @@
+//! One entry point, [`load`], for every place a model can come from: a diffusers folder, a
+//! single LDM checkpoint (`.ckpt` / `.safetensors`), a Hugging Face hub id, or the built-in
+//! model shipped in `models/`.
+//!
+//! Each source becomes three [`store::TensorStore`]s under diffusers names, so the networks only
+//! ever see one layout. Errors name the file and the tensor, and say what to try.
+
+pub mod diffusers;
+pub mod file;
+pub mod hub;
+pub mod ldm;
+pub mod store;
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device};
+use candle_nn::VarBuilder;
+
+use super::clip::{ClipConfig, ClipTextModel, ClipTokenizer};
+use super::meta::{SamplingDefaults, SchedulerConfig};
+use super::unet::{UNet2DConditionModel, UNetConfig};
+use super::vae::{AutoencoderKL, VaeConfig};
+use store::TensorStore;
+
+/// Why a model could not be loaded. Messages follow `what failed: value (hint)`.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("model '{0}' not found: not a file, a folder, nor a hub id like 'org/name'")]
+    NotFound(String),
+    #[error("reading '{path}': {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("'{dir}' is missing {what} (a diffusers model folder has unet/, vae/, text_encoder/ and tokenizer/)")]
+    MissingPart { dir: PathBuf, what: String },
+    #[error("config '{path}': {msg}")]
+    Config { path: PathBuf, msg: String },
+    #[error("weights '{path}': {msg}")]
+    Weights { path: PathBuf, msg: String },
+    #[error("loading the {what}: {msg}")]
+    Build { what: String, msg: String },
+    #[error("tokenizer '{path}': {msg}")]
+    Tokenizer { path: PathBuf, msg: String },
+    #[error("hub model '{repo}': {msg}")]
+    Hub { repo: String, msg: String },
+}
+
+impl LoadError {
+    pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
+        LoadError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// Where a model comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelSource {
+    /// The miniature model shipped in `models/builtin`.
+    Builtin,
+    /// A diffusers-layout folder.
+    Diffusers(PathBuf),
+    /// One LDM checkpoint file.
+    SingleFile(PathBuf),
+    /// A hub repository (`org/name`), or one file in it (`org/name/file.ckpt`).
+    Hub {
+        repo: String,
+        file: Option<String>,
+        revision: String,
+    },
+}
+
+impl ModelSource {
+    /// Reads what a user typed: an existing path, `builtin`, or a hub id (`org/name[@rev]`,
+    /// `org/name/file.safetensors`).
+    pub fn parse(s: &str) -> Result<Self, LoadError> {
+        let p = Path::new(s);
+        if s.is_empty() || s == "builtin" {
+            return Ok(ModelSource::Builtin);
+        }
+        if p.is_dir() {
+            return Ok(ModelSource::Diffusers(p.to_path_buf()));
+        }
+        if p.is_file() {
+            return Ok(ModelSource::SingleFile(p.to_path_buf()));
+        }
+        let (id, revision) = match s.split_once('@') {
+            Some((id, rev)) => (id, rev.to_string()),
+            None => (s, "main".to_string()),
+        };
+        let parts: Vec<&str> = id.split('/').collect();
+        let valid = |x: &str| {
+            !x.is_empty()
+                && x.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        };
+        if parts.len() >= 2 && parts.iter().all(|x| valid(x)) && !s.starts_with('.') {
+            let repo = format!("{}/{}", parts[0], parts[1]);
+            let file = (parts.len() > 2).then(|| parts[2..].join("/"));
+            return Ok(ModelSource::Hub {
+                repo,
+                file,
+                revision,
+            });
+        }
+        Err(LoadError::NotFound(s.to_string()))
+    }
+
+    /// A short description for status lines and reports.
+    pub fn describe(&self) -> String {
+        match self {
+            ModelSource::Builtin => "built-in".into(),
+            ModelSource::Diffusers(p) | ModelSource::SingleFile(p) => p.display().to_string(),
+            ModelSource::Hub { repo, file, .. } => match file {
+                Some(f) => format!("{repo}/{f}"),
+                None => repo.clone(),
+            },
+        }
+    }
+}
+
+/// A progress observer for downloads: `(file, bytes done, bytes total)`.
+pub type DownloadProgress = dyn FnMut(&str, u64, u64) + Send;
+
+/// How to load.
+pub struct LoadOptions<'a> {
+    pub device: Device,
+    pub dtype: DType,
+    /// A diffusers-style folder of `config.json` files for single-file checkpoints.
+    pub config_dir: Option<PathBuf>,
+    /// Attention slice (rows of `batch * heads` at once); `None` computes all at once.
+    pub attention_slice: Option<usize>,
+    pub progress: Option<&'a mut DownloadProgress>,
+}
+
+impl Default for LoadOptions<'_> {
+    fn default() -> Self {
+        Self {
+            device: Device::Cpu,
+            dtype: DType::F32,
+            config_dir: None,
+            attention_slice: None,
+            progress: None,
+        }
+    }
+}
+
+/// A loaded model: the three networks, the tokenizer and the sampling facts of its files.
+pub struct Model {
+    pub unet: UNet2DConditionModel,
+    pub vae: AutoencoderKL,
+    pub text_encoder: ClipTextModel,
+    pub tokenizer: ClipTokenizer,
+    pub scheduler: SchedulerConfig,
+    pub defaults: SamplingDefaults,
+    pub device: Device,
+    pub dtype: DType,
+    pub source: String,
+    /// Things the user may want to know about how the files were read.
+    pub notes: Vec<String>,
+}
+
+/// The folder of the built-in model: `$INSTRUCTDIFFUSION_MODELS/builtin`, else `models/builtin`
+/// beside the executable or in the source tree.
+pub fn builtin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("INSTRUCTDIFFUSION_MODELS") {
+        return PathBuf::from(dir).join("builtin");
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        for up in exe.ancestors().skip(1).take(4) {
+            let cand = up.join("models/builtin");
+            if cand.join("model_index.json").is_file() {
+                return cand;
+            }
+        }
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("models/builtin")
+}
+
+/// Loads a model from any [`ModelSource`].
+pub fn load(source: &ModelSource, mut opts: LoadOptions) -> Result<Model, LoadError> {
+    let mut model = match source {
+        ModelSource::Builtin => diffusers::load_folder(&builtin_dir(), &opts),
+        ModelSource::Diffusers(dir) => diffusers::load_folder(dir, &opts),
+        ModelSource::SingleFile(path) => load_single_file(path, &opts),
+        ModelSource::Hub {
+            repo,
+            file,
+            revision,
+        } => {
+            let local = hub::fetch(repo, revision, file.as_deref(), opts.progress.take())?;
+            match local {
+                hub::Fetched::Folder(dir) => diffusers::load_folder(&dir, &opts),
+                hub::Fetched::File(path) => load_single_file(&path, &opts),
+            }
+        }
+    }?;
+    model.source = source.describe();
+    Ok(model)
+}
+
+fn build_err(what: &str) -> impl Fn(candle_core::Error) -> LoadError + '_ {
+    move |e| LoadError::Build {
+        what: what.to_string(),
+        msg: e.to_string(),
+    }
+}
+
+/// Builds the three networks from their stores.
+pub(crate) fn build(
+    unet_cfg: &UNetConfig,
+    vae_cfg: &VaeConfig,
+    clip_cfg: &ClipConfig,
+    stores: [TensorStore; 3],
+    opts: &LoadOptions,
+) -> Result<(UNet2DConditionModel, AutoencoderKL, ClipTextModel), LoadError> {
+    let [unet_store, vae_store, clip_store] = stores;
+    let vb =
+        |s: TensorStore| VarBuilder::from_backend(Box::new(s), opts.dtype, opts.device.clone());
+    let clip_root = clip_store.contains("text_model.embeddings.token_embedding.weight");
+    let unet = UNet2DConditionModel::new(unet_cfg, opts.attention_slice, vb(unet_store))
+        .map_err(build_err("unet"))?;
+    let vae = AutoencoderKL::new(vae_cfg, vb(vae_store)).map_err(build_err("vae"))?;
+    let clip_vb = vb(clip_store);
+    let clip_vb = if clip_root {
+        clip_vb.pp("text_model")
+    } else {
+        clip_vb
+    };
+    let clip = ClipTextModel::new(clip_cfg, clip_vb).map_err(build_err("text encoder"))?;
+    Ok((unet, vae, clip))
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, LoadError> {
+    let text = std::fs::read_to_string(path).map_err(|e| LoadError::io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| LoadError::Config {
+        path: path.to_path_buf(),
+        msg: e.to_string(),
+    })
+}
+
+/// Loads a single LDM checkpoint, with SD 1.5's architecture unless `opts.config_dir` is set.
+fn load_single_file(path: &Path, opts: &LoadOptions) -> Result<Model, LoadError> {
+    let (mut unet_cfg, vae_cfg, clip_cfg, scheduler) = match &opts.config_dir {
+        Some(dir) => {
+            let c = diffusers::read_configs(dir)?;
+            (c.unet, c.vae, c.clip, c.scheduler)
+        }
+        None => (
+            UNetConfig::sd15_instruct(),
+            VaeConfig::sd15(),
+            ClipConfig::vit_l_14(),
+            SchedulerConfig::default(),
+        ),
+    };
+    let file = file::open(path)?;
+    let split = ldm::split(
+        path,
+        file,
+        unet_cfg.layers_per_block,
+        vae_cfg.block_out_channels.len(),
+    )?;
+    let mut notes = Vec::new();
+    if opts.config_dir.is_none() {
+        match split.unet_in_channels {
+            Some(8) | None => {}
+            Some(4) => {
+                return Err(LoadError::Weights {
+                    path: path.to_path_buf(),
+                    msg: "the UNet takes 4 input channels: this is a text-to-image Stable \
+                          Diffusion model, not an instruction-editing one (which takes 8)"
+                        .into(),
+                })
+            }
+            Some(c) => {
+                notes.push(format!("the UNet takes {c} input channels"));
+                unet_cfg.in_channels = c;
+            }
+        }
+    }
+    if split.used_ema {
+        notes.push("used the EMA weights (model_ema.*)".into());
+    }
+    let defaults = if split.used_ema {
+        SamplingDefaults::pix2pix()
+    } else {
+        SamplingDefaults::instructdiffusion()
+    };
+    let (unet, vae, text_encoder) = build(
+        &unet_cfg,
+        &vae_cfg,
+        &clip_cfg,
+        [split.unet, split.vae, split.clip],
+        opts,
+    )?;
+    let tokenizer = match &opts.config_dir {
+        Some(dir) => diffusers::tokenizer(dir, clip_cfg.max_position_embeddings, &mut notes)?,
+        None => ClipTokenizer::bundled(clip_cfg.max_position_embeddings),
+    };
+    Ok(Model {
+        unet,
+        vae,
+        text_encoder,
+        tokenizer,
+        scheduler,
+        defaults,
+        device: opts.device.clone(),
+        dtype: opts.dtype,
+        source: path.display().to_string(),
+        notes,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sources_parse() {
+        assert_eq!(ModelSource::parse("builtin").unwrap(), ModelSource::Builtin);
+        assert_eq!(
+            ModelSource::parse("timbrooks/instruct-pix2pix").unwrap(),
+            ModelSource::Hub {
+                repo: "timbrooks/instruct-pix2pix".into(),
+                file: None,
+                revision: "main".into()
+            }
+        );
+        assert_eq!(
+            ModelSource::parse("org/name/sub/model.ckpt@v2").unwrap(),
+            ModelSource::Hub {
+                repo: "org/name".into(),
+                file: Some("sub/model.ckpt".into()),
+                revision: "v2".into()
+            }
+        );
+        let err = ModelSource::parse("./no/such/file.ckpt").unwrap_err();
+        assert!(err.to_string().contains("not found"), "{err}");
+        assert!(ModelSource::parse("nonexistent.ckpt").is_err());
+    }
+}

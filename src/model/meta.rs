@@ -1,0 +1,157 @@
+//! What a model's files say about how to sample it: the noise schedule, the prediction type and
+//! the guidance formula it was trained for, with recommended defaults.
+//!
+//! diffusers keeps the schedule in `scheduler/scheduler_config.json`; the guidance formula has no
+//! standard home, so this project writes `instructdiffusion.json` beside `model_index.json`.
+//! Without it, a folder whose pipeline class is InstructPix2Pix's gets that formula.
+
+use serde::{Deserialize, Serialize};
+
+/// How the three conditional predictions are combined (formulas in `sample::guidance`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GuidanceFormula {
+    /// `0.5(i + t) + sT(c - i) + sI(c - t)` (Geng et al. 2023).
+    InstructDiffusion,
+    /// `u + sT(c - i) + sI(i - u)` (Brooks et al. 2023).
+    Pix2Pix,
+}
+
+impl GuidanceFormula {
+    pub fn name(self) -> &'static str {
+        match self {
+            GuidanceFormula::InstructDiffusion => "instructdiffusion",
+            GuidanceFormula::Pix2Pix => "pix2pix",
+        }
+    }
+}
+
+impl std::str::FromStr for GuidanceFormula {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "instructdiffusion" | "instruct-diffusion" => Ok(Self::InstructDiffusion),
+            "pix2pix" | "instructpix2pix" | "instruct-pix2pix" | "magicbrush" => Ok(Self::Pix2Pix),
+            _ => Err(format!(
+                "unknown guidance formula '{s}' (use instructdiffusion or pix2pix)"
+            )),
+        }
+    }
+}
+
+/// What the UNet predicts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PredictionType {
+    Epsilon,
+    VPrediction,
+}
+
+/// How the training betas were spaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BetaSchedule {
+    /// `linspace(sqrt(start), sqrt(end), n)^2` (SD's and LDM's "linear").
+    ScaledLinear,
+    /// `linspace(start, end, n)`.
+    Linear,
+}
+
+/// The discrete training schedule (diffusers `scheduler_config.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SchedulerConfig {
+    #[serde(default = "train_steps")]
+    pub num_train_timesteps: usize,
+    #[serde(default = "beta_start")]
+    pub beta_start: f64,
+    #[serde(default = "beta_end")]
+    pub beta_end: f64,
+    #[serde(default = "scaled_linear")]
+    pub beta_schedule: BetaSchedule,
+    #[serde(default = "epsilon")]
+    pub prediction_type: PredictionType,
+}
+
+fn train_steps() -> usize {
+    1000
+}
+fn beta_start() -> f64 {
+    0.00085
+}
+fn beta_end() -> f64 {
+    0.012
+}
+fn scaled_linear() -> BetaSchedule {
+    BetaSchedule::ScaledLinear
+}
+fn epsilon() -> PredictionType {
+    PredictionType::Epsilon
+}
+
+impl Default for SchedulerConfig {
+    /// SD 1.x's schedule, which InstructDiffusion keeps.
+    fn default() -> Self {
+        Self {
+            num_train_timesteps: 1000,
+            beta_start: 0.00085,
+            beta_end: 0.012,
+            beta_schedule: BetaSchedule::ScaledLinear,
+            prediction_type: PredictionType::Epsilon,
+        }
+    }
+}
+
+/// Sampling defaults recorded with a model (`instructdiffusion.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SamplingDefaults {
+    pub guidance: GuidanceFormula,
+    #[serde(default = "text_cfg")]
+    pub text_cfg: f64,
+    #[serde(default = "image_cfg")]
+    pub image_cfg: f64,
+    #[serde(default = "steps")]
+    pub steps: usize,
+    /// Long side, in pixels, that inputs are resized to.
+    #[serde(default = "resolution")]
+    pub resolution: usize,
+}
+
+fn text_cfg() -> f64 {
+    5.0
+}
+fn image_cfg() -> f64 {
+    1.25
+}
+fn steps() -> usize {
+    100
+}
+fn resolution() -> usize {
+    512
+}
+
+impl SamplingDefaults {
+    /// The official InstructDiffusion CLI defaults (`edit_cli.py`: 100 steps, 5.0 / 1.25, 512).
+    pub fn instructdiffusion() -> Self {
+        Self {
+            guidance: GuidanceFormula::InstructDiffusion,
+            text_cfg: 5.0,
+            image_cfg: 1.25,
+            steps: 100,
+            resolution: 512,
+        }
+    }
+
+    /// The official InstructPix2Pix defaults (100 steps, 7.5 / 1.5, 512).
+    pub fn pix2pix() -> Self {
+        Self {
+            guidance: GuidanceFormula::Pix2Pix,
+            text_cfg: 7.5,
+            image_cfg: 1.5,
+            steps: 100,
+            resolution: 512,
+        }
+    }
+}
+
+/// The file name of [`SamplingDefaults`] inside a model folder.
+pub const DEFAULTS_FILE: &str = "instructdiffusion.json";

@@ -1,0 +1,169 @@
+//! Small layers shared by the networks, chosen so that training gets gradients everywhere.
+//!
+//! candle-nn 0.11's fused `softmax_last_dim` and `layer_norm` kernels are fast but have no
+//! backward pass: a gradient reaching them silently stops. The helpers here use the fused kernel
+//! only when no gradient is being tracked (inference) and the composed, differentiable form
+//! otherwise, so one network definition serves both the editor and the trainer.
+
+use candle_core::{Module, Result, Tensor, D};
+use candle_nn::VarBuilder;
+
+/// Softmax over the last dimension; differentiable whenever `xs` tracks gradients.
+pub fn softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
+    if xs.track_op() {
+        candle_nn::ops::softmax(xs, D::Minus1)
+    } else {
+        candle_nn::ops::softmax_last_dim(xs)
+    }
+}
+
+/// `torch.nn.LayerNorm` over the last dimension (with affine weight and bias).
+#[derive(Debug, Clone)]
+pub struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f32,
+}
+
+impl LayerNorm {
+    /// Loads `weight` and `bias` of size `dim` from `vb`.
+    pub fn new(dim: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+        let weight = vb.get_with_hints(dim, "weight", candle_nn::Init::Const(1.))?;
+        let bias = vb.get_with_hints(dim, "bias", candle_nn::Init::Const(0.))?;
+        Ok(Self {
+            weight,
+            bias,
+            eps: eps as f32,
+        })
+    }
+}
+
+impl Module for LayerNorm {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let xs = xs.contiguous()?;
+        if xs.track_op() || self.weight.track_op() {
+            candle_nn::ops::layer_norm_slow(&xs, &self.weight, &self.bias, self.eps)
+        } else {
+            candle_nn::ops::layer_norm(&xs, &self.weight, &self.bias, self.eps)
+        }
+    }
+}
+
+/// A `torch.nn.Linear` layer.
+pub fn linear(
+    in_dim: usize,
+    out_dim: usize,
+    bias: bool,
+    vb: VarBuilder,
+) -> Result<candle_nn::Linear> {
+    if bias {
+        candle_nn::linear(in_dim, out_dim, vb)
+    } else {
+        candle_nn::linear_no_bias(in_dim, out_dim, vb)
+    }
+}
+
+/// A `torch.nn.Conv2d` layer with a bias, square kernel.
+pub fn conv2d(
+    in_ch: usize,
+    out_ch: usize,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+    vb: VarBuilder,
+) -> Result<candle_nn::Conv2d> {
+    let cfg = candle_nn::Conv2dConfig {
+        padding,
+        stride,
+        ..Default::default()
+    };
+    candle_nn::conv2d(in_ch, out_ch, kernel, cfg, vb)
+}
+
+/// `torch.nn.GroupNorm` with affine parameters.
+pub fn group_norm(
+    groups: usize,
+    channels: usize,
+    eps: f64,
+    vb: VarBuilder,
+) -> Result<candle_nn::GroupNorm> {
+    candle_nn::group_norm(groups, channels, eps, vb)
+}
+
+/// Scaled dot-product attention on `(batch*heads, seq, dim_head)` tensors, computed in slices
+/// of at most `slice` rows of the batch to bound the `seq x seq` score matrix in memory.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, slice: Option<usize>) -> Result<Tensor> {
+    let scale = 1.0 / (q.dim(D::Minus1)? as f64).sqrt();
+    let attend = |q: &Tensor, k: &Tensor, v: &Tensor| -> Result<Tensor> {
+        let scores = (q.matmul(&k.t()?)? * scale)?;
+        softmax_last_dim(&scores)?.matmul(v)
+    };
+    let n = q.dim(0)?;
+    match slice {
+        Some(s) if s > 0 && s < n => {
+            let mut outs = Vec::with_capacity(n.div_ceil(s));
+            for start in (0..n).step_by(s) {
+                let len = s.min(n - start);
+                outs.push(attend(
+                    &q.narrow(0, start, len)?,
+                    &k.narrow(0, start, len)?,
+                    &v.narrow(0, start, len)?,
+                )?);
+            }
+            Tensor::cat(&outs, 0)
+        }
+        _ => attend(q, k, v),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device, Var};
+
+    #[test]
+    fn layer_norm_and_softmax_pass_gradients() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Var::from_vec(vec![0.5f32, -1.0, 2.0, 0.25, 1.5, -0.5], (2, 3), &dev)?;
+        let vb = VarBuilder::zeros(DType::F32, &dev);
+        let ln = LayerNorm::new(3, 1e-5, vb)?;
+        let y = softmax_last_dim(&ln.forward(x.as_tensor())?)?;
+        // A weighted sum so that the gradient is not identically zero.
+        let w = Tensor::new(&[[1f32, 2., 3.], [3., 1., 2.]], &dev)?;
+        let grads = (y * w)?.sum_all()?.backward()?;
+        let g = grads
+            .get(x.as_tensor())
+            .expect("gradient reaches the input");
+        let total: f32 = g.abs()?.sum_all()?.to_scalar()?;
+        assert!(
+            total > 1e-4,
+            "gradient through layer norm + softmax vanished: {total}"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn fused_and_composed_forms_agree() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Tensor::new(&[[0.5f32, -1.0, 2.0, 0.25], [1.5, -0.5, 3.0, 0.0]], &dev)?;
+        let a = candle_nn::ops::softmax_last_dim(&x)?;
+        let b = candle_nn::ops::softmax(&x, D::Minus1)?;
+        let diff: f32 = (a - b)?.abs()?.max_all()?.to_scalar()?;
+        assert!(diff < 1e-6);
+        Ok(())
+    }
+
+    #[test]
+    fn sliced_attention_equals_whole() -> Result<()> {
+        let dev = Device::Cpu;
+        let q = Tensor::randn(0f32, 1., (5, 7, 4), &dev)?;
+        let k = Tensor::randn(0f32, 1., (5, 6, 4), &dev)?;
+        let v = Tensor::randn(0f32, 1., (5, 6, 3), &dev)?;
+        let whole = attention(&q, &k, &v, None)?;
+        let sliced = attention(&q, &k, &v, Some(2))?;
+        assert_eq!(sliced.dims(), &[5, 7, 3]);
+        let diff: f32 = (whole - sliced)?.abs()?.max_all()?.to_scalar()?;
+        assert!(diff < 1e-6);
+        Ok(())
+    }
+}
