@@ -119,10 +119,21 @@ pub fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_chain(&e));
             ExitCode::from(2)
         }
     }
+}
+
+/// The error and its causes on one line, candle errors without their backtraces.
+pub fn error_chain(e: &anyhow::Error) -> String {
+    e.chain()
+        .map(|cause| match cause.downcast_ref::<candle_core::Error>() {
+            Some(c) => load::error_message(c),
+            None => cause.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(": ")
 }
 
 /// Parses `--device`.
@@ -169,6 +180,7 @@ pub fn load_model(args: &ModelArgs) -> anyhow::Result<load::Model> {
         config_dir: args.config.clone(),
         attention_slice: args.attention_slice,
         progress: Some(&mut progress),
+        hub: None,
     };
     let model =
         load::load(&source, opts).with_context(|| format!("loading model '{}'", args.model))?;

@@ -31,8 +31,18 @@ fn tokenizer_matches_transformers() {
     let g = goldens(&tiny());
     let model = load_tiny("diffusers");
     for (name, text) in [("prompt", "turn the cat into a tiger"), ("empty", "")] {
-        let want: Vec<i64> = golden(&g, &format!("clip.ids.{name}")).flatten_all().unwrap().to_vec1().unwrap();
-        let got: Vec<i64> = model.tokenizer.encode(text).unwrap().into_iter().map(i64::from).collect();
+        let want: Vec<i64> = golden(&g, &format!("clip.ids.{name}"))
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let got: Vec<i64> = model
+            .tokenizer
+            .encode(text)
+            .unwrap()
+            .into_iter()
+            .map(i64::from)
+            .collect();
         assert_eq!(got, want, "{name}");
     }
 }
@@ -43,9 +53,16 @@ fn text_encoder_matches_transformers() {
     let g = goldens(&tiny());
     let model = load_tiny("diffusers");
     for name in ["prompt", "empty"] {
-        let ids = golden(&g, &format!("clip.ids.{name}")).to_dtype(DType::U32).unwrap();
+        let ids = golden(&g, &format!("clip.ids.{name}"))
+            .to_dtype(DType::U32)
+            .unwrap();
         let got = model.text_encoder.forward(&ids).unwrap();
-        assert_close!(got, golden(&g, &format!("clip.out.{name}")), COMPONENT_TOL, format!("text encoder ({name})"));
+        assert_close!(
+            got,
+            golden(&g, &format!("clip.out.{name}")),
+            COMPONENT_TOL,
+            format!("text encoder ({name})")
+        );
     }
 }
 
@@ -55,9 +72,19 @@ fn vae_matches_diffusers() {
     let g = goldens(&tiny());
     let model = load_tiny("diffusers");
     let mean = model.vae.encode_mean(&golden(&g, "vae.input")).unwrap();
-    assert_close!(mean, golden(&g, "vae.mean"), COMPONENT_TOL, "vae posterior mean");
+    assert_close!(
+        mean,
+        golden(&g, "vae.mean"),
+        COMPONENT_TOL,
+        "vae posterior mean"
+    );
     let out = model.vae.decode(&golden(&g, "vae.decode.latent")).unwrap();
-    assert_close!(out, golden(&g, "vae.decode.out"), COMPONENT_TOL, "vae decode");
+    assert_close!(
+        out,
+        golden(&g, "vae.decode.out"),
+        COMPONENT_TOL,
+        "vae decode"
+    );
 }
 
 /// diffusers `UNet2DConditionModel(sample, t, encoder_hidden_states)` with a different
@@ -68,7 +95,11 @@ fn unet_matches_diffusers_with_per_sample_timesteps() {
     let model = load_tiny("diffusers");
     let out = model
         .unet
-        .forward(&golden(&g, "unet.sample"), &golden(&g, "unet.t"), &golden(&g, "unet.context"))
+        .forward(
+            &golden(&g, "unet.sample"),
+            &golden(&g, "unet.t"),
+            &golden(&g, "unet.context"),
+        )
         .unwrap();
     assert_close!(out, golden(&g, "unet.out"), COMPONENT_TOL, "unet");
 }
@@ -91,7 +122,11 @@ impl PipelineTester {
 
     fn cond(&self) -> Conditioning {
         let m = &self.model;
-        let enc = |n: &str| m.text_encoder.forward(&golden(&self.g, n).to_dtype(DType::U32).unwrap()).unwrap();
+        let enc = |n: &str| {
+            m.text_encoder
+                .forward(&golden(&self.g, n).to_dtype(DType::U32).unwrap())
+                .unwrap()
+        };
         Conditioning {
             text: enc("clip.ids.prompt"),
             empty_text: enc("clip.ids.empty"),
@@ -120,17 +155,36 @@ impl PipelineTester {
         let mut noise = RecordedNoise::new((0..anc.dim(0).unwrap()).map(|i| anc.i(i).unwrap()));
         let init = golden(&self.g, "edit.noise");
         let what = format!("{} + {}", sampler.name(), guidance.name());
-        let sampled = pipeline::sample(&self.model, &self.cond(), &plan, Some(&init), &mut noise, &mut |_| {
-            ControlFlow::Continue(())
-        })
+        let sampled = pipeline::sample(
+            &self.model,
+            &self.cond(),
+            &plan,
+            Some(&init),
+            &mut noise,
+            &mut |_| ControlFlow::Continue(()),
+        )
         .unwrap();
-        let Sampled::Done { latent, .. } = sampled else { panic!("{what}: cancelled") };
+        let Sampled::Done { latent, .. } = sampled else {
+            panic!("{what}: cancelled")
+        };
         let key = format!("edit.{}.{}", sampler.name(), guidance.name());
-        assert_close!(latent, golden(&self.g, &format!("{key}.latent")), COMPONENT_TOL, format!("{what}: latent"));
+        assert_close!(
+            latent,
+            golden(&self.g, &format!("{key}.latent")),
+            COMPONENT_TOL,
+            format!("{what}: latent")
+        );
         let img = pipeline::decode(&self.model, &latent).unwrap();
-        let want: Vec<u8> = golden(&self.g, &format!("{key}.image")).flatten_all().unwrap().to_vec1().unwrap();
+        let want: Vec<u8> = golden(&self.g, &format!("{key}.image"))
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         let mae = mean_abs_diff(img.as_raw(), &want);
-        assert!(mae <= PIXEL_MAE_TOL, "{what}: mean absolute pixel error {mae:.3} > {PIXEL_MAE_TOL}");
+        assert!(
+            mae <= PIXEL_MAE_TOL,
+            "{what}: mean absolute pixel error {mae:.3} > {PIXEL_MAE_TOL}"
+        );
     }
 }
 

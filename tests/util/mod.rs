@@ -59,8 +59,20 @@ pub fn load_tiny(layout: &str) -> Model {
 /// How far `got` is from `want`: (max abs error, max abs error / max |want|, worst flat index).
 pub fn closeness(got: &Tensor, want: &Tensor) -> (f64, f64, usize) {
     assert_eq!(got.dims(), want.dims(), "shapes differ");
-    let g: Vec<f64> = got.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1().unwrap();
-    let w: Vec<f64> = want.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    let g: Vec<f64> = got
+        .to_dtype(DType::F64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let w: Vec<f64> = want
+        .to_dtype(DType::F64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
     let scale = w.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-12);
     let (mut worst, mut idx) = (0f64, 0usize);
     for (i, (a, b)) in g.iter().zip(&w).enumerate() {
@@ -94,7 +106,11 @@ macro_rules! assert_close {
 /// Mean absolute difference of two u8 buffers.
 pub fn mean_abs_diff(a: &[u8], b: &[u8]) -> f64 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (*x as f64 - *y as f64).abs()).sum::<f64>() / a.len() as f64
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (*x as f64 - *y as f64).abs())
+        .sum::<f64>()
+        / a.len() as f64
 }
 
 /// Runs the real binary with `args`.

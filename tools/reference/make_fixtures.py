@@ -399,6 +399,15 @@ def full(dir):
     image.save(dir / "input.png")
     g = goldens(unet, vae, clip, tok, image, torch.Generator().manual_seed(1), 4, ["euler"])
     save_file(g, str(dir / "goldens.safetensors"))
+    import time
+    times = []
+    with torch.no_grad():
+        for _ in range(3):
+            t0 = time.perf_counter()
+            unet(g["unet.sample"], g["unet.t"], encoder_hidden_states=g["unet.context"])
+            times.append(time.perf_counter() - t0)
+    print(f"pytorch {torch.__version__}, {torch.get_num_threads()} threads: SD1.5 UNet batch 3 at "
+          f"{tuple(g['unet.sample'].shape)}: median {sorted(times)[1]:.3f} s (runs {[round(t, 3) for t in times]})")
     write_diffusers(dir / "diffusers", unet, vae, clip, "StableDiffusionInstructPix2PixPipeline")
 
 

@@ -55,7 +55,7 @@ pub fn sniff(path: &Path) -> Result<Format, LoadError> {
 const CONVERT_HINT: &str = "convert it with Python: `import torch, safetensors.torch; \
 sd = torch.load(path, weights_only=True); sd = sd.get('state_dict', sd); \
 safetensors.torch.save_file({k: v.contiguous() for k, v in sd.items() if hasattr(v, 'contiguous')}, 'model.safetensors')` \
-(or re-save with `torch.save(obj, path)` from PyTorch >= 1.6)";
+(or re-save it with `torch.save(obj, path, pickle_protocol=2)`, PyTorch's default zip format)";
 
 /// Opens `path`, preferring the `state_dict` entry of a PyTorch checkpoint when present.
 pub fn open(path: &Path) -> Result<WeightsFile, LoadError> {
@@ -82,7 +82,7 @@ pub fn open(path: &Path) -> Result<WeightsFile, LoadError> {
                 other => other,
             };
             let pth = pth.map_err(|e| {
-                let msg = e.to_string();
+                let msg = super::error_message(&e);
                 if msg.contains("unknown op-code") || msg.contains("unsupported") {
                     bad(format!(
                         "unsupported pickle in the checkpoint ({msg}); {CONVERT_HINT}"

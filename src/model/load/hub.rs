@@ -46,27 +46,44 @@ const FOLDER_FILES: &[(&str, &[&str], bool)] = &[
     ("instructdiffusion.json", &[], false),
 ];
 
-fn offline() -> bool {
-    std::env::var("HF_HUB_OFFLINE")
-        .map(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
-        .unwrap_or(false)
+/// Where the hub is and where its files are cached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HubSettings {
+    /// `None` is huggingface.co.
+    pub endpoint: Option<String>,
+    /// The hub cache folder (`$HF_HOME/hub` by default).
+    pub cache_dir: PathBuf,
+    /// Use the cache only.
+    pub offline: bool,
 }
 
-fn cache() -> Cache {
-    match std::env::var_os("HF_HUB_CACHE") {
-        Some(p) => Cache::new(PathBuf::from(p)),
-        None => Cache::from_env(),
+impl HubSettings {
+    /// Reads `HF_ENDPOINT`, `HF_HUB_CACHE`, `HF_HOME` and `HF_HUB_OFFLINE` as `huggingface_hub`
+    /// does.
+    pub fn from_env() -> Self {
+        let cache_dir = match std::env::var_os("HF_HUB_CACHE") {
+            Some(p) => PathBuf::from(p),
+            None => Cache::from_env().path().clone(),
+        };
+        let offline = std::env::var("HF_HUB_OFFLINE")
+            .map(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
+            .unwrap_or(false);
+        Self {
+            endpoint: std::env::var("HF_ENDPOINT").ok().filter(|e| !e.is_empty()),
+            cache_dir,
+            offline,
+        }
     }
 }
 
-struct Forward<'a> {
+struct Forward<'b, 'a> {
     file: String,
     done: u64,
     total: u64,
-    cb: Option<&'a mut DownloadProgress>,
+    cb: Option<&'b mut DownloadProgress<'a>>,
 }
 
-impl hf_hub::api::Progress for Forward<'_> {
+impl hf_hub::api::Progress for Forward<'_, '_> {
     fn init(&mut self, size: usize, _: &str) {
         self.total = size as u64;
         self.done = 0;
@@ -94,26 +111,28 @@ enum Outcome {
 
 /// Downloads `repo`'s files at `revision` (or reads them from the cache) and returns where they
 /// are. `file` picks one checkpoint file instead of a diffusers folder.
-pub fn fetch(
+pub fn fetch<'a>(
+    hub: &HubSettings,
     repo: &str,
     revision: &str,
     file: Option<&str>,
-    mut progress: Option<&mut DownloadProgress>,
+    mut progress: Option<&'a mut DownloadProgress<'a>>,
 ) -> Result<Fetched, LoadError> {
     let err = |msg: String| LoadError::Hub {
         repo: repo.to_string(),
         msg,
     };
     let hub_repo = Repo::with_revision(repo.to_string(), RepoType::Model, revision.to_string());
-    let cached = cache().repo(hub_repo.clone());
-    let api = if offline() {
+    let cached = Cache::new(hub.cache_dir.clone()).repo(hub_repo.clone());
+    let api = if hub.offline {
         None
     } else {
-        let api = ApiBuilder::from_env()
-            .with_cache_dir(cache().path().clone())
-            .with_progress(false)
-            .build()
-            .map_err(|e| err(e.to_string()))?;
+        let mut builder =
+            ApiBuilder::from_cache(Cache::new(hub.cache_dir.clone())).with_progress(false);
+        if let Some(e) = &hub.endpoint {
+            builder = builder.with_endpoint(e.clone());
+        }
+        let api = builder.build().map_err(|e| err(e.to_string()))?;
         Some(api.repo(hub_repo))
     };
     let mut get = |name: &str| -> Result<Outcome, LoadError> {
@@ -139,10 +158,10 @@ pub fn fetch(
         }
     };
     let missing = |name: &str| {
-        err(if offline() {
+        err(if hub.offline {
             format!(
                 "'{name}' is not in the cache at '{}' and HF_HUB_OFFLINE is set",
-                cache().path().display()
+                hub.cache_dir.display()
             )
         } else {
             format!("the repository has no '{name}' (at revision '{revision}')")

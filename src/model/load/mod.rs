@@ -42,6 +42,8 @@ pub enum LoadError {
     Build { what: String, msg: String },
     #[error("tokenizer '{path}': {msg}")]
     Tokenizer { path: PathBuf, msg: String },
+    #[error("the built-in model is not in '{0}' (it lives in models/builtin of the source tree; set INSTRUCTDIFFUSION_MODELS to the models folder, or pass --model)")]
+    NoBuiltin(PathBuf),
     #[error("hub model '{repo}': {msg}")]
     Hub { repo: String, msg: String },
 }
@@ -122,7 +124,7 @@ impl ModelSource {
 }
 
 /// A progress observer for downloads: `(file, bytes done, bytes total)`.
-pub type DownloadProgress = dyn FnMut(&str, u64, u64) + Send;
+pub type DownloadProgress<'a> = dyn FnMut(&str, u64, u64) + Send + 'a;
 
 /// How to load.
 pub struct LoadOptions<'a> {
@@ -132,7 +134,9 @@ pub struct LoadOptions<'a> {
     pub config_dir: Option<PathBuf>,
     /// Attention slice (rows of `batch * heads` at once); `None` computes all at once.
     pub attention_slice: Option<usize>,
-    pub progress: Option<&'a mut DownloadProgress>,
+    pub progress: Option<&'a mut DownloadProgress<'a>>,
+    /// Hub endpoint and cache; `None` reads the `HF_*` environment variables.
+    pub hub: Option<hub::HubSettings>,
 }
 
 impl Default for LoadOptions<'_> {
@@ -143,6 +147,7 @@ impl Default for LoadOptions<'_> {
             config_dir: None,
             attention_slice: None,
             progress: None,
+            hub: None,
         }
     }
 }
@@ -182,7 +187,13 @@ pub fn builtin_dir() -> PathBuf {
 /// Loads a model from any [`ModelSource`].
 pub fn load(source: &ModelSource, mut opts: LoadOptions) -> Result<Model, LoadError> {
     let mut model = match source {
-        ModelSource::Builtin => diffusers::load_folder(&builtin_dir(), &opts),
+        ModelSource::Builtin => {
+            let dir = builtin_dir();
+            if !dir.join("unet/config.json").is_file() {
+                return Err(LoadError::NoBuiltin(dir));
+            }
+            diffusers::load_folder(&dir, &opts)
+        }
         ModelSource::Diffusers(dir) => diffusers::load_folder(dir, &opts),
         ModelSource::SingleFile(path) => load_single_file(path, &opts),
         ModelSource::Hub {
@@ -190,7 +201,14 @@ pub fn load(source: &ModelSource, mut opts: LoadOptions) -> Result<Model, LoadEr
             file,
             revision,
         } => {
-            let local = hub::fetch(repo, revision, file.as_deref(), opts.progress.take())?;
+            let settings = opts.hub.clone().unwrap_or_else(hub::HubSettings::from_env);
+            let local = hub::fetch(
+                &settings,
+                repo,
+                revision,
+                file.as_deref(),
+                opts.progress.take(),
+            )?;
             match local {
                 hub::Fetched::Folder(dir) => diffusers::load_folder(&dir, &opts),
                 hub::Fetched::File(path) => load_single_file(&path, &opts),
@@ -201,10 +219,22 @@ pub fn load(source: &ModelSource, mut opts: LoadOptions) -> Result<Model, LoadEr
     Ok(model)
 }
 
+/// A candle error as one line for users: without the backtrace candle attaches when
+/// `RUST_BACKTRACE` is set, contexts joined with ": ".
+pub fn error_message(e: &candle_core::Error) -> String {
+    use candle_core::Error as E;
+    match e {
+        E::WithBacktrace { inner, .. } => error_message(inner),
+        E::Context { inner, context } => format!("{context}: {}", error_message(inner)),
+        E::WithPath { inner, path } => format!("'{}': {}", path.display(), error_message(inner)),
+        other => other.to_string(),
+    }
+}
+
 fn build_err(what: &str) -> impl Fn(candle_core::Error) -> LoadError + '_ {
     move |e| LoadError::Build {
         what: what.to_string(),
-        msg: e.to_string(),
+        msg: error_message(&e),
     }
 }
 
@@ -294,7 +324,17 @@ fn load_single_file(path: &Path, opts: &LoadOptions) -> Result<Model, LoadError>
         &clip_cfg,
         [split.unet, split.vae, split.clip],
         opts,
-    )?;
+    )
+    .map_err(|e| match (e, &opts.config_dir) {
+        (LoadError::Build { what, msg }, None) => LoadError::Build {
+            what,
+            msg: format!(
+                "{msg} (a single file is read as Stable Diffusion 1.5; for another architecture \
+                 pass --config DIR, a folder with unet/, vae/ and text_encoder/ config.json files)"
+            ),
+        },
+        (e, _) => e,
+    })?;
     let tokenizer = match &opts.config_dir {
         Some(dir) => diffusers::tokenizer(dir, clip_cfg.max_position_embeddings, &mut notes)?,
         None => ClipTokenizer::bundled(clip_cfg.max_position_embeddings),

@@ -134,8 +134,9 @@ impl TensorStore {
         let file = self.file_of(*slot);
         let loaded = self.files[*slot].1.load(stored).map_err(|e| {
             candle_core::Error::Msg(format!(
-                "reading tensor '{stored}' from '{}': {e} (the file may be truncated or corrupt)",
-                file.display()
+                "reading tensor '{stored}' from '{}': {} (the file may be truncated or corrupt)",
+                file.display(),
+                super::error_message(&e)
             ))
         })?;
         loaded.ok_or_else(|| {

@@ -1,0 +1,324 @@
+//! Loading from every source, and every way a weights file can be wrong: each error must name
+//! the file and the tensor and say what to do.
+
+mod util;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use candle_core::{DType, Device, Tensor};
+use instructdiffusion::model::load::hub::HubSettings;
+use instructdiffusion::model::load::{self, LoadOptions, ModelSource};
+use util::*;
+
+fn load_err(source: ModelSource, config_dir: Option<PathBuf>) -> String {
+    let opts = LoadOptions {
+        config_dir,
+        ..Default::default()
+    };
+    match load::load(&source, opts) {
+        Ok(_) => panic!("loading {source:?} should fail"),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dst = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dst);
+        } else {
+            std::fs::copy(e.path(), dst).unwrap();
+        }
+    }
+}
+
+/// Rewrites the tiny UNet weights after `edit` changes the tensor map.
+fn tiny_folder_with(
+    edit: impl FnOnce(&mut std::collections::HashMap<String, Tensor>),
+) -> tempfile::TempDir {
+    let tmp = tempdir();
+    copy_dir(&tiny().join("diffusers"), tmp.path());
+    let path = tmp.path().join("unet/diffusion_pytorch_model.safetensors");
+    let mut ts = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+    edit(&mut ts);
+    candle_core::safetensors::save(&ts, &path).unwrap();
+    tmp
+}
+
+#[test]
+fn missing_tensor_is_named_with_its_file() {
+    let tmp = tiny_folder_with(|ts| {
+        ts.remove("down_blocks.1.attentions.0.proj_out.weight");
+    });
+    let err = load_err(ModelSource::Diffusers(tmp.path().into()), None);
+    assert!(
+        err.contains("missing tensor 'down_blocks.1.attentions.0.proj_out.weight'"),
+        "{err}"
+    );
+    assert!(err.contains("diffusion_pytorch_model.safetensors"), "{err}");
+}
+
+#[test]
+fn mis_shaped_tensor_reports_expected_and_found() {
+    let tmp = tiny_folder_with(|ts| {
+        ts.insert(
+            "conv_in.weight".into(),
+            Tensor::zeros((16, 4, 3, 3), DType::F16, &Device::Cpu).unwrap(),
+        );
+    });
+    let err = load_err(ModelSource::Diffusers(tmp.path().into()), None);
+    assert!(
+        err.contains("'conv_in.weight'")
+            && err.contains("expected shape [16, 8, 3, 3], found [16, 4, 3, 3]"),
+        "{err}"
+    );
+}
+
+#[test]
+fn truncated_files_are_reported_not_panicked_on() {
+    let tmp = tempdir();
+    for name in ["ldm.safetensors", "ldm-ema.ckpt"] {
+        let bytes = std::fs::read(tiny().join(name)).unwrap();
+        let cut = tmp.path().join(name);
+        std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+        let err = load_err(ModelSource::SingleFile(cut), Some(tiny().join("diffusers")));
+        assert!(
+            err.contains(name) && err.contains("truncated"),
+            "{name}: {err}"
+        );
+    }
+}
+
+#[test]
+fn sd15_is_assumed_without_config_and_shapes_are_checked() {
+    let err = load_err(
+        ModelSource::SingleFile(tiny().join("ldm.safetensors")),
+        None,
+    );
+    assert!(
+        err.contains("ldm.safetensors") && err.contains("expected shape"),
+        "{err}"
+    );
+}
+
+#[test]
+fn unsupported_pickles_say_how_to_convert() {
+    let bad = fixtures().join("bad");
+    let err = load_err(ModelSource::SingleFile(bad.join("legacy.ckpt")), None);
+    assert!(
+        err.contains("legacy (non-zip) PyTorch serialization") && err.contains("safetensors"),
+        "{err}"
+    );
+    let err = load_err(ModelSource::SingleFile(bad.join("protocol4.ckpt")), None);
+    assert!(
+        err.contains("protocol4.ckpt") && err.contains("safetensors"),
+        "{err}"
+    );
+}
+
+#[test]
+fn random_bytes_and_wrong_files_are_refused() {
+    let tmp = tempdir();
+    let junk = tmp.path().join("model.ckpt");
+    std::fs::write(&junk, b"definitely not a checkpoint").unwrap();
+    let err = load_err(ModelSource::SingleFile(junk), None);
+    assert!(
+        err.contains("not a safetensors file nor a PyTorch zip checkpoint"),
+        "{err}"
+    );
+    // A diffusers component file is not a whole LDM checkpoint.
+    let unet = tiny().join("diffusers/unet/diffusion_pytorch_model.safetensors");
+    let err = load_err(ModelSource::SingleFile(unet), None);
+    assert!(err.contains("not an LDM checkpoint"), "{err}");
+}
+
+#[test]
+fn broken_folders_name_what_is_missing() {
+    let tmp = tempdir();
+    copy_dir(&tiny().join("diffusers"), tmp.path());
+    std::fs::write(tmp.path().join("vae/config.json"), "{ not json").unwrap();
+    let err = load_err(ModelSource::Diffusers(tmp.path().into()), None);
+    assert!(
+        err.contains("vae/config.json") || err.contains("vae"),
+        "{err}"
+    );
+    std::fs::remove_file(tmp.path().join("unet/config.json")).unwrap();
+    let err = load_err(ModelSource::Diffusers(tmp.path().into()), None);
+    assert!(err.contains("missing unet/config.json"), "{err}");
+}
+
+/// A minimal hub: `GET /{repo}/resolve/{rev}/{file}` with `Range`, `etag` and
+/// `x-repo-commit`, as huggingface.co answers, serving `root`. Stops after `max` connections.
+fn serve_hub(root: PathBuf, max: usize) -> (String, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = format!("http://{}", listener.local_addr().unwrap());
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let seen = log.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(max) {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            if reader.read_line(&mut line).is_err() {
+                continue;
+            }
+            let mut range = None;
+            loop {
+                let mut h = String::new();
+                if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                    break;
+                }
+                if let Some(v) = h.to_ascii_lowercase().strip_prefix("range: bytes=") {
+                    range = Some(v.trim().to_string());
+                }
+            }
+            let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
+            seen.lock().unwrap().push(path.clone());
+            // /org/name/resolve/main/<file>
+            let parts: Vec<&str> = path.trim_start_matches('/').splitn(5, '/').collect();
+            let file = (parts.len() == 5).then(|| root.join(parts[4]));
+            let body = file
+                .filter(|f| f.is_file())
+                .map(|f| std::fs::read(f).unwrap());
+            let resp = match body {
+                None => b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    .to_vec(),
+                Some(body) => {
+                    let (start, end) = match range.as_deref().and_then(|r| r.split_once('-')) {
+                        Some((a, b)) => {
+                            (a.parse().unwrap_or(0), b.parse().unwrap_or(body.len() - 1))
+                        }
+                        None => (0, body.len() - 1),
+                    };
+                    let end = end.min(body.len() - 1);
+                    let etag = format!(
+                        "{:x}",
+                        body.iter()
+                            .fold(0xcbf29ce484222325u64, |h, &b| (h ^ b as u64)
+                                .wrapping_mul(0x100000001b3))
+                    );
+                    let mut r = format!(
+                        "HTTP/1.1 206 Partial Content\r\netag: \"{etag}\"\r\nx-repo-commit: 0123456789abcdef0123456789abcdef01234567\r\ncontent-range: bytes {start}-{end}/{}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        body.len(),
+                        end + 1 - start
+                    )
+                    .into_bytes();
+                    r.extend_from_slice(&body[start..=end]);
+                    r
+                }
+            };
+            let _ = stream.write_all(&resp);
+        }
+    });
+    (addr, log)
+}
+
+#[test]
+fn hub_downloads_into_the_cache_with_progress_then_works_offline() {
+    let (endpoint, log) = serve_hub(tiny().join("diffusers"), 200);
+    let cache = tempdir();
+    let hub = HubSettings {
+        endpoint: Some(endpoint),
+        cache_dir: cache.path().into(),
+        offline: false,
+    };
+    let source = ModelSource::parse("someone/tiny-instruct").unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    let mut progress = move |file: &str, done: u64, total: u64| {
+        sink.lock().unwrap().push((file.to_string(), done, total))
+    };
+    let opts = LoadOptions {
+        hub: Some(hub.clone()),
+        progress: Some(&mut progress),
+        ..Default::default()
+    };
+    let model = load::load(&source, opts).expect("downloads and loads");
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(model.unet.config.in_channels, 8);
+    let unet_bytes =
+        std::fs::metadata(tiny().join("diffusers/unet/diffusion_pytorch_model.safetensors"))
+            .unwrap()
+            .len();
+    assert!(
+        seen.iter()
+            .any(|(f, d, t)| f == "unet/diffusion_pytorch_model.safetensors"
+                && *d == unet_bytes
+                && *t == unet_bytes),
+        "progress reached the full size: {seen:?}"
+    );
+    let snapshot = cache
+        .path()
+        .join("models--someone--tiny-instruct/snapshots/0123456789abcdef0123456789abcdef01234567");
+    assert!(
+        snapshot.join("unet/config.json").exists(),
+        "files are in the standard cache layout"
+    );
+    assert!(log
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|p| p.contains("/resolve/main/unet/config.json")));
+
+    // Offline: served from the cache alone.
+    let offline = HubSettings {
+        offline: true,
+        endpoint: Some("http://127.0.0.1:9".into()),
+        ..hub
+    };
+    let opts = LoadOptions {
+        hub: Some(offline.clone()),
+        ..Default::default()
+    };
+    load::load(&source, opts).expect("loads from the cache offline");
+
+    // Offline with nothing cached: a clear error.
+    let other = ModelSource::parse("someone/not-cached").unwrap();
+    let opts = LoadOptions {
+        hub: Some(offline),
+        ..Default::default()
+    };
+    let err = load::load(&other, opts).err().expect("fails").to_string();
+    assert!(
+        err.contains("not in the cache") && err.contains("HF_HUB_OFFLINE"),
+        "{err}"
+    );
+}
+
+#[test]
+fn hub_single_file_and_missing_repo_files() {
+    let (endpoint, _) = serve_hub(tiny(), 50);
+    let cache = tempdir();
+    let hub = HubSettings {
+        endpoint: Some(endpoint),
+        cache_dir: cache.path().into(),
+        offline: false,
+    };
+    let opts = LoadOptions {
+        hub: Some(hub.clone()),
+        config_dir: Some(tiny().join("diffusers")),
+        ..Default::default()
+    };
+    load::load(
+        &ModelSource::parse("someone/ckpts/ldm.safetensors").unwrap(),
+        opts,
+    )
+    .expect("one checkpoint file from the hub");
+    let opts = LoadOptions {
+        hub: Some(hub),
+        ..Default::default()
+    };
+    let err = load::load(
+        &ModelSource::parse("someone/ckpts/nope.ckpt").unwrap(),
+        opts,
+    )
+    .err()
+    .expect("fails")
+    .to_string();
+    assert!(err.contains("has no 'nope.ckpt'"), "{err}");
+}
