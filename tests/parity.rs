@@ -214,7 +214,10 @@ fn single_file_layouts_match_the_reference() {
 #[test]
 #[ignore = "needs the SD 1.5-size fixtures from tools/reference/make_fixtures.py --full"]
 fn full_size_parity() {
-    let dir = std::path::PathBuf::from(std::env::var("INSTRUCTDIFFUSION_FULL_FIXTURES").expect("set INSTRUCTDIFFUSION_FULL_FIXTURES"));
+    let dir = std::path::PathBuf::from(
+        std::env::var("INSTRUCTDIFFUSION_FULL_FIXTURES")
+            .expect("set INSTRUCTDIFFUSION_FULL_FIXTURES"),
+    );
     let g = goldens(&dir);
     let t0 = std::time::Instant::now();
     let model = instructdiffusion::model::load::load(
@@ -224,15 +227,31 @@ fn full_size_parity() {
     .unwrap();
     eprintln!("load: {:.2} s", t0.elapsed().as_secs_f64());
     for name in ["prompt", "empty"] {
-        let ids = golden(&g, &format!("clip.ids.{name}")).to_dtype(DType::U32).unwrap();
+        let ids = golden(&g, &format!("clip.ids.{name}"))
+            .to_dtype(DType::U32)
+            .unwrap();
         let got = model.text_encoder.forward(&ids).unwrap();
-        assert_close!(got, golden(&g, &format!("clip.out.{name}")), COMPONENT_TOL, format!("text encoder ({name})"));
+        assert_close!(
+            got,
+            golden(&g, &format!("clip.out.{name}")),
+            COMPONENT_TOL,
+            format!("text encoder ({name})")
+        );
     }
     let mean = model.vae.encode_mean(&golden(&g, "vae.input")).unwrap();
     assert_close!(mean, golden(&g, "vae.mean"), COMPONENT_TOL, "vae mean");
     let out = model.vae.decode(&golden(&g, "vae.decode.latent")).unwrap();
-    assert_close!(out, golden(&g, "vae.decode.out"), COMPONENT_TOL, "vae decode");
-    let (s, t, c) = (golden(&g, "unet.sample"), golden(&g, "unet.t"), golden(&g, "unet.context"));
+    assert_close!(
+        out,
+        golden(&g, "vae.decode.out"),
+        COMPONENT_TOL,
+        "vae decode"
+    );
+    let (s, t, c) = (
+        golden(&g, "unet.sample"),
+        golden(&g, "unet.t"),
+        golden(&g, "unet.context"),
+    );
     let mut times = Vec::new();
     let mut out = None;
     for _ in 0..3 {
@@ -241,7 +260,11 @@ fn full_size_parity() {
         times.push(t0.elapsed().as_secs_f64());
     }
     times.sort_by(f64::total_cmp);
-    eprintln!("SD1.5 UNet batch 3 at {:?}: median {:.3} s (runs {times:?})", s.dims(), times[1]);
+    eprintln!(
+        "SD1.5 UNet batch 3 at {:?}: median {:.3} s (runs {times:?})",
+        s.dims(),
+        times[1]
+    );
     assert_close!(out.unwrap(), golden(&g, "unet.out"), COMPONENT_TOL, "unet");
 
     let req = EditRequest {
@@ -256,17 +279,41 @@ fn full_size_parity() {
         keep_model_resolution: true,
     };
     let plan = req.validate(&model).unwrap();
-    let enc = |n: &str| model.text_encoder.forward(&golden(&g, n).to_dtype(DType::U32).unwrap()).unwrap();
-    let cond = Conditioning { text: enc("clip.ids.prompt"), empty_text: enc("clip.ids.empty"), image: mean };
+    let enc = |n: &str| {
+        model
+            .text_encoder
+            .forward(&golden(&g, n).to_dtype(DType::U32).unwrap())
+            .unwrap()
+    };
+    let cond = Conditioning {
+        text: enc("clip.ids.prompt"),
+        empty_text: enc("clip.ids.empty"),
+        image: mean,
+    };
     let mut noise = RecordedNoise::new([]);
-    let Sampled::Done { latent, .. } =
-        pipeline::sample(&model, &cond, &plan, Some(&golden(&g, "edit.noise")), &mut noise, &mut |_| ControlFlow::Continue(())).unwrap()
-    else {
+    let Sampled::Done { latent, .. } = pipeline::sample(
+        &model,
+        &cond,
+        &plan,
+        Some(&golden(&g, "edit.noise")),
+        &mut noise,
+        &mut |_| ControlFlow::Continue(()),
+    )
+    .unwrap() else {
         panic!("cancelled")
     };
-    assert_close!(latent, golden(&g, "edit.euler.instructdiffusion.latent"), COMPONENT_TOL, "euler edit latent");
+    assert_close!(
+        latent,
+        golden(&g, "edit.euler.instructdiffusion.latent"),
+        COMPONENT_TOL,
+        "euler edit latent"
+    );
     let img = pipeline::decode(&model, &latent).unwrap();
-    let want: Vec<u8> = golden(&g, "edit.euler.instructdiffusion.image").flatten_all().unwrap().to_vec1().unwrap();
+    let want: Vec<u8> = golden(&g, "edit.euler.instructdiffusion.image")
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
     let mae = mean_abs_diff(img.as_raw(), &want);
     eprintln!("full-size edit: mean absolute pixel error {mae:.4}");
     assert!(mae <= PIXEL_MAE_TOL);

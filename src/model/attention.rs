@@ -156,7 +156,7 @@ pub struct Transformer2DConfig {
 
 #[derive(Debug, Clone)]
 enum Projection {
-    Conv(candle_nn::Conv2d),
+    Conv(nn::Conv2d),
     Linear(candle_nn::Linear),
 }
 

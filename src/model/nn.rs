@@ -63,7 +63,23 @@ pub fn linear(
     }
 }
 
-/// A `torch.nn.Conv2d` layer with a bias, square kernel.
+/// A `torch.nn.Conv2d` layer with a bias and a square kernel.
+///
+/// Stride-1 convolutions run as one im2col + matrix product built from tensor ops: candle
+/// 0.11's CPU conv2d re-flattens the kernel and gathers patches element by element on every
+/// call, which made it most of a UNet step here. The tensor-op form also has gradients.
+#[derive(Debug, Clone)]
+pub struct Conv2d {
+    inner: candle_nn::Conv2d,
+    /// `(out, in * k * k)`, for the im2col path.
+    weight_2d: Tensor,
+    bias: Tensor,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+}
+
+/// Builds a [`Conv2d`] with weights `weight` `(out, in, k, k)` and `bias` `(out,)` from `vb`.
 pub fn conv2d(
     in_ch: usize,
     out_ch: usize,
@@ -71,13 +87,55 @@ pub fn conv2d(
     stride: usize,
     padding: usize,
     vb: VarBuilder,
-) -> Result<candle_nn::Conv2d> {
+) -> Result<Conv2d> {
     let cfg = candle_nn::Conv2dConfig {
         padding,
         stride,
         ..Default::default()
     };
-    candle_nn::conv2d(in_ch, out_ch, kernel, cfg, vb)
+    let inner = candle_nn::conv2d(in_ch, out_ch, kernel, cfg, vb)?;
+    let weight_2d = inner.weight().reshape((out_ch, in_ch * kernel * kernel))?;
+    let bias = inner
+        .bias()
+        .expect("built with a bias")
+        .reshape((1, out_ch, 1))?;
+    Ok(Conv2d {
+        inner,
+        weight_2d,
+        bias,
+        kernel,
+        stride,
+        padding,
+    })
+}
+
+impl Module for Conv2d {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        if self.stride != 1 || self.kernel == 1 || xs.device().is_cuda() || xs.device().is_metal() {
+            return self.inner.forward(xs);
+        }
+        let (b, c, h, w) = xs.dims4()?;
+        let k = self.kernel;
+        let p = self.padding;
+        let (oh, ow) = (
+            (h + 2 * p + 1).saturating_sub(k),
+            (w + 2 * p + 1).saturating_sub(k),
+        );
+        let padded = xs.pad_with_zeros(2, p, p)?.pad_with_zeros(3, p, p)?;
+        let mut taps = Vec::with_capacity(k * k);
+        for kh in 0..k {
+            for kw in 0..k {
+                taps.push(padded.narrow(2, kh, oh)?.narrow(3, kw, ow)?);
+            }
+        }
+        // (b, c, k*k, oh, ow) -> (b, c*k*k, oh*ow): the weight's (in, kh, kw) order.
+        let cols = Tensor::stack(&taps, 2)?.reshape((b, c * k * k, oh * ow))?;
+        let out = self
+            .weight_2d
+            .broadcast_matmul(&cols)?
+            .broadcast_add(&self.bias)?;
+        out.reshape((b, (), oh, ow))
+    }
 }
 
 /// `torch.nn.GroupNorm` with affine parameters.
@@ -151,6 +209,21 @@ mod tests {
         let b = candle_nn::ops::softmax(&x, D::Minus1)?;
         let diff: f32 = (a - b)?.abs()?.max_all()?.to_scalar()?;
         assert!(diff < 1e-6);
+        Ok(())
+    }
+
+    #[test]
+    fn im2col_conv_equals_candle_conv() -> Result<()> {
+        let dev = Device::Cpu;
+        let varmap = candle_nn::VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
+        let conv = conv2d(3, 5, 3, 1, 1, vb)?;
+        let x = Tensor::randn(0f32, 1., (2, 3, 7, 6), &dev)?;
+        let fast = conv.forward(&x)?;
+        let reference = conv.inner.forward(&x)?;
+        assert_eq!(fast.dims(), &[2, 5, 7, 6]);
+        let diff: f32 = (fast - reference)?.abs()?.max_all()?.to_scalar()?;
+        assert!(diff < 1e-5, "{diff}");
         Ok(())
     }
 

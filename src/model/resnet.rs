@@ -20,11 +20,11 @@ pub struct ResnetConfig {
 #[derive(Debug, Clone)]
 pub struct ResnetBlock2D {
     norm1: candle_nn::GroupNorm,
-    conv1: candle_nn::Conv2d,
+    conv1: nn::Conv2d,
     time_emb_proj: Option<candle_nn::Linear>,
     norm2: candle_nn::GroupNorm,
-    conv2: candle_nn::Conv2d,
-    conv_shortcut: Option<candle_nn::Conv2d>,
+    conv2: nn::Conv2d,
+    conv_shortcut: Option<nn::Conv2d>,
 }
 
 impl ResnetBlock2D {

@@ -278,12 +278,12 @@ impl TryFrom<UNetConfigJson> for UNetConfig {
 pub struct UNet2DConditionModel {
     time_proj: Timesteps,
     time_embedding: TimestepEmbedding,
-    conv_in: candle_nn::Conv2d,
+    conv_in: nn::Conv2d,
     down_blocks: Vec<DownBlock>,
     mid_block: MidBlock,
     up_blocks: Vec<UpBlock>,
     conv_norm_out: candle_nn::GroupNorm,
-    conv_out: candle_nn::Conv2d,
+    conv_out: nn::Conv2d,
     pub config: UNetConfig,
 }
 

@@ -49,7 +49,7 @@ impl BlockShared {
 /// A 3x3 stride-2 convolution with padding 1 (`downsamplers.0.conv`).
 #[derive(Debug, Clone)]
 pub struct Downsample2D {
-    conv: candle_nn::Conv2d,
+    conv: nn::Conv2d,
 }
 
 impl Downsample2D {
@@ -69,7 +69,7 @@ impl Module for Downsample2D {
 /// Nearest-neighbour x2 upsampling then a 3x3 convolution (`upsamplers.0.conv`).
 #[derive(Debug, Clone)]
 pub struct Upsample2D {
-    conv: candle_nn::Conv2d,
+    conv: nn::Conv2d,
 }
 
 impl Upsample2D {

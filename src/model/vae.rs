@@ -171,11 +171,11 @@ fn resnet_cfg(cin: usize, cout: usize, groups: usize) -> ResnetConfig {
 
 #[derive(Debug, Clone)]
 struct Encoder {
-    conv_in: candle_nn::Conv2d,
+    conv_in: nn::Conv2d,
     down: Vec<(Vec<ResnetBlock2D>, Option<Downsample2D>)>,
     mid: VaeMidBlock,
     norm_out: candle_nn::GroupNorm,
-    conv_out: candle_nn::Conv2d,
+    conv_out: nn::Conv2d,
 }
 
 impl Encoder {
@@ -229,11 +229,11 @@ impl Module for Encoder {
 
 #[derive(Debug, Clone)]
 struct Decoder {
-    conv_in: candle_nn::Conv2d,
+    conv_in: nn::Conv2d,
     mid: VaeMidBlock,
     up: Vec<(Vec<ResnetBlock2D>, Option<Upsample2D>)>,
     norm_out: candle_nn::GroupNorm,
-    conv_out: candle_nn::Conv2d,
+    conv_out: nn::Conv2d,
 }
 
 impl Decoder {
@@ -288,8 +288,8 @@ impl Module for Decoder {
 pub struct AutoencoderKL {
     encoder: Encoder,
     decoder: Decoder,
-    quant_conv: candle_nn::Conv2d,
-    post_quant_conv: candle_nn::Conv2d,
+    quant_conv: nn::Conv2d,
+    post_quant_conv: nn::Conv2d,
     pub config: VaeConfig,
 }
 

@@ -1,0 +1,369 @@
+//! The `instructdiffusion` binary as a user runs it: results, metadata, reports, and every
+//! refusal with its message and exit code 2.
+
+mod util;
+
+use std::path::Path;
+
+use util::*;
+
+const PROMPT: &str = "turn the cat into a tiger";
+
+fn tiny_model() -> String {
+    tiny().join("diffusers").display().to_string()
+}
+
+fn input() -> String {
+    tiny().join("input.png").display().to_string()
+}
+
+fn png_text(path: &Path) -> Vec<(String, String)> {
+    let dec = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).unwrap()));
+    let reader = dec.read_info().unwrap();
+    let info = reader.info();
+    let mut out: Vec<(String, String)> = info
+        .utf8_text
+        .iter()
+        .map(|t| (t.keyword.clone(), t.get_text().unwrap()))
+        .collect();
+    out.extend(
+        info.uncompressed_latin1_text
+            .iter()
+            .map(|t| (t.keyword.clone(), t.text.clone())),
+    );
+    out
+}
+
+/// `edit --init-noise` with the reference's noise reproduces the reference's pixels.
+#[test]
+fn edit_reproduces_the_reference_from_its_noise() {
+    let tmp = tempdir();
+    let g = goldens(&tiny());
+    let noise = tmp.path().join("noise.npy");
+    golden(&g, "edit.noise").write_npy(&noise).unwrap();
+    let (out, report) = (tmp.path().join("out.png"), tmp.path().join("report.json"));
+    let o = run_bin(&[
+        "edit",
+        "--model",
+        &tiny_model(),
+        "--image",
+        &input(),
+        "--prompt",
+        PROMPT,
+        "--steps",
+        "10",
+        "--sampler",
+        "euler",
+        "--guidance",
+        "instructdiffusion",
+        "--text-cfg",
+        "5",
+        "--image-cfg",
+        "1.25",
+        "--resolution",
+        "64",
+        "--init-noise",
+        noise.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--report",
+        report.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let got = image::open(&out).unwrap().to_rgb8();
+    let want: Vec<u8> = golden(&g, "edit.euler.instructdiffusion.image")
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let mae = mean_abs_diff(got.as_raw(), &want);
+    assert!(mae <= PIXEL_MAE_TOL, "mean absolute pixel error {mae}");
+
+    let text = png_text(&out);
+    let params = &text
+        .iter()
+        .find(|(k, _)| k == "parameters")
+        .expect("A1111 parameters")
+        .1;
+    assert!(
+        params.starts_with(PROMPT)
+            && params.contains("Steps: 10, Sampler: Euler, CFG scale: 5, Image CFG scale: 1.25"),
+        "{params}"
+    );
+    let ours: serde_json::Value = serde_json::from_str(
+        &text
+            .iter()
+            .find(|(k, _)| k == "instructdiffusion")
+            .expect("json metadata")
+            .1,
+    )
+    .unwrap();
+    assert_eq!(ours["plan"]["guidance"], "instructdiffusion");
+
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(r["timings"]["steps_s"].as_array().unwrap().len(), 10);
+    assert!(r["timings"]["load_s"].as_f64().unwrap() > 0.0);
+    assert!(r["peak_memory_bytes"].as_u64().unwrap() > 1 << 20);
+    assert_eq!(r["settings"]["sampler"], "euler");
+}
+
+fn write_test_image(path: &Path, w: u32, h: u32) {
+    let img =
+        image::RgbImage::from_fn(w, h, |x, y| image::Rgb([(x * 2) as u8, (y * 3) as u8, 128]));
+    img.save(path).unwrap();
+}
+
+#[test]
+fn results_come_back_at_the_input_size_and_the_source_is_untouched() {
+    let tmp = tempdir();
+    let src = tmp.path().join("photo.png");
+    write_test_image(&src, 100, 70);
+    let before = std::fs::read(&src).unwrap();
+    let out = tmp.path().join("out.png");
+    let args = |extra: &[&str]| {
+        let mut a = vec![
+            "edit",
+            "--model",
+            "",
+            "--image",
+            src.to_str().unwrap(),
+            "--prompt",
+            "make it blue",
+            "--steps",
+            "2",
+            "--resolution",
+            "64",
+            "--seed",
+            "3",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        a.extend_from_slice(extra);
+        a.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    let run = |extra: &[&str]| {
+        let mut a = args(extra);
+        a[2] = tiny_model();
+        run_bin(&a.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let o = run(&[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(image::open(&out).unwrap().to_rgb8().dimensions(), (100, 70));
+    let o = run(&["--keep-model-resolution"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(image::open(&out).unwrap().to_rgb8().dimensions(), (64, 64));
+    assert_eq!(
+        std::fs::read(&src).unwrap(),
+        before,
+        "the source image changed"
+    );
+}
+
+#[test]
+fn same_seed_same_result_other_seed_other_result() {
+    let tmp = tempdir();
+    let run = |seed: &str, name: &str| {
+        let out = tmp.path().join(name);
+        let o = run_bin(&[
+            "edit",
+            "--model",
+            &tiny_model(),
+            "--image",
+            &input(),
+            "--prompt",
+            PROMPT,
+            "--steps",
+            "3",
+            "--resolution",
+            "64",
+            "--seed",
+            seed,
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        image::open(&out).unwrap().to_rgb8().into_raw()
+    };
+    let (a, b, c) = (run("7", "a.png"), run("7", "b.png"), run("8", "c.png"));
+    assert_eq!(a, b);
+    assert_ne!(a, c);
+}
+
+fn fails_with(args: &[&str], needle: &str) {
+    let o = run_bin(args);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "{args:?} should fail: {}",
+        stderr(&o)
+    );
+    assert!(
+        stderr(&o).contains(needle),
+        "{args:?}: expected {needle:?} in {}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn bad_values_are_refused_with_a_reason() {
+    let tmp = tempdir();
+    let out = tmp.path().join("o.png");
+    let out = out.to_str().unwrap();
+    let m = tiny_model();
+    let i = input();
+    let base = [
+        "edit",
+        "--model",
+        m.as_str(),
+        "--image",
+        i.as_str(),
+        "--prompt",
+        "x",
+        "--out",
+        out,
+    ];
+    let with = |extra: &[&'static str]| -> Vec<String> {
+        base.iter()
+            .map(|s| s.to_string())
+            .chain(extra.iter().map(|s| s.to_string()))
+            .collect()
+    };
+    let check = |extra: &[&'static str], needle: &str| {
+        let a = with(extra);
+        fails_with(&a.iter().map(String::as_str).collect::<Vec<_>>(), needle)
+    };
+    check(&["--steps", "0"], "steps must be between 1 and 1000, got 0");
+    check(&["--text-cfg", "NaN"], "text_cfg must be a finite number");
+    check(
+        &["--resolution", "100"],
+        "resolution must be a multiple of 64",
+    );
+    check(&["--sampler", "ddim"], "unknown sampler 'ddim'");
+    check(&["--guidance", "cfg"], "unknown guidance formula 'cfg'");
+    check(&["--device", "tpu"], "unknown device 'tpu'");
+    let bad_noise = tmp.path().join("bad.npy");
+    candle_core::Tensor::zeros(
+        (1, 4, 3, 3),
+        candle_core::DType::F32,
+        &candle_core::Device::Cpu,
+    )
+    .unwrap()
+    .write_npy(&bad_noise)
+    .unwrap();
+    let a = with(&["--steps", "1", "--resolution", "64", "--init-noise"]);
+    let mut a: Vec<&str> = a.iter().map(String::as_str).collect();
+    let bn = bad_noise.to_str().unwrap().to_string();
+    a.push(&bn);
+    fails_with(
+        &a,
+        "initial noise has shape [1, 4, 3, 3], the latent is [1, 4, 8, 8]",
+    );
+    assert!(!Path::new(out).exists(), "nothing is written on failure");
+}
+
+#[test]
+fn unreadable_images_and_the_source_path_are_refused() {
+    let tmp = tempdir();
+    let junk = tmp.path().join("junk.png");
+    std::fs::write(&junk, b"\x89PNG\r\n\x1a\nnot really").unwrap();
+    let out = tmp.path().join("o.png");
+    fails_with(
+        &[
+            "edit",
+            "--model",
+            &tiny_model(),
+            "--image",
+            junk.to_str().unwrap(),
+            "--prompt",
+            "x",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        "reading image",
+    );
+    fails_with(
+        &[
+            "edit",
+            "--model",
+            &tiny_model(),
+            "--image",
+            "/no/such.png",
+            "--prompt",
+            "x",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        "reading image '/no/such.png'",
+    );
+    let src = tmp.path().join("src.png");
+    write_test_image(&src, 64, 64);
+    let before = std::fs::read(&src).unwrap();
+    fails_with(
+        &[
+            "edit",
+            "--model",
+            &tiny_model(),
+            "--image",
+            src.to_str().unwrap(),
+            "--prompt",
+            "x",
+            "--out",
+            src.to_str().unwrap(),
+        ],
+        "refusing to overwrite the source image",
+    );
+    assert_eq!(std::fs::read(&src).unwrap(), before);
+    fails_with(
+        &[
+            "edit",
+            "--model",
+            &tiny_model(),
+            "--image",
+            src.to_str().unwrap(),
+            "--prompt",
+            "x",
+            "--out",
+            out.to_str().unwrap(),
+            "--max-pixels",
+            "1000",
+        ],
+        "over the limit",
+    );
+}
+
+/// A full disk (simulated with a file-size limit, SIGXFSZ ignored): a clear error, the old
+/// output intact, no temporary file left behind.
+#[test]
+fn full_disk_loses_nothing() {
+    let tmp = tempdir();
+    let out = tmp.path().join("out.png");
+    std::fs::write(&out, b"previous result").unwrap();
+    let cmd = format!(
+        "trap '' XFSZ; ulimit -f 2; exec '{}' edit --model '{}' --image '{}' --prompt x --steps 1 --resolution 64 --out '{}'",
+        env!("CARGO_BIN_EXE_instructdiffusion"),
+        tiny_model(),
+        input(),
+        out.display()
+    );
+    let o = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(&cmd)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("is the disk full?"), "{}", stderr(&o));
+    assert_eq!(std::fs::read(&out).unwrap(), b"previous result");
+    let leftovers: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(leftovers.len(), 1, "temporary files left: {leftovers:?}");
+}
+
+#[test]
+fn no_subcommand_prints_help() {
+    let o = run_bin(&[]);
+    assert!(o.status.success());
+    assert!(String::from_utf8_lossy(&o.stdout).contains("edit"));
+}
