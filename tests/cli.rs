@@ -367,3 +367,91 @@ fn no_subcommand_prints_help() {
     assert!(o.status.success());
     assert!(String::from_utf8_lossy(&o.stdout).contains("edit"));
 }
+
+/// `edit` on the single-file layouts (with `--config`) and on a hub id (through `HF_ENDPOINT`
+/// and `HF_HOME`, then offline from the cache) gives the reference's pixels.
+#[test]
+fn edit_works_on_every_layout() {
+    let tmp = tempdir();
+    let g = goldens(&tiny());
+    let noise = tmp.path().join("noise.npy");
+    golden(&g, "edit.noise").write_npy(&noise).unwrap();
+    let want: Vec<u8> = golden(&g, "edit.euler.instructdiffusion.image")
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let (endpoint, _) = serve_hub(tiny().join("diffusers"), 100);
+    let hf_home = tmp.path().join("hf");
+    let config = tiny().join("diffusers").display().to_string();
+    let cases: Vec<(String, Vec<String>, Vec<(&str, String)>)> = vec![
+        (
+            tiny().join("ldm.safetensors").display().to_string(),
+            vec!["--config".into(), config.clone()],
+            vec![],
+        ),
+        (
+            tiny().join("ldm-ema.ckpt").display().to_string(),
+            vec!["--config".into(), config],
+            vec![],
+        ),
+        (
+            "someone/tiny".into(),
+            vec![],
+            vec![
+                ("HF_ENDPOINT", endpoint),
+                ("HF_HOME", hf_home.display().to_string()),
+                ("HF_HUB_OFFLINE", "0".into()),
+            ],
+        ),
+        (
+            "someone/tiny".into(),
+            vec![],
+            vec![
+                ("HF_ENDPOINT", "http://127.0.0.1:9".into()),
+                ("HF_HOME", hf_home.display().to_string()),
+                ("HF_HUB_OFFLINE", "1".into()),
+            ],
+        ),
+    ];
+    for (i, (model, extra, env)) in cases.into_iter().enumerate() {
+        let out = tmp.path().join(format!("out{i}.png"));
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_instructdiffusion"));
+        cmd.args([
+            "edit",
+            "--model",
+            &model,
+            "--image",
+            &input(),
+            "--prompt",
+            PROMPT,
+            "--steps",
+            "10",
+            "--sampler",
+            "euler",
+            "--guidance",
+            "instructdiffusion",
+            "--text-cfg",
+            "5",
+            "--image-cfg",
+            "1.25",
+            "--resolution",
+            "64",
+            "--init-noise",
+            noise.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        cmd.args(&extra)
+            .env("HF_HUB_OFFLINE", "1")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())));
+        let o = cmd.output().unwrap();
+        assert!(o.status.success(), "{model}: {}", stderr(&o));
+        let got = image::open(&out).unwrap().to_rgb8();
+        let mae = mean_abs_diff(got.as_raw(), &want);
+        assert!(
+            mae <= PIXEL_MAE_TOL,
+            "{model}: mean absolute pixel error {mae}"
+        );
+    }
+}

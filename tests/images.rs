@@ -108,7 +108,10 @@ fn huge_images_are_refused_before_decoding() {
     png.extend_from_slice(&13u32.to_be_bytes());
     png.extend_from_slice(&ihdr);
     png.extend_from_slice(&crc32(&ihdr).to_be_bytes());
-    for (kind, data) in [(&b"IDAT"[..], &b"\x78\x9c\x03\x00\x00\x00\x00\x01"[..]), (b"IEND", b"")] {
+    for (kind, data) in [
+        (&b"IDAT"[..], &b"\x78\x9c\x03\x00\x00\x00\x00\x01"[..]),
+        (b"IEND", b""),
+    ] {
         let mut chunk = kind.to_vec();
         chunk.extend_from_slice(data);
         png.extend_from_slice(&(data.len() as u32).to_be_bytes());

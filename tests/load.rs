@@ -3,8 +3,6 @@
 
 mod util;
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -122,6 +120,21 @@ fn unsupported_pickles_say_how_to_convert() {
 }
 
 #[test]
+fn legacy_tar_checkpoints_are_refused() {
+    let tmp = tempdir();
+    let mut tar = vec![0u8; 1024];
+    tar[..8].copy_from_slice(b"pickle\0\0");
+    tar[257..263].copy_from_slice(b"ustar\0");
+    let p = tmp.path().join("old.ckpt");
+    std::fs::write(&p, &tar).unwrap();
+    let err = load_err(ModelSource::SingleFile(p), None);
+    assert!(
+        err.contains("pre-1.0 PyTorch tar format") && err.contains("safetensors"),
+        "{err}"
+    );
+}
+
+#[test]
 fn random_bytes_and_wrong_files_are_refused() {
     let tmp = tempdir();
     let junk = tmp.path().join("model.ckpt");
@@ -150,72 +163,6 @@ fn broken_folders_name_what_is_missing() {
     std::fs::remove_file(tmp.path().join("unet/config.json")).unwrap();
     let err = load_err(ModelSource::Diffusers(tmp.path().into()), None);
     assert!(err.contains("missing unet/config.json"), "{err}");
-}
-
-/// A minimal hub: `GET /{repo}/resolve/{rev}/{file}` with `Range`, `etag` and
-/// `x-repo-commit`, as huggingface.co answers, serving `root`. Stops after `max` connections.
-fn serve_hub(root: PathBuf, max: usize) -> (String, Arc<Mutex<Vec<String>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = format!("http://{}", listener.local_addr().unwrap());
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let seen = log.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().take(max) {
-            let Ok(mut stream) = stream else { continue };
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut line = String::new();
-            if reader.read_line(&mut line).is_err() {
-                continue;
-            }
-            let mut range = None;
-            loop {
-                let mut h = String::new();
-                if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
-                    break;
-                }
-                if let Some(v) = h.to_ascii_lowercase().strip_prefix("range: bytes=") {
-                    range = Some(v.trim().to_string());
-                }
-            }
-            let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
-            seen.lock().unwrap().push(path.clone());
-            // /org/name/resolve/main/<file>
-            let parts: Vec<&str> = path.trim_start_matches('/').splitn(5, '/').collect();
-            let file = (parts.len() == 5).then(|| root.join(parts[4]));
-            let body = file
-                .filter(|f| f.is_file())
-                .map(|f| std::fs::read(f).unwrap());
-            let resp = match body {
-                None => b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                    .to_vec(),
-                Some(body) => {
-                    let (start, end) = match range.as_deref().and_then(|r| r.split_once('-')) {
-                        Some((a, b)) => {
-                            (a.parse().unwrap_or(0), b.parse().unwrap_or(body.len() - 1))
-                        }
-                        None => (0, body.len() - 1),
-                    };
-                    let end = end.min(body.len() - 1);
-                    let etag = format!(
-                        "{:x}",
-                        body.iter()
-                            .fold(0xcbf29ce484222325u64, |h, &b| (h ^ b as u64)
-                                .wrapping_mul(0x100000001b3))
-                    );
-                    let mut r = format!(
-                        "HTTP/1.1 206 Partial Content\r\netag: \"{etag}\"\r\nx-repo-commit: 0123456789abcdef0123456789abcdef01234567\r\ncontent-range: bytes {start}-{end}/{}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                        body.len(),
-                        end + 1 - start
-                    )
-                    .into_bytes();
-                    r.extend_from_slice(&body[start..=end]);
-                    r
-                }
-            };
-            let _ = stream.write_all(&resp);
-        }
-    });
-    (addr, log)
 }
 
 #[test]
