@@ -7,6 +7,8 @@
 //! - [`cli`]: the `instructdiffusion` command.
 
 pub mod cli;
+pub mod data;
 pub mod imageio;
 pub mod model;
 pub mod sample;
+pub mod tasks;

@@ -1,0 +1,729 @@
+//! Training samples for every task family: a scene drawn from a seed, an instruction from the
+//! templates, the source image, the target image built as the paper builds it, and the ground
+//! truth (masks, keypoints) for evaluation.
+//!
+//! - segmentation: the source blended 50/50 with the mask colour inside the mask; a semantic
+//!   request for an absent kind (20%) leaves the image unchanged;
+//! - keypoints: opaque discs (radius 10 px at 256 px), one colour per keypoint, 1-5 per sample;
+//! - editing: the scene re-rendered without / recoloured / with an added / a replaced object;
+//! - enhancement: the clean scene is the target; noise, blur or a watermark make the source.
+
+use image::{Rgb, RgbImage};
+use rand::seq::{IndexedRandom, SliceRandom};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+
+use super::scene::{
+    random_background, random_shape, Item, Person, Scene, Shape, ShapeKind, KEYPOINT_NAMES,
+    OBJECT_COLORS,
+};
+use crate::tasks::{self, Task, KEYPOINT_COLORS, MASK_COLORS};
+
+/// One keypoint drawn in a target.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Keypoint {
+    pub name: String,
+    pub x: f32,
+    pub y: f32,
+    pub color: [u8; 3],
+}
+
+/// What the target image encodes, for evaluation and export.
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+pub struct Truth {
+    /// Row-major masks (one per instance) with their label.
+    #[serde(skip)]
+    pub masks: Vec<(String, Vec<bool>)>,
+    pub mask_color: Option<[u8; 3]>,
+    pub keypoints: Vec<Keypoint>,
+}
+
+/// One (source, instruction, target) triple.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub seed: u64,
+    pub task: Task,
+    pub instruction: String,
+    pub input: RgbImage,
+    pub target: RgbImage,
+    pub truth: Truth,
+}
+
+/// How often each family is drawn (relative weights).
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct TaskWeights(pub Vec<(Task, f64)>);
+
+impl Default for TaskWeights {
+    fn default() -> Self {
+        use Task::*;
+        Self(vec![
+            (ReferringSegmentation, 3.0),
+            (SemanticSegmentation, 2.0),
+            (Keypoints, 3.0),
+            (Remove, 1.5),
+            (Recolor, 1.5),
+            (Add, 1.0),
+            (Replace, 1.0),
+            (Denoise, 1.0),
+            (Deblur, 1.0),
+            (Watermark, 1.0),
+        ])
+    }
+}
+
+impl TaskWeights {
+    fn draw(&self, rng: &mut ChaCha8Rng) -> Task {
+        let total: f64 = self.0.iter().map(|(_, w)| w).sum();
+        let mut r = rng.random_range(0.0..total);
+        for (t, w) in &self.0 {
+            if r < *w {
+                return *t;
+            }
+            r -= w;
+        }
+        self.0.last().expect("weights are not empty").0
+    }
+}
+
+/// Generates sample `seed` at `size` px. Tasks that cannot be posed on a drawn scene (no
+/// uniquely describable object, say) redraw the scene from the same stream.
+pub fn generate(seed: u64, size: u32, weights: &TaskWeights) -> Sample {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let task = weights.draw(&mut rng);
+    generate_task(&mut rng, seed, size, task)
+}
+
+/// Generates a sample of a given family from `rng`.
+pub fn generate_task(rng: &mut ChaCha8Rng, seed: u64, size: u32, task: Task) -> Sample {
+    for _ in 0..64 {
+        if let Some(s) = try_generate(rng, seed, size, task) {
+            return s;
+        }
+    }
+    // Unreachable in practice: every family succeeds on some scene within a few draws.
+    try_generate(rng, seed, size, Task::Denoise).expect("enhancement always succeeds")
+}
+
+fn random_scene(
+    rng: &mut ChaCha8Rng,
+    size: u32,
+    shapes: std::ops::RangeInclusive<usize>,
+    people: usize,
+) -> Scene {
+    let mut items = Vec::new();
+    let n = rng.random_range(shapes);
+    for _ in 0..n {
+        let kind = *ShapeKind::ALL.choose(rng).expect("non-empty");
+        let color = *OBJECT_COLORS.choose(rng).expect("non-empty");
+        items.push(Item::Shape(random_shape(rng, size, kind, color)));
+    }
+    let s = size as f32;
+    for i in 0..people {
+        let height = rng.random_range(0.55..0.8) * s;
+        let slot = (i as f32 + 0.5) / people as f32;
+        let cx = (slot + rng.random_range(-0.08..0.08)) * s;
+        let top = rng.random_range(0.02..(0.98 - height / s).max(0.03)) * s;
+        let color = *OBJECT_COLORS.choose(rng).expect("non-empty");
+        items.push(Item::Person(Person::random(rng, cx, top, height, color)));
+    }
+    items.shuffle(rng);
+    Scene {
+        size,
+        background: random_background(rng, size),
+        items,
+    }
+}
+
+fn area(mask: &[bool]) -> usize {
+    mask.iter().filter(|&&b| b).count()
+}
+
+/// A phrase that picks out shape `idx` alone in `scene`, if one exists.
+fn describe_shape(rng: &mut ChaCha8Rng, scene: &Scene, idx: usize) -> Option<String> {
+    let Item::Shape(s) = &scene.items[idx] else {
+        return None;
+    };
+    let kind = s.kind.name();
+    let same_kind: Vec<&Shape> = scene
+        .shapes()
+        .filter(|(_, o)| o.kind == s.kind)
+        .map(|(_, o)| o)
+        .collect();
+    let same_kc = same_kind.iter().filter(|o| o.color == s.color).count();
+    let mut options = Vec::new();
+    if same_kind.len() == 1 {
+        options.push(format!("the {kind}"));
+    }
+    if same_kc == 1 {
+        options.push(format!("the {} {kind}", s.color.name));
+    }
+    if same_kind.len() >= 2 {
+        let margin = 0.08 * scene.size as f32;
+        let others = || same_kind.iter().filter(|o| **o != s);
+        let pos = |name: &str, f: &dyn Fn(&Shape) -> f32| -> Option<String> {
+            others()
+                .all(|o| f(s) + margin < f(o))
+                .then(|| format!("the {name} {kind}"))
+        };
+        options.extend(pos("leftmost", &|o| o.cx));
+        options.extend(pos("rightmost", &|o| -o.cx));
+        options.extend(pos("topmost", &|o| o.cy));
+        options.extend(pos("lowest", &|o| -o.cy));
+        if others().all(|o| s.size > 1.3 * o.size) {
+            options.push(format!("the largest {kind}"));
+        }
+        if others().all(|o| s.size * 1.3 < o.size) {
+            options.push(format!("the smallest {kind}"));
+        }
+        if same_kind.len() == 2 {
+            if let Some(o) = others().next() {
+                if s.cx + margin < o.cx {
+                    options.push(format!("the {kind} on the left"));
+                } else if o.cx + margin < s.cx {
+                    options.push(format!("the {kind} on the right"));
+                }
+            }
+        }
+    }
+    options.choose(rng).cloned()
+}
+
+/// A phrase for person `idx`: "the person", or "the person on the left/right" among two.
+fn describe_person(scene: &Scene, idx: usize) -> Option<String> {
+    let people: Vec<(usize, &Person)> = scene.people().collect();
+    match people.len() {
+        1 => Some("the person".into()),
+        2 => {
+            let (a, b) = (people[0].1.cx(), people[1].1.cx());
+            let margin = 0.1 * scene.size as f32;
+            if (a - b).abs() < margin {
+                return None;
+            }
+            let me_left = (people[0].0 == idx) == (a < b);
+            Some(
+                if me_left {
+                    "the person on the left"
+                } else {
+                    "the person on the right"
+                }
+                .into(),
+            )
+        }
+        _ => None,
+    }
+}
+
+fn blend_mask(img: &RgbImage, mask: &[bool], color: [u8; 3]) -> RgbImage {
+    let mut out = img.clone();
+    for (i, p) in out.pixels_mut().enumerate() {
+        if mask[i] {
+            for k in 0..3 {
+                p[k] = ((p[k] as u16 + color[k] as u16 + 1) / 2) as u8;
+            }
+        }
+    }
+    out
+}
+
+/// An opaque anti-aliased disc.
+pub fn draw_disc(img: &mut RgbImage, cx: f32, cy: f32, r: f32, color: [u8; 3]) {
+    let (w, h) = img.dimensions();
+    let (x0, x1) = (
+        (cx - r - 1.0).floor().max(0.0) as u32,
+        ((cx + r + 1.0).ceil() as u32).min(w),
+    );
+    let (y0, y1) = (
+        (cy - r - 1.0).floor().max(0.0) as u32,
+        ((cy + r + 1.0).ceil() as u32).min(h),
+    );
+    for y in y0..y1 {
+        for x in x0..x1 {
+            let mut cover = 0.0;
+            for sy in 0..4 {
+                for sx in 0..4 {
+                    let (px, py) = (
+                        x as f32 + (sx as f32 + 0.5) / 4.0,
+                        y as f32 + (sy as f32 + 0.5) / 4.0,
+                    );
+                    if (px - cx).powi(2) + (py - cy).powi(2) <= r * r {
+                        cover += 1.0 / 16.0;
+                    }
+                }
+            }
+            if cover > 0.0 {
+                let p = img.get_pixel_mut(x, y);
+                for k in 0..3 {
+                    p[k] = (p[k] as f32 * (1.0 - cover) + color[k] as f32 * cover).round() as u8;
+                }
+            }
+        }
+    }
+}
+
+fn try_generate(rng: &mut ChaCha8Rng, seed: u64, size: u32, task: Task) -> Option<Sample> {
+    let min_area = (size * size / 400) as usize;
+    let sample = |instruction: String, input: RgbImage, target: RgbImage, truth: Truth| Sample {
+        seed,
+        task,
+        instruction,
+        input,
+        target,
+        truth,
+    };
+    match task {
+        Task::ReferringSegmentation => {
+            let people = if rng.random_bool(0.3) {
+                rng.random_range(1..=2)
+            } else {
+                0
+            };
+            let scene = random_scene(rng, size, 2..=5, people);
+            let idx = rng.random_range(0..scene.items.len());
+            let target = match &scene.items[idx] {
+                Item::Shape(_) => describe_shape(rng, &scene, idx)?,
+                Item::Person(_) => describe_person(&scene, idx)?,
+            };
+            let mask = scene.visible_mask(idx);
+            if area(&mask) < min_area {
+                return None;
+            }
+            let color = *MASK_COLORS.choose(rng)?;
+            let input = scene.render();
+            let out = blend_mask(&input, &mask, color.rgb);
+            let text = tasks::instruction(rng, task, &[("target", &target), ("color", color.name)]);
+            Some(sample(
+                text,
+                input,
+                out,
+                Truth {
+                    masks: vec![(target, mask)],
+                    mask_color: Some(color.rgb),
+                    keypoints: vec![],
+                },
+            ))
+        }
+        Task::SemanticSegmentation => {
+            let scene = random_scene(rng, size, 2..=6, 0);
+            let present: Vec<ShapeKind> = ShapeKind::ALL
+                .iter()
+                .copied()
+                .filter(|k| scene.shapes().any(|(_, s)| s.kind == *k))
+                .collect();
+            let absent = rng.random_bool(0.2);
+            let kind = if absent {
+                *ShapeKind::ALL
+                    .iter()
+                    .filter(|k| !present.contains(k))
+                    .collect::<Vec<_>>()
+                    .choose(rng)?
+            } else {
+                present.choose(rng)?
+            };
+            let phrase = match rng.random_range(0..3) {
+                0 => format!("all the {}", kind.plural()),
+                1 => format!("every {}", kind.name()),
+                _ => format!("the {}", kind.plural()),
+            };
+            let color = *MASK_COLORS.choose(rng)?;
+            let input = scene.render();
+            let masks: Vec<(String, Vec<bool>)> = scene
+                .shapes()
+                .filter(|(_, s)| s.kind == *kind)
+                .map(|(i, _)| (kind.name().to_string(), scene.visible_mask(i)))
+                .filter(|(_, m)| area(m) > 0)
+                .collect();
+            let mut union = vec![false; (size * size) as usize];
+            for (_, m) in &masks {
+                for (u, v) in union.iter_mut().zip(m) {
+                    *u |= *v;
+                }
+            }
+            let out = blend_mask(&input, &union, color.rgb);
+            let text = tasks::instruction(rng, task, &[("target", &phrase), ("color", color.name)]);
+            Some(sample(
+                text,
+                input,
+                out,
+                Truth {
+                    masks,
+                    mask_color: Some(color.rgb),
+                    keypoints: vec![],
+                },
+            ))
+        }
+        Task::Keypoints => {
+            let people = rng.random_range(1..=2);
+            let scene = random_scene(rng, size, 0..=3, people);
+            let (idx, person) = scene.people().collect::<Vec<_>>().choose(rng).copied()?;
+            let owner = describe_person(&scene, idx)?;
+            let visible = scene.visible_mask(idx);
+            let n = rng.random_range(1..=5);
+            let mut joints: Vec<usize> = (0..17)
+                .filter(|&j| {
+                    let (x, y) = person.joints[j];
+                    let (xi, yi) = (x as i64, y as i64);
+                    xi >= 0
+                        && yi >= 0
+                        && xi < size as i64
+                        && yi < size as i64
+                        && (j < 5 || visible[(yi as u32 * size + xi as u32) as usize])
+                })
+                .collect();
+            joints.shuffle(rng);
+            // Discs must not overlap, so that each keypoint stays readable in the target.
+            let r = 10.0 * size as f32 / 256.0;
+            let mut chosen: Vec<usize> = Vec::new();
+            for j in joints {
+                let (x, y) = person.joints[j];
+                let apart = chosen.iter().all(|&c| {
+                    let (cx, cy) = person.joints[c];
+                    (x - cx).powi(2) + (y - cy).powi(2) >= (2.0 * r + 1.0).powi(2)
+                });
+                if apart && chosen.len() < n {
+                    chosen.push(j);
+                }
+            }
+            let joints = chosen;
+            if joints.is_empty() {
+                return None;
+            }
+            let mut colors = KEYPOINT_COLORS.to_vec();
+            colors.shuffle(rng);
+            let input = scene.render();
+            let mut out = input.clone();
+            let mut marks = Vec::new();
+            let mut kps = Vec::new();
+            for (j, color) in joints.iter().zip(&colors) {
+                let (x, y) = person.joints[*j];
+                draw_disc(&mut out, x, y, r, color.rgb);
+                marks.push(format!(
+                    "a {} circle on the {}",
+                    color.name,
+                    KEYPOINT_NAMES[*j].replace('_', " ")
+                ));
+                kps.push(Keypoint {
+                    name: KEYPOINT_NAMES[*j].into(),
+                    x,
+                    y,
+                    color: color.rgb,
+                });
+            }
+            let marks = tasks::join_and(&marks);
+            let text = tasks::instruction(rng, task, &[("marks", &marks), ("owner", &owner)]);
+            Some(sample(
+                text,
+                input,
+                out,
+                Truth {
+                    masks: vec![],
+                    mask_color: None,
+                    keypoints: kps,
+                },
+            ))
+        }
+        Task::Remove | Task::Recolor | Task::Replace => {
+            let scene = random_scene(rng, size, 2..=5, 0);
+            let idx = rng.random_range(0..scene.items.len());
+            let target = describe_shape(rng, &scene, idx)?;
+            if area(&scene.visible_mask(idx)) < min_area {
+                return None;
+            }
+            let Item::Shape(shape) = scene.items[idx].clone() else {
+                return None;
+            };
+            let mut edited = scene.clone();
+            let text = match task {
+                Task::Remove => {
+                    edited.items.remove(idx);
+                    tasks::instruction(rng, task, &[("target", &target)])
+                }
+                Task::Recolor => {
+                    let color = *OBJECT_COLORS
+                        .iter()
+                        .filter(|c| c.name != shape.color.name)
+                        .collect::<Vec<_>>()
+                        .choose(rng)?;
+                    edited.items[idx] = Item::Shape(Shape {
+                        color: *color,
+                        ..shape
+                    });
+                    tasks::instruction(rng, task, &[("target", &target), ("color", color.name)])
+                }
+                _ => {
+                    let kind = *ShapeKind::ALL
+                        .iter()
+                        .filter(|k| **k != shape.kind)
+                        .collect::<Vec<_>>()
+                        .choose(rng)?;
+                    edited.items[idx] = Item::Shape(Shape {
+                        kind: *kind,
+                        ..shape
+                    });
+                    tasks::instruction(rng, task, &[("target", &target), ("kind", kind.name())])
+                }
+            };
+            Some(sample(
+                text,
+                scene.render(),
+                edited.render(),
+                Truth::default(),
+            ))
+        }
+        Task::Add => {
+            let scene = random_scene(rng, size, 1..=4, 0);
+            const PLACES: [(&str, f32, f32); 9] = [
+                ("in the top left corner", 0.2, 0.2),
+                ("at the top", 0.5, 0.2),
+                ("in the top right corner", 0.8, 0.2),
+                ("on the left", 0.2, 0.5),
+                ("in the center", 0.5, 0.5),
+                ("on the right", 0.8, 0.5),
+                ("in the bottom left corner", 0.2, 0.8),
+                ("at the bottom", 0.5, 0.8),
+                ("in the bottom right corner", 0.8, 0.8),
+            ];
+            let (place, px, py) = *PLACES.choose(rng)?;
+            let kind = *ShapeKind::ALL.choose(rng)?;
+            let color = *OBJECT_COLORS.choose(rng)?;
+            let s = size as f32;
+            let mut shape = random_shape(rng, size, kind, color);
+            shape.size = rng.random_range(0.08..0.13) * s;
+            shape.cx = (px + rng.random_range(-0.06..0.06)) * s;
+            shape.cy = (py + rng.random_range(-0.06..0.06)) * s;
+            let mut edited = scene.clone();
+            edited.items.push(Item::Shape(shape));
+            let text = tasks::instruction(
+                rng,
+                task,
+                &[
+                    ("color", color.name),
+                    ("kind", kind.name()),
+                    ("place", place),
+                ],
+            );
+            Some(sample(
+                text,
+                scene.render(),
+                edited.render(),
+                Truth::default(),
+            ))
+        }
+        Task::Denoise | Task::Deblur | Task::Watermark => {
+            let people = rng.random_range(0..=1);
+            let scene = random_scene(rng, size, 1..=5, people);
+            let clean = scene.render();
+            let degraded = match task {
+                Task::Denoise => {
+                    let sigma = rng.random_range(15.0..50.0);
+                    add_noise(rng, &clean, sigma)
+                }
+                Task::Deblur => {
+                    image::imageops::blur(&clean, rng.random_range(1.2..3.0) * size as f32 / 128.0)
+                }
+                _ => add_watermark(rng, &clean),
+            };
+            let text = tasks::instruction(rng, task, &[]);
+            Some(sample(text, degraded, clean, Truth::default()))
+        }
+    }
+}
+
+fn add_noise(rng: &mut ChaCha8Rng, img: &RgbImage, sigma: f32) -> RgbImage {
+    use rand_distr::{Distribution, Normal};
+    let n = Normal::new(0.0f32, sigma).expect("positive sigma");
+    let mut out = img.clone();
+    for p in out.pixels_mut() {
+        for k in 0..3 {
+            p[k] = (p[k] as f32 + n.sample(rng)).clamp(0.0, 255.0) as u8;
+        }
+    }
+    out
+}
+
+/// Overlays a semi-transparent synthetic watermark: rows of block "letters" (text-like) or a
+/// ring-and-bar logo, tiled or single, light or dark.
+fn add_watermark(rng: &mut ChaCha8Rng, img: &RgbImage) -> RgbImage {
+    let (w, h) = img.dimensions();
+    let s = w as f32;
+    let mut alpha = vec![0f32; (w * h) as usize];
+    let color: [u8; 3] = if rng.random_bool(0.7) {
+        [255, 255, 255]
+    } else {
+        [0, 0, 0]
+    };
+    let opacity = rng.random_range(0.35..0.6);
+    let rect = |alpha: &mut Vec<f32>, x0: f32, y0: f32, x1: f32, y1: f32| {
+        for y in (y0.max(0.0) as u32)..(y1.min(h as f32) as u32) {
+            for x in (x0.max(0.0) as u32)..(x1.min(w as f32) as u32) {
+                alpha[(y * w + x) as usize] = 1.0;
+            }
+        }
+    };
+    if rng.random_bool(0.6) {
+        // Text-like: a line or two of glyphs made of strokes.
+        let glyph = rng.random_range(0.05..0.09) * s;
+        let stroke = (glyph * 0.18).max(1.0);
+        let lines = rng.random_range(1..=2);
+        let y_start = rng.random_range(0.1..0.6) * s;
+        for line in 0..lines {
+            let y = y_start + line as f32 * glyph * 1.6;
+            let mut x = rng.random_range(0.05..0.3) * s;
+            let letters = rng.random_range(4..10);
+            for _ in 0..letters {
+                // Each glyph: 2-4 strokes on a 3x5 grid.
+                for _ in 0..rng.random_range(2..=4) {
+                    if rng.random_bool(0.5) {
+                        let gx = x + rng.random_range(0..3) as f32 * glyph * 0.3;
+                        rect(&mut alpha, gx, y, gx + stroke, y + glyph);
+                    } else {
+                        let gy = y + rng.random_range(0..3) as f32 * glyph * 0.45;
+                        rect(&mut alpha, x, gy, x + glyph * 0.7, gy + stroke);
+                    }
+                }
+                x += glyph * 0.95;
+            }
+        }
+    } else {
+        // A logo: a ring with a bar through it, at a random place.
+        let (cx, cy) = (
+            rng.random_range(0.25..0.75) * s,
+            rng.random_range(0.25..0.75) * s,
+        );
+        let r = rng.random_range(0.1..0.2) * s;
+        let t = (0.18 * r).max(1.5);
+        for y in 0..h {
+            for x in 0..w {
+                let d = ((x as f32 + 0.5 - cx).powi(2) + (y as f32 + 0.5 - cy).powi(2)).sqrt();
+                if (d - r).abs() < t / 2.0 {
+                    alpha[(y * w + x) as usize] = 1.0;
+                }
+            }
+        }
+        rect(
+            &mut alpha,
+            cx - r * 0.7,
+            cy - t / 2.0,
+            cx + r * 0.7,
+            cy + t / 2.0,
+        );
+    }
+    let mut out = img.clone();
+    for (i, p) in out.pixels_mut().enumerate() {
+        let a = alpha[i] * opacity;
+        if a > 0.0 {
+            *p =
+                Rgb([0, 1, 2]
+                    .map(|k| (p[k] as f32 * (1.0 - a) + color[k] as f32 * a).round() as u8));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn of(task: Task, seed: u64) -> Sample {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        generate_task(&mut rng, seed, 128, task)
+    }
+
+    #[test]
+    fn generation_is_deterministic() {
+        let w = TaskWeights::default();
+        for seed in [0, 1, 99] {
+            let (a, b) = (generate(seed, 64, &w), generate(seed, 64, &w));
+            assert_eq!(a.instruction, b.instruction);
+            assert_eq!(a.input, b.input);
+            assert_eq!(a.target, b.target);
+        }
+        assert_ne!(generate(1, 64, &w).input, generate(2, 64, &w).input);
+    }
+
+    #[test]
+    fn segmentation_targets_blend_half_inside_the_mask_only() {
+        for seed in 0..6 {
+            let s = of(Task::ReferringSegmentation, seed);
+            let color = s.truth.mask_color.expect("mask colour");
+            let mask = &s.truth.masks[0].1;
+            for (i, (a, b)) in s.input.pixels().zip(s.target.pixels()).enumerate() {
+                if mask[i] {
+                    for k in 0..3 {
+                        let want = (a[k] as u16 + color[k] as u16 + 1) / 2;
+                        assert_eq!(b[k] as u16, want);
+                    }
+                } else {
+                    assert_eq!(a, b);
+                }
+            }
+            assert!(
+                s.instruction.contains(s.truth.masks[0].0.as_str()),
+                "{}",
+                s.instruction
+            );
+        }
+    }
+
+    #[test]
+    fn semantic_requests_for_absent_kinds_leave_the_image_unchanged() {
+        let mut absent = 0;
+        for seed in 0..60 {
+            let s = of(Task::SemanticSegmentation, seed);
+            if s.truth.masks.is_empty() {
+                absent += 1;
+                assert_eq!(s.input, s.target, "{}", s.instruction);
+            } else {
+                assert_ne!(s.input, s.target);
+            }
+        }
+        assert!(
+            (4..=24).contains(&absent),
+            "{absent} of 60 absent (expect ~20%)"
+        );
+    }
+
+    #[test]
+    fn keypoint_targets_are_opaque_discs_of_the_named_colours() {
+        for seed in 0..8 {
+            let s = of(Task::Keypoints, seed);
+            assert!((1..=5).contains(&s.truth.keypoints.len()));
+            for kp in &s.truth.keypoints {
+                let px = s.target.get_pixel(kp.x as u32, kp.y as u32).0;
+                assert_eq!(px, kp.color, "{} at the centre of its disc", kp.name);
+                assert!(
+                    s.instruction.contains(&kp.name.replace('_', " ")),
+                    "{}",
+                    s.instruction
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn edits_change_the_image_and_enhancement_targets_are_clean() {
+        for task in [
+            Task::Remove,
+            Task::Recolor,
+            Task::Add,
+            Task::Replace,
+            Task::Denoise,
+            Task::Deblur,
+            Task::Watermark,
+        ] {
+            for seed in 0..4 {
+                let s = of(task, seed);
+                assert_ne!(s.input, s.target, "{}: {}", task.name(), s.instruction);
+                assert_eq!(s.input.dimensions(), (128, 128));
+            }
+        }
+    }
+
+    #[test]
+    fn every_family_is_drawn_with_default_weights() {
+        let w = TaskWeights::default();
+        let seen: std::collections::HashSet<Task> =
+            (0..400).map(|s| generate(s, 32, &w).task).collect();
+        assert_eq!(seen.len(), Task::ALL.len());
+    }
+}
