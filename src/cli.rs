@@ -36,6 +36,40 @@ pub enum Command {
     /// Procedural training data.
     #[command(subcommand)]
     Data(DataCommand),
+    /// Train the built-in model (phase `vae`, then `edit`); resumes from the last checkpoint.
+    #[command(subcommand)]
+    Train(TrainCommand),
+}
+
+#[derive(Subcommand)]
+pub enum TrainCommand {
+    /// Phase 1: the autoencoder.
+    Vae(TrainArgs),
+    /// Phase 2: the UNet and the text encoder, with the phase-1 VAE frozen.
+    Edit(TrainArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct TrainArgs {
+    /// Run folder: checkpoint/, and vae/ or model/ (a loadable diffusers folder).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// The trained VAE folder (phase `edit`; default: OUT/../vae/vae).
+    #[arg(long)]
+    pub vae: Option<PathBuf>,
+    /// Total optimizer steps (a resumed run continues to this).
+    #[arg(long)]
+    pub steps: Option<usize>,
+    #[arg(long)]
+    pub batch: Option<usize>,
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Steps between checkpoints.
+    #[arg(long)]
+    pub checkpoint_every: Option<usize>,
+    /// Print a progress line every this many steps.
+    #[arg(long, default_value_t = 10)]
+    pub log_every: usize,
 }
 
 #[derive(Subcommand)]
@@ -135,6 +169,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Some(Command::Edit(args)) => run_edit(&args),
         Some(Command::Data(DataCommand::Synth(args))) => run_synth(&args),
+        Some(Command::Train(cmd)) => run_train(&cmd),
         None => {
             use clap::CommandFactory;
             let _ = Cli::command().print_help();
@@ -355,4 +390,59 @@ fn run_synth(args: &SynthArgs) -> anyhow::Result<()> {
     bar.finish_and_clear();
     eprintln!("wrote {} samples to '{}'", args.count, args.out.display());
     Ok(())
+}
+
+fn run_train(cmd: &TrainCommand) -> anyhow::Result<()> {
+    use crate::train::{edit, vae, TrainEvent};
+    let device = Device::Cpu;
+    let args = match cmd {
+        TrainCommand::Vae(a) | TrainCommand::Edit(a) => a,
+    };
+    let log_every = args.log_every.max(1);
+    let mut on_event = |e: &TrainEvent| match e {
+        TrainEvent::Step {
+            step,
+            total,
+            loss,
+            grad_norm,
+            lr,
+            steps_per_s,
+            eta_s,
+        } => {
+            if step % log_every == 0 || step == total {
+                eprintln!(
+                    "step {step}/{total} loss {loss:.5} grad-norm {grad_norm:.3} lr {lr:.2e} {steps_per_s:.2} steps/s eta {:.0} min",
+                    eta_s / 60.0
+                );
+            }
+        }
+        TrainEvent::Checkpoint { step, dir } => {
+            eprintln!("checkpoint at step {step} in '{}'", dir.display())
+        }
+        TrainEvent::Samples { step, path } => {
+            eprintln!("samples at step {step}: '{}'", path.display())
+        }
+    };
+    let result = match cmd {
+        TrainCommand::Vae(a) => {
+            let mut plan = vae::default_plan(a.out.clone());
+            plan.steps = a.steps.unwrap_or(plan.steps);
+            plan.batch = a.batch.unwrap_or(plan.batch);
+            plan.optim.lr = a.lr.unwrap_or(plan.optim.lr);
+            plan.checkpoint_every = a.checkpoint_every.unwrap_or(plan.checkpoint_every).max(1);
+            vae::train(&plan, &device, &mut on_event)
+        }
+        TrainCommand::Edit(a) => {
+            let vae_dir = a.vae.clone().unwrap_or_else(|| a.out.join("../vae/vae"));
+            let mut plan = edit::default_plan(a.out.clone(), vae_dir);
+            plan.steps = a.steps.unwrap_or(plan.steps);
+            plan.batch = a.batch.unwrap_or(plan.batch);
+            plan.optim.lr = a.lr.unwrap_or(plan.optim.lr);
+            plan.checkpoint_every = a.checkpoint_every.unwrap_or(plan.checkpoint_every).max(1);
+            let unet = crate::model::unet::UNetConfig::tiny();
+            let clip = crate::model::clip::ClipConfig::tiny();
+            edit::train(&plan, &unet, &clip, &device, &mut on_event)
+        }
+    };
+    result.map_err(|e| anyhow::anyhow!(e))
 }

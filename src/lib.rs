@@ -12,3 +12,4 @@ pub mod imageio;
 pub mod model;
 pub mod sample;
 pub mod tasks;
+pub mod train;

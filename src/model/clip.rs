@@ -51,6 +51,42 @@ impl ClipConfig {
     }
 }
 
+impl ClipConfig {
+    /// The built-in miniature model's text encoder (CLIP's vocabulary, trained from scratch).
+    pub fn tiny() -> Self {
+        Self {
+            vocab_size: 49408,
+            hidden_size: 64,
+            intermediate_size: 256,
+            num_hidden_layers: 3,
+            num_attention_heads: 4,
+            max_position_embeddings: 77,
+            layer_norm_eps: 1e-5,
+            activation: Activation::QuickGelu,
+        }
+    }
+
+    /// The transformers `config.json` for this text model.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "architectures": ["CLIPTextModel"],
+            "model_type": "clip_text_model",
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_hidden_layers,
+            "num_attention_heads": self.num_attention_heads,
+            "max_position_embeddings": self.max_position_embeddings,
+            "layer_norm_eps": self.layer_norm_eps,
+            "hidden_act": match self.activation { Activation::QuickGelu => "quick_gelu", Activation::Gelu => "gelu" },
+            "bos_token_id": 49406,
+            "eos_token_id": 49407,
+            "pad_token_id": 49407,
+            "projection_dim": self.hidden_size,
+        })
+    }
+}
+
 /// Mirror of transformers' `text_encoder/config.json` (`CLIPTextConfig`).
 #[derive(Debug, Clone, Deserialize)]
 pub struct ClipConfigJson {
@@ -240,6 +276,10 @@ pub struct ClipTokenizer {
 }
 
 impl ClipTokenizer {
+    /// CLIP ViT-L/14's `tokenizer.json`, compiled in.
+    pub const BUNDLED_JSON: &'static [u8] =
+        include_bytes!("../../models/builtin/tokenizer/tokenizer.json");
+
     /// Loads a Hugging Face `tokenizer.json` holding CLIP's vocabulary.
     pub fn from_file(path: &Path, length: usize) -> std::result::Result<Self, String> {
         let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| e.to_string())?;
@@ -249,8 +289,8 @@ impl ClipTokenizer {
     /// The CLIP ViT-L/14 tokenizer compiled into the binary, so that every model (and folders
     /// that ship only `vocab.json`/`merges.txt`) can tokenize without extra files.
     pub fn bundled(length: usize) -> Self {
-        static JSON: &[u8] = include_bytes!("../../models/builtin/tokenizer/tokenizer.json");
-        let inner = tokenizers::Tokenizer::from_bytes(JSON).expect("the bundled tokenizer parses");
+        let inner = tokenizers::Tokenizer::from_bytes(Self::BUNDLED_JSON)
+            .expect("the bundled tokenizer parses");
         Self::with(inner, length).expect("the bundled tokenizer is CLIP's")
     }
 

@@ -111,7 +111,12 @@ pub fn conv2d(
 
 impl Module for Conv2d {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        if self.stride != 1 || self.kernel == 1 || xs.device().is_cuda() || xs.device().is_metal() {
+        if std::env::var_os("ID_NATIVE_CONV").is_some()
+            || self.stride != 1
+            || self.kernel == 1
+            || xs.device().is_cuda()
+            || xs.device().is_metal()
+        {
             return self.inner.forward(xs);
         }
         let (b, c, h, w) = xs.dims4()?;

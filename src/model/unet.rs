@@ -63,6 +63,59 @@ impl UNetConfig {
         }
     }
 
+    /// The built-in miniature model's UNet: 32x32 latents of 128 px images, attention at the
+    /// two lower resolutions only.
+    pub fn tiny() -> Self {
+        use BlockKind::*;
+        Self {
+            in_channels: 8,
+            out_channels: 4,
+            block_out_channels: vec![64, 128, 128],
+            down_blocks: vec![Plain, CrossAttn, CrossAttn],
+            up_blocks: vec![CrossAttn, CrossAttn, Plain],
+            layers_per_block: 1,
+            attention_heads: vec![4, 4, 4],
+            cross_attention_dim: 64,
+            norm_num_groups: 16,
+            norm_eps: 1e-5,
+            use_linear_projection: false,
+            flip_sin_to_cos: true,
+            freq_shift: 0.,
+        }
+    }
+
+    /// The diffusers `config.json` for this UNet.
+    pub fn to_json(&self) -> serde_json::Value {
+        let down = |k: &BlockKind| match k {
+            BlockKind::Plain => "DownBlock2D",
+            BlockKind::CrossAttn => "CrossAttnDownBlock2D",
+        };
+        let up = |k: &BlockKind| match k {
+            BlockKind::Plain => "UpBlock2D",
+            BlockKind::CrossAttn => "CrossAttnUpBlock2D",
+        };
+        serde_json::json!({
+            "_class_name": "UNet2DConditionModel",
+            "act_fn": "silu",
+            "attention_head_dim": self.attention_heads,
+            "block_out_channels": self.block_out_channels,
+            "center_input_sample": false,
+            "cross_attention_dim": self.cross_attention_dim,
+            "down_block_types": self.down_blocks.iter().map(down).collect::<Vec<_>>(),
+            "downsample_padding": 1,
+            "flip_sin_to_cos": self.flip_sin_to_cos,
+            "freq_shift": self.freq_shift,
+            "in_channels": self.in_channels,
+            "layers_per_block": self.layers_per_block,
+            "mid_block_scale_factor": 1,
+            "norm_eps": self.norm_eps,
+            "norm_num_groups": self.norm_num_groups,
+            "out_channels": self.out_channels,
+            "up_block_types": self.up_blocks.iter().map(up).collect::<Vec<_>>(),
+            "use_linear_projection": self.use_linear_projection,
+        })
+    }
+
     /// Width of the time embedding (4x the first block's channels).
     pub fn time_embed_dim(&self) -> usize {
         self.block_out_channels[0] * 4
@@ -418,6 +471,14 @@ mod tests {
           "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"]}"#;
         let j: UNetConfigJson = serde_json::from_str(json).expect("parses");
         assert_eq!(UNetConfig::try_from(j), Ok(UNetConfig::sd15_instruct()));
+    }
+
+    #[test]
+    fn json_round_trips() {
+        for cfg in [UNetConfig::sd15_instruct(), UNetConfig::tiny()] {
+            let j: UNetConfigJson = serde_json::from_value(cfg.to_json()).expect("parses");
+            assert_eq!(UNetConfig::try_from(j), Ok(cfg));
+        }
     }
 
     #[test]

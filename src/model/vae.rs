@@ -40,6 +40,38 @@ impl VaeConfig {
         }
     }
 
+    /// The built-in miniature model's VAE: 4x downscaling (32x32 latents at 128 px). The
+    /// scaling factor is measured after training (1 / std of the latents).
+    pub fn tiny() -> Self {
+        Self {
+            in_channels: 3,
+            out_channels: 3,
+            block_out_channels: vec![16, 32, 64],
+            layers_per_block: 1,
+            latent_channels: 4,
+            norm_num_groups: 8,
+            scaling_factor: 1.0,
+        }
+    }
+
+    /// The diffusers `config.json` for this VAE.
+    pub fn to_json(&self) -> serde_json::Value {
+        let n = self.block_out_channels.len();
+        serde_json::json!({
+            "_class_name": "AutoencoderKL",
+            "act_fn": "silu",
+            "block_out_channels": self.block_out_channels,
+            "down_block_types": vec!["DownEncoderBlock2D"; n],
+            "up_block_types": vec!["UpDecoderBlock2D"; n],
+            "in_channels": self.in_channels,
+            "out_channels": self.out_channels,
+            "latent_channels": self.latent_channels,
+            "layers_per_block": self.layers_per_block,
+            "norm_num_groups": self.norm_num_groups,
+            "scaling_factor": self.scaling_factor,
+        })
+    }
+
     /// Pixel size of one latent cell (8 for SD).
     pub fn downscale(&self) -> usize {
         1 << (self.block_out_channels.len() - 1)

@@ -1,0 +1,306 @@
+//! Phase 2 of the built-in model, and fine-tuning: the UNet and the text encoder trained
+//! together on (source, instruction, target) triples with a frozen VAE, as InstructDiffusion
+//! trains: epsilon prediction at a random timestep per sample, the source latent (posterior
+//! mean, unscaled) concatenated to the noisy target latent, and conditioning dropout (7.5% of
+//! samples lose the text, 7.5% the image, never both).
+//!
+//! The loss can weight the latent cells where the target differs from the source more, since
+//! an instruction's signal is often a few percent of the pixels.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use super::checkpoint::{save_weights, Checkpoint};
+use super::optim::{AdamW, AdamWConfig};
+use super::{
+    images_to_tensor, sample_seed, step_seed, DivergenceGuard, Pace, TrainError, TrainEvent,
+};
+use crate::data::sample::{generate, TaskWeights};
+use crate::model::clip::{ClipConfig, ClipTextModel, ClipTokenizer};
+use crate::model::meta::{SamplingDefaults, SchedulerConfig, DEFAULTS_FILE};
+use crate::model::unet::{UNet2DConditionModel, UNetConfig};
+use crate::sample::noise::{NoiseSource, SeededNoise};
+use crate::sample::schedule::alphas_cumprod;
+
+/// An edit-model training run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EditPlan {
+    pub out: PathBuf,
+    /// The trained VAE folder (phase 1's `vae/`).
+    pub vae: PathBuf,
+    pub steps: usize,
+    pub batch: usize,
+    pub size: u32,
+    pub seed: u64,
+    pub optim: AdamWConfig,
+    pub checkpoint_every: usize,
+    /// Extra loss weight on latent cells the edit changes (0 = plain MSE).
+    pub change_weight: f64,
+    pub text_dropout: f64,
+    pub image_dropout: f64,
+    pub tasks: TaskWeights,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Meta {
+    step: usize,
+    plan: EditPlan,
+}
+
+/// The default plan for the built-in model.
+pub fn default_plan(out: PathBuf, vae: PathBuf) -> EditPlan {
+    EditPlan {
+        out,
+        vae,
+        steps: 40_000,
+        batch: 8,
+        size: 128,
+        seed: 2,
+        optim: AdamWConfig {
+            lr: 2e-4,
+            warmup_steps: 500,
+            ema_decay: 0.999,
+            ..Default::default()
+        },
+        checkpoint_every: 250,
+        change_weight: 4.0,
+        text_dropout: 0.075,
+        image_dropout: 0.075,
+        tasks: TaskWeights::default(),
+    }
+}
+
+/// Per-cell weights `1 + w * changed`, `(b, 1, h/f, w/f)`, from where source and target differ.
+fn change_weights(src: &Tensor, tgt: &Tensor, f: usize, w: f64) -> candle_core::Result<Tensor> {
+    let changed = (src - tgt)?
+        .abs()?
+        .max_keepdim(1)?
+        .gt(0.04)?
+        .to_dtype(DType::F32)?;
+    let pooled = changed.max_pool2d(f)?;
+    (pooled * w)? + 1.0
+}
+
+/// Writes the diffusers folder of the EMA weights to `dir` (through `dir.tmp` and a rename).
+pub fn export_model(
+    dir: &Path,
+    plan: &EditPlan,
+    unet_cfg: &UNetConfig,
+    clip_cfg: &ClipConfig,
+    opt: &AdamW,
+) -> anyhow::Result<()> {
+    let tmp = dir.with_extension("tmp");
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp)?;
+    let ema = opt.ema_weights();
+    let part = |prefix: &str| -> std::collections::HashMap<String, Tensor> {
+        ema.iter()
+            .filter_map(|(k, v)| k.strip_prefix(prefix).map(|s| (s.to_string(), v.clone())))
+            .collect()
+    };
+    let write_json = |p: PathBuf, v: &serde_json::Value| -> anyhow::Result<()> {
+        std::fs::create_dir_all(p.parent().expect("has a parent"))?;
+        Ok(std::fs::write(p, serde_json::to_string_pretty(v)?)?)
+    };
+    save_weights(
+        &part("unet."),
+        &tmp.join("unet/diffusion_pytorch_model.safetensors"),
+        true,
+    )?;
+    write_json(tmp.join("unet/config.json"), &unet_cfg.to_json())?;
+    save_weights(
+        &part("text_encoder."),
+        &tmp.join("text_encoder/model.safetensors"),
+        true,
+    )?;
+    write_json(tmp.join("text_encoder/config.json"), &clip_cfg.to_json())?;
+    std::fs::create_dir_all(tmp.join("vae"))?;
+    for f in ["config.json", "diffusion_pytorch_model.safetensors"] {
+        std::fs::copy(plan.vae.join(f), tmp.join("vae").join(f))?;
+    }
+    std::fs::create_dir_all(tmp.join("tokenizer"))?;
+    std::fs::write(
+        tmp.join("tokenizer/tokenizer.json"),
+        ClipTokenizer::BUNDLED_JSON,
+    )?;
+    write_json(
+        tmp.join("scheduler/scheduler_config.json"),
+        &serde_json::json!({
+            "_class_name": "EulerAncestralDiscreteScheduler",
+            "num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
+            "beta_schedule": "scaled_linear", "prediction_type": "epsilon"
+        }),
+    )?;
+    write_json(
+        tmp.join("model_index.json"),
+        &serde_json::json!({
+            "_class_name": "StableDiffusionInstructPix2PixPipeline",
+            "_instructdiffusion_note": "trained by `instructdiffusion train`; guidance formula in instructdiffusion.json",
+            "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
+            "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizerFast"],
+            "scheduler": ["diffusers", "EulerAncestralDiscreteScheduler"], "safety_checker": [null, null],
+            "feature_extractor": [null, null], "requires_safety_checker": false
+        }),
+    )?;
+    // The resize rule works in multiples of 64.
+    let resolution = (plan.size as usize).div_ceil(64) * 64;
+    let defaults = SamplingDefaults {
+        steps: 20,
+        resolution,
+        ..SamplingDefaults::instructdiffusion()
+    };
+    write_json(tmp.join(DEFAULTS_FILE), &serde_json::to_value(&defaults)?)?;
+    let old = dir.with_extension("old");
+    let _ = std::fs::remove_dir_all(&old);
+    if dir.exists() {
+        std::fs::rename(dir, &old)?;
+    }
+    std::fs::rename(&tmp, dir)?;
+    let _ = std::fs::remove_dir_all(&old);
+    Ok(())
+}
+
+/// Trains (or resumes) the UNet and text encoder of `plan`.
+pub fn train(
+    plan: &EditPlan,
+    unet_cfg: &UNetConfig,
+    clip_cfg: &ClipConfig,
+    device: &Device,
+    on_event: &mut dyn FnMut(&TrainEvent),
+) -> Result<(), TrainError> {
+    let vae = super::vae::load_frozen(&plan.vae, device)?;
+    let scale = vae.config.scaling_factor;
+    let f = vae.config.downscale();
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
+    let unet = UNet2DConditionModel::new(unet_cfg, None, vb.pp("unet"))?;
+    let clip = ClipTextModel::new(clip_cfg, vb.pp("text_encoder").pp("text_model"))?;
+    let tokenizer = ClipTokenizer::bundled(clip_cfg.max_position_embeddings);
+    let vars: Vec<(String, candle_core::Var)> = varmap
+        .data()
+        .lock()
+        .expect("varmap lock")
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let mut opt = AdamW::new(vars, plan.optim.clone())?;
+    let ckpt = Checkpoint::new(&plan.out.join("checkpoint"));
+    if ckpt.exists() {
+        let (state, meta): (_, Meta) = ckpt.load()?;
+        opt.load_state(&state, meta.step)?;
+    }
+    let acp: Vec<f64> = alphas_cumprod(&SchedulerConfig::default());
+    let mut guard = DivergenceGuard::default();
+    let pace = Pace::new(opt.step);
+    let mut kept = opt.step;
+    while opt.step < plan.steps {
+        let step = opt.step;
+        let mut rng = ChaCha8Rng::seed_from_u64(step_seed(plan.seed, step));
+        let samples: Vec<_> = (0..plan.batch)
+            .map(|i| {
+                generate(
+                    sample_seed(plan.seed, step, plan.batch, i),
+                    plan.size,
+                    &plan.tasks,
+                )
+            })
+            .collect();
+        let src = images_to_tensor(
+            &samples.iter().map(|s| &s.input).collect::<Vec<_>>(),
+            device,
+        )?;
+        let tgt = images_to_tensor(
+            &samples.iter().map(|s| &s.target).collect::<Vec<_>>(),
+            device,
+        )?;
+        let src_lat = vae.encode_mean(&src)?.detach();
+        let tgt_lat = (vae.encode_mean(&tgt)? * scale)?.detach();
+        let mut keep_image = Vec::with_capacity(plan.batch);
+        let mut ids = Vec::with_capacity(plan.batch * clip_cfg.max_position_embeddings);
+        let mut ts = Vec::with_capacity(plan.batch);
+        let mut a = Vec::with_capacity(plan.batch);
+        let mut b = Vec::with_capacity(plan.batch);
+        for s in &samples {
+            let r: f64 = rng.random();
+            let drop_text = r < plan.text_dropout;
+            let drop_image = !drop_text && r < plan.text_dropout + plan.image_dropout;
+            keep_image.push(if drop_image { 0f32 } else { 1.0 });
+            let prompt = if drop_text {
+                ""
+            } else {
+                s.instruction.as_str()
+            };
+            ids.extend(tokenizer.encode(prompt).map_err(anyhow::Error::msg)?);
+            let t = rng.random_range(0..acp.len());
+            ts.push(t as f32);
+            a.push(acp[t].sqrt() as f32);
+            b.push((1.0 - acp[t]).sqrt() as f32);
+        }
+        let n = plan.batch;
+        let col = |v: Vec<f32>| Tensor::from_vec(v, (n, 1, 1, 1), device);
+        let src_lat = src_lat.broadcast_mul(&col(keep_image)?)?;
+        let eps = SeededNoise::new(rng.random()).sample(tgt_lat.shape(), device)?;
+        let noisy = (tgt_lat.broadcast_mul(&col(a)?)? + eps.broadcast_mul(&col(b)?)?)?;
+        let ids = Tensor::from_vec(ids, (n, clip_cfg.max_position_embeddings), device)?;
+        let text = clip.forward(&ids)?;
+        let t = Tensor::from_vec(ts, n, device)?;
+        let pred = unet.forward(&Tensor::cat(&[&noisy, &src_lat], 1)?, &t, &text)?;
+        let err = (pred - &eps)?.sqr()?;
+        let loss = if plan.change_weight > 0.0 {
+            let w = change_weights(&src, &tgt, f, plan.change_weight)?;
+            (err.broadcast_mul(&w)?.mean_all()?
+                / w.mean_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?)?
+        } else {
+            err.mean_all()?
+        };
+        let loss_v: f64 = loss.to_dtype(DType::F64)?.to_scalar()?;
+        if guard.diverged(loss_v) {
+            return Err(TrainError::Diverged {
+                step: step + 1,
+                loss: loss_v,
+                kept,
+                dir: ckpt.dir.clone(),
+            });
+        }
+        let info = opt.step(&loss.backward()?)?;
+        if !info.grad_norm.is_finite() || !opt.all_finite()? {
+            return Err(TrainError::Diverged {
+                step: step + 1,
+                loss: info.grad_norm,
+                kept,
+                dir: ckpt.dir.clone(),
+            });
+        }
+        let (rate, eta) = pace.at(step, plan.steps);
+        on_event(&TrainEvent::Step {
+            step: opt.step,
+            total: plan.steps,
+            loss: loss_v,
+            grad_norm: info.grad_norm,
+            lr: info.lr,
+            steps_per_s: rate,
+            eta_s: eta,
+        });
+        if opt.step % plan.checkpoint_every == 0 || opt.step == plan.steps {
+            ckpt.save(
+                &opt.state()?,
+                &Meta {
+                    step: opt.step,
+                    plan: plan.clone(),
+                },
+            )?;
+            export_model(&plan.out.join("model"), plan, unet_cfg, clip_cfg, &opt)?;
+            kept = opt.step;
+            on_event(&TrainEvent::Checkpoint {
+                step: opt.step,
+                dir: ckpt.dir.clone(),
+            });
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,246 @@
+//! Phase 1 of the built-in model: the image autoencoder, trained on generated scenes (sources
+//! and targets alike) with an L1 + L2 reconstruction loss and a small KL term, as LDM's
+//! autoencoders minus the adversarial and perceptual terms. At each checkpoint the latent
+//! scaling factor (1 / std of the posterior means) is measured and written into the config.
+
+use std::path::PathBuf;
+
+use candle_core::{DType, Device};
+use candle_nn::{VarBuilder, VarMap};
+use serde::{Deserialize, Serialize};
+
+use super::checkpoint::{save_weights, Checkpoint};
+use super::optim::{AdamW, AdamWConfig};
+use super::{
+    images_to_tensor, sample_seed, step_seed, DivergenceGuard, Pace, TrainError, TrainEvent,
+    HELD_OUT_FIRST_SEED,
+};
+use crate::data::sample::{generate, TaskWeights};
+use crate::model::vae::{AutoencoderKL, VaeConfig};
+use crate::sample::noise::{NoiseSource, SeededNoise};
+
+/// A VAE training run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VaePlan {
+    pub out: PathBuf,
+    pub config: VaeConfigSer,
+    pub steps: usize,
+    pub batch: usize,
+    pub size: u32,
+    pub seed: u64,
+    pub kl_weight: f64,
+    pub optim: AdamWConfig,
+    pub checkpoint_every: usize,
+}
+
+/// The serialisable part of [`VaeConfig`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VaeConfigSer {
+    pub block_out_channels: Vec<usize>,
+    pub layers_per_block: usize,
+    pub latent_channels: usize,
+    pub norm_num_groups: usize,
+}
+
+impl From<&VaeConfigSer> for VaeConfig {
+    fn from(c: &VaeConfigSer) -> Self {
+        VaeConfig {
+            block_out_channels: c.block_out_channels.clone(),
+            layers_per_block: c.layers_per_block,
+            latent_channels: c.latent_channels,
+            norm_num_groups: c.norm_num_groups,
+            ..VaeConfig::tiny()
+        }
+    }
+}
+
+impl From<&VaeConfig> for VaeConfigSer {
+    fn from(c: &VaeConfig) -> Self {
+        Self {
+            block_out_channels: c.block_out_channels.clone(),
+            layers_per_block: c.layers_per_block,
+            latent_channels: c.latent_channels,
+            norm_num_groups: c.norm_num_groups,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Meta {
+    step: usize,
+    plan: VaePlan,
+    scaling_factor: f64,
+}
+
+fn batch_images(plan: &VaePlan, seed_base: impl Fn(usize) -> u64) -> Vec<image::RgbImage> {
+    let weights = TaskWeights::default();
+    (0..plan.batch)
+        .map(|i| {
+            let s = generate(seed_base(i), plan.size, &weights);
+            if i % 2 == 0 {
+                s.input
+            } else {
+                s.target
+            }
+        })
+        .collect()
+}
+
+/// 1 / std of the posterior means over 32 held-out images.
+fn measure_scale(vae: &AutoencoderKL, plan: &VaePlan, device: &Device) -> candle_core::Result<f64> {
+    let probe = VaePlan {
+        batch: 32,
+        ..plan.clone()
+    };
+    let imgs = batch_images(&probe, |i| HELD_OUT_FIRST_SEED + 1_000_000 + i as u64);
+    let refs: Vec<&image::RgbImage> = imgs.iter().collect();
+    let x = images_to_tensor(&refs, device)?;
+    let mean = vae.encode_mean(&x)?;
+    let var: f64 = mean
+        .broadcast_sub(&mean.mean_all()?)?
+        .sqr()?
+        .mean_all()?
+        .to_dtype(DType::F64)?
+        .to_scalar()?;
+    Ok(1.0 / var.sqrt().max(1e-6))
+}
+
+/// Writes `out/vae/` (config + EMA weights) for the pipeline and the next phase.
+fn export(plan: &VaePlan, opt: &AdamW, scale: f64) -> anyhow::Result<()> {
+    let dir = plan.out.join("vae");
+    std::fs::create_dir_all(&dir)?;
+    let mut cfg = VaeConfig::from(&plan.config);
+    cfg.scaling_factor = scale;
+    save_weights(
+        &opt.ema_weights(),
+        &dir.join("diffusion_pytorch_model.safetensors"),
+        false,
+    )?;
+    crate::imageio::write_atomic(
+        &dir.join("config.json"),
+        serde_json::to_string_pretty(&cfg.to_json())?.as_bytes(),
+    )?;
+    Ok(())
+}
+
+/// Trains (or resumes) the VAE of `plan`.
+pub fn train(
+    plan: &VaePlan,
+    device: &Device,
+    on_event: &mut dyn FnMut(&TrainEvent),
+) -> Result<(), TrainError> {
+    let cfg = VaeConfig::from(&plan.config);
+    let varmap = VarMap::new();
+    let vae = AutoencoderKL::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, device))?;
+    let vars: Vec<(String, candle_core::Var)> = varmap
+        .data()
+        .lock()
+        .expect("varmap lock")
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let mut opt = AdamW::new(vars, plan.optim.clone())?;
+    let ckpt = Checkpoint::new(&plan.out.join("checkpoint"));
+    if ckpt.exists() {
+        let (state, meta): (_, Meta) = ckpt.load()?;
+        opt.load_state(&state, meta.step)?;
+    }
+    let mut guard = DivergenceGuard::default();
+    let pace = Pace::new(opt.step);
+    let mut kept = opt.step;
+    while opt.step < plan.steps {
+        let step = opt.step;
+        let imgs = batch_images(plan, |i| sample_seed(plan.seed, step, plan.batch, i));
+        let refs: Vec<&image::RgbImage> = imgs.iter().collect();
+        let x = images_to_tensor(&refs, device)?;
+        let (mean, logvar) = vae.encode_moments(&x)?;
+        let eps = SeededNoise::new(step_seed(plan.seed, step)).sample(mean.shape(), device)?;
+        let z = (&mean + ((&logvar * 0.5)?.exp()? * eps)?)?;
+        let rec = vae.decode(&z)?;
+        let diff = (rec - &x)?;
+        let rec_loss = (diff.abs()?.mean_all()? + diff.sqr()?.mean_all()?)?;
+        let kl = ((mean.sqr()? + logvar.exp()?)? - 1.0)?
+            .sub(&logvar)?
+            .mean_all()?
+            .affine(0.5, 0.0)?;
+        let loss = (rec_loss + (kl * plan.kl_weight)?)?;
+        let loss_v: f64 = loss.to_dtype(DType::F64)?.to_scalar()?;
+        if guard.diverged(loss_v) {
+            return Err(TrainError::Diverged {
+                step: step + 1,
+                loss: loss_v,
+                kept,
+                dir: ckpt.dir.clone(),
+            });
+        }
+        let info = opt.step(&loss.backward()?)?;
+        if !info.grad_norm.is_finite() || !opt.all_finite()? {
+            return Err(TrainError::Diverged {
+                step: step + 1,
+                loss: info.grad_norm,
+                kept,
+                dir: ckpt.dir.clone(),
+            });
+        }
+        let (rate, eta) = pace.at(step, plan.steps);
+        on_event(&TrainEvent::Step {
+            step: opt.step,
+            total: plan.steps,
+            loss: loss_v,
+            grad_norm: info.grad_norm,
+            lr: info.lr,
+            steps_per_s: rate,
+            eta_s: eta,
+        });
+        if opt.step % plan.checkpoint_every == 0 || opt.step == plan.steps {
+            let scale = measure_scale(&vae, plan, device)?;
+            ckpt.save(
+                &opt.state()?,
+                &Meta {
+                    step: opt.step,
+                    plan: plan.clone(),
+                    scaling_factor: scale,
+                },
+            )?;
+            export(plan, &opt, scale)?;
+            kept = opt.step;
+            on_event(&TrainEvent::Checkpoint {
+                step: opt.step,
+                dir: ckpt.dir.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The default plan for the built-in model's VAE.
+pub fn default_plan(out: PathBuf) -> VaePlan {
+    VaePlan {
+        out,
+        config: (&VaeConfig::tiny()).into(),
+        steps: 6000,
+        batch: 8,
+        size: 128,
+        seed: 1,
+        kl_weight: 1e-6,
+        optim: AdamWConfig {
+            lr: 4e-4,
+            warmup_steps: 200,
+            ema_decay: 0.999,
+            weight_decay: 0.0,
+            ..Default::default()
+        },
+        checkpoint_every: 250,
+    }
+}
+
+/// Loads a trained VAE folder (`config.json` + weights) for the next phase.
+pub fn load_frozen(dir: &std::path::Path, device: &Device) -> anyhow::Result<AutoencoderKL> {
+    let cfg_json: crate::model::vae::VaeConfigJson =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json"))?)?;
+    let cfg = VaeConfig::from(cfg_json);
+    let path = dir.join("diffusion_pytorch_model.safetensors");
+    let tensors = candle_core::safetensors::load(&path, device)?;
+    let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
+    Ok(AutoencoderKL::new(&cfg, vb)?)
+}
