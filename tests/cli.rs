@@ -34,18 +34,12 @@ fn png_text(path: &Path) -> Vec<(String, String)> {
     out
 }
 
-/// `edit --init-noise` with the reference's noise reproduces the reference's pixels.
-#[test]
-fn edit_reproduces_the_reference_from_its_noise() {
-    let tmp = tempdir();
-    let g = goldens(&tiny());
-    let noise = tmp.path().join("noise.npy");
-    golden(&g, "edit.noise").write_npy(&noise).unwrap();
-    let (out, report) = (tmp.path().join("out.png"), tmp.path().join("report.json"));
-    let o = run_bin(&[
+/// The arguments of the reference's euler + InstructDiffusion edit of the tiny fixture.
+fn reference_edit(model: &str, noise: &Path, out: &Path) -> Vec<String> {
+    let args = [
         "edit",
         "--model",
-        &tiny_model(),
+        model,
         "--image",
         &input(),
         "--prompt",
@@ -62,13 +56,28 @@ fn edit_reproduces_the_reference_from_its_noise() {
         "1.25",
         "--resolution",
         "64",
-        "--init-noise",
-        noise.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--report",
-        report.to_str().unwrap(),
+    ];
+    let mut v: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    v.extend([
+        "--init-noise".into(),
+        noise.display().to_string(),
+        "--out".into(),
+        out.display().to_string(),
     ]);
+    v
+}
+
+/// `edit --init-noise` with the reference's noise reproduces the reference's pixels.
+#[test]
+fn edit_reproduces_the_reference_from_its_noise() {
+    let tmp = tempdir();
+    let g = goldens(&tiny());
+    let noise = tmp.path().join("noise.npy");
+    golden(&g, "edit.noise").write_npy(&noise).unwrap();
+    let (out, report) = (tmp.path().join("out.png"), tmp.path().join("report.json"));
+    let mut args = reference_edit(&tiny_model(), &noise, &out);
+    args.extend(["--report".into(), report.display().to_string()]);
+    let o = run_bin(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(o.status.success(), "{}", stderr(&o));
     let got = image::open(&out).unwrap().to_rgb8();
     let want: Vec<u8> = golden(&g, "edit.euler.instructdiffusion.image")
@@ -417,31 +426,7 @@ fn edit_works_on_every_layout() {
     for (i, (model, extra, env)) in cases.into_iter().enumerate() {
         let out = tmp.path().join(format!("out{i}.png"));
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_instructdiffusion"));
-        cmd.args([
-            "edit",
-            "--model",
-            &model,
-            "--image",
-            &input(),
-            "--prompt",
-            PROMPT,
-            "--steps",
-            "10",
-            "--sampler",
-            "euler",
-            "--guidance",
-            "instructdiffusion",
-            "--text-cfg",
-            "5",
-            "--image-cfg",
-            "1.25",
-            "--resolution",
-            "64",
-            "--init-noise",
-            noise.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ]);
+        cmd.args(reference_edit(&model, &noise, &out));
         cmd.args(&extra)
             .env("HF_HUB_OFFLINE", "1")
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())));

@@ -7,6 +7,7 @@ mod util;
 use std::ops::ControlFlow;
 
 use candle_core::{DType, IndexOp, Tensor};
+use instructdiffusion::model::load::Model;
 use instructdiffusion::model::meta::{GuidanceFormula, SchedulerConfig};
 use instructdiffusion::sample::denoiser::Conditioning;
 use instructdiffusion::sample::noise::RecordedNoise;
@@ -14,6 +15,8 @@ use instructdiffusion::sample::pipeline::{self, EditRequest, Sampled};
 use instructdiffusion::sample::samplers::Sampler;
 use instructdiffusion::sample::schedule::DiscreteSchedule;
 use util::*;
+
+type Goldens = std::collections::HashMap<String, Tensor>;
 
 /// k-diffusion `DiscreteSchedule.get_sigmas(10)` for LDM's SD schedule (float32 there).
 #[test]
@@ -50,16 +53,18 @@ fn tokenizer_matches_transformers() {
 /// transformers `CLIPTextModel(ids).last_hidden_state`.
 #[test]
 fn text_encoder_matches_transformers() {
-    let g = goldens(&tiny());
-    let model = load_tiny("diffusers");
+    check_text_encoder(&load_tiny("diffusers"), &goldens(&tiny()));
+}
+
+fn check_text_encoder(model: &Model, g: &Goldens) {
     for name in ["prompt", "empty"] {
-        let ids = golden(&g, &format!("clip.ids.{name}"))
+        let ids = golden(g, &format!("clip.ids.{name}"))
             .to_dtype(DType::U32)
             .unwrap();
         let got = model.text_encoder.forward(&ids).unwrap();
         assert_close!(
             got,
-            golden(&g, &format!("clip.out.{name}")),
+            golden(g, &format!("clip.out.{name}")),
             COMPONENT_TOL,
             format!("text encoder ({name})")
         );
@@ -69,19 +74,21 @@ fn text_encoder_matches_transformers() {
 /// diffusers `AutoencoderKL.encode(x).latent_dist.mode()` and `.decode(z).sample`.
 #[test]
 fn vae_matches_diffusers() {
-    let g = goldens(&tiny());
-    let model = load_tiny("diffusers");
-    let mean = model.vae.encode_mean(&golden(&g, "vae.input")).unwrap();
+    check_vae(&load_tiny("diffusers"), &goldens(&tiny()));
+}
+
+fn check_vae(model: &Model, g: &Goldens) {
+    let mean = model.vae.encode_mean(&golden(g, "vae.input")).unwrap();
     assert_close!(
         mean,
-        golden(&g, "vae.mean"),
+        golden(g, "vae.mean"),
         COMPONENT_TOL,
         "vae posterior mean"
     );
-    let out = model.vae.decode(&golden(&g, "vae.decode.latent")).unwrap();
+    let out = model.vae.decode(&golden(g, "vae.decode.latent")).unwrap();
     assert_close!(
         out,
-        golden(&g, "vae.decode.out"),
+        golden(g, "vae.decode.out"),
         COMPONENT_TOL,
         "vae decode"
     );
@@ -91,25 +98,29 @@ fn vae_matches_diffusers() {
 /// fractional timestep per batch element.
 #[test]
 fn unet_matches_diffusers_with_per_sample_timesteps() {
-    let g = goldens(&tiny());
-    let model = load_tiny("diffusers");
+    check_unet(&load_tiny("diffusers"), &goldens(&tiny()));
+}
+
+fn check_unet(model: &Model, g: &Goldens) {
     let out = model
         .unet
         .forward(
-            &golden(&g, "unet.sample"),
-            &golden(&g, "unet.t"),
-            &golden(&g, "unet.context"),
+            &golden(g, "unet.sample"),
+            &golden(g, "unet.t"),
+            &golden(g, "unet.context"),
         )
         .unwrap();
-    assert_close!(out, golden(&g, "unet.out"), COMPONENT_TOL, "unet");
+    assert_close!(out, golden(g, "unet.out"), COMPONENT_TOL, "unet");
 }
 
 /// Runs every sampler under both guidance formulas from the reference's initial noise (and
 /// its recorded ancestral noise) and compares the final latent and the decoded pixels with the
 /// reference's: InstructDiffusion's and InstructPix2Pix's `edit_cli.py` with k-diffusion.
 struct PipelineTester {
-    model: instructdiffusion::model::load::Model,
-    g: std::collections::HashMap<String, Tensor>,
+    model: Model,
+    g: Goldens,
+    steps: usize,
+    resolution: usize,
 }
 
 impl PipelineTester {
@@ -117,6 +128,8 @@ impl PipelineTester {
         Self {
             model: load_tiny(layout),
             g: goldens(&tiny()),
+            steps: 10,
+            resolution: 64,
         }
     }
 
@@ -141,13 +154,13 @@ impl PipelineTester {
         };
         let req = EditRequest {
             prompt: "turn the cat into a tiger".into(),
-            steps: Some(10),
+            steps: Some(self.steps),
             text_cfg: Some(text_cfg),
             image_cfg: Some(image_cfg),
             sampler: Some(sampler),
             guidance: Some(guidance),
             seed: Some(0),
-            resolution: Some(64),
+            resolution: Some(self.resolution),
             keep_model_resolution: true,
         };
         let plan = req.validate(&self.model).unwrap();
@@ -219,102 +232,24 @@ fn full_size_parity() {
             .expect("set INSTRUCTDIFFUSION_FULL_FIXTURES"),
     );
     let g = goldens(&dir);
-    let t0 = std::time::Instant::now();
     let model = instructdiffusion::model::load::load(
         &instructdiffusion::model::load::ModelSource::Diffusers(dir.join("diffusers")),
         Default::default(),
     )
     .unwrap();
-    eprintln!("load: {:.2} s", t0.elapsed().as_secs_f64());
-    for name in ["prompt", "empty"] {
-        let ids = golden(&g, &format!("clip.ids.{name}"))
-            .to_dtype(DType::U32)
-            .unwrap();
-        let got = model.text_encoder.forward(&ids).unwrap();
-        assert_close!(
-            got,
-            golden(&g, &format!("clip.out.{name}")),
-            COMPONENT_TOL,
-            format!("text encoder ({name})")
-        );
-    }
-    let mean = model.vae.encode_mean(&golden(&g, "vae.input")).unwrap();
-    assert_close!(mean, golden(&g, "vae.mean"), COMPONENT_TOL, "vae mean");
-    let out = model.vae.decode(&golden(&g, "vae.decode.latent")).unwrap();
-    assert_close!(
-        out,
-        golden(&g, "vae.decode.out"),
-        COMPONENT_TOL,
-        "vae decode"
-    );
-    let (s, t, c) = (
-        golden(&g, "unet.sample"),
-        golden(&g, "unet.t"),
-        golden(&g, "unet.context"),
-    );
-    let mut times = Vec::new();
-    let mut out = None;
-    for _ in 0..3 {
-        let t0 = std::time::Instant::now();
-        out = Some(model.unet.forward(&s, &t, &c).unwrap());
-        times.push(t0.elapsed().as_secs_f64());
-    }
-    times.sort_by(f64::total_cmp);
+    check_text_encoder(&model, &g);
+    check_vae(&model, &g);
+    let t0 = std::time::Instant::now();
+    check_unet(&model, &g);
     eprintln!(
-        "SD1.5 UNet batch 3 at {:?}: median {:.3} s (runs {times:?})",
-        s.dims(),
-        times[1]
+        "SD1.5 UNet batch 3 at 256 px: {:.3} s",
+        t0.elapsed().as_secs_f64()
     );
-    assert_close!(out.unwrap(), golden(&g, "unet.out"), COMPONENT_TOL, "unet");
-
-    let req = EditRequest {
-        prompt: "turn the cat into a tiger".into(),
-        steps: Some(4),
-        text_cfg: Some(5.0),
-        image_cfg: Some(1.25),
-        sampler: Some(Sampler::Euler),
-        guidance: Some(GuidanceFormula::InstructDiffusion),
-        seed: Some(0),
-        resolution: Some(256),
-        keep_model_resolution: true,
+    let tester = PipelineTester {
+        model,
+        g,
+        steps: 4,
+        resolution: 256,
     };
-    let plan = req.validate(&model).unwrap();
-    let enc = |n: &str| {
-        model
-            .text_encoder
-            .forward(&golden(&g, n).to_dtype(DType::U32).unwrap())
-            .unwrap()
-    };
-    let cond = Conditioning {
-        text: enc("clip.ids.prompt"),
-        empty_text: enc("clip.ids.empty"),
-        image: mean,
-    };
-    let mut noise = RecordedNoise::new([]);
-    let Sampled::Done { latent, .. } = pipeline::sample(
-        &model,
-        &cond,
-        &plan,
-        Some(&golden(&g, "edit.noise")),
-        &mut noise,
-        &mut |_| ControlFlow::Continue(()),
-    )
-    .unwrap() else {
-        panic!("cancelled")
-    };
-    assert_close!(
-        latent,
-        golden(&g, "edit.euler.instructdiffusion.latent"),
-        COMPONENT_TOL,
-        "euler edit latent"
-    );
-    let img = pipeline::decode(&model, &latent).unwrap();
-    let want: Vec<u8> = golden(&g, "edit.euler.instructdiffusion.image")
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
-    let mae = mean_abs_diff(img.as_raw(), &want);
-    eprintln!("full-size edit: mean absolute pixel error {mae:.4}");
-    assert!(mae <= PIXEL_MAE_TOL);
+    tester.check(Sampler::Euler, GuidanceFormula::InstructDiffusion);
 }

@@ -15,7 +15,8 @@ pub struct Color {
     pub rgb: [u8; 3],
 }
 
-const fn c(name: &'static str, r: u8, g: u8, b: u8) -> Color {
+/// A named colour (for the colour tables).
+pub(crate) const fn c(name: &'static str, r: u8, g: u8, b: u8) -> Color {
     Color {
         name,
         rgb: [r, g, b],

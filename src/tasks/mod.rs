@@ -6,7 +6,7 @@
 
 use rand::Rng;
 
-use crate::data::scene::Color;
+use crate::data::scene::{c, Color};
 
 /// Every task family the built-in model learns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -67,13 +67,6 @@ impl Task {
             Self::Deblur => DEBLUR,
             Self::Watermark => WATERMARK,
         }
-    }
-}
-
-const fn c(name: &'static str, r: u8, g: u8, b: u8) -> Color {
-    Color {
-        name,
-        rgb: [r, g, b],
     }
 }
 

@@ -17,9 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{save_weights, Checkpoint};
 use super::optim::{AdamW, AdamWConfig};
-use super::{
-    images_to_tensor, sample_seed, step_seed, DivergenceGuard, Pace, TrainError, TrainEvent,
-};
+use super::{images_to_tensor, sample_seed, step_seed, Run, TrainError, TrainEvent};
 use crate::data::sample::{generate, TaskWeights};
 use crate::model::clip::{ClipConfig, ClipTextModel, ClipTokenizer};
 use crate::model::meta::{SamplingDefaults, SchedulerConfig, DEFAULTS_FILE};
@@ -195,9 +193,7 @@ pub fn train(
         opt.load_state(&state, meta.step)?;
     }
     let acp: Vec<f64> = alphas_cumprod(&SchedulerConfig::default());
-    let mut guard = DivergenceGuard::default();
-    let pace = Pace::new(opt.step);
-    let mut kept = opt.step;
+    let mut run = Run::new(opt.step);
     while opt.step < plan.steps {
         let step = opt.step;
         let mut rng = ChaCha8Rng::seed_from_u64(step_seed(plan.seed, step));
@@ -258,34 +254,7 @@ pub fn train(
         } else {
             err.mean_all()?
         };
-        let loss_v: f64 = loss.to_dtype(DType::F64)?.to_scalar()?;
-        if guard.diverged(loss_v) {
-            return Err(TrainError::Diverged {
-                step: step + 1,
-                loss: loss_v,
-                kept,
-                dir: ckpt.dir.clone(),
-            });
-        }
-        let info = opt.step(&loss.backward()?)?;
-        if !info.grad_norm.is_finite() || !opt.all_finite()? {
-            return Err(TrainError::Diverged {
-                step: step + 1,
-                loss: info.grad_norm,
-                kept,
-                dir: ckpt.dir.clone(),
-            });
-        }
-        let (rate, eta) = pace.at(step, plan.steps);
-        on_event(&TrainEvent::Step {
-            step: opt.step,
-            total: plan.steps,
-            loss: loss_v,
-            grad_norm: info.grad_norm,
-            lr: info.lr,
-            steps_per_s: rate,
-            eta_s: eta,
-        });
+        run.optimize(&mut opt, &loss, plan.steps, &ckpt.dir, on_event)?;
         if opt.step % plan.checkpoint_every == 0 || opt.step == plan.steps {
             ckpt.save(
                 &opt.state()?,
@@ -295,7 +264,7 @@ pub fn train(
                 },
             )?;
             export_model(&plan.out.join("model"), plan, unet_cfg, clip_cfg, &opt)?;
-            kept = opt.step;
+            run.kept = opt.step;
             on_event(&TrainEvent::Checkpoint {
                 step: opt.step,
                 dir: ckpt.dir.clone(),

@@ -107,6 +107,62 @@ impl Pace {
     }
 }
 
+/// The bookkeeping of one training run: divergence watch, pace, last checkpoint.
+pub struct Run {
+    guard: DivergenceGuard,
+    pace: Pace,
+    /// The step of the last checkpoint written (what survives a divergence).
+    pub kept: usize,
+}
+
+impl Run {
+    pub fn new(first_step: usize) -> Self {
+        Self {
+            guard: DivergenceGuard::default(),
+            pace: Pace::new(first_step),
+            kept: first_step,
+        }
+    }
+
+    /// Backpropagates `loss`, steps `opt`, and reports; stops on a NaN or exploding loss, or on
+    /// a non-finite gradient or weight, naming the checkpoint that is kept.
+    pub fn optimize(
+        &mut self,
+        opt: &mut optim::AdamW,
+        loss: &Tensor,
+        total: usize,
+        ckpt_dir: &std::path::Path,
+        on_event: &mut dyn FnMut(&TrainEvent),
+    ) -> Result<(), TrainError> {
+        let step = opt.step;
+        let diverged = |loss: f64| TrainError::Diverged {
+            step: step + 1,
+            loss,
+            kept: self.kept,
+            dir: ckpt_dir.to_path_buf(),
+        };
+        let loss_v: f64 = loss.to_dtype(DType::F64)?.to_scalar()?;
+        if self.guard.diverged(loss_v) {
+            return Err(diverged(loss_v));
+        }
+        let info = opt.step(&loss.backward()?)?;
+        if !info.grad_norm.is_finite() || !opt.all_finite()? {
+            return Err(diverged(info.grad_norm));
+        }
+        let (steps_per_s, eta_s) = self.pace.at(step, total);
+        on_event(&TrainEvent::Step {
+            step: opt.step,
+            total,
+            loss: loss_v,
+            grad_norm: info.grad_norm,
+            lr: info.lr,
+            steps_per_s,
+            eta_s,
+        });
+        Ok(())
+    }
+}
+
 /// A batch of RGB images as `(b, 3, h, w)` in `[-1, 1]`.
 pub fn images_to_tensor(images: &[&RgbImage], device: &Device) -> candle_core::Result<Tensor> {
     let ts = images

@@ -12,8 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::checkpoint::{save_weights, Checkpoint};
 use super::optim::{AdamW, AdamWConfig};
 use super::{
-    images_to_tensor, sample_seed, step_seed, DivergenceGuard, Pace, TrainError, TrainEvent,
-    HELD_OUT_FIRST_SEED,
+    images_to_tensor, sample_seed, step_seed, Run, TrainError, TrainEvent, HELD_OUT_FIRST_SEED,
 };
 use crate::data::sample::{generate, TaskWeights};
 use crate::model::vae::{AutoencoderKL, VaeConfig};
@@ -145,9 +144,7 @@ pub fn train(
         let (state, meta): (_, Meta) = ckpt.load()?;
         opt.load_state(&state, meta.step)?;
     }
-    let mut guard = DivergenceGuard::default();
-    let pace = Pace::new(opt.step);
-    let mut kept = opt.step;
+    let mut run = Run::new(opt.step);
     while opt.step < plan.steps {
         let step = opt.step;
         let imgs = batch_images(plan, |i| sample_seed(plan.seed, step, plan.batch, i));
@@ -164,34 +161,7 @@ pub fn train(
             .mean_all()?
             .affine(0.5, 0.0)?;
         let loss = (rec_loss + (kl * plan.kl_weight)?)?;
-        let loss_v: f64 = loss.to_dtype(DType::F64)?.to_scalar()?;
-        if guard.diverged(loss_v) {
-            return Err(TrainError::Diverged {
-                step: step + 1,
-                loss: loss_v,
-                kept,
-                dir: ckpt.dir.clone(),
-            });
-        }
-        let info = opt.step(&loss.backward()?)?;
-        if !info.grad_norm.is_finite() || !opt.all_finite()? {
-            return Err(TrainError::Diverged {
-                step: step + 1,
-                loss: info.grad_norm,
-                kept,
-                dir: ckpt.dir.clone(),
-            });
-        }
-        let (rate, eta) = pace.at(step, plan.steps);
-        on_event(&TrainEvent::Step {
-            step: opt.step,
-            total: plan.steps,
-            loss: loss_v,
-            grad_norm: info.grad_norm,
-            lr: info.lr,
-            steps_per_s: rate,
-            eta_s: eta,
-        });
+        run.optimize(&mut opt, &loss, plan.steps, &ckpt.dir, on_event)?;
         if opt.step % plan.checkpoint_every == 0 || opt.step == plan.steps {
             let scale = measure_scale(&vae, plan, device)?;
             ckpt.save(
@@ -203,7 +173,7 @@ pub fn train(
                 },
             )?;
             export(plan, &opt, scale)?;
-            kept = opt.step;
+            run.kept = opt.step;
             on_event(&TrainEvent::Checkpoint {
                 step: opt.step,
                 dir: ckpt.dir.clone(),
