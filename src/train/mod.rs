@@ -163,6 +163,40 @@ impl Run {
     }
 }
 
+/// Re-initialises every variable from `seed`, so that a run is reproducible (candle draws its
+/// initial weights from an unseeded generator). PyTorch's defaults: matrices and kernels
+/// uniform in `±1/sqrt(fan_in)`, embeddings normal with std 0.02 (CLIP's), norm weights 1,
+/// biases 0.
+pub fn init_weights(varmap: &candle_nn::VarMap, seed: u64) -> candle_core::Result<()> {
+    use rand::{Rng, SeedableRng};
+    use rand_distr::{Distribution, Normal};
+    let data = varmap.data().lock().expect("varmap lock");
+    for (name, var) in data.iter() {
+        let name_seed = name.bytes().fold(seed ^ 0xCBF2_9CE4_8422_2325, |h, b| {
+            (h ^ b as u64).wrapping_mul(0x100_0000_01B3)
+        });
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(name_seed);
+        let dims = var.as_tensor().dims().to_vec();
+        let n: usize = dims.iter().product();
+        let values: Vec<f32> =
+            if name.contains("embedding") && dims.len() == 2 && !name.starts_with("unet") {
+                let normal = Normal::new(0.0f32, 0.02).expect("valid std");
+                (0..n).map(|_| normal.sample(&mut rng)).collect()
+            } else if dims.len() >= 2 {
+                let fan_in: usize = dims[1..].iter().product();
+                let bound = 1.0 / (fan_in.max(1) as f32).sqrt();
+                (0..n).map(|_| rng.random_range(-bound..=bound)).collect()
+            } else if name.ends_with("weight") {
+                vec![1.0; n]
+            } else {
+                vec![0.0; n]
+            };
+        let t = Tensor::from_vec(values, dims, var.as_tensor().device())?.to_dtype(var.dtype())?;
+        var.set(&t)?;
+    }
+    Ok(())
+}
+
 /// A batch of RGB images as `(b, 3, h, w)` in `[-1, 1]`.
 pub fn images_to_tensor(images: &[&RgbImage], device: &Device) -> candle_core::Result<Tensor> {
     let ts = images

@@ -138,6 +138,7 @@ pub fn train(
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
+    super::init_weights(&varmap, plan.seed)?;
     let mut opt = AdamW::new(vars, plan.optim.clone())?;
     let ckpt = Checkpoint::new(&plan.out.join("checkpoint"));
     if ckpt.exists() {
