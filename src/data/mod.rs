@@ -3,5 +3,7 @@
 //! InstructDiffusion builds its targets ([`sample`]).
 
 pub mod dataset;
+pub mod degrade;
+pub mod person;
 pub mod sample;
 pub mod scene;

@@ -8,12 +8,13 @@
 //! - editing: the scene re-rendered without / recoloured / with an added / a replaced object;
 //! - enhancement: the clean scene is the target; noise, blur or a watermark make the source.
 
-use image::{Rgb, RgbImage};
+use image::RgbImage;
 use rand::seq::{IndexedRandom, SliceRandom};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
+use super::degrade::{add_noise, add_watermark};
 use super::scene::{
     random_background, random_shape, Item, Person, Scene, Shape, ShapeKind, KEYPOINT_NAMES,
     OBJECT_COLORS,
@@ -262,362 +263,286 @@ pub fn draw_disc(img: &mut RgbImage, cx: f32, cy: f32, r: f32, color: [u8; 3]) {
 }
 
 fn try_generate(rng: &mut ChaCha8Rng, seed: u64, size: u32, task: Task) -> Option<Sample> {
-    let min_area = (size * size / 400) as usize;
-    let sample = |instruction: String, input: RgbImage, target: RgbImage, truth: Truth| Sample {
+    let (instruction, input, target, truth) = match task {
+        Task::ReferringSegmentation => referring_segmentation(rng, size, task)?,
+        Task::SemanticSegmentation => semantic_segmentation(rng, size, task)?,
+        Task::Keypoints => keypoints(rng, size, task)?,
+        Task::Remove | Task::Recolor | Task::Replace => object_edit(rng, size, task)?,
+        Task::Add => add_object(rng, size, task)?,
+        Task::Denoise | Task::Deblur | Task::Watermark => enhancement(rng, size, task)?,
+    };
+    Some(Sample {
         seed,
         task,
         instruction,
         input,
         target,
         truth,
+    })
+}
+
+/// What a family's builder returns: instruction, source, target, ground truth.
+type Posed = (String, RgbImage, RgbImage, Truth);
+
+/// Targets smaller than this many pixels are not asked for.
+fn min_area(size: u32) -> usize {
+    (size * size / 400) as usize
+}
+
+/// A referring segmentation sample on a fresh scene, or `None` if this scene cannot pose it.
+fn referring_segmentation(rng: &mut ChaCha8Rng, size: u32, task: Task) -> Option<Posed> {
+    let people = if rng.random_bool(0.3) {
+        rng.random_range(1..=2)
+    } else {
+        0
     };
-    match task {
-        Task::ReferringSegmentation => {
-            let people = if rng.random_bool(0.3) {
-                rng.random_range(1..=2)
-            } else {
-                0
-            };
-            let scene = random_scene(rng, size, 2..=5, people);
-            let idx = rng.random_range(0..scene.items.len());
-            let target = match &scene.items[idx] {
-                Item::Shape(_) => describe_shape(rng, &scene, idx)?,
-                Item::Person(_) => describe_person(&scene, idx)?,
-            };
-            let mask = scene.visible_mask(idx);
-            if area(&mask) < min_area {
-                return None;
-            }
-            let color = *MASK_COLORS.choose(rng)?;
-            let input = scene.render();
-            let out = blend_mask(&input, &mask, color.rgb);
-            let text = tasks::instruction(rng, task, &[("target", &target), ("color", color.name)]);
-            Some(sample(
-                text,
-                input,
-                out,
-                Truth {
-                    masks: vec![(target, mask)],
-                    mask_color: Some(color.rgb),
-                    keypoints: vec![],
-                },
-            ))
+    let scene = random_scene(rng, size, 2..=5, people);
+    let idx = rng.random_range(0..scene.items.len());
+    let target = match &scene.items[idx] {
+        Item::Shape(_) => describe_shape(rng, &scene, idx)?,
+        Item::Person(_) => describe_person(&scene, idx)?,
+    };
+    let mask = scene.visible_mask(idx);
+    if area(&mask) < min_area(size) {
+        return None;
+    }
+    let color = *MASK_COLORS.choose(rng)?;
+    let input = scene.render();
+    let out = blend_mask(&input, &mask, color.rgb);
+    let text = tasks::instruction(rng, task, &[("target", &target), ("color", color.name)]);
+    Some((
+        text,
+        input,
+        out,
+        Truth {
+            masks: vec![(target, mask)],
+            mask_color: Some(color.rgb),
+            keypoints: vec![],
+        },
+    ))
+}
+
+/// A semantic segmentation sample on a fresh scene, or `None` if this scene cannot pose it.
+fn semantic_segmentation(rng: &mut ChaCha8Rng, size: u32, task: Task) -> Option<Posed> {
+    let scene = random_scene(rng, size, 2..=6, 0);
+    let present: Vec<ShapeKind> = ShapeKind::ALL
+        .iter()
+        .copied()
+        .filter(|k| scene.shapes().any(|(_, s)| s.kind == *k))
+        .collect();
+    let absent = rng.random_bool(0.2);
+    let kind = if absent {
+        *ShapeKind::ALL
+            .iter()
+            .filter(|k| !present.contains(k))
+            .collect::<Vec<_>>()
+            .choose(rng)?
+    } else {
+        present.choose(rng)?
+    };
+    let phrase = match rng.random_range(0..3) {
+        0 => format!("all the {}", kind.plural()),
+        1 => format!("every {}", kind.name()),
+        _ => format!("the {}", kind.plural()),
+    };
+    let color = *MASK_COLORS.choose(rng)?;
+    let input = scene.render();
+    let masks: Vec<(String, Vec<bool>)> = scene
+        .shapes()
+        .filter(|(_, s)| s.kind == *kind)
+        .map(|(i, _)| (kind.name().to_string(), scene.visible_mask(i)))
+        .filter(|(_, m)| area(m) > 0)
+        .collect();
+    let mut union = vec![false; (size * size) as usize];
+    for (_, m) in &masks {
+        for (u, v) in union.iter_mut().zip(m) {
+            *u |= *v;
         }
-        Task::SemanticSegmentation => {
-            let scene = random_scene(rng, size, 2..=6, 0);
-            let present: Vec<ShapeKind> = ShapeKind::ALL
+    }
+    let out = blend_mask(&input, &union, color.rgb);
+    let text = tasks::instruction(rng, task, &[("target", &phrase), ("color", color.name)]);
+    Some((
+        text,
+        input,
+        out,
+        Truth {
+            masks,
+            mask_color: Some(color.rgb),
+            keypoints: vec![],
+        },
+    ))
+}
+
+/// A keypoint sample on a fresh scene, or `None` if this scene cannot pose it.
+fn keypoints(rng: &mut ChaCha8Rng, size: u32, task: Task) -> Option<Posed> {
+    let people = rng.random_range(1..=2);
+    let scene = random_scene(rng, size, 0..=3, people);
+    let (idx, person) = scene.people().collect::<Vec<_>>().choose(rng).copied()?;
+    let owner = describe_person(&scene, idx)?;
+    let visible = scene.visible_mask(idx);
+    let n = rng.random_range(1..=5);
+    let mut joints: Vec<usize> = (0..17)
+        .filter(|&j| {
+            let (x, y) = person.joints[j];
+            let (xi, yi) = (x as i64, y as i64);
+            xi >= 0
+                && yi >= 0
+                && xi < size as i64
+                && yi < size as i64
+                && (j < 5 || visible[(yi as u32 * size + xi as u32) as usize])
+        })
+        .collect();
+    joints.shuffle(rng);
+    // Discs must not overlap, so that each keypoint stays readable in the target.
+    let r = 10.0 * size as f32 / 256.0;
+    let mut chosen: Vec<usize> = Vec::new();
+    for j in joints {
+        let (x, y) = person.joints[j];
+        let apart = chosen.iter().all(|&c| {
+            let (cx, cy) = person.joints[c];
+            (x - cx).powi(2) + (y - cy).powi(2) >= (2.0 * r + 1.0).powi(2)
+        });
+        if apart && chosen.len() < n {
+            chosen.push(j);
+        }
+    }
+    let joints = chosen;
+    if joints.is_empty() {
+        return None;
+    }
+    let mut colors = KEYPOINT_COLORS.to_vec();
+    colors.shuffle(rng);
+    let input = scene.render();
+    let mut out = input.clone();
+    let mut marks = Vec::new();
+    let mut kps = Vec::new();
+    for (j, color) in joints.iter().zip(&colors) {
+        let (x, y) = person.joints[*j];
+        draw_disc(&mut out, x, y, r, color.rgb);
+        marks.push(format!(
+            "a {} circle on the {}",
+            color.name,
+            KEYPOINT_NAMES[*j].replace('_', " ")
+        ));
+        kps.push(Keypoint {
+            name: KEYPOINT_NAMES[*j].into(),
+            x,
+            y,
+            color: color.rgb,
+        });
+    }
+    let marks = tasks::join_and(&marks);
+    let text = tasks::instruction(rng, task, &[("marks", &marks), ("owner", &owner)]);
+    Some((
+        text,
+        input,
+        out,
+        Truth {
+            masks: vec![],
+            mask_color: None,
+            keypoints: kps,
+        },
+    ))
+}
+
+/// A remove, recolour or replace sample on a fresh scene, or `None` if this scene cannot pose it.
+fn object_edit(rng: &mut ChaCha8Rng, size: u32, task: Task) -> Option<Posed> {
+    let scene = random_scene(rng, size, 2..=5, 0);
+    let idx = rng.random_range(0..scene.items.len());
+    let target = describe_shape(rng, &scene, idx)?;
+    if area(&scene.visible_mask(idx)) < min_area(size) {
+        return None;
+    }
+    let Item::Shape(shape) = scene.items[idx].clone() else {
+        return None;
+    };
+    let mut edited = scene.clone();
+    let text = match task {
+        Task::Remove => {
+            edited.items.remove(idx);
+            tasks::instruction(rng, task, &[("target", &target)])
+        }
+        Task::Recolor => {
+            let color = *OBJECT_COLORS
                 .iter()
-                .copied()
-                .filter(|k| scene.shapes().any(|(_, s)| s.kind == *k))
-                .collect();
-            let absent = rng.random_bool(0.2);
-            let kind = if absent {
-                *ShapeKind::ALL
-                    .iter()
-                    .filter(|k| !present.contains(k))
-                    .collect::<Vec<_>>()
-                    .choose(rng)?
-            } else {
-                present.choose(rng)?
-            };
-            let phrase = match rng.random_range(0..3) {
-                0 => format!("all the {}", kind.plural()),
-                1 => format!("every {}", kind.name()),
-                _ => format!("the {}", kind.plural()),
-            };
-            let color = *MASK_COLORS.choose(rng)?;
-            let input = scene.render();
-            let masks: Vec<(String, Vec<bool>)> = scene
-                .shapes()
-                .filter(|(_, s)| s.kind == *kind)
-                .map(|(i, _)| (kind.name().to_string(), scene.visible_mask(i)))
-                .filter(|(_, m)| area(m) > 0)
-                .collect();
-            let mut union = vec![false; (size * size) as usize];
-            for (_, m) in &masks {
-                for (u, v) in union.iter_mut().zip(m) {
-                    *u |= *v;
-                }
-            }
-            let out = blend_mask(&input, &union, color.rgb);
-            let text = tasks::instruction(rng, task, &[("target", &phrase), ("color", color.name)]);
-            Some(sample(
-                text,
-                input,
-                out,
-                Truth {
-                    masks,
-                    mask_color: Some(color.rgb),
-                    keypoints: vec![],
-                },
-            ))
+                .filter(|c| c.name != shape.color.name)
+                .collect::<Vec<_>>()
+                .choose(rng)?;
+            edited.items[idx] = Item::Shape(Shape {
+                color: *color,
+                ..shape
+            });
+            tasks::instruction(rng, task, &[("target", &target), ("color", color.name)])
         }
-        Task::Keypoints => {
-            let people = rng.random_range(1..=2);
-            let scene = random_scene(rng, size, 0..=3, people);
-            let (idx, person) = scene.people().collect::<Vec<_>>().choose(rng).copied()?;
-            let owner = describe_person(&scene, idx)?;
-            let visible = scene.visible_mask(idx);
-            let n = rng.random_range(1..=5);
-            let mut joints: Vec<usize> = (0..17)
-                .filter(|&j| {
-                    let (x, y) = person.joints[j];
-                    let (xi, yi) = (x as i64, y as i64);
-                    xi >= 0
-                        && yi >= 0
-                        && xi < size as i64
-                        && yi < size as i64
-                        && (j < 5 || visible[(yi as u32 * size + xi as u32) as usize])
-                })
-                .collect();
-            joints.shuffle(rng);
-            // Discs must not overlap, so that each keypoint stays readable in the target.
-            let r = 10.0 * size as f32 / 256.0;
-            let mut chosen: Vec<usize> = Vec::new();
-            for j in joints {
-                let (x, y) = person.joints[j];
-                let apart = chosen.iter().all(|&c| {
-                    let (cx, cy) = person.joints[c];
-                    (x - cx).powi(2) + (y - cy).powi(2) >= (2.0 * r + 1.0).powi(2)
-                });
-                if apart && chosen.len() < n {
-                    chosen.push(j);
-                }
-            }
-            let joints = chosen;
-            if joints.is_empty() {
-                return None;
-            }
-            let mut colors = KEYPOINT_COLORS.to_vec();
-            colors.shuffle(rng);
-            let input = scene.render();
-            let mut out = input.clone();
-            let mut marks = Vec::new();
-            let mut kps = Vec::new();
-            for (j, color) in joints.iter().zip(&colors) {
-                let (x, y) = person.joints[*j];
-                draw_disc(&mut out, x, y, r, color.rgb);
-                marks.push(format!(
-                    "a {} circle on the {}",
-                    color.name,
-                    KEYPOINT_NAMES[*j].replace('_', " ")
-                ));
-                kps.push(Keypoint {
-                    name: KEYPOINT_NAMES[*j].into(),
-                    x,
-                    y,
-                    color: color.rgb,
-                });
-            }
-            let marks = tasks::join_and(&marks);
-            let text = tasks::instruction(rng, task, &[("marks", &marks), ("owner", &owner)]);
-            Some(sample(
-                text,
-                input,
-                out,
-                Truth {
-                    masks: vec![],
-                    mask_color: None,
-                    keypoints: kps,
-                },
-            ))
-        }
-        Task::Remove | Task::Recolor | Task::Replace => {
-            let scene = random_scene(rng, size, 2..=5, 0);
-            let idx = rng.random_range(0..scene.items.len());
-            let target = describe_shape(rng, &scene, idx)?;
-            if area(&scene.visible_mask(idx)) < min_area {
-                return None;
-            }
-            let Item::Shape(shape) = scene.items[idx].clone() else {
-                return None;
-            };
-            let mut edited = scene.clone();
-            let text = match task {
-                Task::Remove => {
-                    edited.items.remove(idx);
-                    tasks::instruction(rng, task, &[("target", &target)])
-                }
-                Task::Recolor => {
-                    let color = *OBJECT_COLORS
-                        .iter()
-                        .filter(|c| c.name != shape.color.name)
-                        .collect::<Vec<_>>()
-                        .choose(rng)?;
-                    edited.items[idx] = Item::Shape(Shape {
-                        color: *color,
-                        ..shape
-                    });
-                    tasks::instruction(rng, task, &[("target", &target), ("color", color.name)])
-                }
-                _ => {
-                    let kind = *ShapeKind::ALL
-                        .iter()
-                        .filter(|k| **k != shape.kind)
-                        .collect::<Vec<_>>()
-                        .choose(rng)?;
-                    edited.items[idx] = Item::Shape(Shape {
-                        kind: *kind,
-                        ..shape
-                    });
-                    tasks::instruction(rng, task, &[("target", &target), ("kind", kind.name())])
-                }
-            };
-            Some(sample(
-                text,
-                scene.render(),
-                edited.render(),
-                Truth::default(),
-            ))
-        }
-        Task::Add => {
-            let scene = random_scene(rng, size, 1..=4, 0);
-            const PLACES: [(&str, f32, f32); 9] = [
-                ("in the top left corner", 0.2, 0.2),
-                ("at the top", 0.5, 0.2),
-                ("in the top right corner", 0.8, 0.2),
-                ("on the left", 0.2, 0.5),
-                ("in the center", 0.5, 0.5),
-                ("on the right", 0.8, 0.5),
-                ("in the bottom left corner", 0.2, 0.8),
-                ("at the bottom", 0.5, 0.8),
-                ("in the bottom right corner", 0.8, 0.8),
-            ];
-            let (place, px, py) = *PLACES.choose(rng)?;
-            let kind = *ShapeKind::ALL.choose(rng)?;
-            let color = *OBJECT_COLORS.choose(rng)?;
-            let s = size as f32;
-            let mut shape = random_shape(rng, size, kind, color);
-            shape.size = rng.random_range(0.08..0.13) * s;
-            shape.cx = (px + rng.random_range(-0.06..0.06)) * s;
-            shape.cy = (py + rng.random_range(-0.06..0.06)) * s;
-            let mut edited = scene.clone();
-            edited.items.push(Item::Shape(shape));
-            let text = tasks::instruction(
-                rng,
-                task,
-                &[
-                    ("color", color.name),
-                    ("kind", kind.name()),
-                    ("place", place),
-                ],
-            );
-            Some(sample(
-                text,
-                scene.render(),
-                edited.render(),
-                Truth::default(),
-            ))
-        }
-        Task::Denoise | Task::Deblur | Task::Watermark => {
-            let people = rng.random_range(0..=1);
-            let scene = random_scene(rng, size, 1..=5, people);
-            let clean = scene.render();
-            let degraded = match task {
-                Task::Denoise => {
-                    let sigma = rng.random_range(15.0..50.0);
-                    add_noise(rng, &clean, sigma)
-                }
-                Task::Deblur => {
-                    image::imageops::blur(&clean, rng.random_range(1.2..3.0) * size as f32 / 128.0)
-                }
-                _ => add_watermark(rng, &clean),
-            };
-            let text = tasks::instruction(rng, task, &[]);
-            Some(sample(text, degraded, clean, Truth::default()))
-        }
-    }
-}
-
-fn add_noise(rng: &mut ChaCha8Rng, img: &RgbImage, sigma: f32) -> RgbImage {
-    use rand_distr::{Distribution, Normal};
-    let n = Normal::new(0.0f32, sigma).expect("positive sigma");
-    let mut out = img.clone();
-    for p in out.pixels_mut() {
-        for k in 0..3 {
-            p[k] = (p[k] as f32 + n.sample(rng)).clamp(0.0, 255.0) as u8;
-        }
-    }
-    out
-}
-
-/// Overlays a semi-transparent synthetic watermark: rows of block "letters" (text-like) or a
-/// ring-and-bar logo, tiled or single, light or dark.
-fn add_watermark(rng: &mut ChaCha8Rng, img: &RgbImage) -> RgbImage {
-    let (w, h) = img.dimensions();
-    let s = w as f32;
-    let mut alpha = vec![0f32; (w * h) as usize];
-    let color: [u8; 3] = if rng.random_bool(0.7) {
-        [255, 255, 255]
-    } else {
-        [0, 0, 0]
-    };
-    let opacity = rng.random_range(0.35..0.6);
-    let rect = |alpha: &mut Vec<f32>, x0: f32, y0: f32, x1: f32, y1: f32| {
-        for y in (y0.max(0.0) as u32)..(y1.min(h as f32) as u32) {
-            for x in (x0.max(0.0) as u32)..(x1.min(w as f32) as u32) {
-                alpha[(y * w + x) as usize] = 1.0;
-            }
+        _ => {
+            let kind = *ShapeKind::ALL
+                .iter()
+                .filter(|k| **k != shape.kind)
+                .collect::<Vec<_>>()
+                .choose(rng)?;
+            edited.items[idx] = Item::Shape(Shape {
+                kind: *kind,
+                ..shape
+            });
+            tasks::instruction(rng, task, &[("target", &target), ("kind", kind.name())])
         }
     };
-    if rng.random_bool(0.6) {
-        // Text-like: a line or two of glyphs made of strokes.
-        let glyph = rng.random_range(0.05..0.09) * s;
-        let stroke = (glyph * 0.18).max(1.0);
-        let lines = rng.random_range(1..=2);
-        let y_start = rng.random_range(0.1..0.6) * s;
-        for line in 0..lines {
-            let y = y_start + line as f32 * glyph * 1.6;
-            let mut x = rng.random_range(0.05..0.3) * s;
-            let letters = rng.random_range(4..10);
-            for _ in 0..letters {
-                // Each glyph: 2-4 strokes on a 3x5 grid.
-                for _ in 0..rng.random_range(2..=4) {
-                    if rng.random_bool(0.5) {
-                        let gx = x + rng.random_range(0..3) as f32 * glyph * 0.3;
-                        rect(&mut alpha, gx, y, gx + stroke, y + glyph);
-                    } else {
-                        let gy = y + rng.random_range(0..3) as f32 * glyph * 0.45;
-                        rect(&mut alpha, x, gy, x + glyph * 0.7, gy + stroke);
-                    }
-                }
-                x += glyph * 0.95;
-            }
+    Some((text, scene.render(), edited.render(), Truth::default()))
+}
+
+/// An add-an-object sample on a fresh scene, or `None` if this scene cannot pose it.
+fn add_object(rng: &mut ChaCha8Rng, size: u32, task: Task) -> Option<Posed> {
+    let scene = random_scene(rng, size, 1..=4, 0);
+    const PLACES: [(&str, f32, f32); 9] = [
+        ("in the top left corner", 0.2, 0.2),
+        ("at the top", 0.5, 0.2),
+        ("in the top right corner", 0.8, 0.2),
+        ("on the left", 0.2, 0.5),
+        ("in the center", 0.5, 0.5),
+        ("on the right", 0.8, 0.5),
+        ("in the bottom left corner", 0.2, 0.8),
+        ("at the bottom", 0.5, 0.8),
+        ("in the bottom right corner", 0.8, 0.8),
+    ];
+    let (place, px, py) = *PLACES.choose(rng)?;
+    let kind = *ShapeKind::ALL.choose(rng)?;
+    let color = *OBJECT_COLORS.choose(rng)?;
+    let s = size as f32;
+    let mut shape = random_shape(rng, size, kind, color);
+    shape.size = rng.random_range(0.08..0.13) * s;
+    shape.cx = (px + rng.random_range(-0.06..0.06)) * s;
+    shape.cy = (py + rng.random_range(-0.06..0.06)) * s;
+    let mut edited = scene.clone();
+    edited.items.push(Item::Shape(shape));
+    let text = tasks::instruction(
+        rng,
+        task,
+        &[
+            ("color", color.name),
+            ("kind", kind.name()),
+            ("place", place),
+        ],
+    );
+    Some((text, scene.render(), edited.render(), Truth::default()))
+}
+
+/// A denoise, deblur or watermark-removal sample on a fresh scene, or `None` if this scene cannot pose it.
+fn enhancement(rng: &mut ChaCha8Rng, size: u32, task: Task) -> Option<Posed> {
+    let people = rng.random_range(0..=1);
+    let scene = random_scene(rng, size, 1..=5, people);
+    let clean = scene.render();
+    let degraded = match task {
+        Task::Denoise => {
+            let sigma = rng.random_range(15.0..50.0);
+            add_noise(rng, &clean, sigma)
         }
-    } else {
-        // A logo: a ring with a bar through it, at a random place.
-        let (cx, cy) = (
-            rng.random_range(0.25..0.75) * s,
-            rng.random_range(0.25..0.75) * s,
-        );
-        let r = rng.random_range(0.1..0.2) * s;
-        let t = (0.18 * r).max(1.5);
-        for y in 0..h {
-            for x in 0..w {
-                let d = ((x as f32 + 0.5 - cx).powi(2) + (y as f32 + 0.5 - cy).powi(2)).sqrt();
-                if (d - r).abs() < t / 2.0 {
-                    alpha[(y * w + x) as usize] = 1.0;
-                }
-            }
+        Task::Deblur => {
+            image::imageops::blur(&clean, rng.random_range(1.2..3.0) * size as f32 / 128.0)
         }
-        rect(
-            &mut alpha,
-            cx - r * 0.7,
-            cy - t / 2.0,
-            cx + r * 0.7,
-            cy + t / 2.0,
-        );
-    }
-    let mut out = img.clone();
-    for (i, p) in out.pixels_mut().enumerate() {
-        let a = alpha[i] * opacity;
-        if a > 0.0 {
-            *p =
-                Rgb([0, 1, 2]
-                    .map(|k| (p[k] as f32 * (1.0 - a) + color[k] as f32 * a).round() as u8));
-        }
-    }
-    out
+        _ => add_watermark(rng, &clean),
+    };
+    let text = tasks::instruction(rng, task, &[]);
+    Some((text, degraded, clean, Truth::default()))
 }
 
 #[cfg(test)]
