@@ -8,6 +8,7 @@
 
 pub mod cli;
 pub mod data;
+pub mod export;
 pub mod imageio;
 pub mod model;
 pub mod sample;

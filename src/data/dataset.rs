@@ -1,14 +1,16 @@
 //! Dataset folders in the format diffusers' `train_instruct_pix2pix.py` reads: `metadata.jsonl`
 //! with `input_image`, `edit_prompt`, `edited_image` per line, plus the image files.
 //!
-//! Every file is written through a temporary file and a rename; `metadata.jsonl` last, so an
-//! interrupted run never leaves a folder that looks complete.
+//! The ground truth of the sources (masks of segmentation targets, keypoints) goes to
+//! `annotations.json` in COCO format. Every file is written through a temporary file and a
+//! rename; `metadata.jsonl` last, so an interrupted run never leaves a folder that looks complete.
 
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
 use super::sample::{generate, Sample, TaskWeights};
+use crate::export::coco::Coco;
 use crate::imageio;
 use crate::tasks::Task;
 
@@ -38,6 +40,7 @@ pub fn write(
         .map_err(|e| anyhow::anyhow!("creating '{}': {e}", images.display()))?;
     let total = (seeds.end - seeds.start) as usize;
     let mut records = Vec::with_capacity(total);
+    let mut coco = Coco::default();
     for (i, seed) in seeds.enumerate() {
         let s: Sample = generate(seed, size, weights);
         let (a, b) = (
@@ -46,6 +49,20 @@ pub fn write(
         );
         imageio::save(&s.input, &dir.join(&a), &[])?;
         imageio::save(&s.target, &dir.join(&b), &[])?;
+        let (w, h) = (s.input.width() as usize, s.input.height() as usize);
+        let image_id = coco.add_image(&a, w, h);
+        for (category, mask) in &s.truth.masks {
+            coco.add_mask(image_id, category, mask, w, h, None);
+        }
+        if !s.truth.keypoints.is_empty() {
+            let points: Vec<(String, f64, f64)> = s
+                .truth
+                .keypoints
+                .iter()
+                .map(|k| (k.name.clone(), k.x as f64, k.y as f64))
+                .collect();
+            coco.add_keypoints(image_id, &points, None);
+        }
         records.push(Record {
             input_image: a,
             edit_prompt: s.instruction,
@@ -60,6 +77,10 @@ pub fn write(
         jsonl.push_str(&serde_json::to_string(r)?);
         jsonl.push('\n');
     }
+    imageio::write_atomic(
+        &dir.join("annotations.json"),
+        serde_json::to_string(&coco)?.as_bytes(),
+    )?;
     imageio::write_atomic(&dir.join("metadata.jsonl"), jsonl.as_bytes())?;
     Ok(records)
 }

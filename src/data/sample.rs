@@ -33,9 +33,11 @@ pub struct Keypoint {
 /// What the target image encodes, for evaluation and export.
 #[derive(Debug, Clone, PartialEq, Default, Serialize)]
 pub struct Truth {
-    /// Row-major masks (one per instance) with their label.
+    /// Row-major masks (one per instance) with their category (`circle`, `person`, ...).
     #[serde(skip)]
     pub masks: Vec<(String, Vec<bool>)>,
+    /// The phrase the instruction used for the target (referring tasks).
+    pub phrase: Option<String>,
     pub mask_color: Option<[u8; 3]>,
     pub keypoints: Vec<Keypoint>,
 }
@@ -298,9 +300,9 @@ fn referring_segmentation(rng: &mut ChaCha8Rng, size: u32, task: Task) -> Option
     };
     let scene = random_scene(rng, size, 2..=5, people);
     let idx = rng.random_range(0..scene.items.len());
-    let target = match &scene.items[idx] {
-        Item::Shape(_) => describe_shape(rng, &scene, idx)?,
-        Item::Person(_) => describe_person(&scene, idx)?,
+    let (target, category) = match &scene.items[idx] {
+        Item::Shape(s) => (describe_shape(rng, &scene, idx)?, s.kind.name()),
+        Item::Person(_) => (describe_person(&scene, idx)?, "person"),
     };
     let mask = scene.visible_mask(idx);
     if area(&mask) < min_area(size) {
@@ -315,7 +317,8 @@ fn referring_segmentation(rng: &mut ChaCha8Rng, size: u32, task: Task) -> Option
         input,
         out,
         Truth {
-            masks: vec![(target, mask)],
+            masks: vec![(category.to_string(), mask)],
+            phrase: Some(target),
             mask_color: Some(color.rgb),
             keypoints: vec![],
         },
@@ -367,6 +370,7 @@ fn semantic_segmentation(rng: &mut ChaCha8Rng, size: u32, task: Task) -> Option<
         out,
         Truth {
             masks,
+            phrase: Some(phrase),
             mask_color: Some(color.rgb),
             keypoints: vec![],
         },
@@ -439,6 +443,7 @@ fn keypoints(rng: &mut ChaCha8Rng, size: u32, task: Task) -> Option<Posed> {
         out,
         Truth {
             masks: vec![],
+            phrase: Some(owner),
             mask_color: None,
             keypoints: kps,
         },
@@ -583,7 +588,8 @@ mod tests {
                 }
             }
             assert!(
-                s.instruction.contains(s.truth.masks[0].0.as_str()),
+                s.instruction
+                    .contains(s.truth.phrase.as_deref().expect("a phrase")),
                 "{}",
                 s.instruction
             );
