@@ -179,20 +179,8 @@ pub fn train(
     let unet = UNet2DConditionModel::new(unet_cfg, None, vb.pp("unet"))?;
     let clip = ClipTextModel::new(clip_cfg, vb.pp("text_encoder").pp("text_model"))?;
     let tokenizer = ClipTokenizer::bundled(clip_cfg.max_position_embeddings);
-    let vars: Vec<(String, candle_core::Var)> = varmap
-        .data()
-        .lock()
-        .expect("varmap lock")
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    super::init_weights(&varmap, plan.seed)?;
-    let mut opt = AdamW::new(vars, plan.optim.clone())?;
     let ckpt = Checkpoint::new(&plan.out.join("checkpoint"));
-    if ckpt.exists() {
-        let (state, meta): (_, Meta) = ckpt.load()?;
-        opt.load_state(&state, meta.step)?;
-    }
+    let mut opt = super::start(&varmap, plan.seed, &plan.optim, &ckpt)?;
     let acp: Vec<f64> = alphas_cumprod(&SchedulerConfig::default());
     let mut run = Run::new(opt.step);
     while opt.step < plan.steps {

@@ -197,6 +197,33 @@ pub fn init_weights(varmap: &candle_nn::VarMap, seed: u64) -> candle_core::Resul
     Ok(())
 }
 
+/// Seeds the variables of `varmap`, builds the optimizer over them, and restores the last
+/// checkpoint in `ckpt` when there is one.
+pub fn start(
+    varmap: &candle_nn::VarMap,
+    seed: u64,
+    cfg: &optim::AdamWConfig,
+    ckpt: &checkpoint::Checkpoint,
+) -> Result<optim::AdamW, TrainError> {
+    init_weights(varmap, seed)?;
+    let vars = varmap
+        .data()
+        .lock()
+        .expect("varmap lock")
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let mut opt = optim::AdamW::new(vars, cfg.clone())?;
+    if ckpt.exists() {
+        let (state, meta): (_, serde_json::Value) = ckpt.load()?;
+        let step = meta["step"].as_u64().ok_or_else(|| {
+            anyhow::anyhow!("'{}' has no step", ckpt.dir.join("state.json").display())
+        })?;
+        opt.load_state(&state, step as usize)?;
+    }
+    Ok(opt)
+}
+
 /// A batch of RGB images as `(b, 3, h, w)` in `[-1, 1]`.
 pub fn images_to_tensor(images: &[&RgbImage], device: &Device) -> candle_core::Result<Tensor> {
     let ts = images

@@ -131,20 +131,8 @@ pub fn train(
     let cfg = VaeConfig::from(&plan.config);
     let varmap = VarMap::new();
     let vae = AutoencoderKL::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, device))?;
-    let vars: Vec<(String, candle_core::Var)> = varmap
-        .data()
-        .lock()
-        .expect("varmap lock")
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    super::init_weights(&varmap, plan.seed)?;
-    let mut opt = AdamW::new(vars, plan.optim.clone())?;
     let ckpt = Checkpoint::new(&plan.out.join("checkpoint"));
-    if ckpt.exists() {
-        let (state, meta): (_, Meta) = ckpt.load()?;
-        opt.load_state(&state, meta.step)?;
-    }
+    let mut opt = super::start(&varmap, plan.seed, &plan.optim, &ckpt)?;
     let mut run = Run::new(opt.step);
     while opt.step < plan.steps {
         let step = opt.step;
