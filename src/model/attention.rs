@@ -163,7 +163,7 @@ enum Projection {
 /// GroupNorm, `proj_in`, one [`BasicTransformerBlock`], `proj_out`, residual.
 #[derive(Debug, Clone)]
 pub struct Transformer2D {
-    norm: candle_nn::GroupNorm,
+    norm: nn::GroupNorm,
     proj_in: Projection,
     block: BasicTransformerBlock,
     proj_out: Projection,

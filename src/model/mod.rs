@@ -7,6 +7,7 @@
 pub mod attention;
 pub mod clip;
 pub mod embeddings;
+pub mod group_norm;
 pub mod load;
 pub mod meta;
 pub mod nn;

@@ -143,15 +143,7 @@ impl Module for Conv2d {
     }
 }
 
-/// `torch.nn.GroupNorm` with affine parameters.
-pub fn group_norm(
-    groups: usize,
-    channels: usize,
-    eps: f64,
-    vb: VarBuilder,
-) -> Result<candle_nn::GroupNorm> {
-    candle_nn::group_norm(groups, channels, eps, vb)
-}
+pub use super::group_norm::{group_norm, GroupNorm};
 
 /// Scaled dot-product attention on `(batch*heads, seq, dim_head)` tensors, computed in slices
 /// of at most `slice` rows of the batch to bound the `seq x seq` score matrix in memory.

@@ -19,10 +19,10 @@ pub struct ResnetConfig {
 /// `norm1 -> SiLU -> conv1 (+ time_emb_proj) -> norm2 -> SiLU -> conv2`, plus the shortcut.
 #[derive(Debug, Clone)]
 pub struct ResnetBlock2D {
-    norm1: candle_nn::GroupNorm,
+    norm1: nn::GroupNorm,
     conv1: nn::Conv2d,
     time_emb_proj: Option<candle_nn::Linear>,
-    norm2: candle_nn::GroupNorm,
+    norm2: nn::GroupNorm,
     conv2: nn::Conv2d,
     conv_shortcut: Option<nn::Conv2d>,
 }

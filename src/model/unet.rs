@@ -335,7 +335,7 @@ pub struct UNet2DConditionModel {
     down_blocks: Vec<DownBlock>,
     mid_block: MidBlock,
     up_blocks: Vec<UpBlock>,
-    conv_norm_out: candle_nn::GroupNorm,
+    conv_norm_out: nn::GroupNorm,
     conv_out: nn::Conv2d,
     pub config: UNetConfig,
 }

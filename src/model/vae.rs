@@ -129,7 +129,7 @@ impl From<VaeConfigJson> for VaeConfig {
 /// Single-head self-attention over pixels with a residual (`mid_block.attentions.0`).
 #[derive(Debug, Clone)]
 struct AttentionBlock {
-    group_norm: candle_nn::GroupNorm,
+    group_norm: nn::GroupNorm,
     to_q: candle_nn::Linear,
     to_k: candle_nn::Linear,
     to_v: candle_nn::Linear,
@@ -206,7 +206,7 @@ struct Encoder {
     conv_in: nn::Conv2d,
     down: Vec<(Vec<ResnetBlock2D>, Option<Downsample2D>)>,
     mid: VaeMidBlock,
-    norm_out: candle_nn::GroupNorm,
+    norm_out: nn::GroupNorm,
     conv_out: nn::Conv2d,
 }
 
@@ -264,7 +264,7 @@ struct Decoder {
     conv_in: nn::Conv2d,
     mid: VaeMidBlock,
     up: Vec<(Vec<ResnetBlock2D>, Option<Upsample2D>)>,
-    norm_out: candle_nn::GroupNorm,
+    norm_out: nn::GroupNorm,
     conv_out: nn::Conv2d,
 }
 
