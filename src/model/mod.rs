@@ -8,6 +8,7 @@ pub mod attention;
 pub mod clip;
 pub mod embeddings;
 pub mod group_norm;
+pub mod im2col;
 pub mod load;
 pub mod meta;
 pub mod nn;

@@ -6,6 +6,8 @@
 //! otherwise, so one network definition serves both the editor and the trainer.
 
 use candle_core::{Module, Result, Tensor, D};
+
+use super::im2col::Im2Col;
 use candle_nn::VarBuilder;
 
 /// Softmax over the last dimension; differentiable whenever `xs` tracks gradients.
@@ -65,9 +67,9 @@ pub fn linear(
 
 /// A `torch.nn.Conv2d` layer with a bias and a square kernel.
 ///
-/// Stride-1 convolutions run as one im2col + matrix product built from tensor ops: candle
-/// 0.11's CPU conv2d re-flattens the kernel and gathers patches element by element on every
-/// call, which made it most of a UNet step here. The tensor-op form also has gradients.
+/// On the CPU (f32), k x k convolutions run as one patch extraction ([`Im2Col`], with its own
+/// backward) and one matrix product: candle 0.11's CPU conv2d re-flattens the kernel and
+/// gathers patches element by element on every call, which made it most of a UNet step here.
 #[derive(Debug, Clone)]
 pub struct Conv2d {
     inner: candle_nn::Conv2d,
@@ -111,35 +113,22 @@ pub fn conv2d(
 
 impl Module for Conv2d {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        if std::env::var_os("ID_NATIVE_CONV").is_some()
-            || self.stride != 1
-            || self.kernel == 1
-            || xs.device().is_cuda()
-            || xs.device().is_metal()
-        {
+        let cpu_f32 = xs.device().is_cpu() && xs.dtype() == candle_core::DType::F32;
+        if self.kernel == 1 && self.stride == 1 || !cpu_f32 {
             return self.inner.forward(xs);
         }
-        let (b, c, h, w) = xs.dims4()?;
-        let k = self.kernel;
-        let p = self.padding;
-        let (oh, ow) = (
-            (h + 2 * p + 1).saturating_sub(k),
-            (w + 2 * p + 1).saturating_sub(k),
-        );
-        let padded = xs.pad_with_zeros(2, p, p)?.pad_with_zeros(3, p, p)?;
-        let mut taps = Vec::with_capacity(k * k);
-        for kh in 0..k {
-            for kw in 0..k {
-                taps.push(padded.narrow(2, kh, oh)?.narrow(3, kw, ow)?);
-            }
-        }
-        // (b, c, k*k, oh, ow) -> (b, c*k*k, oh*ow): the weight's (in, kh, kw) order.
-        let cols = Tensor::stack(&taps, 2)?.reshape((b, c * k * k, oh * ow))?;
+        let (b, _, h, w) = xs.dims4()?;
+        let p = Im2Col {
+            kernel: self.kernel,
+            stride: self.stride,
+            padding: self.padding,
+        };
+        let cols = p.apply(xs)?;
         let out = self
             .weight_2d
             .broadcast_matmul(&cols)?
             .broadcast_add(&self.bias)?;
-        out.reshape((b, (), oh, ow))
+        out.reshape((b, (), p.out_size(h), p.out_size(w)))
     }
 }
 
