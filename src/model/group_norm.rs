@@ -21,9 +21,12 @@ pub struct GroupNorm {
 
 /// Loads a [`GroupNorm`] over `channels` channels in `groups` groups from `vb`.
 pub fn group_norm(groups: usize, channels: usize, eps: f64, vb: VarBuilder) -> Result<GroupNorm> {
-    let inner = candle_nn::group_norm(groups, channels, eps, vb.clone())?;
+    if groups == 0 || channels % groups != 0 {
+        candle_core::bail!("group norm: {channels} channels do not split into {groups} groups")
+    }
     let weight = vb.get_with_hints(channels, "weight", candle_nn::Init::Const(1.))?;
     let bias = vb.get_with_hints(channels, "bias", candle_nn::Init::Const(0.))?;
+    let inner = candle_nn::GroupNorm::new(weight.clone(), bias.clone(), channels, groups, eps)?;
     Ok(GroupNorm {
         inner,
         weight,
