@@ -186,13 +186,24 @@ fn micro_training_learns_and_exports_a_loadable_model() {
         ema_decay: 0.9,
         ..Default::default()
     };
+    eplan.sample_edits = 2;
     let mut losses = Vec::new();
-    edit::train(&eplan, &unet, &clip, &Device::Cpu, &mut |e| {
-        if let TrainEvent::Step { loss, .. } = e {
-            losses.push(*loss)
-        }
+    let mut sheets = Vec::new();
+    edit::train(&eplan, &unet, &clip, &Device::Cpu, &mut |e| match e {
+        TrainEvent::Step { loss, .. } => losses.push(*loss),
+        TrainEvent::Samples { path, .. } => sheets.push(path.clone()),
+        _ => {}
     })
     .unwrap();
+    assert_eq!(sheets.len(), 1, "one sample sheet at the one checkpoint");
+    let sheet = image::open(&sheets[0]).unwrap();
+    assert_eq!(
+        (sheet.width(), sheet.height()),
+        (3 * 32, 2 * 32),
+        "source | target | result per row"
+    );
+    let caption = std::fs::read_to_string(sheets[0].with_extension("txt")).unwrap();
+    assert_eq!(caption.lines().count(), 2);
     let (first, last) = (mean(&losses[..8]), mean(&losses[losses.len() - 8..]));
     eprintln!("edit loss {first:.4} -> {last:.4}");
     assert!(last < 0.8 * first, "edit loss {first:.4} -> {last:.4}");

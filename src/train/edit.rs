@@ -37,6 +37,9 @@ pub struct EditPlan {
     pub seed: u64,
     pub optim: AdamWConfig,
     pub checkpoint_every: usize,
+    /// Held-out samples edited with the saved model at each checkpoint (0 disables).
+    #[serde(default)]
+    pub sample_edits: usize,
     /// Extra loss weight on latent cells the edit changes (0 = plain MSE).
     pub change_weight: f64,
     pub text_dropout: f64,
@@ -66,6 +69,7 @@ pub fn default_plan(out: PathBuf, vae: PathBuf) -> EditPlan {
             ..Default::default()
         },
         checkpoint_every: 250,
+        sample_edits: 4,
         change_weight: 4.0,
         text_dropout: 0.075,
         image_dropout: 0.075,
@@ -258,7 +262,65 @@ pub fn train(
                 step: opt.step,
                 dir: ckpt.dir.clone(),
             });
+            if plan.sample_edits > 0 {
+                let path = write_sample_edits(plan, opt.step)?;
+                on_event(&TrainEvent::Samples {
+                    step: opt.step,
+                    path,
+                });
+            }
         }
     }
     Ok(())
+}
+
+/// Edits `plan.sample_edits` held-out samples with the model just saved (20 steps, its default
+/// guidance) and writes `samples/step_NNNNNN.png`, one row per sample: source | target | result,
+/// with the instructions beside it in a `.txt`.
+fn write_sample_edits(plan: &EditPlan, step: usize) -> anyhow::Result<PathBuf> {
+    use crate::model::load::{load, ModelSource};
+    use crate::sample::pipeline::{edit, EditOutcome, EditRequest};
+    let model = load(
+        &ModelSource::Diffusers(plan.out.join("model")),
+        Default::default(),
+    )?;
+    let s = plan.size;
+    let mut sheet = image::RgbImage::new(3 * s, plan.sample_edits as u32 * s);
+    let mut text = String::new();
+    for i in 0..plan.sample_edits {
+        let sample = generate(super::HELD_OUT_FIRST_SEED + i as u64, s, &plan.tasks);
+        let req = EditRequest {
+            prompt: sample.instruction.clone(),
+            seed: Some(i as u64),
+            ..Default::default()
+        };
+        let edit_plan = req.validate(&model)?;
+        let out = match edit(&model, &sample.input, &edit_plan, None, &mut |_| {
+            std::ops::ControlFlow::Continue(())
+        })? {
+            EditOutcome::Done(e) => e.image,
+            EditOutcome::Cancelled { .. } => anyhow::bail!("sample edit cancelled"),
+        };
+        for (col, img) in [&sample.input, &sample.target, &out]
+            .into_iter()
+            .enumerate()
+        {
+            image::imageops::replace(
+                &mut sheet,
+                img,
+                (col as u32 * s) as i64,
+                (i as u32 * s) as i64,
+            );
+        }
+        text.push_str(&format!(
+            "{i}: [{}] {}\n",
+            sample.task.name(),
+            sample.instruction
+        ));
+    }
+    let path = plan.out.join("samples").join(format!("step_{step:06}.png"));
+    std::fs::create_dir_all(path.parent().expect("has a parent"))?;
+    crate::imageio::save(&sheet, &path, &[])?;
+    crate::imageio::write_atomic(&path.with_extension("txt"), text.as_bytes())?;
+    Ok(path)
 }
