@@ -39,6 +39,29 @@ pub enum Command {
     /// Train the built-in model (phase `vae`, then `edit`); resumes from the last checkpoint.
     #[command(subcommand)]
     Train(TrainCommand),
+    /// Time each stage of an edit (text encode, VAE, one guided UNet step, a whole edit).
+    Bench(BenchArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Use seeded random weights in this architecture instead of loading: sd15 or tiny.
+    #[arg(long)]
+    pub random: Option<String>,
+    /// Square image size in pixels (a multiple of 64).
+    #[arg(long, default_value_t = 256)]
+    pub resolution: usize,
+    /// Timed runs per stage (after one warm-up run).
+    #[arg(long, default_value_t = 3)]
+    pub repeats: usize,
+    /// Euler steps of the whole-edit row.
+    #[arg(long, default_value_t = 4)]
+    pub edit_steps: usize,
+    /// Also write the report as JSON here (tools/bench/pytorch_bench.py reads it for ratios).
+    #[arg(long)]
+    pub json: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -170,6 +193,7 @@ pub fn main() -> ExitCode {
         Some(Command::Edit(args)) => run_edit(&args),
         Some(Command::Data(DataCommand::Synth(args))) => run_synth(&args),
         Some(Command::Train(cmd)) => run_train(&cmd),
+        Some(Command::Bench(args)) => run_bench(&args),
         None => {
             use clap::CommandFactory;
             let _ = Cli::command().print_help();
@@ -445,4 +469,25 @@ fn run_train(cmd: &TrainCommand) -> anyhow::Result<()> {
         }
     };
     result.map_err(|e| anyhow::anyhow!(e))
+}
+
+fn run_bench(args: &BenchArgs) -> anyhow::Result<()> {
+    if args.resolution % 64 != 0 || args.resolution == 0 || args.repeats == 0 {
+        anyhow::bail!("--resolution must be a positive multiple of 64 and --repeats at least 1");
+    }
+    let model = match &args.random {
+        Some(arch) => crate::bench::random_model(arch, &parse_device(&args.model.device)?)?,
+        None => load_model(&args.model)?,
+    };
+    let report = crate::bench::run(
+        &model,
+        args.resolution,
+        args.repeats,
+        args.edit_steps.max(1),
+    )?;
+    eprint!("{}", crate::bench::table(&report));
+    if let Some(path) = &args.json {
+        imageio::write_atomic(path, serde_json::to_string_pretty(&report)?.as_bytes())?;
+    }
+    Ok(())
 }

@@ -6,6 +6,7 @@
 //! - [`imageio`]: bounded image decoding, the resize rule, atomic writes.
 //! - [`cli`]: the `instructdiffusion` command.
 
+pub mod bench;
 pub mod cli;
 pub mod data;
 pub mod export;

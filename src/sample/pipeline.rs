@@ -174,6 +174,13 @@ pub fn tensor_to_image(t: &Tensor) -> candle_core::Result<RgbImage> {
         .ok_or_else(|| candle_core::Error::Msg("image buffer size mismatch".into()))
 }
 
+/// Encodes the instruction and the empty prompt: `(text, empty_text)`.
+pub fn condition_text(model: &Model, prompt: &str) -> candle_core::Result<(Tensor, Tensor)> {
+    let text = embed_prompt(&model.tokenizer, &model.text_encoder, prompt, &model.device)?;
+    let empty_text = embed_prompt(&model.tokenizer, &model.text_encoder, "", &model.device)?;
+    Ok((text, empty_text))
+}
+
 /// Encodes the instruction, the empty prompt and the source image (at model size).
 pub fn condition(
     model: &Model,
@@ -181,8 +188,7 @@ pub fn condition(
     source: &RgbImage,
 ) -> candle_core::Result<(Conditioning, f64, f64)> {
     let t0 = Instant::now();
-    let text = embed_prompt(&model.tokenizer, &model.text_encoder, prompt, &model.device)?;
-    let empty_text = embed_prompt(&model.tokenizer, &model.text_encoder, "", &model.device)?;
+    let (text, empty_text) = condition_text(model, prompt)?;
     let text_s = secs(t0);
     let t1 = Instant::now();
     let pixels = image_to_tensor(source, &model.device, model.dtype)?;

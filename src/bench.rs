@@ -1,0 +1,211 @@
+//! `instructdiffusion bench`: times each stage of an edit (text encode, VAE encode, one guided
+//! UNet step on a batch of three, VAE decode, a whole edit) with repeats, and reports medians,
+//! spread, peak memory and thread settings. `tools/bench/pytorch_bench.py` times the same work
+//! in PyTorch + diffusers and prints the ratio per row.
+//!
+//! Models can be loaded or built with seeded random weights in a named architecture
+//! (`sd15`, `tiny`), so the SD 1.5-size figures need no download.
+
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use serde::Serialize;
+
+use crate::model::clip::{ClipConfig, ClipTextModel, ClipTokenizer};
+use crate::model::load::Model;
+use crate::model::meta::{GuidanceFormula, SamplingDefaults, SchedulerConfig};
+use crate::model::unet::{UNet2DConditionModel, UNetConfig};
+use crate::model::vae::{AutoencoderKL, VaeConfig};
+use crate::sample::denoiser::{Denoiser, EpsDenoiser};
+use crate::sample::guidance::Guided;
+use crate::sample::pipeline::{self, EditRequest};
+use crate::sample::samplers::Sampler;
+use crate::sample::schedule::DiscreteSchedule;
+
+/// A model with seeded random weights in a named architecture.
+pub fn random_model(arch: &str, device: &Device) -> anyhow::Result<Model> {
+    let (unet_cfg, vae_cfg, clip_cfg) = match arch {
+        "sd15" => (
+            UNetConfig::sd15_instruct(),
+            VaeConfig::sd15(),
+            ClipConfig::vit_l_14(),
+        ),
+        "tiny" => (
+            UNetConfig::tiny(),
+            VaeConfig {
+                scaling_factor: 1.0,
+                ..VaeConfig::tiny()
+            },
+            ClipConfig::tiny(),
+        ),
+        other => anyhow::bail!("unknown architecture '{other}' (use sd15 or tiny)"),
+    };
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
+    let unet = UNet2DConditionModel::new(&unet_cfg, None, vb.pp("unet"))?;
+    let vae = AutoencoderKL::new(&vae_cfg, vb.pp("vae"))?;
+    let text_encoder = ClipTextModel::new(&clip_cfg, vb.pp("text_encoder"))?;
+    crate::train::init_weights(&varmap, 0)?;
+    Ok(Model {
+        unet,
+        vae,
+        text_encoder,
+        tokenizer: ClipTokenizer::bundled(clip_cfg.max_position_embeddings),
+        scheduler: SchedulerConfig::default(),
+        defaults: SamplingDefaults::instructdiffusion(),
+        device: device.clone(),
+        dtype: DType::F32,
+        source: format!("random {arch}"),
+        notes: vec![],
+    })
+}
+
+/// One timed row.
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    pub name: String,
+    pub runs_s: Vec<f64>,
+    pub median_s: f64,
+    pub min_s: f64,
+    pub max_s: f64,
+}
+
+/// The whole report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub model: String,
+    pub resolution: usize,
+    pub threads: String,
+    pub rows: Vec<Row>,
+    pub peak_memory_bytes: Option<u64>,
+}
+
+fn time(
+    name: &str,
+    repeats: usize,
+    mut f: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<Row> {
+    f()?; // warm-up, not counted
+    let mut runs = Vec::with_capacity(repeats);
+    for _ in 0..repeats {
+        let t0 = Instant::now();
+        f()?;
+        runs.push(t0.elapsed().as_secs_f64());
+    }
+    let mut sorted = runs.clone();
+    sorted.sort_by(f64::total_cmp);
+    Ok(Row {
+        name: name.to_string(),
+        median_s: sorted[sorted.len() / 2],
+        min_s: sorted[0],
+        max_s: sorted[sorted.len() - 1],
+        runs_s: runs,
+    })
+}
+
+/// Times every stage at `resolution` (a square image), `repeats` times each after a warm-up;
+/// the whole edit runs `edit_steps` euler steps.
+pub fn run(
+    model: &Model,
+    resolution: usize,
+    repeats: usize,
+    edit_steps: usize,
+) -> anyhow::Result<Report> {
+    let n = resolution as u32;
+    let image = image::RgbImage::from_fn(n, n, |x, y| {
+        image::Rgb([(x % 256) as u8, (y % 256) as u8, 128])
+    });
+    let prompt = "turn the cat into a tiger";
+    let dev = &model.device;
+    let mut rows = Vec::new();
+    rows.push(time("text encode (2 prompts)", repeats, || {
+        pipeline::condition_text(model, prompt)?;
+        Ok(())
+    })?);
+    let pixels = pipeline::image_to_tensor(&image, dev, model.dtype)?;
+    rows.push(time("vae encode", repeats, || {
+        model.vae.encode_mean(&pixels)?;
+        Ok(())
+    })?);
+    let (cond, _, _) = pipeline::condition(model, prompt, &image)?;
+    let eps = EpsDenoiser {
+        unet: &model.unet,
+        schedule: DiscreteSchedule::new(&model.scheduler),
+        prediction: model.scheduler.prediction_type,
+    };
+    let guided = Guided::new(&eps, &cond, GuidanceFormula::InstructDiffusion, 5.0, 1.25)?;
+    let x = Tensor::randn(0f32, 1.0, cond.image.shape(), dev)?.to_dtype(model.dtype)?;
+    rows.push(time(
+        "unet step, 3-way guidance (batch 3)",
+        repeats,
+        || {
+            guided.denoise(&x, 1.5)?;
+            Ok(())
+        },
+    )?);
+    rows.push(time("vae decode", repeats, || {
+        pipeline::decode(model, &x)?;
+        Ok(())
+    })?);
+    let req = EditRequest {
+        prompt: prompt.into(),
+        steps: Some(edit_steps),
+        sampler: Some(Sampler::Euler),
+        seed: Some(0),
+        resolution: Some(resolution),
+        keep_model_resolution: true,
+        ..Default::default()
+    };
+    let plan = req.validate(model)?;
+    rows.push(time(
+        &format!("whole edit, {edit_steps} euler steps"),
+        repeats,
+        || {
+            pipeline::edit(model, &image, &plan, None, &mut |_| {
+                std::ops::ControlFlow::Continue(())
+            })?;
+            Ok(())
+        },
+    )?);
+    let threads = format!(
+        "CANDLE_NUM_THREADS={} RAYON_NUM_THREADS={} (cores: {})",
+        std::env::var("CANDLE_NUM_THREADS").unwrap_or_else(|_| "unset".into()),
+        std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "unset".into()),
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    );
+    Ok(Report {
+        model: model.source.clone(),
+        resolution,
+        threads,
+        rows,
+        peak_memory_bytes: crate::cli::peak_memory_bytes(),
+    })
+}
+
+/// The report as a table for stderr.
+pub fn table(r: &Report) -> String {
+    let mut s = format!(
+        "model: {}, {}x{} px, {}\n",
+        r.model, r.resolution, r.resolution, r.threads
+    );
+    s.push_str(&format!(
+        "{:<40} {:>10} {:>10} {:>10}\n",
+        "stage", "median s", "min s", "max s"
+    ));
+    for row in &r.rows {
+        s.push_str(&format!(
+            "{:<40} {:>10.3} {:>10.3} {:>10.3}\n",
+            row.name, row.median_s, row.min_s, row.max_s
+        ));
+    }
+    if let Some(p) = r.peak_memory_bytes {
+        s.push_str(&format!(
+            "peak memory: {:.2} GiB\n",
+            p as f64 / (1u64 << 30) as f64
+        ));
+    }
+    s
+}

@@ -1,0 +1,105 @@
+#!/usr/bin/env python3
+"""The PyTorch + diffusers side of `instructdiffusion bench`: the same stages on random weights of
+the same architecture, timed the same way (one warm-up, then REPEATS runs, median/min/max).
+With `--ours report.json` (from `instructdiffusion bench --json`) it prints ours / PyTorch per row.
+
+    venv/bin/python tools/bench/pytorch_bench.py --arch sd15 --resolution 256 --ours ours.json
+
+PyTorch is the anchor of the comparison, not a dependency of the product or of CI.
+"""
+import argparse
+import json
+import pathlib
+import statistics
+import sys
+import time
+
+import torch
+
+HERE = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "reference"))
+import kdiffusion_ref as K  # noqa: E402
+import make_fixtures as F  # noqa: E402
+
+from diffusers import AutoencoderKL, UNet2DConditionModel  # noqa: E402
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer  # noqa: E402
+
+TINY = (
+    dict(sample_size=32, in_channels=8, out_channels=4, block_out_channels=(64, 128, 128), layers_per_block=1,
+         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+         cross_attention_dim=64, attention_head_dim=4, norm_num_groups=16),
+    dict(in_channels=3, out_channels=3, block_out_channels=(16, 32, 64), layers_per_block=1,
+         down_block_types=["DownEncoderBlock2D"] * 3, up_block_types=["UpDecoderBlock2D"] * 3,
+         latent_channels=4, norm_num_groups=8, scaling_factor=1.0),
+    dict(vocab_size=49408, hidden_size=64, intermediate_size=256, num_hidden_layers=3, num_attention_heads=4,
+         max_position_embeddings=77, hidden_act="quick_gelu", bos_token_id=49406, eos_token_id=49407),
+)
+
+
+def timed(name, repeats, fn):
+    fn()
+    runs = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        runs.append(time.perf_counter() - t0)
+    return {"name": name, "runs_s": runs, "median_s": statistics.median(runs), "min_s": min(runs), "max_s": max(runs)}
+
+
+@torch.no_grad()
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--arch", choices=["sd15", "tiny"], default="sd15")
+    ap.add_argument("--resolution", type=int, default=256)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--edit-steps", type=int, default=4)
+    ap.add_argument("--ours", type=pathlib.Path)
+    a = ap.parse_args()
+    cfgs = (F.SD15_UNET, F.SD15_VAE, F.SD15_CLIP) if a.arch == "sd15" else TINY
+    unet = UNet2DConditionModel(**cfgs[0]).eval()
+    vae = AutoencoderKL(**cfgs[1]).eval()
+    clip = CLIPTextModel(CLIPTextConfig(**cfgs[2])).eval()
+    tok = CLIPTokenizer.from_pretrained(F.SHARED / "tokenizers/clip-vit-large-patch14")
+    prompt = "turn the cat into a tiger"
+    n = a.resolution
+    px = torch.rand((1, 3, n, n)) * 2 - 1
+    rows = []
+    rows.append(timed("text encode (2 prompts)", a.repeats, lambda: (clip(F.tokenize(tok, prompt)), clip(F.tokenize(tok, "")))))
+    rows.append(timed("vae encode", a.repeats, lambda: vae.encode(px).latent_dist.mode()))
+    c_text = clip(F.tokenize(tok, prompt)).last_hidden_state
+    u_text = clip(F.tokenize(tok, "")).last_hidden_state
+    mean = vae.encode(px).latent_dist.mode()
+    den = K.DiscreteEpsDDPMDenoiser(F.CompVisLike(unet), F.alphas_cumprod(), quantize=False)
+    wrap = F.CFGInstructDiffusion(den)
+    cond = {"c_crossattn": [c_text], "c_concat": [mean]}
+    uncond = {"c_crossattn": [u_text], "c_concat": [torch.zeros_like(mean)]}
+    x = torch.randn(mean.shape)
+    extra = dict(cond=cond, uncond=uncond, text_cfg_scale=5.0, image_cfg_scale=1.25)
+    rows.append(timed("unet step, 3-way guidance (batch 3)", a.repeats, lambda: wrap(x, torch.tensor([1.5]), **extra)))
+    scale = vae.config.scaling_factor
+    rows.append(timed("vae decode", a.repeats, lambda: vae.decode(x / scale).sample))
+
+    def whole_edit():
+        c = clip(F.tokenize(tok, prompt)).last_hidden_state
+        u = clip(F.tokenize(tok, "")).last_hidden_state
+        m = vae.encode(px).latent_dist.mode()
+        sig = den.get_sigmas(a.edit_steps)
+        z = K.sample_euler(wrap, torch.randn(m.shape) * sig[0], sig, extra_args=dict(
+            cond={"c_crossattn": [c], "c_concat": [m]}, uncond={"c_crossattn": [u], "c_concat": [torch.zeros_like(m)]},
+            text_cfg_scale=5.0, image_cfg_scale=1.25))
+        vae.decode(z / scale)
+
+    rows.append(timed(f"whole edit, {a.edit_steps} euler steps", a.repeats, whole_edit))
+    print(f"pytorch {torch.__version__}, {torch.get_num_threads()} threads, {a.arch}, {n}x{n} px")
+    ours = {r["name"]: r for r in json.loads(a.ours.read_text())["rows"]} if a.ours else {}
+    print(f"{'stage':<40} {'pytorch s':>10} {'ours s':>10} {'ours/pt':>8}")
+    for r in rows:
+        o = ours.get(r["name"])
+        ratio = f"{o['median_s'] / r['median_s']:8.2f}" if o else ""
+        ours_s = f"{o['median_s']:10.3f}" if o else ""
+        print(f"{r['name']:<40} {r['median_s']:10.3f} {ours_s:>10} {ratio}")
+
+
+if __name__ == "__main__":
+    main()
