@@ -440,3 +440,37 @@ fn edit_works_on_every_layout() {
         );
     }
 }
+
+/// `bench` runs every stage and writes its report (figures are not asserted: speed lives in
+/// benchmarks, not tests).
+#[test]
+fn bench_reports_every_stage() {
+    let tmp = tempdir();
+    let json = tmp.path().join("bench.json");
+    let o = run_bin(&[
+        "bench",
+        "--random",
+        "tiny",
+        "--resolution",
+        "64",
+        "--repeats",
+        "1",
+        "--edit-steps",
+        "1",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let names: Vec<&str> = r["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| row["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names.len(), 5, "{names:?}");
+    assert!(names.iter().any(|n| n.contains("unet step")));
+    assert!(stderr(&o).contains("median s"));
+    fails_with(&["bench", "--random", "sd3"], "unknown architecture 'sd3'");
+}
