@@ -472,7 +472,7 @@ fn run_train(cmd: &TrainCommand) -> anyhow::Result<()> {
 }
 
 fn run_bench(args: &BenchArgs) -> anyhow::Result<()> {
-    if args.resolution % 64 != 0 || args.resolution == 0 || args.repeats == 0 {
+    if !args.resolution.is_multiple_of(64) || args.resolution == 0 || args.repeats == 0 {
         anyhow::bail!("--resolution must be a positive multiple of 64 and --repeats at least 1");
     }
     let model = match &args.random {

@@ -235,7 +235,7 @@ mod tests {
     fn fit_crops_to_the_aspect() {
         let mut img = RgbImage::new(200, 100);
         for (x, _, p) in img.enumerate_pixels_mut() {
-            *p = image::Rgb([if x < 50 || x >= 150 { 255 } else { 0 }, 0, 0]);
+            *p = image::Rgb([if !(50..150).contains(&x) { 255 } else { 0 }, 0, 0]);
         }
         // 1:1 output keeps the centre 100x100: all black.
         let out = fit(&img, 64, 64);

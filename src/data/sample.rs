@@ -222,7 +222,7 @@ fn blend_mask(img: &RgbImage, mask: &[bool], color: [u8; 3]) -> RgbImage {
     for (i, p) in out.pixels_mut().enumerate() {
         if mask[i] {
             for k in 0..3 {
-                p[k] = ((p[k] as u16 + color[k] as u16 + 1) / 2) as u8;
+                p[k] = (p[k] as u16 + color[k] as u16).div_ceil(2) as u8;
             }
         }
     }
@@ -580,7 +580,7 @@ mod tests {
             for (i, (a, b)) in s.input.pixels().zip(s.target.pixels()).enumerate() {
                 if mask[i] {
                     for k in 0..3 {
-                        let want = (a[k] as u16 + color[k] as u16 + 1) / 2;
+                        let want = (a[k] as u16 + color[k] as u16).div_ceil(2);
                         assert_eq!(b[k] as u16, want);
                     }
                 } else {

@@ -304,8 +304,8 @@ impl Background {
                 scale,
             } => {
                 let p = &photos()[*index % photos().len()];
-                let sx = ((x0 + (x as f32 * scale) as u32).min(p.width() - 1)) as u32;
-                let sy = ((y0 + (y as f32 * scale) as u32).min(p.height() - 1)) as u32;
+                let sx = (x0 + (x as f32 * scale) as u32).min(p.width() - 1);
+                let sy = (y0 + (y as f32 * scale) as u32).min(p.height() - 1);
                 p.get_pixel(sx, sy).0
             }
         }

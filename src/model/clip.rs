@@ -126,7 +126,7 @@ impl TryFrom<ClipConfigJson> for ClipConfig {
             "gelu" => Activation::Gelu,
             other => return Err(format!("unsupported CLIP hidden_act '{other}'")),
         };
-        if j.num_attention_heads == 0 || j.hidden_size % j.num_attention_heads != 0 {
+        if j.num_attention_heads == 0 || !j.hidden_size.is_multiple_of(j.num_attention_heads) {
             return Err(format!(
                 "CLIP hidden_size {} does not split into {} heads",
                 j.hidden_size, j.num_attention_heads

@@ -21,7 +21,7 @@ pub struct GroupNorm {
 
 /// Loads a [`GroupNorm`] over `channels` channels in `groups` groups from `vb`.
 pub fn group_norm(groups: usize, channels: usize, eps: f64, vb: VarBuilder) -> Result<GroupNorm> {
-    if groups == 0 || channels % groups != 0 {
+    if groups == 0 || !channels.is_multiple_of(groups) {
         candle_core::bail!("group norm: {channels} channels do not split into {groups} groups")
     }
     let weight = vb.get_with_hints(channels, "weight", candle_nn::Init::Const(1.))?;

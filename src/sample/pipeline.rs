@@ -79,7 +79,7 @@ impl EditRequest {
             }
         }
         let resolution = self.resolution.unwrap_or(d.resolution);
-        if resolution % 64 != 0 || !(64..=4096).contains(&resolution) {
+        if !resolution.is_multiple_of(64) || !(64..=4096).contains(&resolution) {
             return Err(RequestError::Resolution(resolution));
         }
         Ok(EditPlan {
