@@ -110,10 +110,12 @@ fn export(plan: &VaePlan, opt: &AdamW, scale: f64) -> anyhow::Result<()> {
     std::fs::create_dir_all(&dir)?;
     let mut cfg = VaeConfig::from(&plan.config);
     cfg.scaling_factor = scale;
+    // f16 on disk like the other parts of the shipped model (half the size); the training
+    // state in the checkpoint stays f32.
     save_weights(
         &opt.ema_weights(),
         &dir.join("diffusion_pytorch_model.safetensors"),
-        false,
+        true,
     )?;
     crate::imageio::write_atomic(
         &dir.join("config.json"),
