@@ -35,7 +35,7 @@ pub fn load_rgb(path: &Path, max_pixels: u64) -> Result<RgbImage, ImageError> {
         path: path.to_path_buf(),
         msg,
     };
-    let reader = ImageReader::open(path)
+    let mut reader = ImageReader::open(path)
         .map_err(|e| read_err(e.to_string()))?
         .with_guessed_format()
         .map_err(|e| read_err(e.to_string()))?;
@@ -44,7 +44,6 @@ pub fn load_rgb(path: &Path, max_pixels: u64) -> Result<RgbImage, ImageError> {
     }
     let mut limits = image::Limits::default();
     limits.max_alloc = Some(max_pixels.saturating_mul(16).max(1 << 26));
-    let mut reader = reader;
     reader.limits(limits);
     let mut decoder = reader.into_decoder().map_err(|e| read_err(e.to_string()))?;
     let (w, h) = decoder.dimensions();

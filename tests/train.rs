@@ -44,18 +44,6 @@ fn state(dir: &Path) -> HashMap<String, Tensor> {
     candle_core::safetensors::load(dir.join("checkpoint/state.safetensors"), &Device::Cpu).unwrap()
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &to.join(e.file_name()));
-        } else {
-            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-        }
-    }
-}
-
 /// A run interrupted after its step-2 checkpoint and resumed in a fresh process state ends
 /// bit-identical to the uninterrupted run: weights, both Adam moments and the EMA.
 #[test]

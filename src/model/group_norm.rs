@@ -105,7 +105,7 @@ impl CustomOp3 for Fused {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (b, c, hw) = dims(l1)?;
+        let (_, c, hw) = dims(l1)?;
         let (x, w, bias) = (slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?);
         let g = self.groups;
         if c % g != 0 || w.len() != c || bias.len() != c {
@@ -127,7 +127,6 @@ impl CustomOp3 for Fused {
                     }
                 }
             });
-        let _ = b;
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
