@@ -9,6 +9,7 @@
 pub mod bench;
 pub mod cli;
 pub mod data;
+pub mod decode;
 pub mod export;
 pub mod imageio;
 pub mod model;
