@@ -209,3 +209,87 @@ pub fn table(r: &Report) -> String {
     }
     s
 }
+
+/// The decoder's figures: quality on the perturbed set and time per answer.
+#[derive(Debug, Clone, Serialize)]
+pub struct DecodeReport {
+    pub photos: usize,
+    pub quality: crate::decode::quality::Report,
+    pub untouched_quality: crate::decode::quality::Report,
+    pub rows: Vec<Row>,
+}
+
+/// Measures the decoder on the photos in `dir` at 512 px.
+pub fn decode(dir: &std::path::Path, repeats: usize) -> anyhow::Result<DecodeReport> {
+    use crate::decode::{parse::Kind, quality};
+    let mut photos = vec![];
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| anyhow::anyhow!("cannot read the photo folder '{}': {e}", dir.display()))?;
+    let mut paths: Vec<_> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    paths.sort();
+    for path in paths {
+        if let Ok(img) = crate::imageio::load_rgb(&path, 64 << 20) {
+            photos.push(img);
+        }
+    }
+    if photos.is_empty() {
+        anyhow::bail!("no readable images in '{}'", dir.display());
+    }
+    let quality = quality::run(&photos, 10, 512, &quality::Perturb::STANDARD, 1);
+    let untouched_quality = quality::run(&photos, 10, 512, &quality::Perturb::NONE, 1);
+    let base = quality::square(&photos[0], 512);
+    let mut rows = vec![];
+    for (name, kind) in [
+        ("decode segmentation 512 px (1-3 masks)", Kind::Segmentation),
+        ("decode keypoints 512 px (1-5 discs)", Kind::Keypoints),
+    ] {
+        let pairs: Vec<_> = (0..8).map(|s| quality::example(&base, kind, s)).collect();
+        let mut i = 0;
+        rows.push(time(name, repeats.max(8), || {
+            let (answer, parsed) = &pairs[i % pairs.len()];
+            i += 1;
+            crate::decode::decode(&base, answer, parsed)?;
+            Ok(())
+        })?);
+    }
+    Ok(DecodeReport {
+        photos: photos.len(),
+        quality,
+        untouched_quality,
+        rows,
+    })
+}
+
+/// The decoder's report as a table for stderr.
+pub fn decode_table(r: &DecodeReport) -> String {
+    let mut s = format!("overlay decoder, {} photos at 512 px\n", r.photos);
+    s.push_str(&format!(
+        "{:<28} {:>9} {:>9} {:>11} {:>13} {:>10}\n",
+        "set", "mean IoU", "min IoU", "kp found", "kp err px", "false pos"
+    ));
+    for (name, q) in [("perturbed", &r.quality), ("clean", &r.untouched_quality)] {
+        s.push_str(&format!(
+            "{:<28} {:>9.4} {:>9.4} {:>5}/{:<5} {:>6.2} (max {:.1}) {:>4}/{:<4}\n",
+            name,
+            q.mean_iou,
+            q.min_iou,
+            q.keypoints_found,
+            q.keypoints,
+            q.mean_keypoint_error_px,
+            q.max_keypoint_error_px,
+            q.false_positives,
+            q.untouched
+        ));
+    }
+    s.push_str(&format!("{:<40} {:>10} {:>10} {:>10}\n", "stage", "median ms", "min ms", "max ms"));
+    for row in &r.rows {
+        s.push_str(&format!(
+            "{:<40} {:>10.2} {:>10.2} {:>10.2}\n",
+            row.name,
+            row.median_s * 1e3,
+            row.min_s * 1e3,
+            row.max_s * 1e3
+        ));
+    }
+    s
+}

@@ -62,6 +62,10 @@ pub struct BenchArgs {
     /// Also write the report as JSON here (tools/bench/pytorch_bench.py reads it for ratios).
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Instead of the model: measure the overlay decoder (quality set and time per 512 px
+    /// image) on the photos in this folder (e.g. assets/samples).
+    #[arg(long, value_name = "PHOTOS")]
+    pub decode: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -472,6 +476,14 @@ fn run_train(cmd: &TrainCommand) -> anyhow::Result<()> {
 }
 
 fn run_bench(args: &BenchArgs) -> anyhow::Result<()> {
+    if let Some(dir) = &args.decode {
+        let report = crate::bench::decode(dir, args.repeats)?;
+        eprint!("{}", crate::bench::decode_table(&report));
+        if let Some(path) = &args.json {
+            imageio::write_atomic(path, serde_json::to_string_pretty(&report)?.as_bytes())?;
+        }
+        return Ok(());
+    }
     if !args.resolution.is_multiple_of(64) || args.resolution == 0 || args.repeats == 0 {
         anyhow::bail!("--resolution must be a positive multiple of 64 and --repeats at least 1");
     }

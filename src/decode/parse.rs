@@ -60,7 +60,6 @@ pub enum ParseError {
 }
 
 struct Patterns {
-    color: Regex,
     keypoint_mark: Regex,
     class_rule: Regex,
     detection: Regex,
@@ -113,7 +112,6 @@ fn patterns() -> &'static Patterns {
         let mask_noun = r"(?:mask|overlay|tint|layer|shade|highlight|colou?r|box|rectangle|bounding\s+box)e?s?";
         let end = r"(?:\s*(?:,|;|\.|\?|!|:|$)|\s+(?:and|of|on|or|otherwise|please)\b)";
         Patterns {
-            color: re(&col),
             keypoint_mark: re(&format!(
                 r"(?P<color>{col})\s+(?:circle|dot|disc|disk|point|marker|mark|spot)s?\s+(?:on|at|over|to|for)\s+(?:the\s+|its\s+|his\s+|her\s+|their\s+)?(?:(?P<own>[a-z][\w ]*?)'s\s+)?(?P<kp>{kp}|[a-z][a-z ]*?){end}"
             )),
