@@ -281,7 +281,10 @@ pub fn decode_table(r: &DecodeReport) -> String {
             q.untouched
         ));
     }
-    s.push_str(&format!("{:<40} {:>10} {:>10} {:>10}\n", "stage", "median ms", "min ms", "max ms"));
+    s.push_str(&format!(
+        "{:<40} {:>10} {:>10} {:>10}\n",
+        "stage", "median ms", "min ms", "max ms"
+    ));
     for row in &r.rows {
         s.push_str(&format!(
             "{:<40} {:>10.2} {:>10.2} {:>10.2}\n",

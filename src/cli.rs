@@ -39,6 +39,10 @@ pub enum Command {
     /// Train the built-in model (phase `vae`, then `edit`); resumes from the last checkpoint.
     #[command(subcommand)]
     Train(TrainCommand),
+    /// Turn an answer's coloured overlays into masks, keypoints and boxes, and export them.
+    Decode(DecodeArgs),
+    /// Run one instruction over a folder of images and write one COCO file (resumable).
+    Annotate(AnnotateArgs),
     /// Time each stage of an edit (text encode, VAE, one guided UNet step, a whole edit).
     Bench(BenchArgs),
 }
@@ -155,6 +159,73 @@ pub struct EditArgs {
     /// Where to write the result (.png keeps the settings as metadata).
     #[arg(long)]
     pub out: PathBuf,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    /// float32 .npy of unit-normal noise [1,4,H/8,W/8], used instead of the seeded noise.
+    #[arg(long)]
+    pub init_noise: Option<PathBuf>,
+    /// Write settings, timings and peak memory as JSON here.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// Refuse images with more pixels than this.
+    #[arg(long, default_value_t = imageio::DEFAULT_MAX_PIXELS)]
+    pub max_pixels: u64,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct DecodeArgs {
+    /// The image that was edited (never modified).
+    #[arg(long)]
+    pub source: PathBuf,
+    /// The model's answer.
+    #[arg(long)]
+    pub edited: PathBuf,
+    /// The instruction that produced it, e.g. "apply a blue semi-transparent mask to the dog".
+    #[arg(long)]
+    pub prompt: String,
+    /// Write COCO JSON (RLE masks, boxes, scores, keypoints) here.
+    #[arg(long)]
+    pub coco: Option<PathBuf>,
+    /// Write Labelme JSON (polygons, rectangles for detection, points) here.
+    #[arg(long)]
+    pub labelme: Option<PathBuf>,
+    /// Write PNG masks (one per instance, an indexed label map, labels.json) into this folder.
+    #[arg(long)]
+    pub masks: Option<PathBuf>,
+    /// Write YOLO boxes here (class ids from classes.txt beside it, extended as needed).
+    #[arg(long)]
+    pub yolo: Option<PathBuf>,
+    /// Print the result as JSON instead of a summary.
+    #[arg(long)]
+    pub json: bool,
+    /// Refuse images with more pixels than this.
+    #[arg(long, default_value_t = imageio::DEFAULT_MAX_PIXELS)]
+    pub max_pixels: u64,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct AnnotateArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// The instruction run on every image (it must ask for masks, keypoints or labels).
+    #[arg(long)]
+    pub prompt: String,
+    /// The folder of images (never modified).
+    #[arg(long)]
+    pub images: PathBuf,
+    /// The COCO file to write; progress is kept beside it in OUT.partial.json until done.
+    #[arg(long)]
+    pub coco: PathBuf,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    /// Refuse images with more pixels than this.
+    #[arg(long, default_value_t = imageio::DEFAULT_MAX_PIXELS)]
+    pub max_pixels: u64,
+}
+
+/// How to sample (each defaults to the model's own setting).
+#[derive(Args, Debug, Clone)]
+pub struct SamplingArgs {
     /// Sampling steps (default: the model's).
     #[arg(long)]
     pub steps: Option<usize>,
@@ -179,15 +250,22 @@ pub struct EditArgs {
     /// Keep the result at model resolution instead of resizing it to the input's size.
     #[arg(long)]
     pub keep_model_resolution: bool,
-    /// float32 .npy of unit-normal noise [1,4,H/8,W/8], used instead of the seeded noise.
-    #[arg(long)]
-    pub init_noise: Option<PathBuf>,
-    /// Write settings, timings and peak memory as JSON here.
-    #[arg(long)]
-    pub report: Option<PathBuf>,
-    /// Refuse images with more pixels than this.
-    #[arg(long, default_value_t = imageio::DEFAULT_MAX_PIXELS)]
-    pub max_pixels: u64,
+}
+
+impl SamplingArgs {
+    fn request(&self, prompt: &str) -> EditRequest {
+        EditRequest {
+            prompt: prompt.to_string(),
+            steps: self.steps,
+            text_cfg: self.text_cfg,
+            image_cfg: self.image_cfg,
+            sampler: self.sampler,
+            guidance: self.guidance,
+            seed: self.seed,
+            resolution: self.resolution,
+            keep_model_resolution: self.keep_model_resolution,
+        }
+    }
 }
 
 /// Runs the command line; prints an error chain and returns exit code 2 on failure.
@@ -198,6 +276,8 @@ pub fn main() -> ExitCode {
         Some(Command::Data(DataCommand::Synth(args))) => run_synth(&args),
         Some(Command::Train(cmd)) => run_train(&cmd),
         Some(Command::Bench(args)) => run_bench(&args),
+        Some(Command::Decode(args)) => run_decode(&args),
+        Some(Command::Annotate(args)) => run_annotate(&args),
         None => {
             use clap::CommandFactory;
             let _ = Cli::command().print_help();
@@ -311,18 +391,7 @@ fn run_edit(args: &EditArgs) -> anyhow::Result<()> {
     for note in &model.notes {
         eprintln!("note: {note}");
     }
-    let request = EditRequest {
-        prompt: args.prompt.clone(),
-        steps: args.steps,
-        text_cfg: args.text_cfg,
-        image_cfg: args.image_cfg,
-        sampler: args.sampler,
-        guidance: args.guidance,
-        seed: args.seed,
-        resolution: args.resolution,
-        keep_model_resolution: args.keep_model_resolution,
-    };
-    let plan = request.validate(&model)?;
+    let plan = args.sampling.request(&args.prompt).validate(&model)?;
     let init_noise = match &args.init_noise {
         Some(p) => Some(read_init_noise(p, &model.device)?),
         None => None,
@@ -473,6 +542,147 @@ fn run_train(cmd: &TrainCommand) -> anyhow::Result<()> {
         }
     };
     result.map_err(|e| anyhow::anyhow!(e))
+}
+
+fn run_decode(args: &DecodeArgs) -> anyhow::Result<()> {
+    use crate::export::{coco::Coco, labelme, masks, yolo};
+    let outputs = [&args.coco, &args.labelme, &args.yolo];
+    for out in outputs.into_iter().flatten() {
+        imageio::check_not_source(out, &args.source)?;
+        imageio::check_not_source(out, &args.edited)?;
+        if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("creating '{}'", dir.display()))?;
+        }
+    }
+    let parsed = crate::decode::parse::parse(&args.prompt)?;
+    let source = imageio::load_rgb(&args.source, args.max_pixels)?;
+    let edited = imageio::load_rgb(&args.edited, args.max_pixels)?;
+    let d = crate::decode::decode(&source, &edited, &parsed)?;
+    let file_name = args
+        .source
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .to_string();
+    if let Some(path) = &args.coco {
+        let mut coco = Coco::default();
+        let id = coco.add_image(&file_name, d.width, d.height);
+        coco.add_decoded(id, &d);
+        imageio::write_atomic(path, serde_json::to_string_pretty(&coco)?.as_bytes())?;
+    }
+    if let Some(path) = &args.labelme {
+        let doc = labelme::document(&d, &args.source.to_string_lossy());
+        imageio::write_atomic(path, serde_json::to_string_pretty(&doc)?.as_bytes())?;
+    }
+    if let Some(dir) = &args.masks {
+        let stem = args
+            .source
+            .file_stem()
+            .unwrap_or_default()
+            .to_string_lossy();
+        masks::write(&d, dir, &stem)?;
+    }
+    if let Some(path) = &args.yolo {
+        let classes_path = path.with_file_name("classes.txt");
+        let mut classes = yolo::read_classes(&classes_path)?;
+        let lines = yolo::lines(&d, &mut classes);
+        imageio::write_atomic(path, lines.as_bytes())?;
+        imageio::write_atomic(&classes_path, (classes.join("\n") + "\n").as_bytes())?;
+    }
+    let summary = json!({
+        "kind": d.kind,
+        "targets": parsed.targets,
+        "instances": d.instances.iter().map(|i| json!({
+            "category": i.category, "phrase": i.phrase, "color": i.color,
+            "area": i.area, "bbox": i.bbox, "score": i.score,
+        })).collect::<Vec<_>>(),
+        "keypoints": d.keypoints,
+        "label": d.label.as_ref().map(|(l, share)| json!({"label": l, "share": share})),
+    });
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+        return Ok(());
+    }
+    for i in &d.instances {
+        let [x, y, w, h] = i.bbox;
+        println!(
+            "mask  {:<16} area {:>7} px  box [{x:.0}, {y:.0}, {w:.0}, {h:.0}]  score {:.2}  ({})",
+            i.category, i.area, i.score, i.phrase
+        );
+    }
+    for p in &d.keypoints {
+        println!(
+            "point {:<16} ({:.1}, {:.1}) r {:.1}  score {:.2}  ({})",
+            p.name, p.x, p.y, p.radius, p.score, p.category
+        );
+    }
+    if let Some((label, share)) = &d.label {
+        println!(
+            "label {label} ({:.0}% of the image in its colour)",
+            share * 100.0
+        );
+    }
+    if d.instances.is_empty() && d.keypoints.is_empty() && d.label.is_none() {
+        println!(
+            "nothing marked: no {} found in the answer",
+            match d.kind {
+                crate::decode::parse::Kind::Keypoints => "keypoint discs",
+                crate::decode::parse::Kind::Classification => "class colour",
+                _ => "masks",
+            }
+        );
+    }
+    Ok(())
+}
+
+fn run_annotate(args: &AnnotateArgs) -> anyhow::Result<()> {
+    use crate::annotate::{self, Event};
+    let model = load_model(&args.model)?;
+    let plan = args.sampling.request(&args.prompt).validate(&model)?;
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} images {elapsed_precise} eta {eta} {msg}",
+        )
+        .expect("static template"),
+    );
+    let progress = annotate::run(
+        &model,
+        &plan,
+        &args.images,
+        &args.coco,
+        args.max_pixels,
+        |e| match e {
+            Event::Start { total, already } => {
+                bar.set_length(total as u64);
+                bar.set_position(already as u64);
+                if already > 0 {
+                    bar.suspend(|| eprintln!("resuming: {already} of {total} images already done"));
+                }
+            }
+            Event::Done { file, found } => {
+                bar.set_message(format!("{file}: {found} found"));
+                bar.inc(1);
+            }
+            Event::Skipped { file, reason } => {
+                bar.suspend(|| eprintln!("skipped {file}: {reason}"));
+                bar.inc(1);
+            }
+        },
+    )?;
+    bar.finish_and_clear();
+    eprintln!(
+        "wrote '{}': {} images, {} annotations, {} skipped",
+        args.coco.display(),
+        progress.done.len(),
+        progress.coco.annotations.len(),
+        progress.skipped.len()
+    );
+    for (file, reason) in &progress.skipped {
+        eprintln!("  skipped {file}: {reason}");
+    }
+    Ok(())
 }
 
 fn run_bench(args: &BenchArgs) -> anyhow::Result<()> {

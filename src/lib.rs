@@ -4,8 +4,12 @@
 //! - [`model`]: the networks (UNet, VAE, CLIP text encoder) and loading from every layout.
 //! - [`sample`]: schedules, guidance, samplers and the edit pipeline.
 //! - [`imageio`]: bounded image decoding, the resize rule, atomic writes.
+//! - [`decode`]: coloured overlays back to masks, keypoints, boxes and labels.
+//! - [`export`]: COCO, Labelme, PNG masks, YOLO.
+//! - [`annotate`]: one instruction over a folder into one COCO file.
 //! - [`cli`]: the `instructdiffusion` command.
 
+pub mod annotate;
 pub mod bench;
 pub mod cli;
 pub mod data;

@@ -209,17 +209,61 @@ pub fn pattern() -> String {
         .collect();
     names.sort_by_key(|n| std::cmp::Reverse(n.len()));
     names.dedup();
-    format!("#[0-9a-fA-F]{{6}}\\b|#[0-9a-fA-F]{{3}}\\b|\\b(?:{})\\b", names.join("|"))
+    format!(
+        "#[0-9a-fA-F]{{6}}\\b|#[0-9a-fA-F]{{3}}\\b|\\b(?:{})\\b",
+        names.join("|")
+    )
 }
 
 /// "lightseagreen" -> "light[ -]?sea[ -]?green": lets users write the words apart.
 fn spaced(name: &str) -> String {
     const WORDS: &[&str] = &[
-        "light", "dark", "medium", "pale", "deep", "hot", "dim", "lawn", "sea", "sky", "slate",
-        "steel", "royal", "midnight", "navajo", "old", "olive", "forest", "lime", "spring",
-        "yellow", "orange", "violet", "cornflower", "dodger", "cadet", "rebecca", "powder",
-        "rosy", "saddle", "sandy", "indian", "alice", "antique", "blanched", "floral", "ghost",
-        "lemon", "misty", "papaya", "peach", "white", "mint", "lavender", "golden", "green",
+        "light",
+        "dark",
+        "medium",
+        "pale",
+        "deep",
+        "hot",
+        "dim",
+        "lawn",
+        "sea",
+        "sky",
+        "slate",
+        "steel",
+        "royal",
+        "midnight",
+        "navajo",
+        "old",
+        "olive",
+        "forest",
+        "lime",
+        "spring",
+        "yellow",
+        "orange",
+        "violet",
+        "cornflower",
+        "dodger",
+        "cadet",
+        "rebecca",
+        "powder",
+        "rosy",
+        "saddle",
+        "sandy",
+        "indian",
+        "alice",
+        "antique",
+        "blanched",
+        "floral",
+        "ghost",
+        "lemon",
+        "misty",
+        "papaya",
+        "peach",
+        "white",
+        "mint",
+        "lavender",
+        "golden",
+        "green",
         "blue",
     ];
     let mut out = String::new();

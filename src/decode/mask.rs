@@ -69,12 +69,16 @@ pub fn blend_regions(
     let r = p.blur.unwrap_or_else(|| (w.min(h) / 256).max(1));
     let (s, mut o) = (src.box_blur(r), out.box_blur(r));
     let shift = global_shift(&s, &o);
-    o.px.iter_mut().for_each(|p| (0..3).for_each(|c| p[c] -= shift[c]));
+    o.px.iter_mut()
+        .for_each(|p| (0..3).for_each(|c| p[c] -= shift[c]));
     let mut states: Vec<Vec<State>> = colors
         .iter()
         .map(|color| {
             let k = color.map(|c| c as f32);
-            s.px.iter().zip(&o.px).map(|(s, o)| classify(*s, *o, k, p)).collect()
+            s.px.iter()
+                .zip(&o.px)
+                .map(|(s, o)| classify(*s, *o, k, p))
+                .collect()
         })
         .collect();
     if colors.len() > 1 {
@@ -100,7 +104,10 @@ fn regions(states: &[State], w: usize, h: usize, p: &MaskParams) -> Vec<Region> 
     let min_area = ((p.min_area * (w * h) as f64) as usize).max(9);
     drop_small(&mut mask, w, h, min_area);
     fill_holes(&mut mask, w, h, |hole| {
-        let unknown = hole.iter().filter(|&&i| states[i] == State::Unknown).count();
+        let unknown = hole
+            .iter()
+            .filter(|&&i| states[i] == State::Unknown)
+            .count();
         hole.len() < min_area || unknown * 2 >= hole.len()
     });
     let (labels, n) = components(&mask, w, h);
@@ -133,7 +140,7 @@ fn regions(states: &[State], w: usize, h: usize, p: &MaskParams) -> Vec<Region> 
             r.score / c as f32 * (c as f32 / r.area as f32).sqrt()
         };
     }
-    regions.sort_by(|a, b| b.area.cmp(&a.area));
+    regions.sort_by_key(|r| std::cmp::Reverse(r.area));
     regions
 }
 
@@ -165,8 +172,8 @@ fn classify(s: [f32; 3], o: [f32; 3], k: [f32; 3], p: &MaskParams) -> State {
         return State::Unknown;
     }
     let a = (d[0] * v[0] + d[1] * v[1] + d[2] * v[2]) / vv;
-    let res = ((d[0] - a * v[0]).powi(2) + (d[1] - a * v[1]).powi(2) + (d[2] - a * v[2]).powi(2))
-        .sqrt();
+    let res =
+        ((d[0] - a * v[0]).powi(2) + (d[1] - a * v[1]).powi(2) + (d[2] - a * v[2]).powi(2)).sqrt();
     let tol = p.residual_abs + p.residual_rel * vv.sqrt();
     if a < p.alpha_min || a > p.alpha_max || res > tol {
         return State::Off;

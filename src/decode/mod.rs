@@ -63,12 +63,7 @@ pub struct Decoded {
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
     #[error("the edited image is {ew}x{eh} but the source is {sw}x{sh}: their shapes differ, so the edited one is not an answer for this source (expected the same aspect ratio)")]
-    Mismatched {
-        sw: u32,
-        sh: u32,
-        ew: u32,
-        eh: u32,
-    },
+    Mismatched { sw: u32, sh: u32, ew: u32, eh: u32 },
     #[error("nothing to decode: the instruction asks for an edit or an enhancement, not for masks, keypoints or labels (e.g. \"apply a blue semi-transparent mask to the dog\")")]
     NothingToDecode,
 }
@@ -90,7 +85,11 @@ pub fn align(source: &RgbImage, edited: &RgbImage) -> Result<RgbImage, DecodeErr
 }
 
 /// Decodes what `parsed` asked for from the pair.
-pub fn decode(source: &RgbImage, edited: &RgbImage, parsed: &Parsed) -> Result<Decoded, DecodeError> {
+pub fn decode(
+    source: &RgbImage,
+    edited: &RgbImage,
+    parsed: &Parsed,
+) -> Result<Decoded, DecodeError> {
     let edited = align(source, edited)?;
     let (src, out) = (Planes::from_image(source), Planes::from_image(&edited));
     let (w, h) = (src.width, src.height);
@@ -151,9 +150,7 @@ pub fn decode(source: &RgbImage, edited: &RgbImage, parsed: &Parsed) -> Result<D
                 .max_by(|a, b| a.1.total_cmp(&b.1));
             d.label = best.filter(|(_, share)| *share >= 0.01);
         }
-        Kind::Edit => {
-            return Err(DecodeError::NothingToDecode)
-        }
+        Kind::Edit => return Err(DecodeError::NothingToDecode),
     }
     Ok(d)
 }

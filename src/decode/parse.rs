@@ -237,7 +237,12 @@ fn target(
         phrase,
         category,
         color: rgb,
-        color_name: color_text.trim().to_lowercase().split_whitespace().collect::<Vec<_>>().join(" "),
+        color_name: color_text
+            .trim()
+            .to_lowercase()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" "),
         keypoint,
     }
 }
@@ -252,11 +257,21 @@ fn keypoints(text: &str, marks: &[regex::Captures]) -> Parsed {
         .or_else(|| p.owner_joints_of.captures(text))
         .or_else(|| p.owner_on.captures(text))
         .or_else(|| p.owner_needs.captures(text))
-        .map(|c| tidy(&c["o"]));
+        .map(|c| tidy(&c["o"]))
+        // "on the man's left shoulder and the right knee": the possessive names the owner.
+        .or_else(|| {
+            marks
+                .iter()
+                .find_map(|m| m.name("own").map(|o| tidy(o.as_str())))
+        });
     let targets = marks
         .iter()
         .map(|m| {
-            let written = m["kp"].split_whitespace().collect::<Vec<_>>().join(" ").to_lowercase();
+            let written = m["kp"]
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+                .to_lowercase();
             let coco = words
                 .iter()
                 .find(|(w, _)| *w == written)
@@ -363,7 +378,10 @@ pub fn head_noun(phrase: &str) -> String {
     ];
     let words: Vec<String> = phrase
         .split_whitespace()
-        .map(|w| w.trim_matches(|c: char| !c.is_alphanumeric() && c != '-').to_lowercase())
+        .map(|w| {
+            w.trim_matches(|c: char| !c.is_alphanumeric() && c != '-')
+                .to_lowercase()
+        })
         .take_while(|w| !STOP.contains(&w.as_str()))
         .filter(|w| !w.is_empty())
         .collect();
@@ -442,7 +460,10 @@ mod tests {
             "a cyan circle on the right knee".into(),
         ]);
         for tpl in Task::Keypoints.templates() {
-            let text = fill(tpl, &[("marks", &marks), ("owner", "the person on the left")]);
+            let text = fill(
+                tpl,
+                &[("marks", &marks), ("owner", "the person on the left")],
+            );
             let p = parse(&text).unwrap_or_else(|e| panic!("{text}: {e}"));
             assert_eq!(p.kind, Kind::Keypoints, "{text}");
             let got: Vec<_> = p
@@ -465,7 +486,10 @@ mod tests {
     #[test]
     fn paper_phrasings_and_free_text() {
         let t = one("Apply a blue semi-transparent mask to the rightmost dog");
-        assert_eq!((t.phrase.as_str(), t.category.as_str(), t.color), ("the rightmost dog", "dog", [0, 0, 255]));
+        assert_eq!(
+            (t.phrase.as_str(), t.category.as_str(), t.color),
+            ("the rightmost dog", "dog", [0, 0, 255])
+        );
         let p = parse("put a red circle on the man's left shoulder").unwrap();
         assert_eq!(p.kind, Kind::Keypoints);
         assert_eq!(p.targets[0].keypoint.as_deref(), Some("left_shoulder"));
@@ -473,7 +497,10 @@ mod tests {
         let t = one("Place a #ff8000 mask over the cars, please.");
         assert_eq!((t.category.as_str(), t.color), ("car", [255, 128, 0]));
         let t = one("mask the woman holding an umbrella in semi-transparent purple");
-        assert_eq!((t.phrase.as_str(), t.color), ("the woman holding an umbrella", [128, 0, 128]));
+        assert_eq!(
+            (t.phrase.as_str(), t.color),
+            ("the woman holding an umbrella", [128, 0, 128])
+        );
         assert_eq!(t.category, "woman");
         let t = one("Put a dot of colour? no: put a magenta dot on the tip of the star");
         assert_eq!(t.keypoint.as_deref(), Some("tip"));
@@ -482,28 +509,61 @@ mod tests {
 
     #[test]
     fn several_targets_in_one_instruction() {
-        let p = parse("Apply a blue mask to the left dog and a red mask to the right dog.").unwrap();
-        let got: Vec<_> = p.targets.iter().map(|t| (t.phrase.as_str(), t.color)).collect();
-        assert_eq!(got, [("the left dog", [0, 0, 255]), ("the right dog", [255, 0, 0])]);
+        let p =
+            parse("Apply a blue mask to the left dog and a red mask to the right dog.").unwrap();
+        let got: Vec<_> = p
+            .targets
+            .iter()
+            .map(|t| (t.phrase.as_str(), t.color))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("the left dog", [0, 0, 255]),
+                ("the right dog", [255, 0, 0])
+            ]
+        );
         let p = parse("Segment the cat in red and the dog in blue").unwrap();
-        let got: Vec<_> = p.targets.iter().map(|t| (t.category.as_str(), t.color)).collect();
+        let got: Vec<_> = p
+            .targets
+            .iter()
+            .map(|t| (t.category.as_str(), t.color))
+            .collect();
         assert_eq!(got, [("cat", [255, 0, 0]), ("dog", [0, 0, 255])]);
         let p = parse("blue circle on the nose and red circle on the left shoulder").unwrap();
-        let got: Vec<_> = p.targets.iter().map(|t| t.keypoint.clone().unwrap()).collect();
+        let got: Vec<_> = p
+            .targets
+            .iter()
+            .map(|t| t.keypoint.clone().unwrap())
+            .collect();
         assert_eq!(got, ["nose", "left_shoulder"]);
     }
 
     #[test]
     fn detection_classification_and_edits() {
         let p = parse("Detect the cars with a yellow semi-transparent mask").unwrap();
-        assert_eq!((p.kind, p.targets[0].category.as_str()), (Kind::Detection, "car"));
+        assert_eq!(
+            (p.kind, p.targets[0].category.as_str()),
+            (Kind::Detection, "car")
+        );
         let p = parse("Draw a red box around the dog").unwrap();
-        assert_eq!((p.kind, p.targets[0].category.as_str()), (Kind::Detection, "dog"));
+        assert_eq!(
+            (p.kind, p.targets[0].category.as_str()),
+            (Kind::Detection, "dog")
+        );
         let p = parse("Paint the image red if it is a cat, blue if it is a dog").unwrap();
         assert_eq!(p.kind, Kind::Classification);
-        let got: Vec<_> = p.targets.iter().map(|t| (t.category.as_str(), t.color)).collect();
+        let got: Vec<_> = p
+            .targets
+            .iter()
+            .map(|t| (t.category.as_str(), t.color))
+            .collect();
         assert_eq!(got, [("cat", [255, 0, 0]), ("dog", [0, 0, 255])]);
-        for edit in ["Make the image sharper.", "Remove the red circle", "Make the star blue."] {
+        for edit in [
+            "Make the image sharper.",
+            "Remove the red circle",
+            "Make the star blue.",
+        ] {
             assert_eq!(parse(edit).unwrap().kind, Kind::Edit, "{edit}");
         }
     }
@@ -511,10 +571,19 @@ mod tests {
     #[test]
     fn unknown_or_missing_colours_are_clear_errors() {
         let e = parse("Apply a blurple semi-transparent mask to the dog").unwrap_err();
-        assert!(matches!(&e, ParseError::UnknownColor { word, .. } if word == "blurple"), "{e}");
+        assert!(
+            matches!(&e, ParseError::UnknownColor { word, .. } if word == "blurple"),
+            "{e}"
+        );
         assert!(e.to_string().contains("hex code"));
         let e = parse("put a blurple circle on the nose").unwrap_err();
-        assert!(matches!(&e, ParseError::UnknownColor { word, .. } if word == "blurple"), "{e}");
-        assert!(matches!(parse("Segment the dog."), Err(ParseError::NoColor(_))));
+        assert!(
+            matches!(&e, ParseError::UnknownColor { word, .. } if word == "blurple"),
+            "{e}"
+        );
+        assert!(matches!(
+            parse("Segment the dog."),
+            Err(ParseError::NoColor(_))
+        ));
     }
 }

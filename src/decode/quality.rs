@@ -120,7 +120,10 @@ pub fn run(photos: &[RgbImage], cases: usize, size: u32, perturb: &Perturb, seed
             let answer = disturb(&base, &mut rng, perturb);
             let mask_color = MASK_COLORS.choose(&mut rng).unwrap().rgb;
             let kp_color = KEYPOINT_COLORS.choose(&mut rng).unwrap().rgb;
-            for (kind, color) in [(Kind::Segmentation, mask_color), (Kind::Keypoints, kp_color)] {
+            for (kind, color) in [
+                (Kind::Segmentation, mask_color),
+                (Kind::Keypoints, kp_color),
+            ] {
                 let parsed = Parsed {
                     kind,
                     targets: vec![target(color)],
@@ -177,8 +180,14 @@ fn target(color: [u8; 3]) -> Target {
 /// The centre square of `photo`, resized to `size`.
 pub fn square(photo: &RgbImage, size: u32) -> RgbImage {
     let s = photo.width().min(photo.height());
-    let crop = image::imageops::crop_imm(photo, (photo.width() - s) / 2, (photo.height() - s) / 2, s, s)
-        .to_image();
+    let crop = image::imageops::crop_imm(
+        photo,
+        (photo.width() - s) / 2,
+        (photo.height() - s) / 2,
+        s,
+        s,
+    )
+    .to_image();
     crate::imageio::resize_exact(&crop, size, size)
 }
 
@@ -233,8 +242,14 @@ fn draw_masks(base: &RgbImage, rng: &mut ChaCha8Rng, p: &Perturb) -> (RgbImage, 
 fn coverage(shape: &Shape, w: u32, h: u32) -> Vec<f32> {
     let reach = shape.size + 2.0;
     let mut cover = vec![0f32; (w * h) as usize];
-    let (x0, x1) = ((shape.cx - reach).max(0.0) as u32, ((shape.cx + reach) as u32).min(w));
-    let (y0, y1) = ((shape.cy - reach).max(0.0) as u32, ((shape.cy + reach) as u32).min(h));
+    let (x0, x1) = (
+        (shape.cx - reach).max(0.0) as u32,
+        ((shape.cx + reach) as u32).min(w),
+    );
+    let (y0, y1) = (
+        (shape.cy - reach).max(0.0) as u32,
+        ((shape.cy + reach) as u32).min(h),
+    );
     for y in y0..y1 {
         for x in x0..x1 {
             let mut n = 0;
@@ -249,7 +264,11 @@ fn coverage(shape: &Shape, w: u32, h: u32) -> Vec<f32> {
 }
 
 /// 1-5 discs of distinct keypoint colours, apart from each other.
-fn draw_discs(base: &RgbImage, rng: &mut ChaCha8Rng, p: &Perturb) -> (RgbImage, Vec<([u8; 3], f32, f32)>) {
+fn draw_discs(
+    base: &RgbImage,
+    rng: &mut ChaCha8Rng,
+    p: &Perturb,
+) -> (RgbImage, Vec<([u8; 3], f32, f32)>) {
     let (w, h) = base.dimensions();
     let r = expected_radius(w as usize, h as usize) as f32;
     let mut out = base.clone();
@@ -262,7 +281,10 @@ fn draw_discs(base: &RgbImage, rng: &mut ChaCha8Rng, p: &Perturb) -> (RgbImage, 
                 rng.random_range(r + 2.0..w as f32 - r - 2.0),
                 rng.random_range(r + 2.0..h as f32 - r - 2.0),
             );
-            if truths.iter().any(|(_, tx, ty)| (x - tx).powi(2) + (y - ty).powi(2) < (2.0 * r + 4.0).powi(2)) {
+            if truths
+                .iter()
+                .any(|(_, tx, ty)| (x - tx).powi(2) + (y - ty).powi(2) < (2.0 * r + 4.0).powi(2))
+            {
                 continue;
             }
             let k = drift(rng, color.rgb, p.color_drift).map(|v| v.round() as u8);
@@ -282,7 +304,11 @@ fn disturb(img: &RgbImage, rng: &mut ChaCha8Rng, p: &Perturb) -> RgbImage {
     let mut out = img.clone();
     for px in out.pixels_mut() {
         for c in 0..3 {
-            let n = if p.noise > 0.0 { noise.sample(rng) } else { 0.0 };
+            let n = if p.noise > 0.0 {
+                noise.sample(rng)
+            } else {
+                0.0
+            };
             px[c] = (px[c] as f32 + shift[c] + n).round().clamp(0.0, 255.0) as u8;
         }
     }

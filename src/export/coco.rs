@@ -153,6 +153,39 @@ impl Coco {
         });
     }
 
+    /// Adds everything decoded from one image: each mask instance (with its score), and per
+    /// owner one keypoint annotation.
+    pub fn add_decoded(&mut self, image_id: u64, d: &crate::decode::Decoded) {
+        for inst in &d.instances {
+            self.add_mask(
+                image_id,
+                &inst.category,
+                &inst.mask,
+                d.width,
+                d.height,
+                Some(inst.score as f64),
+            );
+        }
+        let mut owners: Vec<&str> = d.keypoints.iter().map(|p| p.category.as_str()).collect();
+        owners.dedup();
+        for owner in owners {
+            let points: Vec<_> = d
+                .keypoints
+                .iter()
+                .filter(|p| p.category == owner)
+                .map(|p| (p.name.clone(), p.x, p.y))
+                .collect();
+            let score = d
+                .keypoints
+                .iter()
+                .filter(|p| p.category == owner)
+                .map(|p| p.score as f64)
+                .sum::<f64>()
+                / points.len() as f64;
+            self.add_keypoints_to(image_id, owner, &points, Some(score));
+        }
+    }
+
     /// Adds a person's keypoints, `(COCO name, x, y)`; unnamed ones are `(0, 0, 0)`. The box is
     /// the keypoints' extent.
     pub fn add_keypoints(
@@ -161,12 +194,49 @@ impl Coco {
         points: &[(String, f64, f64)],
         score: Option<f64>,
     ) {
-        let category_id = self.category("person");
-        let mut flat = vec![0.0; 17 * 3];
+        self.add_keypoints_to(image_id, "person", points, score);
+    }
+
+    /// Adds one owner's keypoints. When every name is a COCO keypoint name they go to the
+    /// `person` category (COCO's convention, whatever the owner is called); otherwise the owner
+    /// becomes a category whose keypoint list grows with each new name (earlier annotations of
+    /// it are padded).
+    pub fn add_keypoints_to(
+        &mut self,
+        image_id: u64,
+        owner: &str,
+        points: &[(String, f64, f64)],
+        score: Option<f64>,
+    ) {
+        let coco = points
+            .iter()
+            .all(|(n, ..)| KEYPOINT_NAMES.contains(&n.as_str()));
+        let category_id = self.category(if coco { "person" } else { owner });
+        let cat = self
+            .categories
+            .iter_mut()
+            .find(|c| c.id == category_id)
+            .expect("just made");
+        for (name, ..) in points {
+            if !cat.keypoints.contains(name) {
+                cat.keypoints.push(name.clone());
+            }
+        }
+        let names = cat.keypoints.clone();
+        for a in self
+            .annotations
+            .iter_mut()
+            .filter(|a| a.category_id == category_id)
+        {
+            if let Some(k) = &mut a.keypoints {
+                k.resize(names.len() * 3, 0.0);
+            }
+        }
+        let mut flat = vec![0.0; names.len() * 3];
         let (mut x0, mut y0, mut x1, mut y1) = (f64::MAX, f64::MAX, f64::MIN, f64::MIN);
         let mut n = 0;
         for (name, x, y) in points {
-            if let Some(i) = KEYPOINT_NAMES.iter().position(|k| k == name) {
+            if let Some(i) = names.iter().position(|k| k == name) {
                 flat[i * 3] = *x;
                 flat[i * 3 + 1] = *y;
                 flat[i * 3 + 2] = 2.0;
