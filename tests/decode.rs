@@ -224,6 +224,42 @@ fn decode_keypoints_to_coco_and_untouched_answers_to_nothing() {
 }
 
 #[test]
+fn detection_gives_boxes_and_classification_a_label() {
+    use instructdiffusion::decode::{decode, parse::parse};
+    let (src, out, truth) = blue_ellipse();
+    let d = decode(
+        &src,
+        &out,
+        &parse("Detect the cat with a blue semi-transparent mask").unwrap(),
+    )
+    .unwrap();
+    assert_eq!(d.instances.len(), 1);
+    let b = d.instances[0].bbox;
+    assert!(
+        (b[0] - 60.0).abs() <= 1.0 && (b[1] - 100.0).abs() <= 1.0,
+        "{b:?}"
+    );
+    assert!(
+        (b[2] - 120.0).abs() <= 2.0 && (b[3] - 80.0).abs() <= 2.0,
+        "{b:?}"
+    );
+    assert_eq!(
+        d.instances[0].area as usize,
+        truth.iter().filter(|t| **t).count()
+    );
+    // The whole image tinted half red: "cat"; untouched: no label.
+    let rule = parse("Paint the image red if it is a cat, blue if it is a dog").unwrap();
+    let mut red = src.clone();
+    red.pixels_mut()
+        .for_each(|p| p.0 = [((p[0] as u16 + 255) / 2) as u8, p[1] / 2, p[2] / 2]);
+    let d = decode(&src, &red, &rule).unwrap();
+    let (label, share) = d.label.unwrap();
+    assert_eq!(label, "cat");
+    assert!(share > 0.8, "{share}");
+    assert_eq!(decode(&src, &src, &rule).unwrap().label, None);
+}
+
+#[test]
 fn bad_inputs_get_clear_errors() {
     let dir = tempdir();
     let (src, out, _) = blue_ellipse();
