@@ -98,6 +98,9 @@ pub struct TrainArgs {
     /// Steps between checkpoints.
     #[arg(long)]
     pub checkpoint_every: Option<usize>,
+    /// Phase `vae`: train on random square crops of this many pixels (0: whole images).
+    #[arg(long)]
+    pub crop: Option<u32>,
     /// Print a progress line every this many steps.
     #[arg(long, default_value_t = 10)]
     pub log_every: usize,
@@ -523,6 +526,9 @@ fn run_train(cmd: &TrainCommand) -> anyhow::Result<()> {
     let result = match cmd {
         TrainCommand::Vae(a) => {
             let mut plan = vae::default_plan(a.out.clone());
+            if let Some(c) = a.crop {
+                plan.crop = (c > 0).then_some(c);
+            }
             plan.steps = a.steps.unwrap_or(plan.steps);
             plan.batch = a.batch.unwrap_or(plan.batch);
             plan.optim.lr = a.lr.unwrap_or(plan.optim.lr);

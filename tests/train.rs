@@ -27,6 +27,7 @@ fn small_vae_plan(out: &Path, steps: usize) -> VaePlan {
         steps,
         batch: 2,
         size: 32,
+        crop: None,
         seed: 5,
         kl_weight: 1e-6,
         optim: AdamWConfig {

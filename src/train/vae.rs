@@ -26,6 +26,10 @@ pub struct VaePlan {
     pub steps: usize,
     pub batch: usize,
     pub size: u32,
+    /// Train on random square crops of this size from the `size` scenes: the networks are
+    /// convolutional, and a crop costs (crop/size)^2 of a whole image per step.
+    #[serde(default)]
+    pub crop: Option<u32>,
     pub seed: u64,
     pub kl_weight: f64,
     pub optim: AdamWConfig,
@@ -75,11 +79,17 @@ fn batch_images(plan: &VaePlan, seed_base: impl Fn(usize) -> u64) -> Vec<image::
     let weights = TaskWeights::default();
     (0..plan.batch)
         .map(|i| {
-            let s = generate(seed_base(i), plan.size, &weights);
-            if i % 2 == 0 {
-                s.input
-            } else {
-                s.target
+            let seed = seed_base(i);
+            let s = generate(seed, plan.size, &weights);
+            let img = if i % 2 == 0 { s.input } else { s.target };
+            match plan.crop {
+                Some(c) if c < plan.size => {
+                    use rand::{Rng, SeedableRng};
+                    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_c409);
+                    let (x, y) = (rng.random_range(0..=plan.size - c), rng.random_range(0..=plan.size - c));
+                    image::imageops::crop_imm(&img, x, y, c, c).to_image()
+                }
+                _ => img,
             }
         })
         .collect()
@@ -89,6 +99,7 @@ fn batch_images(plan: &VaePlan, seed_base: impl Fn(usize) -> u64) -> Vec<image::
 fn measure_scale(vae: &AutoencoderKL, plan: &VaePlan, device: &Device) -> candle_core::Result<f64> {
     let probe = VaePlan {
         batch: 32,
+        crop: None,
         ..plan.clone()
     };
     let imgs = batch_images(&probe, |i| HELD_OUT_FIRST_SEED + 1_000_000 + i as u64);
@@ -185,9 +196,10 @@ pub fn default_plan(out: PathBuf) -> VaePlan {
     VaePlan {
         out,
         config: (&VaeConfig::tiny()).into(),
-        steps: 6000,
+        steps: 3000,
         batch: 8,
         size: 128,
+        crop: Some(64),
         seed: 1,
         kl_weight: 1e-6,
         optim: AdamWConfig {
