@@ -24,9 +24,17 @@ use crate::sample::samplers::Sampler;
     version,
     about = "Every vision task as an instructional image edit (InstructDiffusion, in Rust)"
 )]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
+    /// With no subcommand: the editor opens, with this image if given.
+    #[arg(value_name = "IMAGE")]
+    pub image: Option<PathBuf>,
+    /// With no subcommand: the model the editor loads (default: the last one used, else the
+    /// built-in one).
+    #[arg(long)]
+    pub model: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -281,12 +289,10 @@ pub fn main() -> ExitCode {
         Some(Command::Bench(args)) => run_bench(&args),
         Some(Command::Decode(args)) => run_decode(&args),
         Some(Command::Annotate(args)) => run_annotate(&args),
-        None => {
-            use clap::CommandFactory;
-            let _ = Cli::command().print_help();
-            eprintln!("\n(the desktop editor is not built yet: use `instructdiffusion edit`)");
-            Ok(())
-        }
+        None => crate::app::run(crate::app::Options {
+            image: cli.image,
+            model: cli.model,
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -7,9 +7,12 @@
 //! - [`decode`]: coloured overlays back to masks, keypoints, boxes and labels.
 //! - [`export`]: COCO, Labelme, PNG masks, YOLO.
 //! - [`annotate`]: one instruction over a folder into one COCO file.
+//! - [`worker`]: the thread that owns the model and runs jobs for the UI.
+//! - [`app`]: the desktop editor.
 //! - [`cli`]: the `instructdiffusion` command.
 
 pub mod annotate;
+pub mod app;
 pub mod bench;
 pub mod cli;
 pub mod data;
@@ -20,3 +23,4 @@ pub mod model;
 pub mod sample;
 pub mod tasks;
 pub mod train;
+pub mod worker;

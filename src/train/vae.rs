@@ -86,7 +86,10 @@ fn batch_images(plan: &VaePlan, seed_base: impl Fn(usize) -> u64) -> Vec<image::
                 Some(c) if c < plan.size => {
                     use rand::{Rng, SeedableRng};
                     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_c409);
-                    let (x, y) = (rng.random_range(0..=plan.size - c), rng.random_range(0..=plan.size - c));
+                    let (x, y) = (
+                        rng.random_range(0..=plan.size - c),
+                        rng.random_range(0..=plan.size - c),
+                    );
                     image::imageops::crop_imm(&img, x, y, c, c).to_image()
                 }
                 _ => img,

@@ -1,0 +1,821 @@
+//! The desktop editor (eframe/egui). The UI thread only draws and sends commands to the
+//! [`crate::worker`]; state and its logic live in [`state`].
+
+pub mod state;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crossbeam_channel::{unbounded, Receiver, Sender};
+use eframe::egui;
+use eframe::egui::{
+    Color32, ColorImage, Key, KeyboardShortcut, Modifiers, TextureHandle, TextureOptions,
+};
+use image::RgbImage;
+
+use self::state::{Activity, Entry, SeedMode, Session, Settings};
+use crate::imageio;
+use crate::model::meta::GuidanceFormula;
+use crate::sample::samplers::Sampler;
+use crate::worker::{Command, Event, Worker};
+
+const SETTINGS_KEY: &str = "instructdiffusion.settings";
+
+/// How the editor starts.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// An image to open at once.
+    pub image: Option<PathBuf>,
+    /// Overrides the remembered model.
+    pub model: Option<String>,
+}
+
+/// Opens the editor window; returns when it is closed.
+pub fn run(options: Options) -> anyhow::Result<()> {
+    let native = eframe::NativeOptions {
+        viewport: egui::ViewportBuilder::default()
+            .with_inner_size([1280.0, 800.0])
+            .with_min_inner_size([640.0, 400.0])
+            .with_title("InstructDiffusion"),
+        ..Default::default()
+    };
+    eframe::run_native(
+        "instructdiffusion",
+        native,
+        Box::new(move |cc| Ok(Box::new(EditorApp::new(cc, options)))),
+    )
+    .map_err(|e| anyhow::anyhow!("the editor window could not start: {e} (is a display available? the command-line subcommands work without one)"))
+}
+
+/// A message for the status bar.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Notice {
+    pub text: String,
+    pub error: bool,
+}
+
+/// The editor.
+pub struct EditorApp {
+    pub settings: Settings,
+    pub session: Session,
+    pub prompt: String,
+    pub activity: Activity,
+    /// The model the worker holds (its resolved source), if any.
+    pub model: Option<String>,
+    pub notice: Option<Notice>,
+    pub show_before: bool,
+    pub side_by_side: bool,
+    /// Live previews shown since the app started.
+    pub previews_received: usize,
+    worker: Worker,
+    next_job: u64,
+    canvas: Option<(TextureHandle, (usize, usize, bool))>,
+    preview: Option<TextureHandle>,
+    dialogs: (Sender<DialogResult>, Receiver<DialogResult>),
+}
+
+enum DialogResult {
+    Open(PathBuf),
+    Save(PathBuf),
+}
+
+impl EditorApp {
+    pub fn new(cc: &eframe::CreationContext<'_>, options: Options) -> Self {
+        let mut settings: Settings = cc
+            .storage
+            .and_then(|s| eframe::get_value(s, SETTINGS_KEY))
+            .unwrap_or_default();
+        if let Some(m) = options.model {
+            settings.model = m;
+        }
+        let ctx = cc.egui_ctx.clone();
+        let worker = Worker::spawn(move || ctx.request_repaint());
+        let mut app = Self {
+            settings,
+            session: Session::default(),
+            prompt: String::new(),
+            activity: Activity::Idle,
+            model: None,
+            notice: None,
+            show_before: false,
+            side_by_side: false,
+            previews_received: 0,
+            worker,
+            next_job: 1,
+            canvas: None,
+            preview: None,
+            dialogs: unbounded(),
+        };
+        app.load_model();
+        if let Some(path) = options.image {
+            app.open_path(&path);
+        }
+        app
+    }
+
+    /// Asks the worker to load the model named in the settings.
+    pub fn load_model(&mut self) {
+        self.worker.send(Command::Load {
+            spec: self.settings.model.clone(),
+        });
+        self.activity = Activity::Loading {
+            spec: self.settings.model.clone(),
+            file: None,
+        };
+    }
+
+    /// Opens an image (never written to).
+    pub fn open_path(&mut self, path: &Path) {
+        match imageio::load_rgb(path, imageio::DEFAULT_MAX_PIXELS) {
+            Ok(img) => self.open_image(Some(path.to_path_buf()), img),
+            Err(e) => self.error(e.to_string()),
+        }
+    }
+
+    pub fn open_image(&mut self, path: Option<PathBuf>, img: RgbImage) {
+        if let Some(p) = &path {
+            self.settings.remember_file(p.clone());
+        }
+        self.notice = Some(Notice {
+            text: format!(
+                "opened {} ({}x{})",
+                path.as_ref()
+                    .map_or("pasted image".into(), |p| p.display().to_string()),
+                img.width(),
+                img.height()
+            ),
+            error: false,
+        });
+        self.session.open(path, img);
+        self.canvas = None;
+    }
+
+    fn error(&mut self, text: String) {
+        self.notice = Some(Notice { text, error: true });
+    }
+
+    pub fn is_busy(&self) -> bool {
+        !matches!(self.activity, Activity::Idle)
+    }
+
+    /// Starts an edit of the current image with the prompt.
+    pub fn run_edit(&mut self) {
+        let Some(image) = self.session.current().cloned() else {
+            self.error("open an image first (Open, drag and drop, or a sample)".into());
+            return;
+        };
+        if self.prompt.trim().is_empty() {
+            self.error("type an instruction first, e.g. \"make it snow\"".into());
+            return;
+        }
+        if self.is_busy() {
+            return;
+        }
+        let job = self.next_job;
+        self.next_job += 1;
+        let random = rand::random::<u32>() as u64;
+        let request = self.settings.next_request(&self.prompt, random);
+        self.settings.remember_prompt(&self.prompt);
+        self.worker.send(Command::Edit {
+            job,
+            image,
+            request,
+        });
+        self.activity = Activity::Editing {
+            job,
+            step: 0,
+            total: self.settings.steps,
+            elapsed_s: 0.0,
+            previews: 0,
+            cancelling: false,
+        };
+    }
+
+    pub fn cancel(&mut self) {
+        if let Activity::Editing { cancelling, .. } = &mut self.activity {
+            *cancelling = true;
+            self.worker.cancel();
+        }
+    }
+
+    /// Applies what the worker reported.
+    pub fn handle_events(&mut self, ctx: &egui::Context) {
+        for event in self.worker.poll() {
+            match event {
+                Event::Loading { spec } => {
+                    self.activity = Activity::Loading { spec, file: None };
+                }
+                Event::Download { file, done, total } => {
+                    if let Activity::Loading { file: f, .. } = &mut self.activity {
+                        *f = Some((file, done, total));
+                    }
+                }
+                Event::Loaded { source, notes, .. } => {
+                    self.activity = Activity::Idle;
+                    self.notice = Some(Notice {
+                        text: format!(
+                            "model ready: {source}{}",
+                            if notes.is_empty() {
+                                String::new()
+                            } else {
+                                format!(" ({})", notes.join("; "))
+                            }
+                        ),
+                        error: false,
+                    });
+                    self.model = Some(source);
+                }
+                Event::LoadFailed { message, .. } => {
+                    self.activity = Activity::Idle;
+                    self.model = None;
+                    self.error(format!("{message}. Choose a model in the settings panel (a diffusers folder, a .ckpt/.safetensors file or a hub id)."));
+                }
+                Event::Started { .. } => {}
+                Event::Step {
+                    job,
+                    step,
+                    total,
+                    elapsed_s,
+                    preview,
+                } => {
+                    if let Activity::Editing {
+                        job: j,
+                        step: s,
+                        total: t,
+                        elapsed_s: e,
+                        previews,
+                        ..
+                    } = &mut self.activity
+                    {
+                        if *j == job {
+                            (*s, *t, *e) = (step, total, elapsed_s);
+                            if let Some(p) = preview {
+                                *previews += 1;
+                                self.previews_received += 1;
+                                let img = ColorImage::from_rgba_unmultiplied(
+                                    [p.width, p.height],
+                                    &p.rgba,
+                                );
+                                match &mut self.preview {
+                                    Some(tex) => tex.set(img, TextureOptions::LINEAR),
+                                    None => {
+                                        self.preview = Some(ctx.load_texture(
+                                            "preview",
+                                            img,
+                                            TextureOptions::LINEAR,
+                                        ))
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                Event::Done {
+                    image,
+                    plan,
+                    seconds,
+                    ..
+                } => {
+                    self.activity = Activity::Idle;
+                    self.notice = Some(Notice {
+                        text: format!(
+                            "done in {seconds:.1} s (seed {}, {} steps)",
+                            plan.seed, plan.steps
+                        ),
+                        error: false,
+                    });
+                    let finished_at = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs());
+                    self.session.push(Entry {
+                        image,
+                        plan,
+                        seconds,
+                        finished_at,
+                    });
+                    self.canvas = None;
+                }
+                Event::Cancelled { .. } => {
+                    self.activity = Activity::Idle;
+                    self.notice = Some(Notice {
+                        text: "cancelled".into(),
+                        error: false,
+                    });
+                }
+                Event::Failed { message, .. } => {
+                    if matches!(self.activity, Activity::Editing { .. }) {
+                        self.activity = Activity::Idle;
+                    }
+                    self.error(message);
+                }
+            }
+        }
+        while let Ok(r) = self.dialogs.1.try_recv() {
+            match r {
+                DialogResult::Open(p) => self.open_path(&p),
+                DialogResult::Save(p) => self.save_to(&p),
+            }
+        }
+    }
+
+    /// Saves the current image (PNG keeps the settings as metadata), atomically; never over
+    /// the source.
+    pub fn save_to(&mut self, path: &Path) {
+        let Some(img) = self.session.current().cloned() else {
+            return;
+        };
+        if let Some(src) = &self.session.source_path {
+            if let Err(e) = imageio::check_not_source(path, src) {
+                return self.error(e.to_string());
+            }
+        }
+        let text: Vec<(&str, String)> = match self.session.cursor {
+            0 => vec![],
+            n => {
+                let plan = &self.session.history[n - 1].plan;
+                vec![(
+                    "instructdiffusion",
+                    serde_json::to_string(plan).unwrap_or_default(),
+                )]
+            }
+        };
+        match imageio::save(&img, path, &text) {
+            Ok(()) => {
+                self.session.unsaved = false;
+                self.notice = Some(Notice {
+                    text: format!("saved {}", path.display()),
+                    error: false,
+                });
+            }
+            Err(e) => self.error(e.to_string()),
+        }
+    }
+
+    fn pick_open(&self) {
+        let tx = self.dialogs.0.clone();
+        std::thread::spawn(move || {
+            if let Some(p) = rfd::FileDialog::new()
+                .add_filter(
+                    "images",
+                    &["png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff", "gif"],
+                )
+                .pick_file()
+            {
+                let _ = tx.send(DialogResult::Open(p));
+            }
+        });
+    }
+
+    fn pick_save(&self) {
+        let tx = self.dialogs.0.clone();
+        std::thread::spawn(move || {
+            if let Some(p) = rfd::FileDialog::new()
+                .set_file_name("edited.png")
+                .save_file()
+            {
+                let _ = tx.send(DialogResult::Save(p));
+            }
+        });
+    }
+
+    fn shortcuts(&mut self, ctx: &egui::Context) {
+        let cmd = |k| KeyboardShortcut::new(Modifiers::COMMAND, k);
+        let cmd_shift = |k| KeyboardShortcut::new(Modifiers::COMMAND | Modifiers::SHIFT, k);
+        let (run, undo, redo, open, save, cancel) = ctx.input_mut(|i| {
+            (
+                i.consume_shortcut(&cmd(Key::Enter)),
+                i.consume_shortcut(&cmd(Key::Z)),
+                i.consume_shortcut(&cmd_shift(Key::Z)) || i.consume_shortcut(&cmd(Key::Y)),
+                i.consume_shortcut(&cmd(Key::O)),
+                i.consume_shortcut(&cmd(Key::S)),
+                i.consume_key(Modifiers::NONE, Key::Escape),
+            )
+        });
+        if run {
+            self.run_edit();
+        }
+        if undo && !redo {
+            self.session.undo();
+        }
+        if redo {
+            self.session.redo();
+        }
+        if open {
+            self.pick_open();
+        }
+        if save {
+            self.pick_save();
+        }
+        if cancel {
+            self.cancel();
+        }
+        self.show_before = ctx.input(|i| i.key_down(Key::B)) && !ctx.egui_wants_keyboard_input();
+        let dropped: Vec<PathBuf> = ctx.input(|i| {
+            i.raw
+                .dropped_files
+                .iter()
+                .map(|f| f.path().to_path_buf())
+                .collect()
+        });
+        if let Some(p) = dropped.first() {
+            self.open_path(p);
+        }
+    }
+
+    fn settings_panel(&mut self, ui: &mut egui::Ui) {
+        ui.heading("Model");
+        ui.horizontal(|ui| {
+            let l = ui.label("Model");
+            ui.add(egui::TextEdit::singleline(&mut self.settings.model).desired_width(150.0))
+                .labelled_by(l.id);
+            if ui
+                .add_enabled(!self.is_busy(), egui::Button::new("Load"))
+                .clicked()
+            {
+                self.load_model();
+            }
+        });
+        ui.label(
+            egui::RichText::new(
+                "builtin, a diffusers folder, a .ckpt/.safetensors file, or a hub id",
+            )
+            .small()
+            .weak(),
+        );
+        ui.separator();
+        ui.heading("Sampling");
+        let s = &mut self.settings;
+        egui::Grid::new("sampling").num_columns(2).show(ui, |ui| {
+            let l = ui.label("Steps");
+            ui.add(egui::DragValue::new(&mut s.steps).range(1..=200))
+                .labelled_by(l.id);
+            ui.end_row();
+            let l = ui.label("Text guidance");
+            ui.add(
+                egui::DragValue::new(&mut s.text_cfg)
+                    .range(0.0..=30.0)
+                    .speed(0.05),
+            )
+            .labelled_by(l.id);
+            ui.end_row();
+            let l = ui.label("Image guidance");
+            ui.add(
+                egui::DragValue::new(&mut s.image_cfg)
+                    .range(0.0..=10.0)
+                    .speed(0.05),
+            )
+            .labelled_by(l.id);
+            ui.end_row();
+            let l = ui.label("Sampler");
+            egui::ComboBox::from_id_salt("sampler")
+                .selected_text(s.sampler.a1111_name())
+                .show_ui(ui, |ui| {
+                    for v in [
+                        Sampler::EulerAncestral,
+                        Sampler::Euler,
+                        Sampler::Heun,
+                        Sampler::DpmPp2M,
+                    ] {
+                        ui.selectable_value(&mut s.sampler, v, v.a1111_name());
+                    }
+                })
+                .response
+                .labelled_by(l.id);
+            ui.end_row();
+            let l = ui.label("Guidance");
+            egui::ComboBox::from_id_salt("guidance")
+                .selected_text(s.guidance.name())
+                .show_ui(ui, |ui| {
+                    for v in [GuidanceFormula::InstructDiffusion, GuidanceFormula::Pix2Pix] {
+                        ui.selectable_value(&mut s.guidance, v, v.name());
+                    }
+                })
+                .response
+                .labelled_by(l.id);
+            ui.end_row();
+            let l = ui.label("Seed");
+            ui.add(egui::DragValue::new(&mut s.seed)).labelled_by(l.id);
+            ui.end_row();
+            ui.label("Seed mode");
+            ui.horizontal(|ui| {
+                ui.selectable_value(&mut s.seed_mode, SeedMode::Random, "random");
+                ui.selectable_value(&mut s.seed_mode, SeedMode::Fixed, "fixed");
+                ui.selectable_value(&mut s.seed_mode, SeedMode::Increment, "+1");
+            });
+            ui.end_row();
+            let l = ui.label("Resolution");
+            ui.add(
+                egui::DragValue::new(&mut s.resolution)
+                    .range(64..=1024)
+                    .speed(64.0),
+            )
+            .labelled_by(l.id);
+            ui.end_row();
+        });
+        s.resolution = (s.resolution / 64).max(1) * 64;
+        ui.separator();
+        ui.heading("Presets");
+        for (name, text, cfg) in PRESETS {
+            if ui.button(*name).on_hover_text(*text).clicked() {
+                self.prompt = text.to_string();
+                (self.settings.text_cfg, self.settings.image_cfg) = *cfg;
+            }
+        }
+    }
+
+    fn canvas(&mut self, ui: &mut egui::Ui) {
+        let Some(current) = self.session.current() else {
+            ui.centered_and_justified(|ui| {
+                ui.label("Open an image (Ctrl+O), drop one here, or pick a sample in the menu.");
+            });
+            return;
+        };
+        let show_source = self.show_before && self.session.cursor > 0;
+        let key = (self.session.cursor, self.session.history.len(), show_source);
+        if self.canvas.as_ref().map(|c| c.1) != Some(key) {
+            let img = if show_source {
+                self.session.source.as_ref().unwrap()
+            } else {
+                current
+            };
+            let color =
+                ColorImage::from_rgb([img.width() as usize, img.height() as usize], img.as_raw());
+            self.canvas = Some((
+                ui.ctx()
+                    .load_texture("canvas", color, TextureOptions::LINEAR),
+                key,
+            ));
+        }
+        let tex = self.canvas.as_ref().unwrap().0.clone();
+        let avail = ui.available_size();
+        let editing = matches!(self.activity, Activity::Editing { .. });
+        let panes = if editing || self.side_by_side {
+            2.0
+        } else {
+            1.0
+        };
+        let size = tex.size_vec2();
+        let scale = ((avail.x / panes - 8.0) / size.x)
+            .min(avail.y / size.y)
+            .min(4.0)
+            .max(0.05);
+        ui.horizontal_centered(|ui| {
+            ui.add(egui::Image::from_texture((tex.id(), size * scale)))
+                .on_hover_text(if show_source {
+                    "before (release B)"
+                } else {
+                    "current (hold B for before)"
+                });
+            if editing {
+                if let Some(p) = &self.preview {
+                    ui.add(egui::Image::from_texture((p.id(), size * scale)))
+                        .on_hover_text("live preview of the edit");
+                }
+            } else if self.side_by_side {
+                if let Some(src) = &self.session.source {
+                    let color = ColorImage::from_rgb(
+                        [src.width() as usize, src.height() as usize],
+                        src.as_raw(),
+                    );
+                    let t = ui
+                        .ctx()
+                        .load_texture("source", color, TextureOptions::LINEAR);
+                    ui.add(egui::Image::from_texture((t.id(), size * scale)))
+                        .on_hover_text("source");
+                }
+            }
+        });
+    }
+
+    fn bottom(&mut self, ui: &mut egui::Ui) {
+        ui.horizontal(|ui| {
+            let l = ui.label("Instruction");
+            let r = ui
+                .add(
+                    egui::TextEdit::multiline(&mut self.prompt)
+                        .hint_text(
+                            "e.g. Apply a blue semi-transparent mask to the cat (Ctrl+Enter runs)",
+                        )
+                        .desired_rows(2)
+                        .desired_width(ui.available_width() - 180.0),
+                )
+                .labelled_by(l.id);
+            let _ = r;
+            ui.vertical(|ui| {
+                let can_run =
+                    !self.is_busy() && self.model.is_some() && self.session.current().is_some();
+                if ui
+                    .add_enabled(can_run, egui::Button::new("Run"))
+                    .on_hover_text("Ctrl+Enter")
+                    .clicked()
+                {
+                    self.run_edit();
+                }
+                let editing = matches!(self.activity, Activity::Editing { .. });
+                if ui
+                    .add_enabled(editing, egui::Button::new("Cancel"))
+                    .on_hover_text("Esc")
+                    .clicked()
+                {
+                    self.cancel();
+                }
+            });
+        });
+        if !self.settings.prompt_history.is_empty() {
+            ui.horizontal(|ui| {
+                ui.label("Recent:");
+                let recent: Vec<String> = self
+                    .settings
+                    .prompt_history
+                    .iter()
+                    .take(4)
+                    .cloned()
+                    .collect();
+                for p in recent {
+                    let short: String = p.chars().take(40).collect();
+                    if ui.small_button(short).on_hover_text(&p).clicked() {
+                        self.prompt = p;
+                    }
+                }
+            });
+        }
+        if let Activity::Editing {
+            step,
+            total,
+            elapsed_s,
+            cancelling,
+            ..
+        } = &self.activity
+        {
+            let frac = *step as f32 / (*total).max(1) as f32;
+            let eta = if *step > 0 {
+                elapsed_s / *step as f64 * (*total - *step) as f64
+            } else {
+                0.0
+            };
+            let text = if *cancelling {
+                "cancelling...".to_string()
+            } else {
+                format!("step {step}/{total}, eta {eta:.1} s")
+            };
+            ui.add(egui::ProgressBar::new(frac).text(text));
+        }
+        ui.horizontal(|ui| {
+            ui.label(format!("History ({}):", self.session.history.len()));
+            if ui
+                .add_enabled(self.session.can_undo(), egui::Button::new("Undo"))
+                .on_hover_text("Ctrl+Z")
+                .clicked()
+            {
+                self.session.undo();
+            }
+            if ui
+                .add_enabled(self.session.can_redo(), egui::Button::new("Redo"))
+                .on_hover_text("Ctrl+Shift+Z")
+                .clicked()
+            {
+                self.session.redo();
+            }
+            ui.checkbox(&mut self.side_by_side, "Side by side");
+            for (i, e) in self.session.history.iter().enumerate() {
+                let label = format!(
+                    "{}: {}",
+                    i + 1,
+                    e.plan.prompt.chars().take(24).collect::<String>()
+                );
+                let selected = self.session.cursor == i + 1;
+                if ui
+                    .selectable_label(selected, label)
+                    .on_hover_text(format!(
+                        "{} | seed {} | {} steps | {:.1} s",
+                        e.plan.prompt, e.plan.seed, e.plan.steps, e.seconds
+                    ))
+                    .clicked()
+                {
+                    self.session.cursor = i + 1;
+                }
+            }
+        });
+        ui.separator();
+        ui.horizontal(|ui| {
+            let model = match (&self.activity, &self.model) {
+                (
+                    Activity::Loading {
+                        spec,
+                        file: Some((f, d, t)),
+                    },
+                    _,
+                ) => format!("loading {spec}: {f} {}/{} MB", d >> 20, t >> 20),
+                (Activity::Loading { spec, .. }, _) => format!("loading {spec}..."),
+                (_, Some(m)) => format!("model: {m}"),
+                (_, None) => "no model".into(),
+            };
+            ui.label(format!("{model} | device: cpu"));
+            if let Some(n) = &self.notice {
+                ui.separator();
+                let color = if n.error {
+                    Color32::from_rgb(220, 80, 80)
+                } else {
+                    ui.visuals().text_color()
+                };
+                ui.colored_label(color, &n.text);
+            }
+        });
+    }
+
+    fn menu(&mut self, ui: &mut egui::Ui) {
+        ui.horizontal(|ui| {
+            if ui.button("Open...").on_hover_text("Ctrl+O").clicked() {
+                self.pick_open();
+            }
+            let has = self.session.current().is_some();
+            if ui
+                .add_enabled(has, egui::Button::new("Save as..."))
+                .on_hover_text("Ctrl+S")
+                .clicked()
+            {
+                self.pick_save();
+            }
+            ui.menu_button("Samples", |ui| {
+                for p in sample_images() {
+                    let name = p
+                        .file_name()
+                        .unwrap_or_default()
+                        .to_string_lossy()
+                        .to_string();
+                    if ui.button(name).clicked() {
+                        self.open_path(&p);
+                        ui.close();
+                    }
+                }
+            });
+            let recent = self.settings.recent_files.clone();
+            ui.add_enabled_ui(!recent.is_empty(), |ui| {
+                ui.menu_button("Recent", |ui| {
+                    for p in recent {
+                        if ui.button(p.display().to_string()).clicked() {
+                            self.open_path(&p);
+                            ui.close();
+                        }
+                    }
+                });
+            });
+        });
+    }
+}
+
+/// Instruction presets with the per-task guidance values (NOTES.md).
+const PRESETS: &[(&str, &str, (f64, f64))] = &[
+    (
+        "Segment",
+        "Apply a blue semi-transparent mask to the cat.",
+        (7.5, 1.5),
+    ),
+    (
+        "Keypoints",
+        "Put a red circle on the nose and a green circle on the left eye of the cat.",
+        (6.0, 0.5),
+    ),
+    ("Enhance", "Make the image sharper.", (5.0, 1.25)),
+    (
+        "Edit",
+        "Make it look like a watercolor painting.",
+        (5.0, 1.25),
+    ),
+];
+
+/// The sample images shipped in `assets/samples` (beside the executable or in the source tree).
+pub fn sample_images() -> Vec<PathBuf> {
+    let mut dirs = vec![PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/samples")];
+    if let Ok(exe) = std::env::current_exe() {
+        dirs.extend(exe.ancestors().skip(1).map(|d| d.join("assets/samples")));
+    }
+    dirs.into_iter()
+        .find(|d| d.is_dir())
+        .and_then(|d| crate::annotate::list_images(&d).ok())
+        .unwrap_or_default()
+}
+
+impl eframe::App for EditorApp {
+    fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
+        let ctx = ui.ctx().clone();
+        self.handle_events(&ctx);
+        self.shortcuts(&ctx);
+        egui::Panel::top("menu").show(ui, |ui| self.menu(ui));
+        egui::Panel::left("settings")
+            .resizable(true)
+            .default_size(260.0)
+            .show(ui, |ui| {
+                egui::ScrollArea::vertical().show(ui, |ui| self.settings_panel(ui));
+            });
+        egui::Panel::bottom("controls").show(ui, |ui| self.bottom(ui));
+        egui::CentralPanel::default().show(ui, |ui| self.canvas(ui));
+        if self.is_busy() {
+            ctx.request_repaint_after(Duration::from_millis(100));
+        }
+    }
+
+    fn save(&mut self, storage: &mut dyn eframe::Storage) {
+        eframe::set_value(storage, SETTINGS_KEY, &self.settings);
+    }
+}

@@ -1,0 +1,251 @@
+//! The editor's state, apart from drawing: the open image, the history of results with
+//! undo/redo, the settings that persist, and what the worker is doing. Pure data and logic,
+//! tested without a window.
+
+use std::path::PathBuf;
+
+use image::RgbImage;
+use serde::{Deserialize, Serialize};
+
+use crate::model::meta::GuidanceFormula;
+use crate::sample::pipeline::{EditPlan, EditRequest};
+use crate::sample::samplers::Sampler;
+
+/// How the seed of the next edit is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SeedMode {
+    Fixed,
+    Random,
+    Increment,
+}
+
+/// Settings that persist between runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Settings {
+    /// "builtin", a folder, a single file or a hub id.
+    pub model: String,
+    pub steps: usize,
+    pub text_cfg: f64,
+    pub image_cfg: f64,
+    pub sampler: Sampler,
+    pub guidance: GuidanceFormula,
+    pub seed: u64,
+    pub seed_mode: SeedMode,
+    /// Long side the model runs at (a multiple of 64).
+    pub resolution: usize,
+    pub recent_files: Vec<PathBuf>,
+    pub prompt_history: Vec<String>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            model: "builtin".into(),
+            steps: 20,
+            text_cfg: 5.0,
+            image_cfg: 1.25,
+            sampler: Sampler::EulerAncestral,
+            guidance: GuidanceFormula::InstructDiffusion,
+            seed: 42,
+            seed_mode: SeedMode::Random,
+            resolution: 256,
+            recent_files: vec![],
+            prompt_history: vec![],
+        }
+    }
+}
+
+impl Settings {
+    /// The request for the next edit; advances the seed as the mode says.
+    pub fn next_request(&mut self, prompt: &str, random: u64) -> EditRequest {
+        let seed = match self.seed_mode {
+            SeedMode::Fixed => self.seed,
+            SeedMode::Random => random,
+            SeedMode::Increment => {
+                let s = self.seed;
+                self.seed = self.seed.wrapping_add(1);
+                s
+            }
+        };
+        EditRequest {
+            prompt: prompt.to_string(),
+            steps: Some(self.steps),
+            text_cfg: Some(self.text_cfg),
+            image_cfg: Some(self.image_cfg),
+            sampler: Some(self.sampler),
+            guidance: Some(self.guidance),
+            seed: Some(seed),
+            resolution: Some(self.resolution),
+            keep_model_resolution: false,
+        }
+    }
+
+    /// Remembers a prompt (most recent first, no duplicates, at most 50).
+    pub fn remember_prompt(&mut self, prompt: &str) {
+        let p = prompt.trim().to_string();
+        if p.is_empty() {
+            return;
+        }
+        self.prompt_history.retain(|q| *q != p);
+        self.prompt_history.insert(0, p);
+        self.prompt_history.truncate(50);
+    }
+
+    pub fn remember_file(&mut self, path: PathBuf) {
+        self.recent_files.retain(|q| *q != path);
+        self.recent_files.insert(0, path);
+        self.recent_files.truncate(10);
+    }
+}
+
+/// One finished edit.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub image: RgbImage,
+    pub plan: EditPlan,
+    pub seconds: f64,
+    /// Seconds since the Unix epoch when it finished.
+    pub finished_at: u64,
+}
+
+/// The open image and what was made of it. Results chain: an edit applies to the current
+/// image (the source, or the result the cursor is on); a new result after an undo drops the
+/// undone ones, as editors do.
+#[derive(Debug, Clone, Default)]
+pub struct Session {
+    pub source_path: Option<PathBuf>,
+    pub source: Option<RgbImage>,
+    pub history: Vec<Entry>,
+    /// How many history entries are applied (0 = the source).
+    pub cursor: usize,
+    /// Results not saved since they were made.
+    pub unsaved: bool,
+}
+
+impl Session {
+    pub fn open(&mut self, path: Option<PathBuf>, image: RgbImage) {
+        *self = Session {
+            source_path: path,
+            source: Some(image),
+            ..Default::default()
+        };
+    }
+
+    /// The image the next edit starts from and the canvas shows.
+    pub fn current(&self) -> Option<&RgbImage> {
+        match self.cursor {
+            0 => self.source.as_ref(),
+            n => self.history.get(n - 1).map(|e| &e.image),
+        }
+    }
+
+    pub fn push(&mut self, entry: Entry) {
+        self.history.truncate(self.cursor);
+        self.history.push(entry);
+        self.cursor = self.history.len();
+        self.unsaved = true;
+    }
+
+    pub fn can_undo(&self) -> bool {
+        self.cursor > 0
+    }
+
+    pub fn can_redo(&self) -> bool {
+        self.cursor < self.history.len()
+    }
+
+    pub fn undo(&mut self) {
+        self.cursor = self.cursor.saturating_sub(1);
+    }
+
+    pub fn redo(&mut self) {
+        if self.can_redo() {
+            self.cursor += 1;
+        }
+    }
+}
+
+/// What the worker is doing for the UI.
+#[derive(Debug, Clone, Default)]
+pub enum Activity {
+    #[default]
+    Idle,
+    Loading {
+        spec: String,
+        file: Option<(String, u64, u64)>,
+    },
+    Editing {
+        job: u64,
+        step: usize,
+        total: usize,
+        elapsed_s: f64,
+        previews: usize,
+        cancelling: bool,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(v: u8) -> Entry {
+        let plan = EditPlan {
+            prompt: "p".into(),
+            steps: 1,
+            text_cfg: 1.0,
+            image_cfg: 1.0,
+            sampler: Sampler::Euler,
+            guidance: GuidanceFormula::InstructDiffusion,
+            seed: 1,
+            resolution: 64,
+            keep_model_resolution: false,
+        };
+        Entry {
+            image: RgbImage::from_pixel(2, 2, image::Rgb([v; 3])),
+            plan,
+            seconds: 0.0,
+            finished_at: 0,
+        }
+    }
+
+    #[test]
+    fn undo_redo_and_chaining() {
+        let mut s = Session::default();
+        assert!(s.current().is_none());
+        s.open(None, RgbImage::from_pixel(2, 2, image::Rgb([0; 3])));
+        s.push(entry(1));
+        s.push(entry(2));
+        assert_eq!(s.current().unwrap()[(0, 0)][0], 2);
+        s.undo();
+        assert_eq!(s.current().unwrap()[(0, 0)][0], 1);
+        s.undo();
+        s.undo();
+        assert_eq!(s.current().unwrap()[(0, 0)][0], 0);
+        s.redo();
+        // A new result after an undo replaces the undone ones.
+        s.push(entry(3));
+        assert_eq!(s.history.len(), 2);
+        assert!(!s.can_redo());
+        assert_eq!(s.current().unwrap()[(0, 0)][0], 3);
+    }
+
+    #[test]
+    fn seeds_and_prompt_history() {
+        let mut st = Settings {
+            seed_mode: SeedMode::Increment,
+            seed: 7,
+            ..Default::default()
+        };
+        assert_eq!(st.next_request("a", 99).seed, Some(7));
+        assert_eq!(st.next_request("a", 99).seed, Some(8));
+        st.seed_mode = SeedMode::Random;
+        assert_eq!(st.next_request("a", 99).seed, Some(99));
+        st.seed_mode = SeedMode::Fixed;
+        assert_eq!(st.next_request("a", 5).seed, Some(9));
+        st.remember_prompt("one");
+        st.remember_prompt("two");
+        st.remember_prompt("one");
+        assert_eq!(st.prompt_history, ["one", "two"]);
+    }
+}

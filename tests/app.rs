@@ -1,0 +1,141 @@
+//! The editor driven headless through its accessibility tree (egui_kittest): the real app
+//! state and worker, on the tiny random-weight model of the parity fixtures.
+
+mod util;
+
+use std::time::{Duration, Instant};
+
+use eframe::egui;
+use egui_kittest::kittest::Queryable;
+use egui_kittest::Harness;
+use instructdiffusion::app::state::Activity;
+use instructdiffusion::app::{EditorApp, Options};
+use util::tiny;
+
+fn editor() -> Harness<'static, EditorApp> {
+    let options = Options {
+        image: Some(tiny().join("input.png")),
+        model: Some(tiny().join("diffusers").display().to_string()),
+    };
+    let mut h = Harness::builder()
+        .with_size([1200.0, 800.0])
+        .build_eframe(move |cc| EditorApp::new(cc, options));
+    wait(&mut h, "the model to load", |a| a.model.is_some());
+    h
+}
+
+/// Steps the UI until `done` holds (the worker runs on its own thread meanwhile).
+fn wait(h: &mut Harness<'static, EditorApp>, what: &str, done: impl Fn(&EditorApp) -> bool) {
+    let t0 = Instant::now();
+    while !done(h.state()) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "timed out waiting for {what}; notice: {:?}",
+            h.state().notice
+        );
+        h.step();
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn set_steps(h: &mut Harness<'static, EditorApp>, steps: usize) {
+    let s = &mut h.state_mut().settings;
+    s.steps = steps;
+    s.resolution = 64;
+}
+
+#[test]
+fn edit_with_live_previews_then_undo_redo() {
+    let mut h = editor();
+    set_steps(&mut h, 3);
+    assert!(
+        h.state().session.current().is_some(),
+        "the image from the command line is open"
+    );
+    let role = egui::accesskit::Role::MultilineTextInput;
+    h.get_by_role_and_label(role, "Instruction").focus();
+    h.step();
+    h.get_by_role_and_label(role, "Instruction")
+        .type_text("make it snow");
+    h.step();
+    assert_eq!(h.state().prompt, "make it snow");
+    h.get_by_label("Run").click();
+    h.step();
+    wait(&mut h, "the edit", |a| matches!(a.activity, Activity::Idle));
+    h.run_steps(3); // let the layout settle (the progress bar went away)
+    let app = h.state();
+    assert_eq!(app.previews_received, 3, "one preview per step");
+    assert_eq!(app.session.history.len(), 1, "{:?}", app.notice);
+    assert_eq!(app.session.history[0].plan.steps, 3);
+    let (src, result) = (
+        app.session.source.clone().unwrap(),
+        app.session.current().unwrap().clone(),
+    );
+    assert_eq!(
+        result.dimensions(),
+        src.dimensions(),
+        "results come back at the input's size"
+    );
+    assert!(result != src, "the edit changed the image");
+    assert_eq!(app.settings.prompt_history[0], "make it snow");
+
+    h.get_by_label("Undo").click();
+    h.run_steps(2);
+    assert!(
+        h.state().session.current().unwrap() == &src,
+        "undo shows the source"
+    );
+    h.get_by_label("Redo").click();
+    h.run_steps(2);
+    assert!(
+        h.state().session.current().unwrap() == &result,
+        "redo shows the result"
+    );
+}
+
+#[test]
+fn previews_arrive_and_cancel_stops_within_a_step() {
+    let mut h = editor();
+    set_steps(&mut h, 200);
+    h.state_mut().prompt = "make it snow".into();
+    h.get_by_label("Run").click();
+    wait(
+        &mut h,
+        "a preview",
+        |a| matches!(a.activity, Activity::Editing { previews, .. } if previews >= 1),
+    );
+    let step_at_cancel = match h.state().activity {
+        Activity::Editing { step, .. } => step,
+        _ => unreachable!(),
+    };
+    h.get_by_label("Cancel").click();
+    wait(&mut h, "the cancel", |a| {
+        matches!(a.activity, Activity::Idle)
+    });
+    let app = h.state();
+    assert_eq!(app.notice.as_ref().unwrap().text, "cancelled");
+    assert!(app.session.history.is_empty());
+    assert!(step_at_cancel < 200);
+}
+
+#[test]
+fn a_bad_model_is_reported_and_the_app_keeps_its_state() {
+    let mut h = editor();
+    h.state_mut().settings.model = "/nonexistent/model".into();
+    h.get_by_label("Load").click();
+    wait(&mut h, "the load to fail", |a| {
+        matches!(a.activity, Activity::Idle) && a.notice.as_ref().is_some_and(|n| n.error)
+    });
+    let app = h.state();
+    assert!(app.model.is_none());
+    assert!(
+        app.notice
+            .as_ref()
+            .unwrap()
+            .text
+            .contains("/nonexistent/model"),
+        "{:?}",
+        app.notice
+    );
+    assert!(app.session.current().is_some(), "the open image survives");
+}
