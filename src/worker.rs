@@ -13,6 +13,7 @@ use std::time::Instant;
 use crossbeam_channel::{unbounded, Receiver, Sender};
 use image::RgbImage;
 
+use crate::decode::{self, parse, Decoded};
 use crate::model::load::{self, LoadOptions, Model, ModelSource};
 use crate::sample::pipeline::{self, EditOutcome, EditPlan, EditRequest};
 use crate::sample::preview;
@@ -68,6 +69,8 @@ pub enum Event {
         image: RgbImage,
         plan: EditPlan,
         seconds: f64,
+        /// Masks, keypoints or a label when the instruction asked for them (else `None`).
+        decoded: Option<Box<Decoded>>,
     },
     Cancelled {
         job: u64,
@@ -243,12 +246,21 @@ fn run(
                 }
             };
             match pipeline::edit(m, &image, &plan, None, &mut on_step) {
-                Ok(EditOutcome::Done(edited)) => send(Event::Done {
-                    job,
-                    image: edited.image,
-                    plan,
-                    seconds: t0.elapsed().as_secs_f64(),
-                }),
+                Ok(EditOutcome::Done(edited)) => {
+                    // Decoding is part of the job: the UI thread never does pixel work.
+                    let decoded = parse::parse(&plan.prompt)
+                        .ok()
+                        .filter(|p| p.kind != parse::Kind::Edit)
+                        .and_then(|p| decode::decode(&image, &edited.image, &p).ok())
+                        .map(Box::new);
+                    send(Event::Done {
+                        job,
+                        image: edited.image,
+                        plan,
+                        seconds: t0.elapsed().as_secs_f64(),
+                        decoded,
+                    })
+                }
                 Ok(EditOutcome::Cancelled { .. }) => send(Event::Cancelled { job }),
                 Err(e) => send(Event::Failed {
                     job,

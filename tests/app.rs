@@ -139,3 +139,54 @@ fn a_bad_model_is_reported_and_the_app_keeps_its_state() {
     );
     assert!(app.session.current().is_some(), "the open image survives");
 }
+
+#[test]
+fn mask_instructions_are_decoded_shown_and_exported() {
+    let mut h = editor();
+    set_steps(&mut h, 2);
+    h.state_mut().prompt = "Apply a blue semi-transparent mask to the cat".into();
+    h.get_by_label("Run").click();
+    wait(&mut h, "the edit", |a| {
+        matches!(a.activity, Activity::Idle) && !a.session.history.is_empty()
+    });
+    h.run_steps(3);
+    let decoded = h.state().session.history[0]
+        .decoded
+        .clone()
+        .expect("a mask instruction is decoded");
+    assert_eq!((decoded.width, decoded.height), (64, 64));
+    // The overlay controls appear for decoded results and toggle.
+    h.get_by_label("Overlays").click();
+    h.run_steps(2);
+    assert!(!h.state().show_overlays);
+    // Export (the buttons open a file dialog, then call this).
+    let dir = util::tempdir();
+    let out = dir.path().join("coco.json");
+    h.state_mut()
+        .export_to(instructdiffusion::app::state::ExportKind::Coco, &out);
+    assert!(
+        !h.state().notice.as_ref().unwrap().error,
+        "{:?}",
+        h.state().notice
+    );
+    let coco: instructdiffusion::export::coco::Coco =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert_eq!(coco.images[0].file_name, "input.png");
+    assert_eq!(coco.annotations.len(), decoded.instances.len());
+    // An edit instruction has nothing to export, and says so.
+    h.state_mut().prompt = "make it snow".into();
+    h.get_by_label("Run").click();
+    wait(&mut h, "the second edit", |a| {
+        matches!(a.activity, Activity::Idle) && a.session.history.len() == 2
+    });
+    assert!(h.state().session.history[1].decoded.is_none());
+    h.state_mut()
+        .export_to(instructdiffusion::app::state::ExportKind::Coco, &out);
+    assert!(h
+        .state()
+        .notice
+        .as_ref()
+        .unwrap()
+        .text
+        .contains("no masks or keypoints"));
+}

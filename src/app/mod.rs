@@ -13,7 +13,7 @@ use eframe::egui::{
 };
 use image::RgbImage;
 
-use self::state::{Activity, Entry, SeedMode, Session, Settings};
+use self::state::{Activity, Entry, ExportKind, SeedMode, Session, Settings};
 use crate::imageio;
 use crate::model::meta::GuidanceFormula;
 use crate::sample::samplers::Sampler;
@@ -67,6 +67,9 @@ pub struct EditorApp {
     pub side_by_side: bool,
     /// Live previews shown since the app started.
     pub previews_received: usize,
+    pub show_overlays: bool,
+    pub overlay_opacity: f32,
+    overlay: Option<(TextureHandle, usize)>,
     worker: Worker,
     next_job: u64,
     canvas: Option<(TextureHandle, (usize, usize, bool))>,
@@ -77,6 +80,7 @@ pub struct EditorApp {
 enum DialogResult {
     Open(PathBuf),
     Save(PathBuf),
+    Export(ExportKind, PathBuf),
 }
 
 impl EditorApp {
@@ -100,6 +104,9 @@ impl EditorApp {
             show_before: false,
             side_by_side: false,
             previews_received: 0,
+            show_overlays: true,
+            overlay_opacity: 0.5,
+            overlay: None,
             worker,
             next_job: 1,
             canvas: None,
@@ -274,6 +281,7 @@ impl EditorApp {
                     image,
                     plan,
                     seconds,
+                    decoded,
                     ..
                 } => {
                     self.activity = Activity::Idle;
@@ -287,13 +295,28 @@ impl EditorApp {
                     let finished_at = std::time::SystemTime::now()
                         .duration_since(std::time::UNIX_EPOCH)
                         .map_or(0, |d| d.as_secs());
+                    if let Some(d) = &decoded {
+                        let n = d.instances.len() + d.keypoints.len();
+                        let label = d
+                            .label
+                            .as_ref()
+                            .map(|(l, _)| format!(", label: {l}"))
+                            .unwrap_or_default();
+                        if let Some(notice) = &mut self.notice {
+                            notice
+                                .text
+                                .push_str(&format!("; decoded {n} overlay(s){label}"));
+                        }
+                    }
                     self.session.push(Entry {
                         image,
+                        decoded,
                         plan,
                         seconds,
                         finished_at,
                     });
                     self.canvas = None;
+                    self.overlay = None;
                 }
                 Event::Cancelled { .. } => {
                     self.activity = Activity::Idle;
@@ -314,6 +337,7 @@ impl EditorApp {
             match r {
                 DialogResult::Open(p) => self.open_path(&p),
                 DialogResult::Save(p) => self.save_to(&p),
+                DialogResult::Export(kind, p) => self.export_to(kind, &p),
             }
         }
     }
@@ -348,6 +372,150 @@ impl EditorApp {
                 });
             }
             Err(e) => self.error(e.to_string()),
+        }
+    }
+
+    /// Exports the current result's decoded masks and keypoints.
+    pub fn export_to(&mut self, kind: ExportKind, path: &Path) {
+        let Some(entry) = self
+            .session
+            .cursor
+            .checked_sub(1)
+            .and_then(|i| self.session.history.get(i))
+        else {
+            return self.error(
+                "no result to export: run an instruction that asks for masks or keypoints".into(),
+            );
+        };
+        let name = self
+            .session
+            .source_path
+            .as_ref()
+            .and_then(|p| p.file_name())
+            .map_or("image.png".into(), |n| n.to_string_lossy().to_string());
+        match state::export(kind, path, entry, &name) {
+            Ok(()) => {
+                self.notice = Some(Notice {
+                    text: format!("exported {}", path.display()),
+                    error: false,
+                })
+            }
+            Err(e) => self.error(crate::cli::error_chain(&e)),
+        }
+    }
+
+    fn pick_export(&self, kind: ExportKind) {
+        let tx = self.dialogs.0.clone();
+        std::thread::spawn(move || {
+            let picked = match kind {
+                ExportKind::Coco => rfd::FileDialog::new()
+                    .set_file_name("annotations.json")
+                    .save_file(),
+                ExportKind::Labelme => rfd::FileDialog::new()
+                    .set_file_name("labelme.json")
+                    .save_file(),
+                ExportKind::Masks => rfd::FileDialog::new().pick_folder(),
+            };
+            if let Some(p) = picked {
+                let _ = tx.send(DialogResult::Export(kind, p));
+            }
+        });
+    }
+
+    fn current_decoded(&self) -> Option<&crate::decode::Decoded> {
+        let i = self.session.cursor.checked_sub(1)?;
+        self.session.history.get(i)?.decoded.as_deref()
+    }
+
+    /// Masks, boxes and keypoints over the canvas image at `rect`; hovering one names it.
+    fn draw_overlays(&mut self, ui: &mut egui::Ui, rect: egui::Rect) {
+        let Some(d) = self.current_decoded().cloned() else {
+            return;
+        };
+        if !self.show_overlays {
+            return;
+        }
+        let sx = rect.width() / d.width as f32;
+        let sy = rect.height() / d.height as f32;
+        let key = self.session.cursor;
+        if self.overlay.as_ref().map(|o| o.1) != Some(key) {
+            self.overlay = state::mask_overlay(&d).map(|img| {
+                let color = ColorImage::from_rgba_unmultiplied(
+                    [img.width() as usize, img.height() as usize],
+                    img.as_raw(),
+                );
+                (
+                    ui.ctx()
+                        .load_texture("overlay", color, TextureOptions::NEAREST),
+                    key,
+                )
+            });
+        }
+        let painter = ui.painter_at(rect);
+        if let Some((tex, _)) = &self.overlay {
+            let tint = Color32::from_white_alpha((self.overlay_opacity * 255.0) as u8);
+            painter.image(
+                tex.id(),
+                rect,
+                egui::Rect::from_min_max(egui::pos2(0.0, 0.0), egui::pos2(1.0, 1.0)),
+                tint,
+            );
+        }
+        for (i, inst) in d.instances.iter().enumerate() {
+            let [x, y, w, h] = inst.bbox;
+            let r = egui::Rect::from_min_size(
+                rect.min + egui::vec2(x as f32 * sx, y as f32 * sy),
+                egui::vec2(w as f32 * sx, h as f32 * sy),
+            );
+            let [cr, cg, cb] = inst.color;
+            painter.rect_stroke(
+                r,
+                0.0,
+                egui::Stroke::new(2.0, Color32::from_rgb(cr, cg, cb)),
+                egui::StrokeKind::Outside,
+            );
+            ui.interact(r, ui.scope_id().with(("instance", i)), egui::Sense::hover())
+                .on_hover_text(format!(
+                    "{} ({})
+score {:.2}, area {} px",
+                    inst.category, inst.phrase, inst.score, inst.area
+                ));
+        }
+        for (i, p) in d.keypoints.iter().enumerate() {
+            let c = rect.min + egui::vec2(p.x as f32 * sx, p.y as f32 * sy);
+            let [cr, cg, cb] = p.color;
+            painter.circle_stroke(
+                c,
+                (p.radius as f32 * sx).max(4.0),
+                egui::Stroke::new(2.0, Color32::from_rgb(cr, cg, cb)),
+            );
+            painter.text(
+                c + egui::vec2(8.0, -8.0),
+                egui::Align2::LEFT_BOTTOM,
+                &p.name,
+                egui::FontId::proportional(13.0),
+                Color32::WHITE,
+            );
+            let hit = egui::Rect::from_center_size(c, egui::vec2(16.0, 16.0));
+            ui.interact(
+                hit,
+                ui.scope_id().with(("keypoint", i)),
+                egui::Sense::hover(),
+            )
+            .on_hover_text(format!(
+                "{} of {}
+({:.1}, {:.1}), score {:.2}",
+                p.name, p.category, p.x, p.y, p.score
+            ));
+        }
+        if let Some((label, share)) = &d.label {
+            painter.text(
+                rect.min + egui::vec2(8.0, 8.0),
+                egui::Align2::LEFT_TOP,
+                format!("{label} ({:.0}%)", share * 100.0),
+                egui::FontId::proportional(18.0),
+                Color32::WHITE,
+            );
         }
     }
 
@@ -560,12 +728,16 @@ impl EditorApp {
             .min(4.0)
             .max(0.05);
         ui.horizontal_centered(|ui| {
-            ui.add(egui::Image::from_texture((tex.id(), size * scale)))
+            let shown = ui
+                .add(egui::Image::from_texture((tex.id(), size * scale)))
                 .on_hover_text(if show_source {
                     "before (release B)"
                 } else {
                     "current (hold B for before)"
                 });
+            if !show_source {
+                self.draw_overlays(ui, shown.rect);
+            }
             if editing {
                 if let Some(p) = &self.preview {
                     ui.add(egui::Image::from_texture((p.id(), size * scale)))
@@ -677,6 +849,25 @@ impl EditorApp {
                 self.session.redo();
             }
             ui.checkbox(&mut self.side_by_side, "Side by side");
+            if self.current_decoded().is_some() {
+                ui.checkbox(&mut self.show_overlays, "Overlays");
+                let l = ui.label("Opacity");
+                ui.add(egui::Slider::new(&mut self.overlay_opacity, 0.0..=1.0).show_value(false))
+                    .labelled_by(l.id);
+                for (name, kind) in [
+                    ("COCO...", ExportKind::Coco),
+                    ("Labelme...", ExportKind::Labelme),
+                    ("Masks...", ExportKind::Masks),
+                ] {
+                    if ui
+                        .button(name)
+                        .on_hover_text("export the decoded masks and keypoints")
+                        .clicked()
+                    {
+                        self.pick_export(kind);
+                    }
+                }
+            }
             for (i, e) in self.session.history.iter().enumerate() {
                 let label = format!(
                     "{}: {}",

@@ -103,6 +103,8 @@ impl Settings {
 #[derive(Debug, Clone)]
 pub struct Entry {
     pub image: RgbImage,
+    /// What the overlays mean, when the instruction asked for masks, keypoints or a label.
+    pub decoded: Option<Box<crate::decode::Decoded>>,
     pub plan: EditPlan,
     pub seconds: f64,
     /// Seconds since the Unix epoch when it finished.
@@ -203,6 +205,7 @@ mod tests {
         };
         Entry {
             image: RgbImage::from_pixel(2, 2, image::Rgb([v; 3])),
+            decoded: None,
             plan,
             seconds: 0.0,
             finished_at: 0,
@@ -231,6 +234,37 @@ mod tests {
     }
 
     #[test]
+    fn mask_overlay_paints_instances_in_their_colours() {
+        use crate::decode::{parse::Kind, Decoded, Instance};
+        let mut mask = vec![false; 6];
+        mask[4] = true;
+        let d = Decoded {
+            kind: Kind::Segmentation,
+            width: 3,
+            height: 2,
+            instances: vec![Instance {
+                category: "cat".into(),
+                phrase: "the cat".into(),
+                color: [0, 0, 255],
+                mask,
+                area: 1,
+                bbox: [1.0, 1.0, 1.0, 1.0],
+                score: 1.0,
+            }],
+            keypoints: vec![],
+            label: None,
+        };
+        let img = mask_overlay(&d).unwrap();
+        assert_eq!(img.get_pixel(1, 1).0, [0, 0, 255, 255]);
+        assert_eq!(img.get_pixel(0, 0).0[3], 0);
+        assert!(mask_overlay(&Decoded {
+            instances: vec![],
+            ..d
+        })
+        .is_none());
+    }
+
+    #[test]
     fn seeds_and_prompt_history() {
         let mut st = Settings {
             seed_mode: SeedMode::Increment,
@@ -248,4 +282,68 @@ mod tests {
         st.remember_prompt("one");
         assert_eq!(st.prompt_history, ["one", "two"]);
     }
+}
+
+/// The overlay of decoded masks as an RGBA image (each instance in its colour at full alpha;
+/// the canvas applies the opacity), `None` when there is nothing to show.
+pub fn mask_overlay(d: &crate::decode::Decoded) -> Option<image::RgbaImage> {
+    if d.instances.is_empty() {
+        return None;
+    }
+    let mut img = image::RgbaImage::new(d.width as u32, d.height as u32);
+    for inst in &d.instances {
+        for (i, _) in inst.mask.iter().enumerate().filter(|(_, m)| **m) {
+            let [r, g, b] = inst.color;
+            img.put_pixel(
+                (i % d.width) as u32,
+                (i / d.width) as u32,
+                image::Rgba([r, g, b, 255]),
+            );
+        }
+    }
+    Some(img)
+}
+
+/// Which file an export writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExportKind {
+    Coco,
+    Labelme,
+    Masks,
+}
+
+/// Writes the decoded result of `entry` (atomically; `Masks` writes into the folder `path`).
+pub fn export(
+    kind: ExportKind,
+    path: &std::path::Path,
+    entry: &Entry,
+    source_name: &str,
+) -> anyhow::Result<()> {
+    use crate::export::{coco::Coco, labelme, masks};
+    let Some(d) = &entry.decoded else {
+        anyhow::bail!(
+            "this result has no masks or keypoints to export (the instruction was an edit)"
+        );
+    };
+    match kind {
+        ExportKind::Coco => {
+            let mut coco = Coco::default();
+            let id = coco.add_image(source_name, d.width, d.height);
+            coco.add_decoded(id, d);
+            crate::imageio::write_atomic(path, serde_json::to_string_pretty(&coco)?.as_bytes())?;
+        }
+        ExportKind::Labelme => {
+            let doc = labelme::document(d, source_name);
+            crate::imageio::write_atomic(path, serde_json::to_string_pretty(&doc)?.as_bytes())?;
+        }
+        ExportKind::Masks => {
+            let stem = std::path::Path::new(source_name)
+                .file_stem()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .to_string();
+            masks::write(d, path, &stem)?;
+        }
+    }
+    Ok(())
 }
