@@ -725,8 +725,7 @@ score {:.2}, area {} px",
         let size = tex.size_vec2();
         let scale = ((avail.x / panes - 8.0) / size.x)
             .min(avail.y / size.y)
-            .min(4.0)
-            .max(0.05);
+            .clamp(0.05, 4.0);
         ui.horizontal_centered(|ui| {
             let shown = ui
                 .add(egui::Image::from_texture((tex.id(), size * scale)))
