@@ -371,10 +371,21 @@ fn full_disk_loses_nothing() {
 }
 
 #[test]
-fn no_subcommand_prints_help() {
-    let o = run_bin(&[]);
+fn help_lists_the_subcommands_and_the_editor_needs_a_display() {
+    let o = run_bin(&["--help"]);
     assert!(o.status.success());
-    assert!(String::from_utf8_lossy(&o.stdout).contains("edit"));
+    let help = String::from_utf8_lossy(&o.stdout);
+    for sub in ["edit", "decode", "annotate", "train", "bench"] {
+        assert!(help.contains(sub), "{help}");
+    }
+    // No subcommand opens the editor; without a display that is a clear error, not a hang.
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_instructdiffusion"))
+        .env_remove("DISPLAY")
+        .env_remove("WAYLAND_DISPLAY")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("display"), "{}", stderr(&o));
 }
 
 /// `edit` on the single-file layouts (with `--config`) and on a hub id (through `HF_ENDPOINT`

@@ -70,6 +70,8 @@ pub struct EditorApp {
     pub show_overlays: bool,
     pub overlay_opacity: f32,
     overlay: Option<(TextureHandle, usize)>,
+    /// The source for side-by-side view (made once per opened image).
+    source_tex: Option<TextureHandle>,
     worker: Worker,
     next_job: u64,
     canvas: Option<(TextureHandle, (usize, usize, bool))>,
@@ -107,6 +109,7 @@ impl EditorApp {
             show_overlays: true,
             overlay_opacity: 0.5,
             overlay: None,
+            source_tex: None,
             worker,
             next_job: 1,
             canvas: None,
@@ -155,6 +158,8 @@ impl EditorApp {
         });
         self.session.open(path, img);
         self.canvas = None;
+        self.source_tex = None;
+        self.overlay = None;
     }
 
     fn error(&mut self, text: String) {
@@ -743,7 +748,7 @@ score {:.2}, area {} px",
                         .on_hover_text("live preview of the edit");
                 }
             } else if self.side_by_side {
-                if let Some(src) = &self.session.source {
+                if let (None, Some(src)) = (&self.source_tex, &self.session.source) {
                     let color = ColorImage::from_rgb(
                         [src.width() as usize, src.height() as usize],
                         src.as_raw(),
@@ -751,6 +756,9 @@ score {:.2}, area {} px",
                     let t = ui
                         .ctx()
                         .load_texture("source", color, TextureOptions::LINEAR);
+                    self.source_tex = Some(t);
+                }
+                if let Some(t) = &self.source_tex {
                     ui.add(egui::Image::from_texture((t.id(), size * scale)))
                         .on_hover_text("source");
                 }
