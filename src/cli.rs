@@ -51,6 +51,8 @@ pub enum Command {
     Decode(DecodeArgs),
     /// Run one instruction over a folder of images and write one COCO file (resumable).
     Annotate(AnnotateArgs),
+    /// Score a model per task on held-out procedural samples (masks and keypoints decoded).
+    Eval(EvalArgs),
     /// Time each stage of an edit (text encode, VAE, one guided UNet step, a whole edit).
     Bench(BenchArgs),
 }
@@ -234,6 +236,26 @@ pub struct AnnotateArgs {
     pub max_pixels: u64,
 }
 
+#[derive(Args, Debug, Clone)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Samples per task family.
+    #[arg(long, default_value_t = 50)]
+    pub per_task: usize,
+    /// Scene size in pixels (the built-in model's is 128).
+    #[arg(long, default_value_t = 128)]
+    pub size: u32,
+    /// Only these task families (comma-separated names, e.g. keypoints,remove).
+    #[arg(long, value_delimiter = ',')]
+    pub tasks: Vec<String>,
+    /// Also write the report as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+}
+
 /// How to sample (each defaults to the model's own setting).
 #[derive(Args, Debug, Clone)]
 pub struct SamplingArgs {
@@ -289,6 +311,7 @@ pub fn main() -> ExitCode {
         Some(Command::Bench(args)) => run_bench(&args),
         Some(Command::Decode(args)) => run_decode(&args),
         Some(Command::Annotate(args)) => run_annotate(&args),
+        Some(Command::Eval(args)) => run_eval(&args),
         None => crate::app::run(crate::app::Options {
             image: cli.image,
             model: cli.model,
@@ -644,6 +667,63 @@ fn run_decode(args: &DecodeArgs) -> anyhow::Result<()> {
                 _ => "masks",
             }
         );
+    }
+    Ok(())
+}
+
+fn run_eval(args: &EvalArgs) -> anyhow::Result<()> {
+    use crate::tasks::Task;
+    let tasks = if args.tasks.is_empty() {
+        Task::ALL.to_vec()
+    } else {
+        args.tasks
+            .iter()
+            .map(|n| {
+                Task::ALL
+                    .iter()
+                    .copied()
+                    .find(|t| t.name() == n.trim())
+                    .ok_or_else(|| {
+                        let names: Vec<_> = Task::ALL.iter().map(|t| t.name()).collect();
+                        anyhow::anyhow!(
+                            "unknown task '{n}'; the families are: {}",
+                            names.join(", ")
+                        )
+                    })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?
+    };
+    if args.per_task == 0 || args.size < 64 {
+        anyhow::bail!("--per-task must be at least 1 and --size at least 64");
+    }
+    let model = load_model(&args.model)?;
+    let request = args.sampling.request("");
+    let plan = crate::eval::EvalPlan {
+        per_task: args.per_task,
+        size: args.size,
+        tasks,
+        request: request.clone(),
+    };
+    let bar = indicatif::ProgressBar::new((plan.per_task * plan.tasks.len()) as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} samples {elapsed_precise} eta {eta} {msg}",
+        )
+        .expect("static template"),
+    );
+    let report = crate::eval::run(
+        &plan,
+        &model.source,
+        |s| crate::eval::edit_answer(&model, &request, s),
+        |task, _| {
+            bar.set_message(task.name());
+            bar.inc(1);
+        },
+    )?;
+    bar.finish_and_clear();
+    print!("{}", crate::eval::table(&report));
+    if let Some(path) = &args.json {
+        imageio::write_atomic(path, serde_json::to_string_pretty(&report)?.as_bytes())?;
     }
     Ok(())
 }

@@ -17,6 +17,7 @@ pub mod bench;
 pub mod cli;
 pub mod data;
 pub mod decode;
+pub mod eval;
 pub mod export;
 pub mod imageio;
 pub mod model;

@@ -485,3 +485,48 @@ fn bench_reports_every_stage() {
     assert!(stderr(&o).contains("median s"));
     fails_with(&["bench", "--random", "sd3"], "unknown architecture 'sd3'");
 }
+
+#[test]
+fn eval_prints_and_writes_a_table_per_task() {
+    let tmp = tempdir();
+    let json = tmp.path().join("eval.json");
+    let o = run_bin(&[
+        "eval",
+        "--model",
+        &tiny_model(),
+        "--per-task",
+        "1",
+        "--size",
+        "128",
+        "--tasks",
+        "keypoints,remove,denoise,referring_segmentation",
+        "--steps",
+        "1",
+        "--seed",
+        "3",
+        "--json",
+        &json.display().to_string(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let table = String::from_utf8_lossy(&o.stdout);
+    for needle in [
+        "keypoints",
+        "PCK@0.1",
+        "remove",
+        "success",
+        "denoise",
+        "gain dB",
+        "cIoU",
+    ] {
+        assert!(table.contains(needle), "{table}");
+    }
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report["rows"].as_array().unwrap().len(), 4);
+    let o = run_bin(&["eval", "--model", &tiny_model(), "--tasks", "juggling"]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("unknown task 'juggling'"),
+        "{}",
+        stderr(&o)
+    );
+}

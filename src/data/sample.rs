@@ -40,6 +40,8 @@ pub struct Truth {
     pub phrase: Option<String>,
     pub mask_color: Option<[u8; 3]>,
     pub keypoints: Vec<Keypoint>,
+    /// The size of the object the keypoints belong to (a person's height, px): PCK's scale.
+    pub object_size: Option<f32>,
 }
 
 /// One (source, instruction, target) triple.
@@ -321,6 +323,7 @@ fn referring_segmentation(rng: &mut ChaCha8Rng, size: u32, task: Task) -> Option
             phrase: Some(target),
             mask_color: Some(color.rgb),
             keypoints: vec![],
+            object_size: None,
         },
     ))
 }
@@ -373,6 +376,7 @@ fn semantic_segmentation(rng: &mut ChaCha8Rng, size: u32, task: Task) -> Option<
             phrase: Some(phrase),
             mask_color: Some(color.rgb),
             keypoints: vec![],
+            object_size: None,
         },
     ))
 }
@@ -446,6 +450,7 @@ fn keypoints(rng: &mut ChaCha8Rng, size: u32, task: Task) -> Option<Posed> {
             phrase: Some(owner),
             mask_color: None,
             keypoints: kps,
+            object_size: Some(person.head_radius / 0.09),
         },
     ))
 }
