@@ -315,6 +315,7 @@ pub fn main() -> ExitCode {
         None => crate::app::run(crate::app::Options {
             image: cli.image,
             model: cli.model,
+            session_dir: None,
         }),
     };
     match result {

@@ -13,9 +13,19 @@ use instructdiffusion::app::{EditorApp, Options};
 use util::tiny;
 
 fn editor() -> Harness<'static, EditorApp> {
+    // Each test keeps its crash-safe session in its own folder (leaked: it outlives the harness).
+    let session = Box::leak(Box::new(util::tempdir()));
+    editor_with(Some(tiny().join("input.png")), session.path().to_path_buf())
+}
+
+fn editor_with(
+    image: Option<std::path::PathBuf>,
+    session_dir: std::path::PathBuf,
+) -> Harness<'static, EditorApp> {
     let options = Options {
-        image: Some(tiny().join("input.png")),
+        image,
         model: Some(tiny().join("diffusers").display().to_string()),
+        session_dir: Some(session_dir),
     };
     let mut h = Harness::builder()
         .with_size([1200.0, 800.0])
@@ -189,4 +199,39 @@ fn mask_instructions_are_decoded_shown_and_exported() {
         .unwrap()
         .text
         .contains("no masks or keypoints"));
+}
+
+#[test]
+fn the_session_survives_a_restart() {
+    let dir = util::tempdir();
+    let mut h = editor_with(Some(tiny().join("input.png")), dir.path().to_path_buf());
+    set_steps(&mut h, 1);
+    h.state_mut().prompt = "make it snow".into();
+    h.get_by_label("Run").click();
+    wait(&mut h, "the edit", |a| a.session.history.len() == 1);
+    let result = h.state().session.current().unwrap().clone();
+    // The session file is written off the UI thread; wait for its index to list the result.
+    let t0 = Instant::now();
+    while !std::fs::read_to_string(dir.path().join("session.json"))
+        .is_ok_and(|s| s.contains("make it snow"))
+    {
+        assert!(t0.elapsed() < Duration::from_secs(30), "no session file");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(h); // as if the app had been killed
+    let h = editor_with(None, dir.path().to_path_buf());
+    let app = h.state();
+    assert_eq!(app.session.history.len(), 1);
+    assert!(
+        app.session.current().unwrap() == &result,
+        "the result is back"
+    );
+    assert_eq!(
+        app.session.source_path.as_deref(),
+        Some(tiny().join("input.png").as_path())
+    );
+    assert!(
+        app.session.unsaved,
+        "restored results still count as unsaved"
+    );
 }

@@ -13,7 +13,7 @@ use eframe::egui::{
 };
 use image::RgbImage;
 
-use self::state::{Activity, Entry, ExportKind, SeedMode, Session, Settings};
+use self::state::{Activity, Entry, ExportKind, SeedMode, Session, SessionFile, Settings};
 use crate::imageio;
 use crate::model::meta::GuidanceFormula;
 use crate::sample::samplers::Sampler;
@@ -28,6 +28,8 @@ pub struct Options {
     pub image: Option<PathBuf>,
     /// Overrides the remembered model.
     pub model: Option<String>,
+    /// Where the crash-safe session lives (default: the app's data folder).
+    pub session_dir: Option<PathBuf>,
 }
 
 /// Opens the editor window; returns when it is closed.
@@ -72,6 +74,10 @@ pub struct EditorApp {
     overlay: Option<(TextureHandle, usize)>,
     /// The source for side-by-side view (made once per opened image).
     source_tex: Option<TextureHandle>,
+    session_file: Option<SessionFile>,
+    /// The close button was pressed with unsaved results: asking.
+    pub confirm_close: bool,
+    allow_close: bool,
     worker: Worker,
     next_job: u64,
     canvas: Option<(TextureHandle, (usize, usize, bool))>,
@@ -110,6 +116,13 @@ impl EditorApp {
             overlay_opacity: 0.5,
             overlay: None,
             source_tex: None,
+            session_file: options
+                .session_dir
+                .clone()
+                .or_else(|| eframe::storage_dir("instructdiffusion").map(|d| d.join("session")))
+                .map(|dir| SessionFile { dir }),
+            confirm_close: false,
+            allow_close: false,
             worker,
             next_job: 1,
             canvas: None,
@@ -119,8 +132,38 @@ impl EditorApp {
         app.load_model();
         if let Some(path) = options.image {
             app.open_path(&path);
+        } else if let Some(file) = &app.session_file {
+            match file.load() {
+                Ok(Some(session)) if session.source.is_some() => {
+                    app.notice = Some(Notice {
+                        text: format!(
+                            "restored the last session ({} results)",
+                            session.history.len()
+                        ),
+                        error: false,
+                    });
+                    app.session = session;
+                }
+                Ok(_) => {}
+                Err(e) => app.error(format!("the last session could not be restored: {e}")),
+            }
         }
         app
+    }
+
+    /// Writes the crash-safe copy of the session, off the UI thread.
+    fn persist_session(&self) {
+        if let Some(file) = self.session_file.clone() {
+            let session = self.session.clone();
+            std::thread::spawn(move || {
+                if let Err(e) = file.save(&session) {
+                    eprintln!(
+                        "warning: could not write the session file in '{}': {e}",
+                        file.dir.display()
+                    );
+                }
+            });
+        }
     }
 
     /// Asks the worker to load the model named in the settings.
@@ -157,6 +200,7 @@ impl EditorApp {
             error: false,
         });
         self.session.open(path, img);
+        self.persist_session();
         self.canvas = None;
         self.source_tex = None;
         self.overlay = None;
@@ -320,6 +364,7 @@ impl EditorApp {
                         seconds,
                         finished_at,
                     });
+                    self.persist_session();
                     self.canvas = None;
                     self.overlay = None;
                 }
@@ -524,6 +569,41 @@ score {:.2}, area {} px",
         }
     }
 
+    /// Closing with unsaved results asks first (they also stay in the recovered session).
+    fn close_guard(&mut self, ctx: &egui::Context) {
+        if ctx.input(|i| i.viewport().close_requested())
+            && self.session.unsaved
+            && !self.allow_close
+        {
+            ctx.send_viewport_cmd(egui::ViewportCommand::CancelClose);
+            self.confirm_close = true;
+        }
+        if !self.confirm_close {
+            return;
+        }
+        egui::Window::new("Unsaved results")
+            .collapsible(false)
+            .resizable(false)
+            .anchor(egui::Align2::CENTER_CENTER, egui::vec2(0.0, 0.0))
+            .show(ctx, |ui| {
+                ui.label("Some results are not saved. They stay in the recovered session, but not in a file of yours.");
+                ui.horizontal(|ui| {
+                    if ui.button("Save as...").clicked() {
+                        self.confirm_close = false;
+                        self.pick_save();
+                    }
+                    if ui.button("Close without saving").clicked() {
+                        self.allow_close = true;
+                        self.confirm_close = false;
+                        ctx.send_viewport_cmd(egui::ViewportCommand::Close);
+                    }
+                    if ui.button("Keep editing").clicked() {
+                        self.confirm_close = false;
+                    }
+                });
+            });
+    }
+
     fn pick_open(&self) {
         let tx = self.dialogs.0.clone();
         std::thread::spawn(move || {
@@ -583,6 +663,23 @@ score {:.2}, area {} px",
             self.cancel();
         }
         self.show_before = ctx.input(|i| i.key_down(Key::B)) && !ctx.egui_wants_keyboard_input();
+        let pasted = ctx.input(|i| {
+            i.events.iter().find_map(|e| match e {
+                egui::Event::PasteImage(img) => Some(img.clone()),
+                _ => None,
+            })
+        });
+        if let Some(img) = pasted {
+            let [w, h] = img.size;
+            let rgb: Vec<u8> = img
+                .pixels
+                .iter()
+                .flat_map(|c| [c.r(), c.g(), c.b()])
+                .collect();
+            if let Some(rgb) = RgbImage::from_raw(w as u32, h as u32, rgb) {
+                self.open_image(None, rgb);
+            }
+        }
         let dropped: Vec<PathBuf> = ctx.input(|i| {
             i.raw
                 .dropped_files
@@ -1008,6 +1105,7 @@ impl eframe::App for EditorApp {
             });
         egui::Panel::bottom("controls").show(ui, |ui| self.bottom(ui));
         egui::CentralPanel::default().show(ui, |ui| self.canvas(ui));
+        self.close_guard(&ctx);
         if self.is_busy() {
             ctx.request_repaint_after(Duration::from_millis(100));
         }

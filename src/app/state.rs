@@ -347,3 +347,174 @@ pub fn export(
     }
     Ok(())
 }
+
+/// The crash-safe copy of the editing session: the source and every result as PNG plus a
+/// `session.json`, rewritten (atomically) after each result, so a crash or a kill loses nothing;
+/// the next start restores it. Decoded overlays are not kept (re-run to get them back).
+#[derive(Debug, Clone)]
+pub struct SessionFile {
+    pub dir: PathBuf,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SessionJson {
+    source_path: Option<PathBuf>,
+    cursor: usize,
+    entries: Vec<EntryJson>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct EntryJson {
+    file: String,
+    plan: serde_json::Value,
+    seconds: f64,
+    finished_at: u64,
+}
+
+impl SessionFile {
+    /// Writes what is not on disk yet, then the index.
+    pub fn save(&self, s: &Session) -> anyhow::Result<()> {
+        let Some(source) = &s.source else {
+            return Ok(());
+        };
+        std::fs::create_dir_all(&self.dir)?;
+        let write_png = |name: &str, img: &RgbImage, always: bool| -> anyhow::Result<()> {
+            let path = self.dir.join(name);
+            if always || !path.exists() {
+                crate::imageio::save(img, &path, &[])?;
+            }
+            Ok(())
+        };
+        // A new session replaces the old one's files.
+        let index = self.dir.join("session.json");
+        if s.history.is_empty() {
+            for e in std::fs::read_dir(&self.dir)?.flatten() {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        write_png("source.png", source, false)?;
+        let mut entries = vec![];
+        for (i, e) in s.history.iter().enumerate() {
+            let file = format!("result_{:04}_{}.png", i + 1, e.finished_at);
+            write_png(&file, &e.image, i + 1 == s.history.len())?;
+            entries.push(EntryJson {
+                file,
+                plan: serde_json::to_value(&e.plan)?,
+                seconds: e.seconds,
+                finished_at: e.finished_at,
+            });
+        }
+        let json = SessionJson {
+            source_path: s.source_path.clone(),
+            cursor: s.cursor,
+            entries,
+        };
+        crate::imageio::write_atomic(&index, serde_json::to_string_pretty(&json)?.as_bytes())?;
+        Ok(())
+    }
+
+    /// The saved session, if there is one (a damaged one is an error the caller reports).
+    pub fn load(&self) -> anyhow::Result<Option<Session>> {
+        let index = self.dir.join("session.json");
+        let Ok(text) = std::fs::read_to_string(&index) else {
+            return Ok(None);
+        };
+        let json: SessionJson = serde_json::from_str(&text)?;
+        let read = |name: &str| -> anyhow::Result<RgbImage> {
+            Ok(crate::imageio::load_rgb(&self.dir.join(name), u64::MAX)?)
+        };
+        let mut history = vec![];
+        for e in json.entries {
+            history.push(Entry {
+                image: read(&e.file)?,
+                decoded: None,
+                plan: plan_from_json(e.plan)?,
+                seconds: e.seconds,
+                finished_at: e.finished_at,
+            });
+        }
+        Ok(Some(Session {
+            source_path: json.source_path,
+            source: Some(read("source.png")?),
+            cursor: json.cursor.min(history.len()),
+            history,
+            unsaved: true,
+        }))
+    }
+}
+
+fn plan_from_json(v: serde_json::Value) -> anyhow::Result<EditPlan> {
+    let g = |k: &str| v.get(k).cloned().unwrap_or(serde_json::Value::Null);
+    Ok(EditPlan {
+        prompt: serde_json::from_value(g("prompt"))?,
+        steps: serde_json::from_value(g("steps"))?,
+        text_cfg: serde_json::from_value(g("text_cfg"))?,
+        image_cfg: serde_json::from_value(g("image_cfg"))?,
+        sampler: serde_json::from_value(g("sampler"))?,
+        guidance: serde_json::from_value(g("guidance"))?,
+        seed: serde_json::from_value(g("seed"))?,
+        resolution: serde_json::from_value(g("resolution"))?,
+        keep_model_resolution: serde_json::from_value(g("keep_model_resolution"))?,
+    })
+}
+
+#[cfg(test)]
+mod session_file_tests {
+    use super::*;
+
+    #[test]
+    fn a_session_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = SessionFile {
+            dir: dir.path().join("s"),
+        };
+        assert!(file.load().unwrap().is_none());
+        let mut s = Session::default();
+        s.open(
+            Some("/photos/cat.png".into()),
+            RgbImage::from_pixel(3, 2, image::Rgb([9, 8, 7])),
+        );
+        file.save(&s).unwrap();
+        let plan = EditPlan {
+            prompt: "make it snow".into(),
+            steps: 20,
+            text_cfg: 5.0,
+            image_cfg: 1.25,
+            sampler: Sampler::EulerAncestral,
+            guidance: GuidanceFormula::InstructDiffusion,
+            seed: 42,
+            resolution: 256,
+            keep_model_resolution: false,
+        };
+        for v in [1u8, 2] {
+            s.push(Entry {
+                image: RgbImage::from_pixel(3, 2, image::Rgb([v; 3])),
+                decoded: None,
+                plan: plan.clone(),
+                seconds: 1.5,
+                finished_at: v as u64,
+            });
+            file.save(&s).unwrap();
+        }
+        s.undo();
+        file.save(&s).unwrap();
+        let back = file.load().unwrap().unwrap();
+        assert_eq!(back.source, s.source);
+        assert_eq!(back.source_path, s.source_path);
+        assert_eq!(back.cursor, 1);
+        assert_eq!(back.history.len(), 2);
+        assert_eq!(back.history[1].image, s.history[1].image);
+        assert_eq!(back.history[0].plan, plan);
+        // Opening a new image starts a new session file.
+        let mut fresh = Session::default();
+        fresh.open(None, RgbImage::from_pixel(1, 1, image::Rgb([0; 3])));
+        file.save(&fresh).unwrap();
+        let back = file.load().unwrap().unwrap();
+        assert!(back.history.is_empty());
+        assert_eq!(
+            std::fs::read_dir(&file.dir).unwrap().count(),
+            2,
+            "old results removed"
+        );
+    }
+}
