@@ -716,36 +716,30 @@ score {:.2}, area {} px",
         ui.heading("Sampling");
         let s = &mut self.settings;
         egui::Grid::new("sampling").num_columns(2).show(ui, |ui| {
-            let l = ui.label("Steps");
-            ui.add(egui::DragValue::new(&mut s.steps).range(1..=200))
-                .labelled_by(l.id);
-            ui.end_row();
-            let l = ui.label("Text guidance");
-            ui.add(
+            labelled_row(
+                ui,
+                "Steps",
+                egui::DragValue::new(&mut s.steps).range(1..=200),
+            );
+            labelled_row(
+                ui,
+                "Text guidance",
                 egui::DragValue::new(&mut s.text_cfg)
                     .range(0.0..=30.0)
                     .speed(0.05),
-            )
-            .labelled_by(l.id);
-            ui.end_row();
-            let l = ui.label("Image guidance");
-            ui.add(
+            );
+            labelled_row(
+                ui,
+                "Image guidance",
                 egui::DragValue::new(&mut s.image_cfg)
                     .range(0.0..=10.0)
                     .speed(0.05),
-            )
-            .labelled_by(l.id);
-            ui.end_row();
+            );
             let l = ui.label("Sampler");
             egui::ComboBox::from_id_salt("sampler")
                 .selected_text(s.sampler.a1111_name())
                 .show_ui(ui, |ui| {
-                    for v in [
-                        Sampler::EulerAncestral,
-                        Sampler::Euler,
-                        Sampler::Heun,
-                        Sampler::DpmPp2M,
-                    ] {
+                    for v in Sampler::ALL {
                         ui.selectable_value(&mut s.sampler, v, v.a1111_name());
                     }
                 })
@@ -763,9 +757,7 @@ score {:.2}, area {} px",
                 .response
                 .labelled_by(l.id);
             ui.end_row();
-            let l = ui.label("Seed");
-            ui.add(egui::DragValue::new(&mut s.seed)).labelled_by(l.id);
-            ui.end_row();
+            labelled_row(ui, "Seed", egui::DragValue::new(&mut s.seed));
             ui.label("Seed mode");
             ui.horizontal(|ui| {
                 ui.selectable_value(&mut s.seed_mode, SeedMode::Random, "random");
@@ -773,14 +765,13 @@ score {:.2}, area {} px",
                 ui.selectable_value(&mut s.seed_mode, SeedMode::Increment, "+1");
             });
             ui.end_row();
-            let l = ui.label("Resolution");
-            ui.add(
+            labelled_row(
+                ui,
+                "Resolution",
                 egui::DragValue::new(&mut s.resolution)
                     .range(64..=1024)
                     .speed(64.0),
-            )
-            .labelled_by(l.id);
-            ui.end_row();
+            );
         });
         s.resolution = (s.resolution / 64).max(1) * 64;
         ui.separator();
@@ -1057,6 +1048,13 @@ score {:.2}, area {} px",
             });
         });
     }
+}
+
+/// A grid row: a label and the widget it names (for screen readers and tests).
+fn labelled_row(ui: &mut egui::Ui, label: &str, widget: impl egui::Widget) {
+    let l = ui.label(label);
+    ui.add(widget).labelled_by(l.id);
+    ui.end_row();
 }
 
 /// Instruction presets with the per-task guidance values (NOTES.md).
