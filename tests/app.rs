@@ -235,3 +235,15 @@ fn the_session_survives_a_restart() {
         "restored results still count as unsaved"
     );
 }
+
+#[test]
+fn a_pasted_image_opens() {
+    let mut h = editor();
+    let img = egui::ColorImage::filled([5, 3], egui::Color32::from_rgb(10, 200, 30));
+    h.event(egui::Event::PasteImage(std::sync::Arc::new(img)));
+    h.run_steps(2);
+    let src = h.state().session.source.as_ref().unwrap();
+    assert_eq!(src.dimensions(), (5, 3));
+    assert_eq!(src.get_pixel(4, 2).0, [10, 200, 30]);
+    assert!(h.state().session.source_path.is_none());
+}
