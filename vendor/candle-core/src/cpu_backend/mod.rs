@@ -1478,7 +1478,10 @@ impl Map2 for MatMul {
         let dst_rs = dst_strides[0];
         let dst_cs = dst_strides[1];
 
-        let mut dst = vec![T::zero(); b * m * n];
+        // instructdiffusion's patch: gemm overwrites every element (read_dst = false), so the
+        // output is not zero-filled first unless there is nothing to multiply (k = 0).
+        let len = b * m * n;
+        let mut dst: Vec<T> = if k == 0 { vec![T::zero(); len] } else { Vec::with_capacity(len) };
         let num_threads = crate::utils::get_num_threads();
         let parallelism = if num_threads > 1 {
             Parallelism::Rayon(num_threads)
@@ -1500,15 +1503,19 @@ impl Map2 for MatMul {
             (b, m, n, k)
         };
         for step in 0..b {
+            if k == 0 {
+                break;
+            }
             let lhs_p = &lhs[step * a_skip..];
             let rhs_p = &rhs[step * b_skip..];
-            let dst_p = &mut dst[step * c_skip..];
+            // Within the allocation: step * c_skip + m * n <= len.
+            let dst_p = unsafe { dst.as_mut_ptr().add(step * c_skip) };
             unsafe {
                 gemm(
                     /* m: usize = */ m,
                     /* n: usize = */ n,
                     /* k: usize = */ k,
-                    /* dst: *mut T = */ dst_p.as_mut_ptr(),
+                    /* dst: *mut T = */ dst_p,
                     /* dst_cs: isize = */ dst_cs as isize,
                     /* dst_rs: isize = */ dst_rs as isize,
                     /* read_dst: bool = */ false,
@@ -1526,6 +1533,10 @@ impl Map2 for MatMul {
                     parallelism,
                 )
             }
+        }
+        if k != 0 {
+            // Every element was written by gemm above.
+            unsafe { dst.set_len(len) };
         }
         Ok(dst)
     }
