@@ -77,10 +77,12 @@ pub struct EditorApp {
     session_file: Option<SessionFile>,
     /// The close button was pressed with unsaved results: asking.
     pub confirm_close: bool,
+    /// Canvas scale (1.0 = one image pixel per screen point); `None` fits the window.
+    pub zoom: Option<f32>,
     allow_close: bool,
     worker: Worker,
     next_job: u64,
-    canvas: Option<(TextureHandle, (usize, usize, bool))>,
+    canvas: Option<(TextureHandle, (usize, usize, bool, bool))>,
     preview: Option<TextureHandle>,
     dialogs: (Sender<DialogResult>, Receiver<DialogResult>),
 }
@@ -122,6 +124,7 @@ impl EditorApp {
                 .or_else(|| eframe::storage_dir("instructdiffusion").map(|d| d.join("session")))
                 .map(|dir| SessionFile { dir }),
             confirm_close: false,
+            zoom: None,
             allow_close: false,
             worker,
             next_job: 1,
@@ -792,7 +795,16 @@ score {:.2}, area {} px",
             return;
         };
         let show_source = self.show_before && self.session.cursor > 0;
-        let key = (self.session.cursor, self.session.history.len(), show_source);
+        // Magnified pixels are drawn as crisp squares (nearest), smaller ones smoothly.
+        let magnified = self
+            .zoom
+            .is_some_and(|z| z * ui.ctx().pixels_per_point() >= 2.0);
+        let key = (
+            self.session.cursor,
+            self.session.history.len(),
+            show_source,
+            magnified,
+        );
         if self.canvas.as_ref().map(|c| c.1) != Some(key) {
             let img = if show_source {
                 self.session.source.as_ref().unwrap()
@@ -801,11 +813,12 @@ score {:.2}, area {} px",
             };
             let color =
                 ColorImage::from_rgb([img.width() as usize, img.height() as usize], img.as_raw());
-            self.canvas = Some((
-                ui.ctx()
-                    .load_texture("canvas", color, TextureOptions::LINEAR),
-                key,
-            ));
+            let options = if magnified {
+                TextureOptions::NEAREST
+            } else {
+                TextureOptions::LINEAR
+            };
+            self.canvas = Some((ui.ctx().load_texture("canvas", color, options), key));
         }
         let tex = self.canvas.as_ref().unwrap().0.clone();
         let avail = ui.available_size();
@@ -816,12 +829,40 @@ score {:.2}, area {} px",
             1.0
         };
         let size = tex.size_vec2();
-        let scale = ((avail.x / panes - 8.0) / size.x)
+        let fit = ((avail.x / panes - 8.0) / size.x)
             .min(avail.y / size.y)
             .clamp(0.05, 4.0);
+        // Ctrl + wheel (or a pinch) over the canvas zooms; the scroll bars and dragging pan.
+        let zoom_delta = ui.input(|i| i.zoom_delta());
+        if zoom_delta != 1.0 && ui.rect_contains_pointer(ui.max_rect()) {
+            self.zoom = Some((self.zoom.unwrap_or(fit) * zoom_delta).clamp(0.05, 32.0));
+        }
+        let scale = self.zoom.unwrap_or(fit);
+        egui::ScrollArea::both()
+            .scroll_source(if self.zoom.is_some() {
+                egui::containers::scroll_area::ScrollSource::ALL
+            } else {
+                egui::containers::scroll_area::ScrollSource::SCROLL_BAR
+            })
+            .auto_shrink(false)
+            .show(ui, |ui| {
+                self.canvas_images(ui, &tex, size, scale, show_source, editing)
+            });
+    }
+
+    fn canvas_images(
+        &mut self,
+        ui: &mut egui::Ui,
+        tex: &TextureHandle,
+        size: egui::Vec2,
+        scale: f32,
+        show_source: bool,
+        editing: bool,
+    ) {
+        let texture = egui::load::SizedTexture::new(tex.id(), size * scale);
         ui.horizontal_centered(|ui| {
             let shown = ui
-                .add(egui::Image::from_texture((tex.id(), size * scale)))
+                .add(egui::Image::from_texture(texture))
                 .on_hover_text(if show_source {
                     "before (release B)"
                 } else {
@@ -944,6 +985,21 @@ score {:.2}, area {} px",
                 self.session.redo();
             }
             ui.checkbox(&mut self.side_by_side, "Side by side");
+            if ui
+                .selectable_label(self.zoom.is_none(), "Fit")
+                .on_hover_text("fit the window")
+                .clicked()
+            {
+                self.zoom = None;
+            }
+            let one = 1.0 / ui.ctx().pixels_per_point();
+            if ui
+                .selectable_label(self.zoom == Some(one), "1:1")
+                .on_hover_text("one image pixel per screen pixel; Ctrl+wheel zooms, drag pans")
+                .clicked()
+            {
+                self.zoom = Some(one);
+            }
             if self.current_decoded().is_some() {
                 ui.checkbox(&mut self.show_overlays, "Overlays");
                 let l = ui.label("Opacity");
