@@ -404,7 +404,9 @@ fn edit_works_on_every_layout() {
     let (endpoint, _) = serve_hub(tiny().join("diffusers"), 100);
     let hf_home = tmp.path().join("hf");
     let config = tiny().join("diffusers").display().to_string();
-    let cases: Vec<(String, Vec<String>, Vec<(&str, String)>)> = vec![
+    // (model, extra arguments, environment)
+    type Case<'a> = (String, Vec<String>, Vec<(&'a str, String)>);
+    let cases: Vec<Case> = vec![
         (
             tiny().join("ldm.safetensors").display().to_string(),
             vec!["--config".into(), config.clone()],
