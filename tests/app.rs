@@ -247,3 +247,33 @@ fn a_pasted_image_opens() {
     assert_eq!(src.get_pixel(4, 2).0, [10, 200, 30]);
     assert!(h.state().session.source_path.is_none());
 }
+
+#[test]
+fn variants_run_with_consecutive_seeds_and_one_is_picked() {
+    let mut h = editor();
+    set_steps(&mut h, 1);
+    {
+        let s = &mut h.state_mut().settings;
+        s.variants = 3;
+        s.seed_mode = instructdiffusion::app::state::SeedMode::Fixed;
+        s.seed = 10;
+    }
+    h.state_mut().prompt = "make it snow".into();
+    h.get_by_label("Run").click();
+    wait(&mut h, "three variants", |a| {
+        a.variants.len() == 3 && matches!(a.activity, Activity::Idle)
+    });
+    h.run_steps(3);
+    let seeds: Vec<u64> = h.state().variants.iter().map(|e| e.plan.seed).collect();
+    assert_eq!(seeds, [10, 11, 12]);
+    assert!(
+        h.state().session.history.is_empty(),
+        "variants wait to be picked"
+    );
+    h.get_by_label("Variant 2 (seed 11)").click();
+    h.run_steps(2);
+    let app = h.state();
+    assert!(app.variants.is_empty());
+    assert_eq!(app.session.history.len(), 1);
+    assert_eq!(app.session.history[0].plan.seed, 11);
+}

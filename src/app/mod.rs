@@ -16,6 +16,7 @@ use image::RgbImage;
 use self::state::{Activity, Entry, ExportKind, SeedMode, Session, SessionFile, Settings};
 use crate::imageio;
 use crate::model::meta::GuidanceFormula;
+use crate::sample::pipeline::EditRequest;
 use crate::sample::samplers::Sampler;
 use crate::worker::{Command, Event, Worker};
 
@@ -79,6 +80,11 @@ pub struct EditorApp {
     pub confirm_close: bool,
     /// Canvas scale (1.0 = one image pixel per screen point); `None` fits the window.
     pub zoom: Option<f32>,
+    /// Finished variants waiting to be picked.
+    pub variants: Vec<Entry>,
+    variant_tex: Vec<TextureHandle>,
+    queue: Vec<(RgbImage, EditRequest)>,
+    collecting: bool,
     allow_close: bool,
     worker: Worker,
     next_job: u64,
@@ -125,6 +131,10 @@ impl EditorApp {
                 .map(|dir| SessionFile { dir }),
             confirm_close: false,
             zoom: None,
+            variants: vec![],
+            variant_tex: vec![],
+            queue: vec![],
+            collecting: false,
             allow_close: false,
             worker,
             next_job: 1,
@@ -230,11 +240,29 @@ impl EditorApp {
         if self.is_busy() {
             return;
         }
-        let job = self.next_job;
-        self.next_job += 1;
         let random = rand::random::<u32>() as u64;
         let request = self.settings.next_request(&self.prompt, random);
         self.settings.remember_prompt(&self.prompt);
+        let n = self.settings.variants.max(1);
+        // Variants: the same request with consecutive seeds, run one after another; the
+        // results wait in a picker instead of the history.
+        self.variants.clear();
+        self.variant_tex.clear();
+        self.queue = (1..n as u64)
+            .rev()
+            .map(|i| {
+                let mut r = request.clone();
+                r.seed = r.seed.map(|s| s.wrapping_add(i));
+                (image.clone(), r)
+            })
+            .collect();
+        self.collecting = n > 1;
+        self.start_job(image, request);
+    }
+
+    fn start_job(&mut self, image: RgbImage, request: EditRequest) {
+        let job = self.next_job;
+        self.next_job += 1;
         self.worker.send(Command::Edit {
             job,
             image,
@@ -248,6 +276,58 @@ impl EditorApp {
             previews: 0,
             cancelling: false,
         };
+    }
+
+    fn variant_picker(&mut self, ui: &mut egui::Ui) {
+        if self.variant_tex.len() != self.variants.len() {
+            self.variant_tex = self
+                .variants
+                .iter()
+                .enumerate()
+                .map(|(i, e)| {
+                    let img = image::imageops::thumbnail(&e.image, 96, 96);
+                    let color = ColorImage::from_rgb(
+                        [img.width() as usize, img.height() as usize],
+                        img.as_raw(),
+                    );
+                    ui.ctx()
+                        .load_texture(format!("variant{i}"), color, TextureOptions::LINEAR)
+                })
+                .collect();
+        }
+        let mut picked = None;
+        ui.horizontal(|ui| {
+            ui.label("Variants: pick one");
+            for (i, (tex, e)) in self.variant_tex.iter().zip(&self.variants).enumerate() {
+                let name = format!("Variant {} (seed {})", i + 1, e.plan.seed);
+                let r = ui
+                    .add(egui::Button::image(egui::load::SizedTexture::new(
+                        tex.id(),
+                        tex.size_vec2() * (64.0 / tex.size_vec2().max_elem()),
+                    )))
+                    .on_hover_text(&name);
+                r.widget_info(|| egui::WidgetInfo::labeled(egui::Role::Button, true, &name));
+                if r.clicked() {
+                    picked = Some(i);
+                }
+            }
+        });
+        if let Some(i) = picked {
+            self.pick_variant(i);
+        }
+    }
+
+    /// Keeps variant `i` as the next result (the others are dropped).
+    pub fn pick_variant(&mut self, i: usize) {
+        if i < self.variants.len() {
+            let entry = self.variants.swap_remove(i);
+            self.variants.clear();
+            self.variant_tex.clear();
+            self.session.push(entry);
+            self.persist_session();
+            self.canvas = None;
+            self.overlay = None;
+        }
     }
 
     pub fn cancel(&mut self) {
@@ -360,19 +440,30 @@ impl EditorApp {
                                 .push_str(&format!("; decoded {n} overlay(s){label}"));
                         }
                     }
-                    self.session.push(Entry {
+                    let entry = Entry {
                         image,
                         decoded,
                         plan,
                         seconds,
                         finished_at,
-                    });
-                    self.persist_session();
-                    self.canvas = None;
-                    self.overlay = None;
+                    };
+                    if self.collecting {
+                        self.variants.push(entry);
+                        match self.queue.pop() {
+                            Some((img, req)) => self.start_job(img, req),
+                            None => self.collecting = false,
+                        }
+                    } else {
+                        self.session.push(entry);
+                        self.persist_session();
+                        self.canvas = None;
+                        self.overlay = None;
+                    }
                 }
                 Event::Cancelled { .. } => {
                     self.activity = Activity::Idle;
+                    self.queue.clear();
+                    self.collecting = false;
                     self.notice = Some(Notice {
                         text: "cancelled".into(),
                         error: false,
@@ -382,6 +473,8 @@ impl EditorApp {
                     if matches!(self.activity, Activity::Editing { .. }) {
                         self.activity = Activity::Idle;
                     }
+                    self.queue.clear();
+                    self.collecting = false;
                     self.error(message);
                 }
             }
@@ -761,6 +854,11 @@ score {:.2}, area {} px",
                 .labelled_by(l.id);
             ui.end_row();
             labelled_row(ui, "Seed", egui::DragValue::new(&mut s.seed));
+            labelled_row(
+                ui,
+                "Variants",
+                egui::DragValue::new(&mut s.variants).range(1..=8),
+            );
             ui.label("Seed mode");
             ui.horizontal(|ui| {
                 ui.selectable_value(&mut s.seed_mode, SeedMode::Random, "random");
@@ -946,6 +1044,9 @@ score {:.2}, area {} px",
                     }
                 }
             });
+        }
+        if !self.variants.is_empty() {
+            self.variant_picker(ui);
         }
         if let Activity::Editing {
             step,

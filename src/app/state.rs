@@ -32,6 +32,8 @@ pub struct Settings {
     pub guidance: GuidanceFormula,
     pub seed: u64,
     pub seed_mode: SeedMode,
+    /// Edits per run, consecutive seeds, shown to pick from.
+    pub variants: usize,
     /// Long side the model runs at (a multiple of 64).
     pub resolution: usize,
     pub recent_files: Vec<PathBuf>,
@@ -49,6 +51,7 @@ impl Default for Settings {
             guidance: GuidanceFormula::InstructDiffusion,
             seed: 42,
             seed_mode: SeedMode::Random,
+            variants: 1,
             resolution: 256,
             recent_files: vec![],
             prompt_history: vec![],
