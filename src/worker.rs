@@ -27,6 +27,9 @@ pub enum Command {
         job: u64,
         image: RgbImage,
         request: EditRequest,
+        /// Where the edit may change the image (row-major, the image's size); outside it the
+        /// result keeps the input's pixels exactly. `None`: everywhere.
+        region: Option<Vec<bool>>,
     },
 }
 
@@ -208,6 +211,7 @@ fn run(
             job,
             image,
             request,
+            region,
         } => {
             let Some(m) = model.as_ref() else {
                 send(Event::Failed {
@@ -246,7 +250,10 @@ fn run(
                 }
             };
             match pipeline::edit(m, &image, &plan, None, &mut on_step) {
-                Ok(EditOutcome::Done(edited)) => {
+                Ok(EditOutcome::Done(mut edited)) => {
+                    if let Some(region) = &region {
+                        keep_outside(&mut edited.image, &image, region);
+                    }
                     // Decoding is part of the job: the UI thread never does pixel work.
                     let decoded = parse::parse(&plan.prompt)
                         .ok()
@@ -267,6 +274,21 @@ fn run(
                     message: crate::cli::error_chain(&e),
                 }),
             }
+        }
+    }
+}
+
+/// Restores `source`'s pixels wherever `region` is unset (sizes must match; otherwise the
+/// result is left as it is).
+pub fn keep_outside(result: &mut RgbImage, source: &RgbImage, region: &[bool]) {
+    if result.dimensions() != source.dimensions()
+        || region.len() != (source.width() * source.height()) as usize
+    {
+        return;
+    }
+    for ((r, s), inside) in result.pixels_mut().zip(source.pixels()).zip(region) {
+        if !inside {
+            *r = *s;
         }
     }
 }

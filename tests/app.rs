@@ -277,3 +277,27 @@ fn variants_run_with_consecutive_seeds_and_one_is_picked() {
     assert_eq!(app.session.history.len(), 1);
     assert_eq!(app.session.history[0].plan.seed, 11);
 }
+
+#[test]
+fn a_brushed_region_limits_the_edit_and_the_rest_stays_exact() {
+    let mut h = editor();
+    set_steps(&mut h, 1);
+    let src = h.state().session.source.clone().unwrap();
+    let (w, hh) = (src.width() as usize, src.height() as usize);
+    let mut region = vec![false; w * hh];
+    instructdiffusion::app::paint_disc(&mut region, w, hh, 20.0, 20.0, 8.0);
+    h.state_mut().region = Some(region.clone());
+    h.state_mut().prompt = "make it snow".into();
+    h.get_by_label("Run").click();
+    wait(&mut h, "the edit", |a| a.session.history.len() == 1);
+    let out = h.state().session.current().unwrap().clone();
+    let mut changed_inside = 0;
+    for (i, (o, s)) in out.pixels().zip(src.pixels()).enumerate() {
+        if region[i] {
+            changed_inside += (o != s) as usize;
+        } else {
+            assert_eq!(o, s, "pixel {i} outside the region changed");
+        }
+    }
+    assert!(changed_inside > 0, "the region was edited");
+}

@@ -82,6 +82,12 @@ pub struct EditorApp {
     pub zoom: Option<f32>,
     /// Finished variants waiting to be picked.
     pub variants: Vec<Entry>,
+    /// Painting the edit region with the brush (drag on the canvas).
+    pub brush: bool,
+    pub brush_radius: f32,
+    /// The painted region (row-major, the open image's size); edits change only its pixels.
+    pub region: Option<Vec<bool>>,
+    region_tex: Option<TextureHandle>,
     variant_tex: Vec<TextureHandle>,
     queue: Vec<(RgbImage, EditRequest)>,
     collecting: bool,
@@ -132,6 +138,10 @@ impl EditorApp {
             confirm_close: false,
             zoom: None,
             variants: vec![],
+            brush: false,
+            brush_radius: 16.0,
+            region: None,
+            region_tex: None,
             variant_tex: vec![],
             queue: vec![],
             collecting: false,
@@ -213,6 +223,8 @@ impl EditorApp {
             error: false,
         });
         self.session.open(path, img);
+        self.region = None;
+        self.region_tex = None;
         self.persist_session();
         self.canvas = None;
         self.source_tex = None;
@@ -263,10 +275,18 @@ impl EditorApp {
     fn start_job(&mut self, image: RgbImage, request: EditRequest) {
         let job = self.next_job;
         self.next_job += 1;
+        let region = self
+            .region
+            .as_ref()
+            .filter(|r| {
+                r.len() == (image.width() * image.height()) as usize && r.iter().any(|v| *v)
+            })
+            .cloned();
         self.worker.send(Command::Edit {
             job,
             image,
             request,
+            region,
         });
         self.activity = Activity::Editing {
             job,
@@ -276,6 +296,57 @@ impl EditorApp {
             previews: 0,
             cancelling: false,
         };
+    }
+
+    /// Paints into the edit region while the brush is on, and shows the region.
+    fn brush_layer(&mut self, ui: &mut egui::Ui, shown: &egui::Response, scale: f32) {
+        let Some(img) = self.session.current() else {
+            return;
+        };
+        let (w, h) = (img.width() as usize, img.height() as usize);
+        if self.brush {
+            let r = ui.interact(shown.rect, ui.scope_id().with("brush"), egui::Sense::drag());
+            if let Some(pos) = r
+                .interact_pointer_pos()
+                .filter(|_| r.dragged() || r.drag_started())
+            {
+                let p = (pos - shown.rect.min) / scale;
+                let region = self.region.get_or_insert_with(|| vec![false; w * h]);
+                if region.len() == w * h {
+                    paint_disc(region, w, h, p.x, p.y, self.brush_radius);
+                    self.region_tex = None;
+                }
+            }
+        }
+        let Some(region) = &self.region else { return };
+        if region.len() != w * h {
+            return;
+        }
+        if self.region_tex.is_none() {
+            let pixels: Vec<egui::Color32> = region
+                .iter()
+                .map(|v| {
+                    if *v {
+                        egui::Color32::from_rgba_unmultiplied(255, 220, 0, 90)
+                    } else {
+                        egui::Color32::TRANSPARENT
+                    }
+                })
+                .collect();
+            let color = ColorImage::new([w, h], pixels);
+            self.region_tex = Some(
+                ui.ctx()
+                    .load_texture("region", color, TextureOptions::NEAREST),
+            );
+        }
+        if let Some(t) = &self.region_tex {
+            ui.painter_at(shown.rect).image(
+                t.id(),
+                shown.rect,
+                egui::Rect::from_min_max(egui::pos2(0.0, 0.0), egui::pos2(1.0, 1.0)),
+                egui::Color32::WHITE,
+            );
+        }
     }
 
     fn variant_picker(&mut self, ui: &mut egui::Ui) {
@@ -968,6 +1039,7 @@ score {:.2}, area {} px",
                 });
             if !show_source {
                 self.draw_overlays(ui, shown.rect);
+                self.brush_layer(ui, &shown, scale);
             }
             if editing {
                 if let Some(p) = &self.preview {
@@ -1086,6 +1158,11 @@ score {:.2}, area {} px",
                 self.session.redo();
             }
             ui.checkbox(&mut self.side_by_side, "Side by side");
+            ui.checkbox(&mut self.brush, "Brush").on_hover_text("paint where the edit may change the image; outside it the image stays exactly as it is");
+            if self.region.is_some() && ui.button("Clear region").clicked() {
+                self.region = None;
+                self.region_tex = None;
+            }
             if ui
                 .selectable_label(self.zoom.is_none(), "Fit")
                 .on_hover_text("fit the window")
@@ -1204,6 +1281,25 @@ score {:.2}, area {} px",
                 });
             });
         });
+    }
+}
+
+/// Sets the pixels of a disc of radius `r` (image pixels) around `(cx, cy)`.
+pub fn paint_disc(region: &mut [bool], w: usize, h: usize, cx: f32, cy: f32, r: f32) {
+    let (x0, x1) = (
+        (cx - r).floor().max(0.0) as usize,
+        ((cx + r).ceil().max(0.0) as usize).min(w),
+    );
+    let (y0, y1) = (
+        (cy - r).floor().max(0.0) as usize,
+        ((cy + r).ceil().max(0.0) as usize).min(h),
+    );
+    for y in y0..y1 {
+        for x in x0..x1 {
+            if (x as f32 + 0.5 - cx).powi(2) + (y as f32 + 0.5 - cy).powi(2) <= r * r {
+                region[y * w + x] = true;
+            }
+        }
     }
 }
 
