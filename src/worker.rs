@@ -20,8 +20,9 @@ use crate::sample::preview;
 
 /// Work for the worker.
 pub enum Command {
-    /// Load a model ("builtin", a folder, a file or a hub id); replaces (and frees) the old one.
-    Load { spec: String },
+    /// Load a model ("builtin", a folder, a file or a hub id) onto a device ("cpu", "cuda",
+    /// "metal"); replaces (and frees) the old one.
+    Load { spec: String, device: String },
     /// Edit `image` as `request` says; `job` names the events it produces.
     Edit {
         job: u64,
@@ -176,7 +177,7 @@ fn run(
     send: &(dyn Fn(Event) + Sync),
 ) {
     match cmd {
-        Command::Load { spec } => {
+        Command::Load { spec, device } => {
             send(Event::Loading { spec: spec.clone() });
             *model = None; // free the old weights before reading the new ones
             let mut progress = |file: &str, done: u64, total: u64| {
@@ -186,15 +187,16 @@ fn run(
                     total,
                 })
             };
-            let result = ModelSource::parse(&spec)
-                .map_err(|e| e.to_string())
-                .and_then(|source| {
-                    let opts = LoadOptions {
-                        progress: Some(&mut progress),
-                        ..Default::default()
-                    };
-                    load::load(&source, opts).map_err(|e| e.to_string())
-                });
+            let result = (|| {
+                let device = crate::cli::parse_device(&device).map_err(|e| format!("{e:#}"))?;
+                let source = ModelSource::parse(&spec).map_err(|e| e.to_string())?;
+                let opts = LoadOptions {
+                    device,
+                    progress: Some(&mut progress),
+                    ..Default::default()
+                };
+                load::load(&source, opts).map_err(|e| e.to_string())
+            })();
             match result {
                 Ok(m) => {
                     send(Event::Loaded {

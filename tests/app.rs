@@ -148,6 +148,32 @@ fn a_bad_model_is_reported_and_the_app_keeps_its_state() {
         app.notice
     );
     assert!(app.session.current().is_some(), "the open image survives");
+
+    // A device this build lacks is a clear message too; the status bar shows device and memory.
+    h.state_mut().settings.model = tiny().join("diffusers").display().to_string();
+    h.state_mut().settings.device = "cuda".into();
+    h.get_by_label("Load").click();
+    wait(&mut h, "the device error", |a| {
+        matches!(a.activity, Activity::Idle)
+            && a.notice
+                .as_ref()
+                .is_some_and(|n| n.error && n.text.contains("cuda"))
+    });
+    assert!(
+        h.state()
+            .notice
+            .as_ref()
+            .unwrap()
+            .text
+            .contains("--features cuda"),
+        "{:?}",
+        h.state().notice
+    );
+    h.state_mut().settings.device = "cpu".into();
+    h.get_by_label("Load").click();
+    wait(&mut h, "the model on the cpu", |a| a.model.is_some());
+    h.run_steps(2);
+    assert!(h.query_by_label_contains("device: cpu | memory:").is_some());
 }
 
 #[test]

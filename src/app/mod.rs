@@ -193,6 +193,7 @@ impl EditorApp {
     pub fn load_model(&mut self) {
         self.worker.send(Command::Load {
             spec: self.settings.model.clone(),
+            device: self.settings.device.clone(),
         });
         self.activity = Activity::Loading {
             spec: self.settings.model.clone(),
@@ -872,6 +873,18 @@ score {:.2}, area {} px",
                 self.load_model();
             }
         });
+        ui.horizontal(|ui| {
+            let l = ui.label("Device");
+            egui::ComboBox::from_id_salt("device")
+                .selected_text(&self.settings.device)
+                .show_ui(ui, |ui| {
+                    for d in DEVICES {
+                        ui.selectable_value(&mut self.settings.device, d.to_string(), *d);
+                    }
+                })
+                .response
+                .labelled_by(l.id);
+        });
         ui.label(
             egui::RichText::new(
                 "builtin, a diffusers folder, a .ckpt/.safetensors file, or a hub id",
@@ -1230,7 +1243,13 @@ score {:.2}, area {} px",
                 (_, Some(m)) => format!("model: {m}"),
                 (_, None) => "no model".into(),
             };
-            ui.label(format!("{model} | device: cpu"));
+            let memory = crate::cli::memory_bytes()
+                .map(|b| format!(" | memory: {:.2} GiB", b as f64 / (1u64 << 30) as f64))
+                .unwrap_or_default();
+            ui.label(format!(
+                "{model} | device: {}{memory}",
+                self.settings.device
+            ));
             if let Some(n) = &self.notice {
                 ui.separator();
                 let color = if n.error {
@@ -1283,6 +1302,15 @@ score {:.2}, area {} px",
         });
     }
 }
+
+/// The devices this build can use.
+const DEVICES: &[&str] = &[
+    "cpu",
+    #[cfg(feature = "cuda")]
+    "cuda",
+    #[cfg(feature = "metal")]
+    "metal",
+];
 
 /// Sets the pixels of a disc of radius `r` (image pixels) around `(cx, cy)`.
 pub fn paint_disc(region: &mut [bool], w: usize, h: usize, cx: f32, cy: f32, r: f32) {

@@ -25,6 +25,8 @@ pub enum SeedMode {
 pub struct Settings {
     /// "builtin", a folder, a single file or a hub id.
     pub model: String,
+    /// "cpu", or "cuda" / "metal" in builds with those features.
+    pub device: String,
     pub steps: usize,
     pub text_cfg: f64,
     pub image_cfg: f64,
@@ -44,6 +46,7 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             model: "builtin".into(),
+            device: "cpu".into(),
             steps: 20,
             text_cfg: 5.0,
             image_cfg: 1.25,
