@@ -76,6 +76,7 @@ pub struct EditorApp {
     /// The source for side-by-side view (made once per opened image).
     source_tex: Option<TextureHandle>,
     session_file: Option<SessionFile>,
+    persist_tx: Option<Sender<Session>>,
     /// The close button was pressed with unsaved results: asking.
     pub confirm_close: bool,
     /// Canvas scale (1.0 = one image pixel per screen point); `None` fits the window.
@@ -135,6 +136,7 @@ impl EditorApp {
                 .clone()
                 .or_else(|| eframe::storage_dir("instructdiffusion").map(|d| d.join("session")))
                 .map(|dir| SessionFile { dir }),
+            persist_tx: None,
             confirm_close: false,
             zoom: None,
             variants: vec![],
@@ -175,18 +177,30 @@ impl EditorApp {
     }
 
     /// Writes the crash-safe copy of the session, off the UI thread.
-    fn persist_session(&self) {
-        if let Some(file) = self.session_file.clone() {
-            let session = self.session.clone();
+    /// One writer thread per app: it writes only the newest snapshot it has been sent, so
+    /// a burst of results cannot land on disk out of order.
+    fn persist_session(&mut self) {
+        let Some(file) = self.session_file.clone() else {
+            return;
+        };
+        let tx = self.persist_tx.get_or_insert_with(|| {
+            let (tx, rx) = unbounded::<Session>();
             std::thread::spawn(move || {
-                if let Err(e) = file.save(&session) {
-                    eprintln!(
-                        "warning: could not write the session file in '{}': {e}",
-                        file.dir.display()
-                    );
+                while let Ok(mut session) = rx.recv() {
+                    while let Ok(newer) = rx.try_recv() {
+                        session = newer;
+                    }
+                    if let Err(e) = file.save(&session) {
+                        eprintln!(
+                            "warning: could not write the session file in '{}': {e}",
+                            file.dir.display()
+                        );
+                    }
                 }
             });
-        }
+            tx
+        });
+        let _ = tx.send(self.session.clone());
     }
 
     /// Asks the worker to load the model named in the settings.
