@@ -132,7 +132,7 @@ pub fn run(
                 });
             }
             Err(e) => {
-                let reason = crate::cli::error_chain(&e);
+                let reason = crate::support::error_chain(&e);
                 progress.skipped.push((name.clone(), reason.clone()));
                 on_event(Event::Skipped {
                     file: &name,

@@ -181,7 +181,7 @@ pub fn run(
         resolution,
         threads,
         rows,
-        peak_memory_bytes: crate::cli::peak_memory_bytes(),
+        peak_memory_bytes: crate::support::peak_memory_bytes(),
     })
 }
 
@@ -191,16 +191,7 @@ pub fn table(r: &Report) -> String {
         "model: {}, {}x{} px, {}\n",
         r.model, r.resolution, r.resolution, r.threads
     );
-    s.push_str(&format!(
-        "{:<40} {:>10} {:>10} {:>10}\n",
-        "stage", "median s", "min s", "max s"
-    ));
-    for row in &r.rows {
-        s.push_str(&format!(
-            "{:<40} {:>10.3} {:>10.3} {:>10.3}\n",
-            row.name, row.median_s, row.min_s, row.max_s
-        ));
-    }
+    s.push_str(&rows_table(&r.rows, "s", 1.0, 3));
     if let Some(p) = r.peak_memory_bytes {
         s.push_str(&format!(
             "peak memory: {:.2} GiB\n",
@@ -281,17 +272,27 @@ pub fn decode_table(r: &DecodeReport) -> String {
             q.untouched
         ));
     }
-    s.push_str(&format!(
+    s.push_str(&rows_table(&r.rows, "ms", 1e3, 2));
+    s
+}
+
+/// Timed rows as a table: median, min and max in `unit` (seconds times `scale`).
+fn rows_table(rows: &[Row], unit: &str, scale: f64, decimals: usize) -> String {
+    let mut s = format!(
         "{:<40} {:>10} {:>10} {:>10}\n",
-        "stage", "median ms", "min ms", "max ms"
-    ));
-    for row in &r.rows {
+        "stage",
+        format!("median {unit}"),
+        format!("min {unit}"),
+        format!("max {unit}")
+    );
+    for row in rows {
         s.push_str(&format!(
-            "{:<40} {:>10.2} {:>10.2} {:>10.2}\n",
+            "{:<40} {:>10.d$} {:>10.d$} {:>10.d$}\n",
             row.name,
-            row.median_s * 1e3,
-            row.min_s * 1e3,
-            row.max_s * 1e3
+            row.median_s * scale,
+            row.min_s * scale,
+            row.max_s * scale,
+            d = decimals
         ));
     }
     s

@@ -17,6 +17,7 @@ use crate::model::load::{self, LoadOptions, ModelSource};
 use crate::model::meta::GuidanceFormula;
 use crate::sample::pipeline::{self, EditOutcome, EditRequest};
 use crate::sample::samplers::Sampler;
+pub use crate::support::{error_chain, memory_bytes, parse_device, peak_memory_bytes};
 
 #[derive(Parser)]
 #[command(
@@ -327,31 +328,6 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// The error and its causes on one line, candle errors without their backtraces.
-pub fn error_chain(e: &anyhow::Error) -> String {
-    e.chain()
-        .map(|cause| match cause.downcast_ref::<candle_core::Error>() {
-            Some(c) => load::error_message(c),
-            None => cause.to_string(),
-        })
-        .collect::<Vec<_>>()
-        .join(": ")
-}
-
-/// Parses `--device`.
-pub fn parse_device(name: &str) -> anyhow::Result<Device> {
-    match name {
-        "cpu" => Ok(Device::Cpu),
-        "cuda" => {
-            Device::new_cuda(0).context("opening CUDA device 0 (built with --features cuda?)")
-        }
-        "metal" => {
-            Device::new_metal(0).context("opening the Metal device (built with --features metal?)")
-        }
-        other => anyhow::bail!("unknown device '{other}' (use cpu, cuda or metal)"),
-    }
-}
-
 /// Parses `--dtype`.
 pub fn parse_dtype(name: &str) -> anyhow::Result<DType> {
     match name {
@@ -388,23 +364,6 @@ pub fn load_model(args: &ModelArgs) -> anyhow::Result<load::Model> {
         load::load(&source, opts).with_context(|| format!("loading model '{}'", args.model))?;
     bar.finish_and_clear();
     Ok(model)
-}
-
-/// Peak resident memory of this process in bytes (Linux `VmHWM`), when known.
-pub fn peak_memory_bytes() -> Option<u64> {
-    proc_status_bytes("VmHWM:")
-}
-
-/// Resident memory of this process now, in bytes (Linux `VmRSS`), when known.
-pub fn memory_bytes() -> Option<u64> {
-    proc_status_bytes("VmRSS:")
-}
-
-fn proc_status_bytes(key: &str) -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with(key))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
 }
 
 fn read_init_noise(path: &Path, device: &Device) -> anyhow::Result<candle_core::Tensor> {

@@ -22,6 +22,7 @@ pub mod export;
 pub mod imageio;
 pub mod model;
 pub mod sample;
+pub mod support;
 pub mod tasks;
 pub mod train;
 pub mod worker;

@@ -188,7 +188,7 @@ fn run(
                 })
             };
             let result = (|| {
-                let device = crate::cli::parse_device(&device).map_err(|e| format!("{e:#}"))?;
+                let device = crate::support::parse_device(&device).map_err(|e| format!("{e:#}"))?;
                 let source = ModelSource::parse(&spec).map_err(|e| e.to_string())?;
                 let opts = LoadOptions {
                     device,
@@ -273,7 +273,7 @@ fn run(
                 Ok(EditOutcome::Cancelled { .. }) => send(Event::Cancelled { job }),
                 Err(e) => send(Event::Failed {
                     job,
-                    message: crate::cli::error_chain(&e),
+                    message: crate::support::error_chain(&e),
                 }),
             }
         }

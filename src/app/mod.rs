@@ -632,7 +632,7 @@ impl EditorApp {
                     error: false,
                 })
             }
-            Err(e) => self.error(crate::cli::error_chain(&e)),
+            Err(e) => self.error(crate::support::error_chain(&e)),
         }
     }
 
@@ -1257,7 +1257,7 @@ score {:.2}, area {} px",
                 (_, Some(m)) => format!("model: {m}"),
                 (_, None) => "no model".into(),
             };
-            let memory = crate::cli::memory_bytes()
+            let memory = crate::support::memory_bytes()
                 .map(|b| format!(" | memory: {:.2} GiB", b as f64 / (1u64 << 30) as f64))
                 .unwrap_or_default();
             ui.label(format!(

@@ -110,6 +110,8 @@ fn patterns() -> &'static Patterns {
             .join("|");
         let re = |s: &str| Regex::new(&format!("(?i){s}")).expect("valid pattern");
         let mask_noun = r"(?:mask|overlay|tint|layer|shade|highlight|colou?r|box|rectangle|bounding\s+box)e?s?";
+        // Words that say how see-through the overlay is.
+        let see = r"semi-?transparent|half-?transparent|transparent|translucent|see-through";
         let end = r"(?:\s*(?:,|;|\.|\?|!|:|$)|\s+(?:and|of|on|or|otherwise|please)\b)";
         Patterns {
             keypoint_mark: re(&format!(
@@ -121,13 +123,13 @@ fn patterns() -> &'static Patterns {
             detection: re(r"\b(?:detect\w*|bounding\s+box(?:es)?|box(?:es)?\s+around|draw\s+(?:an?\s+)?\w*\s*box)\b"),
             segmentation: re(r"\b(?:mask\w*|overlay|tint\w*|segment\w*|translucent|transparent|see-through|opacity|shad(?:e|ed)|highlight\w*)\b"),
             mask_color_before: re(&format!(
-                r"(?P<color>{col})(?:\s+(?:semi-?transparent|semi|half-?transparent|transparent|translucent|see-through|opaque|colou?red|segmentation|solid|soft))*\s+{mask_noun}\b"
+                r"(?P<color>{col})(?:\s+(?:{see}|semi|opaque|colou?red|segmentation|solid|soft))*\s+{mask_noun}\b"
             )),
             mask_color_after: re(&format!(
-                r"\b(?:in|with|of|it|as)\s+(?:(?:an?|semi-transparent|translucent|transparent|half-transparent|see-through)\s+)*(?P<color>{col})(?:\s+at\b|\s+and\b|\s*(?:,|;|\.|\?|!|$))"
+                r"\b(?:in|with|of|it|as)\s+(?:(?:an?|{see})\s+)*(?P<color>{col})(?:\s+at\b|\s+and\b|\s*(?:,|;|\.|\?|!|$))"
             )),
             unknown_color: re(&format!(
-                r"\b(?:an?|in|with|of|it)\s+(?:(?:semi-transparent|translucent|transparent|half-transparent)\s+)?(?P<word>[a-z#][\w-]*)\s+(?:(?:semi-transparent|translucent|transparent)\s+)?{mask_noun}\b"
+                r"\b(?:an?|in|with|of|it)\s+(?:(?:{see})\s+)?(?P<word>[a-z#][\w-]*)\s+(?:(?:{see})\s+)?{mask_noun}\b"
             )),
             unknown_mark_color: re(
                 r"\b(?:an?|one)\s+(?P<word>[a-z#][\w-]*)\s+(?:circle|dot|disc|disk|point|marker|spot)s?\s+(?:on|at|over)\b",
