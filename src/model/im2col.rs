@@ -26,21 +26,24 @@ impl Im2Col {
         xs.contiguous()?.apply_op1(*self)
     }
 
-    /// The flat index in an `h x w` plane that output `(oy, ox)` reads through tap `(kh, kw)`,
-    /// or `None` in the zero padding.
-    fn source_index(
-        &self,
-        oy: usize,
-        ox: usize,
-        kh: usize,
-        kw: usize,
-        h: usize,
-        w: usize,
-    ) -> Option<usize> {
-        let iy = (oy * self.stride + kh) as isize - self.padding as isize;
-        let ix = (ox * self.stride + kw) as isize - self.padding as isize;
-        (iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w)
-            .then(|| iy as usize * w + ix as usize)
+    /// The input row that output row `oy` reads through tap row `kh`, or `None` in the padding.
+    fn source_row(&self, oy: usize, kh: usize, h: usize) -> Option<usize> {
+        (oy * self.stride + kh)
+            .checked_sub(self.padding)
+            .filter(|&iy| iy < h)
+    }
+
+    /// The outputs `lo..hi` of a row that read inside the input through tap column `kw` (the
+    /// rest read the padding); output `ox` reads input column `ox * stride + kw - padding`.
+    fn inside_columns(&self, kw: usize, w: usize, ow: usize) -> (usize, usize) {
+        let s = self.stride;
+        let lo = self.padding.saturating_sub(kw).div_ceil(s);
+        // ox * s + kw - padding <= w - 1
+        let hi = match (w + self.padding).checked_sub(kw + 1) {
+            Some(last) => (last / s + 1).min(ow),
+            None => 0,
+        };
+        (lo.min(hi), hi)
     }
 }
 
@@ -71,15 +74,32 @@ impl CustomOp1 for Im2Col {
             .enumerate()
             .for_each(|(bc, out)| {
                 let src = &x[bc * h * w..(bc + 1) * h * w];
+                let zero = std::mem::MaybeUninit::new(0f32);
                 for kh in 0..self.kernel {
                     for kw in 0..self.kernel {
-                        let row = &mut out[(kh * self.kernel + kw) * oh * ow..][..oh * ow];
-                        for oy in 0..oh {
-                            for ox in 0..ow {
-                                let v = self
-                                    .source_index(oy, ox, kh, kw, h, w)
-                                    .map_or(0.0, |i| src[i]);
-                                row[oy * ow + ox] = std::mem::MaybeUninit::new(v);
+                        let (lo, hi) = self.inside_columns(kw, w, ow);
+                        let tap = &mut out[(kh * self.kernel + kw) * oh * ow..][..oh * ow];
+                        for (oy, row) in tap.chunks_exact_mut(ow.max(1)).enumerate() {
+                            let Some(iy) = self.source_row(oy, kh, h) else {
+                                row.fill(zero);
+                                continue;
+                            };
+                            row[..lo].fill(zero);
+                            row[hi..].fill(zero);
+                            if lo == hi {
+                                continue;
+                            }
+                            // Input column of output `lo` (`lo * s + kw >= padding` there).
+                            let first = iy * w + lo * self.stride + kw - self.padding;
+                            let inside = &mut row[lo..hi];
+                            if self.stride == 1 {
+                                for (o, &v) in inside.iter_mut().zip(&src[first..]) {
+                                    *o = std::mem::MaybeUninit::new(v);
+                                }
+                            } else {
+                                for (j, o) in inside.iter_mut().enumerate() {
+                                    *o = std::mem::MaybeUninit::new(src[first + j * self.stride]);
+                                }
                             }
                         }
                     }
@@ -125,11 +145,20 @@ impl CustomOp1 for Col2Im {
             let src = &cols[bc * plane_in..(bc + 1) * plane_in];
             for kh in 0..p.kernel {
                 for kw in 0..p.kernel {
-                    let row = &src[(kh * p.kernel + kw) * oh * ow..][..oh * ow];
-                    for oy in 0..oh {
-                        for ox in 0..ow {
-                            if let Some(i) = p.source_index(oy, ox, kh, kw, h, w) {
-                                out[i] += row[oy * ow + ox];
+                    let (lo, hi) = p.inside_columns(kw, w, ow);
+                    let tap = &src[(kh * p.kernel + kw) * oh * ow..][..oh * ow];
+                    for (oy, row) in tap.chunks_exact(ow.max(1)).enumerate() {
+                        let Some(iy) = p.source_row(oy, kh, h).filter(|_| lo < hi) else {
+                            continue;
+                        };
+                        let first = iy * w + lo * p.stride + kw - p.padding;
+                        if p.stride == 1 {
+                            for (o, &v) in out[first..].iter_mut().zip(&row[lo..hi]) {
+                                *o += v;
+                            }
+                        } else {
+                            for (j, &v) in row[lo..hi].iter().enumerate() {
+                                out[first + j * p.stride] += v;
                             }
                         }
                     }
@@ -151,7 +180,7 @@ mod tests {
     #[test]
     fn matches_candle_conv2d_and_its_gradient() -> Result<()> {
         let dev = Device::Cpu;
-        for (stride, padding) in [(1, 1), (2, 1), (1, 0)] {
+        for (stride, padding) in [(1, 1), (2, 1), (1, 0), (2, 0), (1, 2), (2, 2)] {
             let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 3, 7, 9), &dev)?)?;
             let w = Tensor::randn(0f32, 1.0, (4, 3, 3, 3), &dev)?;
             let p = Im2Col {

@@ -50,6 +50,24 @@ mod tests {
         assert!(dead.is_empty(), "{what}: no gradient reaches {dead:?}");
     }
 
+    /// The vendored candle sums over non-trailing dimensions run by run (PATCHES.md); the
+    /// result must equal the strided path's (a transposed view, which the patch leaves alone).
+    #[test]
+    fn patched_sum_over_inner_dims_matches_the_strided_sum() -> candle_core::Result<()> {
+        let dev = candle_core::Device::Cpu;
+        let x = Tensor::randn(0f32, 1.0, (3, 5, 4, 9), &dev)?;
+        // The same values in a non-contiguous view of another layout.
+        let strided = x.transpose(0, 1)?.contiguous()?.transpose(0, 1)?;
+        assert!(!strided.is_contiguous());
+        for dims in [vec![0, 2, 3], vec![0], vec![0, 2], vec![1, 3], vec![0, 1, 2], vec![2]] {
+            let a = x.sum_keepdim(dims.clone())?;
+            let b = strided.sum_keepdim(dims.clone())?;
+            let diff = (a - b)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(diff < 1e-5, "sum over {dims:?} differs by {diff}");
+        }
+        Ok(())
+    }
+
     #[test]
     fn unet_vae_and_text_encoder_train_end_to_end() -> candle_core::Result<()> {
         let dev = Device::Cpu;

@@ -344,6 +344,21 @@ impl ReduceSum<'_> {
                     }
                     return Ok(dst);
                 };
+                // Patched (see PATCHES.md): runs of reduced and kept dimensions, summed run by
+                // run so the innermost loop is a vector sum or a vector add.
+                let dims = src_l.dims();
+                let mut runs: Vec<(usize, bool)> = Vec::new();
+                for (d, &n) in dims.iter().enumerate() {
+                    let reduced = self.reduce_dims.contains(&d);
+                    match runs.last_mut() {
+                        Some((m, r)) if *r == reduced => *m *= n,
+                        _ => runs.push((n, reduced)),
+                    }
+                }
+                if runs.last().is_some_and(|&(n, _)| n >= 8) {
+                    sum_runs(src, &mut dst, &runs);
+                    return Ok(dst);
+                }
                 for (unstr_index, &src) in src.iter().enumerate() {
                     let mut dst_index = unstr_index;
                     // Set the reduce_dims indexes to 0.
@@ -369,6 +384,35 @@ impl ReduceSum<'_> {
             }
         }
         Ok(dst)
+    }
+}
+
+/// Adds the sums of `src` over the reduced runs into `dst` (patched, see PATCHES.md).
+fn sum_runs<T: WithDType>(src: &[T], dst: &mut [T], runs: &[(usize, bool)]) {
+    match runs {
+        [] => {}
+        [(_, true)] => {
+            let mut s = T::zero();
+            unsafe { T::vec_reduce_sum(src.as_ptr(), &mut s, src.len()) };
+            dst[0] += s;
+        }
+        [(_, false)] => {
+            for (d, &v) in dst.iter_mut().zip(src) {
+                *d += v;
+            }
+        }
+        [(n, reduced), rest @ ..] => {
+            let inner_src = src.len() / n;
+            let inner_dst = if *reduced { dst.len() } else { dst.len() / n };
+            for i in 0..*n {
+                let s = &src[i * inner_src..(i + 1) * inner_src];
+                if *reduced {
+                    sum_runs(s, dst, rest);
+                } else {
+                    sum_runs(s, &mut dst[i * inner_dst..(i + 1) * inner_dst], rest);
+                }
+            }
+        }
     }
 }
 
