@@ -112,6 +112,10 @@ pub struct TrainArgs {
     /// Phase `vae`: train on random square crops of this many pixels (0: whole images).
     #[arg(long)]
     pub crop: Option<u32>,
+    /// Phase `edit`: generate and encode this many samples once (OUT/pool/) and draw from them
+    /// (0: fresh samples at every step).
+    #[arg(long)]
+    pub pool: Option<usize>,
     /// Print a progress line every this many steps.
     #[arg(long, default_value_t = 10)]
     pub log_every: usize,
@@ -520,6 +524,12 @@ fn run_train(cmd: &TrainCommand) -> anyhow::Result<()> {
         TrainEvent::Samples { step, path } => {
             eprintln!("samples at step {step}: '{}'", path.display())
         }
+        TrainEvent::Pool { done, total } => {
+            eprintln!(
+                "sample pool: {done}/{total} chunks of {} samples ready",
+                crate::train::pool::CHUNK
+            )
+        }
     };
     let result = match cmd {
         TrainCommand::Vae(a) => {
@@ -538,6 +548,7 @@ fn run_train(cmd: &TrainCommand) -> anyhow::Result<()> {
             let mut plan = edit::default_plan(a.out.clone(), vae_dir);
             plan.steps = a.steps.unwrap_or(plan.steps);
             plan.batch = a.batch.unwrap_or(plan.batch);
+            plan.pool = a.pool.unwrap_or(plan.pool);
             plan.optim.lr = a.lr.unwrap_or(plan.optim.lr);
             plan.checkpoint_every = a.checkpoint_every.unwrap_or(plan.checkpoint_every).max(1);
             let unet = crate::model::unet::UNetConfig::tiny();

@@ -176,6 +176,7 @@ fn micro_training_learns_and_exports_a_loadable_model() {
         ..Default::default()
     };
     eplan.sample_edits = 2;
+    eplan.pool = 40;
     let mut losses = Vec::new();
     let mut sheets = Vec::new();
     edit::train(&eplan, &unet, &clip, &Device::Cpu, &mut |e| match e {
@@ -196,6 +197,8 @@ fn micro_training_learns_and_exports_a_loadable_model() {
     let (first, last) = (mean(&losses[..8]), mean(&losses[losses.len() - 8..]));
     eprintln!("edit loss {first:.4} -> {last:.4}");
     assert!(last < 0.8 * first, "edit loss {first:.4} -> {last:.4}");
+
+    pool_is_reused_and_rebuilt_for_another_vae(&eplan);
 
     let model = load::load(
         &ModelSource::Diffusers(tmp.path().join("edit/model")),
@@ -219,4 +222,57 @@ fn micro_training_learns_and_exports_a_loadable_model() {
         out,
         instructdiffusion::sample::pipeline::EditOutcome::Done(_)
     ));
+}
+
+/// The run's pool loads as it was written, and a changed VAE rebuilds it (its latents would
+/// no longer match the model's decoder).
+fn pool_is_reused_and_rebuilt_for_another_vae(eplan: &edit::EditPlan) {
+    use instructdiffusion::train::pool::{build_or_load, PoolSpec};
+    let vae = instructdiffusion::train::vae::load_frozen(&eplan.vae, &Device::Cpu).unwrap();
+    let spec = PoolSpec {
+        dir: eplan.out.join("pool"),
+        samples: eplan.pool,
+        size: eplan.size,
+        seed: eplan.seed,
+        tasks: &eplan.tasks,
+        vae_dir: &eplan.vae,
+    };
+    let meta = spec.dir.join("chunk_00000.json");
+    let written = std::fs::metadata(&meta).unwrap().modified().unwrap();
+    let pool = build_or_load(&spec, &vae, &Device::Cpu, &mut |_, _| {}).unwrap();
+    assert_eq!(pool.len(), eplan.pool);
+    assert_eq!(
+        pool.source.dims4().unwrap(),
+        (eplan.pool, 4, 16, 16),
+        "32 px, f = 2"
+    );
+    assert_eq!(pool.changed.dims4().unwrap(), (eplan.pool, 1, 16, 16));
+    assert!(pool.prompts.iter().all(|p| !p.is_empty()));
+    assert_eq!(
+        std::fs::metadata(&meta).unwrap().modified().unwrap(),
+        written,
+        "a pool from the same VAE is loaded, not rebuilt"
+    );
+    // Another VAE: same layout, different bytes.
+    let other = eplan.out.join("other-vae");
+    copy_dir(&eplan.vae, &other);
+    let cfg = std::fs::read_to_string(other.join("config.json")).unwrap();
+    std::fs::write(other.join("config.json"), format!("{cfg}\n")).unwrap();
+    let again = build_or_load(
+        &PoolSpec {
+            vae_dir: &other,
+            ..spec.clone()
+        },
+        &vae,
+        &Device::Cpu,
+        &mut |_, _| {},
+    )
+    .unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&meta).unwrap()).unwrap();
+    assert_eq!(
+        json["vae"].as_str().unwrap(),
+        instructdiffusion::train::pool::vae_fingerprint(&other).unwrap()
+    );
+    assert_eq!(again.len(), eplan.pool);
 }

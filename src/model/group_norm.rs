@@ -93,7 +93,9 @@ fn lane_sum(n: usize, f: impl Fn(usize) -> f32) -> f64 {
     acc.iter().map(|&a| a as f64).sum::<f64>() + tail
 }
 
-/// Mean and 1/std of each group chunk (two passes: the variance around the mean).
+/// Mean and 1/std of each group chunk (two passes: the variance around the mean). Summed in
+/// f32 lanes; where that overflows (activations beyond ~1e19, a diverging run) in f64, so
+/// the overflow shows as it would in PyTorch instead of a silent zero output.
 fn stats(chunk: &[f32], eps: f64) -> (f32, f32) {
     let n = chunk.len() as f64;
     let mean = (lane_sum(chunk.len(), |i| chunk[i]) / n) as f32;
@@ -101,7 +103,16 @@ fn stats(chunk: &[f32], eps: f64) -> (f32, f32) {
         let d = chunk[i] - mean;
         d * d
     }) / n;
-    (mean, (1.0 / (var + eps).sqrt()) as f32)
+    if mean.is_finite() && var.is_finite() {
+        return (mean, (1.0 / (var + eps).sqrt()) as f32);
+    }
+    let mean = chunk.iter().map(|&v| v as f64).sum::<f64>() / n;
+    let var = chunk
+        .iter()
+        .map(|&v| (v as f64 - mean).powi(2))
+        .sum::<f64>()
+        / n;
+    (mean as f32, (1.0 / (var + eps).sqrt()) as f32)
 }
 
 impl CustomOp3 for Fused {

@@ -59,7 +59,14 @@ mod tests {
         // The same values in a non-contiguous view of another layout.
         let strided = x.transpose(0, 1)?.contiguous()?.transpose(0, 1)?;
         assert!(!strided.is_contiguous());
-        for dims in [vec![0, 2, 3], vec![0], vec![0, 2], vec![1, 3], vec![0, 1, 2], vec![2]] {
+        for dims in [
+            vec![0, 2, 3],
+            vec![0],
+            vec![0, 2],
+            vec![1, 3],
+            vec![0, 1, 2],
+            vec![2],
+        ] {
             let a = x.sum_keepdim(dims.clone())?;
             let b = strided.sum_keepdim(dims.clone())?;
             let diff = (a - b)?.abs()?.max_all()?.to_scalar::<f32>()?;

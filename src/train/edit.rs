@@ -17,11 +17,13 @@ use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{save_weights, Checkpoint};
 use super::optim::{AdamW, AdamWConfig};
+use super::pool::{build_or_load, change_map, Pool, PoolSpec};
 use super::{images_to_tensor, sample_seed, step_seed, Run, TrainError, TrainEvent};
 use crate::data::sample::{generate, TaskWeights};
 use crate::model::clip::{ClipConfig, ClipTextModel, ClipTokenizer};
 use crate::model::meta::{SamplingDefaults, SchedulerConfig, DEFAULTS_FILE};
 use crate::model::unet::{UNet2DConditionModel, UNetConfig};
+use crate::model::vae::AutoencoderKL;
 use crate::sample::noise::{NoiseSource, SeededNoise};
 use crate::sample::schedule::alphas_cumprod;
 
@@ -42,6 +44,10 @@ pub struct EditPlan {
     pub sample_edits: usize,
     /// Extra loss weight on latent cells the edit changes (0 = plain MSE).
     pub change_weight: f64,
+    /// Samples generated and encoded once into `OUT/pool/` and drawn from at random (0: a
+    /// fresh sample for every draw, encoded at every step).
+    #[serde(default)]
+    pub pool: usize,
     pub text_dropout: f64,
     pub image_dropout: f64,
     pub tasks: TaskWeights,
@@ -71,21 +77,69 @@ pub fn default_plan(out: PathBuf, vae: PathBuf) -> EditPlan {
         checkpoint_every: 250,
         sample_edits: 4,
         change_weight: 4.0,
+        pool: 20_000,
         text_dropout: 0.075,
         image_dropout: 0.075,
         tasks: TaskWeights::default(),
     }
 }
 
-/// Per-cell weights `1 + w * changed`, `(b, 1, h/f, w/f)`, from where source and target differ.
-fn change_weights(src: &Tensor, tgt: &Tensor, f: usize, w: f64) -> candle_core::Result<Tensor> {
-    let changed = (src - tgt)?
-        .abs()?
-        .max_keepdim(1)?
-        .gt(0.04)?
-        .to_dtype(DType::F32)?;
-    let pooled = changed.max_pool2d(f)?;
-    (pooled * w)? + 1.0
+/// One step's training pairs.
+struct Batch {
+    source: Tensor,
+    target: Tensor,
+    changed: Tensor,
+    prompts: Vec<String>,
+}
+
+/// `n` samples of the pool, drawn with replacement.
+fn draw(pool: &Pool, n: usize, rng: &mut ChaCha8Rng, device: &Device) -> anyhow::Result<Batch> {
+    let idx: Vec<u32> = (0..n)
+        .map(|_| rng.random_range(0..pool.len()) as u32)
+        .collect();
+    let ids = Tensor::new(idx.as_slice(), device)?;
+    Ok(Batch {
+        source: pool.source.index_select(&ids, 0)?,
+        target: pool.target.index_select(&ids, 0)?,
+        changed: pool.changed.index_select(&ids, 0)?,
+        prompts: idx
+            .iter()
+            .map(|&i| pool.prompts[i as usize].clone())
+            .collect(),
+    })
+}
+
+/// `plan.batch` freshly generated samples of step `step`, encoded now.
+fn fresh(
+    plan: &EditPlan,
+    step: usize,
+    vae: &AutoencoderKL,
+    device: &Device,
+) -> anyhow::Result<Batch> {
+    let samples: Vec<_> = (0..plan.batch)
+        .map(|i| {
+            generate(
+                sample_seed(plan.seed, step, plan.batch, i),
+                plan.size,
+                &plan.tasks,
+            )
+        })
+        .collect();
+    let src = images_to_tensor(
+        &samples.iter().map(|s| &s.input).collect::<Vec<_>>(),
+        device,
+    )?;
+    let tgt = images_to_tensor(
+        &samples.iter().map(|s| &s.target).collect::<Vec<_>>(),
+        device,
+    )?;
+    let f = vae.config.downscale();
+    Ok(Batch {
+        changed: change_map(&src, &tgt, f)?,
+        source: vae.encode_mean(&src)?.detach(),
+        target: (vae.encode_mean(&tgt)? * vae.config.scaling_factor)?.detach(),
+        prompts: samples.into_iter().map(|s| s.instruction).collect(),
+    })
 }
 
 /// Writes the diffusers folder of the EMA weights to `dir` (through `dir.tmp` and a rename).
@@ -176,8 +230,6 @@ pub fn train(
     on_event: &mut dyn FnMut(&TrainEvent),
 ) -> Result<(), TrainError> {
     let vae = super::vae::load_frozen(&plan.vae, device)?;
-    let scale = vae.config.scaling_factor;
-    let f = vae.config.downscale();
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
     let unet = UNet2DConditionModel::new(unet_cfg, None, vb.pp("unet"))?;
@@ -186,44 +238,42 @@ pub fn train(
     let ckpt = Checkpoint::new(&plan.out.join("checkpoint"));
     let mut opt = super::start(&varmap, plan.seed, &plan.optim, &ckpt)?;
     let acp: Vec<f64> = alphas_cumprod(&SchedulerConfig::default());
+    let pool = match plan.pool {
+        0 => None,
+        n => {
+            let spec = PoolSpec {
+                dir: plan.out.join("pool"),
+                samples: n,
+                size: plan.size,
+                seed: plan.seed,
+                tasks: &plan.tasks,
+                vae_dir: &plan.vae,
+            };
+            Some(build_or_load(&spec, &vae, device, &mut |done, total| {
+                on_event(&TrainEvent::Pool { done, total })
+            })?)
+        }
+    };
     let mut run = Run::new(opt.step);
     while opt.step < plan.steps {
         let step = opt.step;
         let mut rng = ChaCha8Rng::seed_from_u64(step_seed(plan.seed, step));
-        let samples: Vec<_> = (0..plan.batch)
-            .map(|i| {
-                generate(
-                    sample_seed(plan.seed, step, plan.batch, i),
-                    plan.size,
-                    &plan.tasks,
-                )
-            })
-            .collect();
-        let src = images_to_tensor(
-            &samples.iter().map(|s| &s.input).collect::<Vec<_>>(),
-            device,
-        )?;
-        let tgt = images_to_tensor(
-            &samples.iter().map(|s| &s.target).collect::<Vec<_>>(),
-            device,
-        )?;
-        let src_lat = vae.encode_mean(&src)?.detach();
-        let tgt_lat = (vae.encode_mean(&tgt)? * scale)?.detach();
+        let batch = match &pool {
+            Some(pool) => draw(pool, plan.batch, &mut rng, device)?,
+            None => fresh(plan, step, &vae, device)?,
+        };
+        let (src_lat, tgt_lat) = (batch.source, batch.target);
         let mut keep_image = Vec::with_capacity(plan.batch);
         let mut ids = Vec::with_capacity(plan.batch * clip_cfg.max_position_embeddings);
         let mut ts = Vec::with_capacity(plan.batch);
         let mut a = Vec::with_capacity(plan.batch);
         let mut b = Vec::with_capacity(plan.batch);
-        for s in &samples {
+        for prompt in &batch.prompts {
             let r: f64 = rng.random();
             let drop_text = r < plan.text_dropout;
             let drop_image = !drop_text && r < plan.text_dropout + plan.image_dropout;
             keep_image.push(if drop_image { 0f32 } else { 1.0 });
-            let prompt = if drop_text {
-                ""
-            } else {
-                s.instruction.as_str()
-            };
+            let prompt = if drop_text { "" } else { prompt.as_str() };
             ids.extend(tokenizer.encode(prompt).map_err(anyhow::Error::msg)?);
             let t = rng.random_range(0..acp.len());
             ts.push(t as f32);
@@ -241,7 +291,7 @@ pub fn train(
         let pred = unet.forward(&Tensor::cat(&[&noisy, &src_lat], 1)?, &t, &text)?;
         let err = (pred - &eps)?.sqr()?;
         let loss = if plan.change_weight > 0.0 {
-            let w = change_weights(&src, &tgt, f, plan.change_weight)?;
+            let w = ((batch.changed * plan.change_weight)? + 1.0)?;
             (err.broadcast_mul(&w)?.mean_all()?
                 / w.mean_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?)?
         } else {

@@ -9,6 +9,7 @@
 pub mod checkpoint;
 pub mod edit;
 pub mod optim;
+pub mod pool;
 pub mod vae;
 
 use std::path::PathBuf;
@@ -37,6 +38,11 @@ pub enum TrainEvent {
         step: usize,
         path: PathBuf,
     },
+    /// Building the sample pool: `done` of `total` chunks ready.
+    Pool {
+        done: usize,
+        total: usize,
+    },
 }
 
 /// Why a run stopped early.
@@ -59,9 +65,12 @@ impl From<candle_core::Error> for TrainError {
     }
 }
 
-/// Watches the loss for NaN or explosion (50x its running mean, after a warm-up).
+/// Watches the loss for NaN or explosion: 1000x the first loss at any time, or 50x its
+/// running mean after a warm-up of 20 steps. Outliers enter the running mean clipped to 10x
+/// it, so a few exploded steps cannot raise the bar for the next ones.
 #[derive(Debug, Clone, Default)]
 pub struct DivergenceGuard {
+    first: Option<f64>,
     mean: Option<f64>,
     seen: usize,
 }
@@ -73,11 +82,12 @@ impl DivergenceGuard {
             return true;
         }
         self.seen += 1;
+        let first = *self.first.get_or_insert(loss);
         let mean = self.mean.get_or_insert(loss);
-        if self.seen > 20 && loss > 50.0 * *mean {
+        if loss > 1000.0 * first.max(1e-12) || (self.seen > 20 && loss > 50.0 * *mean) {
             return true;
         }
-        *mean = 0.98 * *mean + 0.02 * loss;
+        *mean = 0.98 * *mean + 0.02 * loss.min(10.0 * *mean);
         false
     }
 }
@@ -263,6 +273,15 @@ mod tests {
         assert!(g.diverged(f64::NAN));
         assert!(g.diverged(1e4));
         assert!(!g.diverged(3.0));
+        // An explosion within the warm-up: judged against the first loss.
+        let mut g = DivergenceGuard::default();
+        assert!(!g.diverged(0.6));
+        assert!(g.diverged(7e20));
+        // Noisy but sane early losses pass.
+        let mut g = DivergenceGuard::default();
+        for l in [0.6, 2.0, 0.3, 5.0, 0.2] {
+            assert!(!g.diverged(l));
+        }
     }
 
     #[test]
