@@ -243,7 +243,8 @@ fn run(
                     step: e.step,
                     total: e.total,
                     elapsed_s: e.elapsed.as_secs_f64(),
-                    preview: preview::latent_to_rgba(e.denoised).ok(),
+                    preview: preview::latent_to_rgba(e.denoised, m.defaults.latent_rgb.as_deref())
+                        .ok(),
                 });
                 if cancel.load(Ordering::SeqCst) {
                     ControlFlow::Break(())

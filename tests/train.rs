@@ -206,6 +206,11 @@ fn micro_training_learns_and_exports_a_loadable_model() {
     )
     .expect("the exported folder loads");
     assert_eq!(model.defaults.resolution, 64);
+    assert_eq!(
+        model.defaults.latent_rgb.as_ref().map(Vec::len),
+        Some(5),
+        "preview factors for 4 latent channels and a bias"
+    );
     let img = image::RgbImage::from_pixel(32, 32, image::Rgb([200, 30, 30]));
     let req = instructdiffusion::sample::pipeline::EditRequest {
         prompt: "remove the red circle".into(),

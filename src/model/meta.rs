@@ -114,6 +114,11 @@ pub struct SamplingDefaults {
     /// Long side, in pixels, that inputs are resized to.
     #[serde(default = "resolution")]
     pub resolution: usize,
+    /// Live-preview factors for this model's VAE: one RGB row per latent channel, then a bias
+    /// row, mapping a scaled latent to `[-1, 1]` (fitted by the trainer); absent: Stable
+    /// Diffusion 1.x's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latent_rgb: Option<Vec<[f32; 3]>>,
 }
 
 fn text_cfg() -> f64 {
@@ -138,6 +143,7 @@ impl SamplingDefaults {
             image_cfg: 1.25,
             steps: 100,
             resolution: 512,
+            latent_rgb: None,
         }
     }
 
@@ -149,6 +155,7 @@ impl SamplingDefaults {
             image_cfg: 1.5,
             steps: 100,
             resolution: 512,
+            latent_rgb: None,
         }
     }
 }

@@ -149,6 +149,7 @@ pub fn export_model(
     unet_cfg: &UNetConfig,
     clip_cfg: &ClipConfig,
     opt: &AdamW,
+    latent_rgb: &[[f32; 3]],
 ) -> anyhow::Result<()> {
     let tmp = dir.with_extension("tmp");
     let _ = std::fs::remove_dir_all(&tmp);
@@ -208,6 +209,7 @@ pub fn export_model(
     let defaults = SamplingDefaults {
         steps: 20,
         resolution,
+        latent_rgb: Some(latent_rgb.to_vec()),
         ..SamplingDefaults::instructdiffusion()
     };
     write_json(tmp.join(DEFAULTS_FILE), &serde_json::to_value(&defaults)?)?;
@@ -230,6 +232,7 @@ pub fn train(
     on_event: &mut dyn FnMut(&TrainEvent),
 ) -> Result<(), TrainError> {
     let vae = super::vae::load_frozen(&plan.vae, device)?;
+    let latent_rgb = super::vae::preview_factors(&vae, plan.size, device)?;
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
     let unet = UNet2DConditionModel::new(unet_cfg, None, vb.pp("unet"))?;
@@ -306,7 +309,14 @@ pub fn train(
                     plan: plan.clone(),
                 },
             )?;
-            export_model(&plan.out.join("model"), plan, unet_cfg, clip_cfg, &opt)?;
+            export_model(
+                &plan.out.join("model"),
+                plan,
+                unet_cfg,
+                clip_cfg,
+                &opt,
+                &latent_rgb,
+            )?;
             run.kept = opt.step;
             on_event(&TrainEvent::Checkpoint {
                 step: opt.step,

@@ -226,3 +226,20 @@ pub fn load_frozen(dir: &std::path::Path, device: &Device) -> anyhow::Result<Aut
     let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
     Ok(AutoencoderKL::new(&cfg, vb)?)
 }
+
+/// Live-preview factors for `vae` (see [`crate::sample::preview::fit_latent_rgb`]), fitted on
+/// 16 held-out scenes of `size` pixels.
+pub fn preview_factors(
+    vae: &AutoencoderKL,
+    size: u32,
+    device: &Device,
+) -> anyhow::Result<Vec<[f32; 3]>> {
+    let weights = TaskWeights::default();
+    let imgs: Vec<image::RgbImage> = (0..16)
+        .map(|i| generate(HELD_OUT_FIRST_SEED + 2_000_000 + i, size, &weights).input)
+        .collect();
+    let x = images_to_tensor(&imgs.iter().collect::<Vec<_>>(), device)?;
+    let latents = (vae.encode_mean(&x)? * vae.config.scaling_factor)?;
+    let pooled = x.avg_pool2d(vae.config.downscale())?;
+    Ok(crate::sample::preview::fit_latent_rgb(&latents, &pooled)?)
+}
