@@ -96,9 +96,17 @@ pub struct TrainArgs {
     /// Run folder: checkpoint/, and vae/ or model/ (a loadable diffusers folder).
     #[arg(long)]
     pub out: PathBuf,
-    /// The trained VAE folder (phase `edit`; default: OUT/../vae/vae).
+    /// The trained VAE folder (phase `edit`; default: BASE/vae with --base, else OUT/../vae/vae).
     #[arg(long)]
     pub vae: Option<PathBuf>,
+    /// Phase `edit`: fine-tune this diffusers folder (its UNet and text encoder) instead of
+    /// training the built-in architecture from scratch.
+    #[arg(long)]
+    pub base: Option<PathBuf>,
+    /// Phase `edit`: train on this dataset folder (metadata.jsonl, InstructPix2Pix format)
+    /// instead of the generator.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
     /// Total optimizer steps (a resumed run continues to this).
     #[arg(long)]
     pub steps: Option<usize>,
@@ -524,6 +532,10 @@ fn run_train(cmd: &TrainCommand) -> anyhow::Result<()> {
         TrainEvent::Samples { step, path } => {
             eprintln!("samples at step {step}: '{}'", path.display())
         }
+        TrainEvent::Skipped { count, first } => {
+            eprintln!("warning: {count} dataset line(s) left out, the first: {first}")
+        }
+        TrainEvent::Stopped { step } => eprintln!("stopped at step {step} (run again to resume)"),
         TrainEvent::Pool { done, total } => {
             eprintln!(
                 "sample pool: {done}/{total} chunks of {} samples ready",
@@ -544,16 +556,27 @@ fn run_train(cmd: &TrainCommand) -> anyhow::Result<()> {
             vae::train(&plan, &device, &mut on_event)
         }
         TrainCommand::Edit(a) => {
-            let vae_dir = a.vae.clone().unwrap_or_else(|| a.out.join("../vae/vae"));
+            let vae_dir = a.vae.clone().unwrap_or_else(|| match &a.base {
+                Some(base) => base.join("vae"),
+                None => a.out.join("../vae/vae"),
+            });
             let mut plan = edit::default_plan(a.out.clone(), vae_dir);
+            plan.base = a.base.clone();
+            plan.data = a.data.clone();
             plan.steps = a.steps.unwrap_or(plan.steps);
             plan.batch = a.batch.unwrap_or(plan.batch);
             plan.pool = a.pool.unwrap_or(plan.pool);
             plan.optim.lr = a.lr.unwrap_or(plan.optim.lr);
             plan.checkpoint_every = a.checkpoint_every.unwrap_or(plan.checkpoint_every).max(1);
-            let unet = crate::model::unet::UNetConfig::tiny();
-            let clip = crate::model::clip::ClipConfig::tiny();
-            edit::train(&plan, &unet, &clip, &device, &mut on_event)
+            let (unet, clip) = match &a.base {
+                Some(base) => edit::base_configs(base)?,
+                None => (
+                    crate::model::unet::UNetConfig::tiny(),
+                    crate::model::clip::ClipConfig::tiny(),
+                ),
+            };
+            let never = std::sync::atomic::AtomicBool::new(false);
+            edit::train(&plan, &unet, &clip, &device, &never, &mut on_event)
         }
     };
     result.map_err(|e| anyhow::anyhow!(e))

@@ -179,11 +179,19 @@ fn micro_training_learns_and_exports_a_loadable_model() {
     eplan.pool = 40;
     let mut losses = Vec::new();
     let mut sheets = Vec::new();
-    edit::train(&eplan, &unet, &clip, &Device::Cpu, &mut |e| match e {
-        TrainEvent::Step { loss, .. } => losses.push(*loss),
-        TrainEvent::Samples { path, .. } => sheets.push(path.clone()),
-        _ => {}
-    })
+    let never = std::sync::atomic::AtomicBool::new(false);
+    edit::train(
+        &eplan,
+        &unet,
+        &clip,
+        &Device::Cpu,
+        &never,
+        &mut |e| match e {
+            TrainEvent::Step { loss, .. } => losses.push(*loss),
+            TrainEvent::Samples { path, .. } => sheets.push(path.clone()),
+            _ => {}
+        },
+    )
     .unwrap();
     assert_eq!(sheets.len(), 1, "one sample sheet at the one checkpoint");
     let sheet = image::open(&sheets[0]).unwrap();
@@ -232,14 +240,16 @@ fn micro_training_learns_and_exports_a_loadable_model() {
 /// The run's pool loads as it was written, and a changed VAE rebuilds it (its latents would
 /// no longer match the model's decoder).
 fn pool_is_reused_and_rebuilt_for_another_vae(eplan: &edit::EditPlan) {
-    use instructdiffusion::train::pool::{build_or_load, PoolSpec};
+    use instructdiffusion::train::pool::{build_or_load, PoolSource, PoolSpec};
     let vae = instructdiffusion::train::vae::load_frozen(&eplan.vae, &Device::Cpu).unwrap();
     let spec = PoolSpec {
         dir: eplan.out.join("pool"),
-        samples: eplan.pool,
+        source: PoolSource::Generator {
+            seed: eplan.seed,
+            samples: eplan.pool,
+            tasks: &eplan.tasks,
+        },
         size: eplan.size,
-        seed: eplan.seed,
-        tasks: &eplan.tasks,
         vae_dir: &eplan.vae,
     };
     let meta = spec.dir.join("chunk_00000.json");
@@ -280,4 +290,101 @@ fn pool_is_reused_and_rebuilt_for_another_vae(eplan: &edit::EditPlan) {
         instructdiffusion::train::pool::vae_fingerprint(&other).unwrap()
     );
     assert_eq!(again.len(), eplan.pool);
+}
+
+/// Fine-tuning a diffusers folder on a dataset folder: an unreadable line is reported and left
+/// out, the run starts from the base's weights, stops on request with a checkpoint, resumes
+/// to the end and exports a folder the core loads.
+#[test]
+fn fine_tune_on_a_dataset_folder_stops_and_resumes() {
+    use instructdiffusion::data::sample::TaskWeights;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let tmp = tempdir();
+    let data = tmp.path().join("data");
+    instructdiffusion::data::dataset::write(
+        &data,
+        0..6,
+        64,
+        &TaskWeights::default(),
+        &mut |_, _| {},
+    )
+    .unwrap();
+    std::fs::write(data.join("images/broken.png"), b"not an image").unwrap();
+    let mut lines = std::fs::read_to_string(data.join("metadata.jsonl")).unwrap();
+    lines.push_str(
+        r#"{"input_image": "images/broken.png", "edit_prompt": "x", "edited_image": "images/broken.png"}"#,
+    );
+    std::fs::write(data.join("metadata.jsonl"), lines + "\n").unwrap();
+
+    let base = tiny().join("diffusers");
+    let (unet, clip) = edit::base_configs(&base).unwrap();
+    let mut plan = edit::default_plan(tmp.path().join("ft"), base.join("vae"));
+    plan.base = Some(base.clone());
+    plan.data = Some(data);
+    plan.size = 64;
+    plan.batch = 2;
+    plan.steps = 5;
+    plan.checkpoint_every = 100;
+    plan.sample_edits = 2;
+    plan.optim.warmup_steps = 1;
+    plan.optim.lr = 1e-4;
+    let stop = AtomicBool::new(false);
+    let mut events = Vec::new();
+    edit::train(&plan, &unet, &clip, &Device::Cpu, &stop, &mut |e| {
+        if let TrainEvent::Step { step: 2, .. } = e {
+            stop.store(true, Ordering::SeqCst);
+        }
+        events.push(e.clone());
+    })
+    .unwrap();
+    let skipped = events.iter().find_map(|e| match e {
+        TrainEvent::Skipped { count, first } => Some((*count, first.clone())),
+        _ => None,
+    });
+    let (count, first) = skipped.expect("the broken line is reported");
+    assert_eq!(count, 1);
+    assert!(first.contains("broken.png"), "{first}");
+    assert!(
+        events.contains(&TrainEvent::Stopped { step: 2 }),
+        "{events:?}"
+    );
+    let saved = state(&plan.out);
+    let base_unet = candle_core::safetensors::load(
+        base.join("unet/diffusion_pytorch_model.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let drift: f32 = (&saved["param/unet.conv_in.weight"]
+        - base_unet["conv_in.weight"]
+            .to_dtype(candle_core::DType::F32)
+            .unwrap())
+    .unwrap()
+    .abs()
+    .unwrap()
+    .max_all()
+    .unwrap()
+    .to_scalar()
+    .unwrap();
+    assert!(
+        drift < 1e-2,
+        "two small steps from the base, not a fresh init ({drift})"
+    );
+
+    stop.store(false, Ordering::SeqCst);
+    let mut steps = Vec::new();
+    let mut sheets = Vec::new();
+    edit::train(&plan, &unet, &clip, &Device::Cpu, &stop, &mut |e| match e {
+        TrainEvent::Step { step, .. } => steps.push(*step),
+        TrainEvent::Samples { path, .. } => sheets.push(path.clone()),
+        _ => {}
+    })
+    .unwrap();
+    assert_eq!(steps, vec![3, 4, 5], "resumed after the stop");
+    let sheet = image::open(&sheets[0]).unwrap();
+    assert_eq!((sheet.width(), sheet.height()), (3 * 64, 2 * 64));
+    load::load(
+        &ModelSource::Diffusers(plan.out.join("model")),
+        Default::default(),
+    )
+    .expect("the fine-tuned folder loads");
 }

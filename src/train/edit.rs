@@ -7,17 +7,20 @@
 //! The loss can weight the latent cells where the target differs from the source more, since
 //! an instruction's signal is often a few percent of the pixels.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
+use image::RgbImage;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{save_weights, Checkpoint};
 use super::optim::{AdamW, AdamWConfig};
-use super::pool::{build_or_load, change_map, Pool, PoolSpec};
+use super::pool::{build_or_load, change_map, Pool, PoolSource, PoolSpec};
 use super::{images_to_tensor, sample_seed, step_seed, Run, TrainError, TrainEvent};
 use crate::data::sample::{generate, TaskWeights};
 use crate::model::clip::{ClipConfig, ClipTextModel, ClipTokenizer};
@@ -31,8 +34,15 @@ use crate::sample::schedule::alphas_cumprod;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EditPlan {
     pub out: PathBuf,
-    /// The trained VAE folder (phase 1's `vae/`).
+    /// The trained VAE folder (phase 1's `vae/`, or a base model's `vae/`).
     pub vae: PathBuf,
+    /// A diffusers folder whose UNet and text encoder are fine-tuned (`None`: trained from
+    /// scratch). Its configs replace the ones passed to [`train`].
+    #[serde(default)]
+    pub base: Option<PathBuf>,
+    /// A dataset folder (`metadata.jsonl`) to train on instead of the generator.
+    #[serde(default)]
+    pub data: Option<PathBuf>,
     pub steps: usize,
     pub batch: usize,
     pub size: u32,
@@ -64,6 +74,8 @@ pub fn default_plan(out: PathBuf, vae: PathBuf) -> EditPlan {
     EditPlan {
         out,
         vae,
+        base: None,
+        data: None,
         steps: 40_000,
         batch: 8,
         size: 128,
@@ -223,12 +235,66 @@ pub fn export_model(
     Ok(())
 }
 
-/// Trains (or resumes) the UNet and text encoder of `plan`.
+/// The UNet and text-encoder configs of a diffusers folder (a fine-tune's base).
+pub fn base_configs(dir: &Path) -> anyhow::Result<(UNetConfig, ClipConfig)> {
+    let read = |f: &str| -> anyhow::Result<String> {
+        let p = dir.join(f);
+        std::fs::read_to_string(&p).map_err(|e| {
+            anyhow::anyhow!(
+                "reading '{}': {e} (a fine-tune's base must be a diffusers folder)",
+                p.display()
+            )
+        })
+    };
+    let unet: crate::model::unet::UNetConfigJson =
+        serde_json::from_str(&read("unet/config.json")?)?;
+    let clip: crate::model::clip::ClipConfigJson =
+        serde_json::from_str(&read("text_encoder/config.json")?)?;
+    Ok((
+        UNetConfig::try_from(unet).map_err(anyhow::Error::msg)?,
+        ClipConfig::try_from(clip).map_err(anyhow::Error::msg)?,
+    ))
+}
+
+/// The UNet and text-encoder weights of a diffusers folder, named as the trainer names its
+/// variables (`unet.*`, `text_encoder.*`).
+fn base_weights(dir: &Path, device: &Device) -> anyhow::Result<HashMap<String, Tensor>> {
+    let mut all = HashMap::new();
+    for (prefix, file) in [
+        ("unet.", "unet/diffusion_pytorch_model.safetensors"),
+        ("text_encoder.", "text_encoder/model.safetensors"),
+    ] {
+        let p = dir.join(file);
+        let tensors = candle_core::safetensors::load(&p, device).map_err(|e| {
+            anyhow::anyhow!(
+                "reading '{}': {}",
+                p.display(),
+                crate::model::load::error_message(&e)
+            )
+        })?;
+        // transformers 5 saves the text encoder without the `text_model.` prefix of 4.x.
+        let inner = |k: &str| match prefix {
+            "text_encoder." if !k.starts_with("text_model.") => format!("text_model.{k}"),
+            _ => k.to_string(),
+        };
+        all.extend(
+            tensors
+                .into_iter()
+                .map(|(k, v)| (format!("{prefix}{}", inner(&k)), v)),
+        );
+    }
+    Ok(all)
+}
+
+/// Trains (or resumes) the UNet and text encoder of `plan`. Setting `stop` ends the run after
+/// the current step with a checkpoint (and a [`TrainEvent::Stopped`]); running the same plan
+/// again resumes it.
 pub fn train(
     plan: &EditPlan,
     unet_cfg: &UNetConfig,
     clip_cfg: &ClipConfig,
     device: &Device,
+    stop: &AtomicBool,
     on_event: &mut dyn FnMut(&TrainEvent),
 ) -> Result<(), TrainError> {
     let vae = super::vae::load_frozen(&plan.vae, device)?;
@@ -239,22 +305,41 @@ pub fn train(
     let clip = ClipTextModel::new(clip_cfg, vb.pp("text_encoder").pp("text_model"))?;
     let tokenizer = ClipTokenizer::bundled(clip_cfg.max_position_embeddings);
     let ckpt = Checkpoint::new(&plan.out.join("checkpoint"));
-    let mut opt = super::start(&varmap, plan.seed, &plan.optim, &ckpt)?;
+    let base = match &plan.base {
+        Some(dir) if !ckpt.exists() => Some(base_weights(dir, device)?),
+        _ => None,
+    };
+    let mut opt = super::start(&varmap, plan.seed, &plan.optim, &ckpt, base.as_ref())?;
+    drop(base);
     let acp: Vec<f64> = alphas_cumprod(&SchedulerConfig::default());
-    let pool = match plan.pool {
-        0 => None,
-        n => {
-            let spec = PoolSpec {
-                dir: plan.out.join("pool"),
-                samples: n,
-                size: plan.size,
-                seed: plan.seed,
-                tasks: &plan.tasks,
-                vae_dir: &plan.vae,
-            };
-            Some(build_or_load(&spec, &vae, device, &mut |done, total| {
+    let spec = |source| PoolSpec {
+        dir: plan.out.join("pool"),
+        source,
+        size: plan.size,
+        vae_dir: &plan.vae,
+    };
+    let source = match (&plan.data, plan.pool) {
+        (Some(dir), _) => Some(PoolSource::Dataset(dir)),
+        (None, 0) => None,
+        (None, samples) => Some(PoolSource::Generator {
+            seed: plan.seed,
+            samples,
+            tasks: &plan.tasks,
+        }),
+    };
+    let pool = match source {
+        None => None,
+        Some(source) => {
+            let pool = build_or_load(&spec(source), &vae, device, &mut |done, total| {
                 on_event(&TrainEvent::Pool { done, total })
-            })?)
+            })?;
+            if !pool.skipped.is_empty() {
+                on_event(&TrainEvent::Skipped {
+                    count: pool.skipped.len(),
+                    first: pool.skipped[0].clone(),
+                });
+            }
+            Some(pool)
         }
     };
     let mut run = Run::new(opt.step);
@@ -301,7 +386,8 @@ pub fn train(
             err.mean_all()?
         };
         run.optimize(&mut opt, &loss, plan.steps, &ckpt.dir, on_event)?;
-        if opt.step % plan.checkpoint_every == 0 || opt.step == plan.steps {
+        let stopping = stop.load(Ordering::SeqCst);
+        if stopping || opt.step % plan.checkpoint_every == 0 || opt.step == plan.steps {
             ckpt.save(
                 &opt.state()?,
                 &Meta {
@@ -322,6 +408,10 @@ pub fn train(
                 step: opt.step,
                 dir: ckpt.dir.clone(),
             });
+            if stopping {
+                on_event(&TrainEvent::Stopped { step: opt.step });
+                return Ok(());
+            }
             if plan.sample_edits > 0 {
                 let path = write_sample_edits(plan, opt.step)?;
                 on_event(&TrainEvent::Samples {
@@ -345,26 +435,31 @@ fn write_sample_edits(plan: &EditPlan, step: usize) -> anyhow::Result<PathBuf> {
         Default::default(),
     )?;
     let s = plan.size;
-    let mut sheet = image::RgbImage::new(3 * s, plan.sample_edits as u32 * s);
     let mut text = String::new();
-    for i in 0..plan.sample_edits {
-        let sample = generate(super::HELD_OUT_FIRST_SEED + i as u64, s, &plan.tasks);
+    let examples: Vec<(RgbImage, RgbImage, String, String)> = match &plan.data {
+        Some(dir) => super::pool::dataset_examples(dir, s, plan.sample_edits)?,
+        None => (0..plan.sample_edits)
+            .map(|i| {
+                let x = generate(super::HELD_OUT_FIRST_SEED + i as u64, s, &plan.tasks);
+                (x.input, x.target, x.instruction, x.task.name().to_string())
+            })
+            .collect(),
+    };
+    let mut sheet = image::RgbImage::new(3 * s, examples.len() as u32 * s);
+    for (i, (input, target, instruction, task)) in examples.iter().enumerate() {
         let req = EditRequest {
-            prompt: sample.instruction.clone(),
+            prompt: instruction.clone(),
             seed: Some(i as u64),
             ..Default::default()
         };
         let edit_plan = req.validate(&model)?;
-        let out = match edit(&model, &sample.input, &edit_plan, None, &mut |_| {
+        let out = match edit(&model, input, &edit_plan, None, &mut |_| {
             std::ops::ControlFlow::Continue(())
         })? {
             EditOutcome::Done(e) => e.image,
             EditOutcome::Cancelled { .. } => anyhow::bail!("sample edit cancelled"),
         };
-        for (col, img) in [&sample.input, &sample.target, &out]
-            .into_iter()
-            .enumerate()
-        {
+        for (col, img) in [input, target, &out].into_iter().enumerate() {
             image::imageops::replace(
                 &mut sheet,
                 img,
@@ -372,11 +467,7 @@ fn write_sample_edits(plan: &EditPlan, step: usize) -> anyhow::Result<PathBuf> {
                 (i as u32 * s) as i64,
             );
         }
-        text.push_str(&format!(
-            "{i}: [{}] {}\n",
-            sample.task.name(),
-            sample.instruction
-        ));
+        text.push_str(&format!("{i}: [{task}] {instruction}\n"));
     }
     let path = plan.out.join("samples").join(format!("step_{step:06}.png"));
     std::fs::create_dir_all(path.parent().expect("has a parent"))?;

@@ -43,6 +43,16 @@ pub enum TrainEvent {
         done: usize,
         total: usize,
     },
+    /// Dataset lines left out of the pool (unreadable images, ...): how many, and the first.
+    Skipped {
+        count: usize,
+        first: String,
+    },
+    /// The run was asked to stop and did, after writing a checkpoint at `step` (start it
+    /// again to resume).
+    Stopped {
+        step: usize,
+    },
 }
 
 /// Why a run stopped early.
@@ -207,15 +217,32 @@ pub fn init_weights(varmap: &candle_nn::VarMap, seed: u64) -> candle_core::Resul
     Ok(())
 }
 
-/// Seeds the variables of `varmap`, builds the optimizer over them, and restores the last
-/// checkpoint in `ckpt` when there is one.
+/// Seeds the variables of `varmap` (or sets them from `base`, which must hold every one),
+/// builds the optimizer over them, and restores the last checkpoint in `ckpt` when there is one.
 pub fn start(
     varmap: &candle_nn::VarMap,
     seed: u64,
     cfg: &optim::AdamWConfig,
     ckpt: &checkpoint::Checkpoint,
+    base: Option<&std::collections::HashMap<String, Tensor>>,
 ) -> Result<optim::AdamW, TrainError> {
     init_weights(varmap, seed)?;
+    if let Some(base) = base {
+        for (name, var) in varmap.data().lock().expect("varmap lock").iter() {
+            let t = base.get(name).ok_or_else(|| {
+                anyhow::anyhow!("the base model has no weight '{name}': is it this kind of model?")
+            })?;
+            if t.dims() != var.dims() {
+                return Err(anyhow::anyhow!(
+                    "the base model's '{name}' is {:?}, the model being trained needs {:?}",
+                    t.dims(),
+                    var.dims()
+                )
+                .into());
+            }
+            var.set(&t.to_dtype(var.dtype())?)?;
+        }
+    }
     let vars = varmap
         .data()
         .lock()

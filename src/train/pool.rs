@@ -10,11 +10,13 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
+use image::RgbImage;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint::save_weights;
 use super::{images_to_tensor, sample_seed};
+use crate::data::dataset::{read, Record};
 use crate::data::sample::{generate, TaskWeights};
 use crate::model::vae::AutoencoderKL;
 
@@ -31,6 +33,8 @@ pub struct Pool {
     /// the latent cell), else 0: `(n, 1, h, w)`.
     pub changed: Tensor,
     pub prompts: Vec<String>,
+    /// Dataset lines left out, with the reason (an unreadable image, ...).
+    pub skipped: Vec<String>,
 }
 
 impl Pool {
@@ -43,14 +47,26 @@ impl Pool {
     }
 }
 
+/// Where a pool's samples come from.
+#[derive(Debug, Clone)]
+pub enum PoolSource<'a> {
+    /// `samples` generated scenes of the training seed stream of `seed`.
+    Generator {
+        seed: u64,
+        samples: usize,
+        tasks: &'a TaskWeights,
+    },
+    /// Every line of a dataset folder's `metadata.jsonl`.
+    Dataset(&'a Path),
+}
+
 /// What a pool is built from.
 #[derive(Debug, Clone)]
 pub struct PoolSpec<'a> {
     pub dir: PathBuf,
-    pub samples: usize,
+    pub source: PoolSource<'a>,
+    /// Side of the square images, in pixels.
     pub size: u32,
-    pub seed: u64,
-    pub tasks: &'a TaskWeights,
     /// The VAE folder, fingerprinted into every chunk.
     pub vae_dir: &'a Path,
 }
@@ -59,9 +75,98 @@ pub struct PoolSpec<'a> {
 struct ChunkMeta {
     vae: String,
     size: u32,
-    seeds: Vec<u64>,
+    /// What each sample was made from: a seed, or a dataset line with its files' sizes and
+    /// modification times (an edited file rebuilds the chunk).
+    keys: Vec<String>,
     tasks: Vec<String>,
     prompts: Vec<String>,
+    #[serde(default)]
+    skipped: Vec<String>,
+}
+
+/// One sample to encode.
+enum Item {
+    Seed(u64),
+    Line(Box<Record>),
+}
+
+impl Item {
+    fn key(&self, root: &Path) -> String {
+        match self {
+            Item::Seed(s) => s.to_string(),
+            Item::Line(r) => {
+                let stamp = |f: &str| {
+                    std::fs::metadata(root.join(f))
+                        .map(|m| {
+                            let t = m
+                                .modified()
+                                .ok()
+                                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                                .map_or(0, |d| d.as_nanos());
+                            format!("{}@{t}", m.len())
+                        })
+                        .unwrap_or_else(|_| "missing".into())
+                };
+                format!(
+                    "{}|{}|{}|{}|{}",
+                    r.input_image,
+                    stamp(&r.input_image),
+                    r.edited_image,
+                    stamp(&r.edited_image),
+                    r.edit_prompt
+                )
+            }
+        }
+    }
+
+    /// `(source, target, instruction, task)`, or why the line is left out.
+    fn realize(
+        &self,
+        root: &Path,
+        size: u32,
+        tasks: &TaskWeights,
+    ) -> Result<(RgbImage, RgbImage, String, String), String> {
+        match self {
+            Item::Seed(seed) => {
+                let s = generate(*seed, size, tasks);
+                Ok((s.input, s.target, s.instruction, s.task.name().to_string()))
+            }
+            Item::Line(r) => {
+                let load = |f: &str| {
+                    crate::imageio::load_rgb(&root.join(f), crate::imageio::DEFAULT_MAX_PIXELS)
+                        .map(|img| square(&img, size))
+                        .map_err(|e| e.to_string())
+                };
+                let task = r
+                    .task
+                    .map_or("dataset".to_string(), |t| t.name().to_string());
+                Ok((
+                    load(&r.input_image)?,
+                    load(&r.edited_image)?,
+                    r.edit_prompt.clone(),
+                    task,
+                ))
+            }
+        }
+    }
+}
+
+/// The centre square of `img`, resized to `size` pixels.
+fn square(img: &RgbImage, size: u32) -> RgbImage {
+    let side = img.width().min(img.height());
+    let crop = image::imageops::crop_imm(
+        img,
+        (img.width() - side) / 2,
+        (img.height() - side) / 2,
+        side,
+        side,
+    )
+    .to_image();
+    if side == size {
+        crop
+    } else {
+        crate::imageio::resize_exact(&crop, size, size)
+    }
 }
 
 /// FNV-1a over the VAE's config and weights: which VAE encoded a chunk.
@@ -97,29 +202,63 @@ pub fn build_or_load(
     on_progress: &mut dyn FnMut(usize, usize),
 ) -> anyhow::Result<Pool> {
     let fingerprint = vae_fingerprint(spec.vae_dir)?;
-    let chunks = spec.samples.div_ceil(CHUNK);
-    let (mut source, mut target, mut changed, mut prompts) = (vec![], vec![], vec![], vec![]);
-    for i in 0..chunks {
-        let seeds: Vec<u64> = (i * CHUNK..((i + 1) * CHUNK).min(spec.samples))
-            .map(|k| sample_seed(spec.seed, 0, 1, k))
-            .collect();
+    let (items, root, tasks): (Vec<Item>, PathBuf, TaskWeights) = match &spec.source {
+        PoolSource::Generator {
+            seed,
+            samples,
+            tasks,
+        } => (
+            (0..*samples)
+                .map(|k| Item::Seed(sample_seed(*seed, 0, 1, k)))
+                .collect(),
+            PathBuf::new(),
+            (*tasks).clone(),
+        ),
+        PoolSource::Dataset(dir) => (
+            read(dir)?
+                .into_iter()
+                .map(|r| Item::Line(Box::new(r)))
+                .collect(),
+            dir.to_path_buf(),
+            TaskWeights::default(),
+        ),
+    };
+    let chunks = items.len().div_ceil(CHUNK);
+    let (mut source, mut target, mut changed) = (vec![], vec![], vec![]);
+    let (mut prompts, mut skipped) = (vec![], vec![]);
+    for (i, group) in items.chunks(CHUNK).enumerate() {
+        let keys: Vec<String> = group.iter().map(|it| it.key(&root)).collect();
         let path = spec.dir.join(format!("chunk_{i:05}.safetensors"));
-        let meta_path = path.with_extension("json");
-        let meta: Option<ChunkMeta> = std::fs::read_to_string(&meta_path)
+        let meta: Option<ChunkMeta> = std::fs::read_to_string(path.with_extension("json"))
             .ok()
             .and_then(|s| serde_json::from_str(&s).ok());
         let fresh = meta
             .as_ref()
-            .is_some_and(|m| m.vae == fingerprint && m.size == spec.size && m.seeds == seeds);
-        let tensors = if fresh {
-            candle_core::safetensors::load(&path, device).ok()
-        } else {
-            None
+            .is_some_and(|m| m.vae == fingerprint && m.size == spec.size && m.keys == keys);
+        let loaded = match (fresh, meta) {
+            (true, Some(m)) if m.prompts.is_empty() => Some((Tensors::new(), m)),
+            (true, Some(m)) => candle_core::safetensors::load(&path, device)
+                .ok()
+                .map(|t| (t, m)),
+            _ => None,
         };
-        let (tensors, meta) = match (tensors, meta) {
-            (Some(t), Some(m)) if fresh => (t, m),
-            _ => build_chunk(spec, vae, device, &seeds, &fingerprint, &path)?,
+        let (tensors, meta) = match loaded {
+            Some(x) => x,
+            None => {
+                let ctx = ChunkContext {
+                    spec,
+                    root: &root,
+                    tasks: &tasks,
+                    fingerprint: &fingerprint,
+                };
+                build_chunk(&ctx, vae, device, group, keys, &path)?
+            }
         };
+        skipped.extend(meta.skipped);
+        if meta.prompts.is_empty() {
+            on_progress(i + 1, chunks);
+            continue;
+        }
         let get = |k: &str| -> anyhow::Result<Tensor> {
             let t = tensors.get(k).ok_or_else(|| {
                 anyhow::anyhow!("pool chunk '{}' lacks '{k}': delete it", path.display())
@@ -133,58 +272,101 @@ pub fn build_or_load(
         on_progress(i + 1, chunks);
     }
     if prompts.is_empty() {
-        anyhow::bail!("the sample pool is empty: ask for at least one sample")
+        anyhow::bail!(
+            "no training samples: {}",
+            match skipped.first() {
+                Some(why) => format!("every line was left out ({why})"),
+                None => "the pool is empty".to_string(),
+            }
+        )
     }
+    // `cat` of one part returns it as it is, and an encoder's mean is a view of its moments.
+    let join = |parts: &[Tensor]| Tensor::cat(parts, 0)?.contiguous();
     Ok(Pool {
-        source: Tensor::cat(&source, 0)?,
-        target: Tensor::cat(&target, 0)?,
-        changed: Tensor::cat(&changed, 0)?,
+        source: join(&source)?,
+        target: join(&target)?,
+        changed: join(&changed)?,
         prompts,
+        skipped,
     })
 }
 
+struct ChunkContext<'a> {
+    spec: &'a PoolSpec<'a>,
+    root: &'a Path,
+    tasks: &'a TaskWeights,
+    fingerprint: &'a str,
+}
+
+type Tensors = std::collections::HashMap<String, Tensor>;
+
 fn build_chunk(
-    spec: &PoolSpec,
+    ctx: &ChunkContext,
     vae: &AutoencoderKL,
     device: &Device,
-    seeds: &[u64],
-    fingerprint: &str,
+    items: &[Item],
+    keys: Vec<String>,
     path: &Path,
-) -> anyhow::Result<(std::collections::HashMap<String, Tensor>, ChunkMeta)> {
-    let samples: Vec<_> = seeds
+) -> anyhow::Result<(Tensors, ChunkMeta)> {
+    let size = ctx.spec.size;
+    let made: Vec<_> = items
         .par_iter()
-        .map(|&s| generate(s, spec.size, spec.tasks))
+        .map(|it| it.realize(ctx.root, size, ctx.tasks))
         .collect();
+    let (mut samples, mut skipped) = (vec![], vec![]);
+    for (r, key) in made.into_iter().zip(&keys) {
+        match r {
+            Ok(s) => samples.push(s),
+            Err(why) => skipped.push(format!("{}: {why}", key.split('|').next().unwrap_or(key))),
+        }
+    }
     let scale = vae.config.scaling_factor;
     let f = vae.config.downscale();
     let (mut src, mut tgt, mut chg) = (vec![], vec![], vec![]);
     // Sixteen at a time: the encoder's activations at 128 px are a few MB per image.
     for group in samples.chunks(16) {
-        let s = images_to_tensor(&group.iter().map(|s| &s.input).collect::<Vec<_>>(), device)?;
-        let t = images_to_tensor(&group.iter().map(|s| &s.target).collect::<Vec<_>>(), device)?;
+        let s = images_to_tensor(&group.iter().map(|s| &s.0).collect::<Vec<_>>(), device)?;
+        let t = images_to_tensor(&group.iter().map(|s| &s.1).collect::<Vec<_>>(), device)?;
         chg.push(change_map(&s, &t, f)?);
         src.push(vae.encode_mean(&s)?);
         tgt.push((vae.encode_mean(&t)? * scale)?);
     }
-    let tensors: std::collections::HashMap<String, Tensor> = [
-        ("source", Tensor::cat(&src, 0)?),
-        ("target", Tensor::cat(&tgt, 0)?),
-        ("changed", Tensor::cat(&chg, 0)?),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
-    save_weights(&tensors, path, false)?;
+    let mut tensors = Tensors::new();
+    if !samples.is_empty() {
+        tensors.insert("source".into(), Tensor::cat(&src, 0)?);
+        tensors.insert("target".into(), Tensor::cat(&tgt, 0)?);
+        tensors.insert("changed".into(), Tensor::cat(&chg, 0)?);
+        save_weights(&tensors, path, false)?;
+    }
     let meta = ChunkMeta {
-        vae: fingerprint.to_string(),
-        size: spec.size,
-        seeds: seeds.to_vec(),
-        tasks: samples.iter().map(|s| s.task.name().to_string()).collect(),
-        prompts: samples.iter().map(|s| s.instruction.clone()).collect(),
+        vae: ctx.fingerprint.to_string(),
+        size,
+        keys,
+        tasks: samples.iter().map(|s| s.3.clone()).collect(),
+        prompts: samples.iter().map(|s| s.2.clone()).collect(),
+        skipped,
     };
     crate::imageio::write_atomic(
         &path.with_extension("json"),
         serde_json::to_string(&meta)?.as_bytes(),
     )?;
     Ok((tensors, meta))
+}
+
+/// The first `n` readable lines of a dataset folder as `(source, target, instruction, task)`
+/// at `size` pixels (the trainer's sample sheets).
+pub fn dataset_examples(
+    dir: &Path,
+    size: u32,
+    n: usize,
+) -> anyhow::Result<Vec<(RgbImage, RgbImage, String, String)>> {
+    Ok(read(dir)?
+        .into_iter()
+        .filter_map(|r| {
+            Item::Line(Box::new(r))
+                .realize(dir, size, &TaskWeights::default())
+                .ok()
+        })
+        .take(n)
+        .collect())
 }

@@ -154,7 +154,7 @@ pub fn train(
     let varmap = VarMap::new();
     let vae = AutoencoderKL::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, device))?;
     let ckpt = Checkpoint::new(&plan.out.join("checkpoint"));
-    let mut opt = super::start(&varmap, plan.seed, &plan.optim, &ckpt)?;
+    let mut opt = super::start(&varmap, plan.seed, &plan.optim, &ckpt, None)?;
     let mut run = Run::new(opt.step);
     while opt.step < plan.steps {
         let step = opt.step;
