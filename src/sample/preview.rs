@@ -159,16 +159,11 @@ mod tests {
         assert_eq!(f.len(), 6);
         let one = lat.narrow(0, 2, 1)?;
         let p = latent_to_rgba(&one, Some(&f))?;
-        let want = rgb.get(2)?.to_vec3::<f32>()?;
-        for y in 0..4 {
-            for x in 0..5 {
-                for k in 0..3 {
-                    let got = p.rgba[(y * 5 + x) * 4 + k] as f32 / 127.5 - 1.0;
-                    assert!(
-                        (got - want[k][y][x]).abs() < 0.02,
-                        "pixel {x},{y} channel {k}"
-                    );
-                }
+        let want = rgb.get(2)?.flatten_from(1)?.to_vec2::<f32>()?; // (3, h*w)
+        for (p, px) in p.rgba.chunks_exact(4).enumerate() {
+            for (k, &v) in px[..3].iter().enumerate() {
+                let got = v as f32 / 127.5 - 1.0;
+                assert!((got - want[k][p]).abs() < 0.02, "pixel {p} channel {k}");
             }
         }
         Ok(())
