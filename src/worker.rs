@@ -5,6 +5,7 @@
 
 use std::ops::ControlFlow;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -32,6 +33,68 @@ pub enum Command {
         /// result keeps the input's pixels exactly. `None`: everywhere.
         region: Option<Vec<bool>>,
     },
+    /// Fine-tune a model (the UI's training panel); events come as [`Event::Train`], then
+    /// [`Event::TrainFinished`] or [`Event::TrainFailed`]. Edits sent meanwhile wait.
+    Train(TrainJob),
+}
+
+/// A fine-tune as the training panel describes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainJob {
+    /// The model to fine-tune: "builtin" or a diffusers folder.
+    pub base: String,
+    /// A dataset folder (`metadata.jsonl`); `None`: the procedural generator.
+    pub data: Option<PathBuf>,
+    /// The run folder (checkpoint, pool, samples, and the trained `model/`); running a job
+    /// on a folder that holds a checkpoint resumes it.
+    pub out: PathBuf,
+    pub steps: usize,
+    pub lr: f64,
+    pub batch: usize,
+    /// Generated samples to train on when `data` is `None`.
+    pub pool: usize,
+    /// Side of the training images; `None`: the base model's resolution
+    /// (`instructdiffusion.json`, else 512).
+    pub size: Option<u32>,
+}
+
+impl TrainJob {
+    /// The base model's folder (fine-tuning reads its files directly).
+    pub fn base_dir(&self) -> Result<PathBuf, String> {
+        match ModelSource::parse(&self.base).map_err(|e| e.to_string())? {
+            ModelSource::Builtin => Ok(load::builtin_dir()),
+            ModelSource::Diffusers(dir) => Ok(dir),
+            other => Err(format!(
+                "fine-tuning needs a diffusers folder; '{}' is {}: convert it first",
+                self.base,
+                other.describe()
+            )),
+        }
+    }
+
+    /// The trainer's plan for this job: the base's resolution, a checkpoint (with two sample
+    /// edits) at least every 250 steps.
+    pub fn plan(&self) -> Result<crate::train::edit::EditPlan, String> {
+        let dir = self.base_dir()?;
+        let mut plan = crate::train::edit::default_plan(self.out.clone(), dir.join("vae"));
+        let defaults: Option<crate::model::meta::SamplingDefaults> =
+            std::fs::read_to_string(dir.join(crate::model::meta::DEFAULTS_FILE))
+                .ok()
+                .and_then(|s| serde_json::from_str(&s).ok());
+        plan.size = self
+            .size
+            .unwrap_or_else(|| defaults.map_or(512, |d| d.resolution as u32));
+        plan.base = Some(dir);
+        plan.data = self.data.clone();
+        plan.steps = self.steps.max(1);
+        plan.optim.lr = self.lr;
+        plan.optim.warmup_steps = plan.optim.warmup_steps.min(plan.steps / 10);
+        plan.batch = self.batch.max(1);
+        plan.pool = self.pool;
+        plan.checkpoint_every = (plan.steps / 4).clamp(1, 250);
+        plan.sample_edits = 2;
+        Ok(plan)
+    }
 }
 
 /// What the worker reports.
@@ -83,6 +146,16 @@ pub enum Event {
         job: u64,
         message: String,
     },
+    /// Progress of a training job.
+    Train(crate::train::TrainEvent),
+    /// The training job ended (finished, or stopped on request); its model folder loads.
+    TrainFinished {
+        model: PathBuf,
+        stopped: bool,
+    },
+    TrainFailed {
+        message: String,
+    },
 }
 
 /// The handle the UI keeps.
@@ -90,6 +163,7 @@ pub struct Worker {
     tx: Option<Sender<Command>>,
     rx: Receiver<Event>,
     cancel: Arc<AtomicBool>,
+    stop_training: Arc<AtomicBool>,
     handle: Option<JoinHandle<()>>,
 }
 
@@ -100,7 +174,11 @@ impl Worker {
         let (tx, cmd_rx) = unbounded::<Command>();
         let (ev_tx, rx) = unbounded::<Event>();
         let cancel = Arc::new(AtomicBool::new(false));
-        let flag = cancel.clone();
+        let stop_training = Arc::new(AtomicBool::new(false));
+        let flags = Flags {
+            cancel: cancel.clone(),
+            stop_training: stop_training.clone(),
+        };
         let handle = std::thread::Builder::new()
             .name("instructdiffusion-worker".into())
             .spawn(move || {
@@ -110,7 +188,7 @@ impl Worker {
                 };
                 let mut model: Option<Model> = None;
                 for cmd in cmd_rx {
-                    let r = catch_unwind(AssertUnwindSafe(|| run(cmd, &mut model, &flag, &send)));
+                    let r = catch_unwind(AssertUnwindSafe(|| run(cmd, &mut model, &flags, &send)));
                     if let Err(panic) = r {
                         let message = panic
                             .downcast_ref::<String>()
@@ -131,13 +209,16 @@ impl Worker {
             tx: Some(tx),
             rx,
             cancel,
+            stop_training,
             handle: Some(handle),
         }
     }
 
     pub fn send(&self, cmd: Command) {
-        if matches!(cmd, Command::Edit { .. }) {
-            self.cancel.store(false, Ordering::SeqCst);
+        match cmd {
+            Command::Edit { .. } => self.cancel.store(false, Ordering::SeqCst),
+            Command::Train(_) => self.stop_training.store(false, Ordering::SeqCst),
+            Command::Load { .. } => {}
         }
         if let Some(tx) = &self.tx {
             let _ = tx.send(cmd);
@@ -147,6 +228,11 @@ impl Worker {
     /// Stops the running edit at its next step.
     pub fn cancel(&self) {
         self.cancel.store(true, Ordering::SeqCst);
+    }
+
+    /// Stops the running training job after its current step, with a checkpoint.
+    pub fn stop_training(&self) {
+        self.stop_training.store(true, Ordering::SeqCst);
     }
 
     /// Every event that has arrived, oldest first.
@@ -163,6 +249,7 @@ impl Worker {
 impl Drop for Worker {
     fn drop(&mut self) {
         self.cancel();
+        self.stop_training();
         self.tx.take();
         if let Some(h) = self.handle.take() {
             let _ = h.join();
@@ -170,13 +257,16 @@ impl Drop for Worker {
     }
 }
 
-fn run(
-    cmd: Command,
-    model: &mut Option<Model>,
-    cancel: &AtomicBool,
-    send: &(dyn Fn(Event) + Sync),
-) {
+/// The flags the UI sets while a job runs.
+struct Flags {
+    cancel: Arc<AtomicBool>,
+    stop_training: Arc<AtomicBool>,
+}
+
+fn run(cmd: Command, model: &mut Option<Model>, flags: &Flags, send: &(dyn Fn(Event) + Sync)) {
+    let cancel = &*flags.cancel;
     match cmd {
+        Command::Train(job) => train(&job, &flags.stop_training, send),
         Command::Load { spec, device } => {
             send(Event::Loading { spec: spec.clone() });
             *model = None; // free the old weights before reading the new ones
@@ -278,6 +368,36 @@ fn run(
                 }),
             }
         }
+    }
+}
+
+/// Runs a training job on the CPU, forwarding its events.
+fn train(job: &TrainJob, stop: &AtomicBool, send: &(dyn Fn(Event) + Sync)) {
+    let result = (|| -> Result<(), String> {
+        let plan = job.plan()?;
+        let base = plan.base.clone().expect("a job always has a base");
+        let (unet, clip) = crate::train::edit::base_configs(&base).map_err(|e| format!("{e:#}"))?;
+        let mut stopped = false;
+        crate::train::edit::train(
+            &plan,
+            &unet,
+            &clip,
+            &candle_core::Device::Cpu,
+            stop,
+            &mut |e| {
+                stopped |= matches!(e, crate::train::TrainEvent::Stopped { .. });
+                send(Event::Train(e.clone()))
+            },
+        )
+        .map_err(|e| e.to_string())?;
+        send(Event::TrainFinished {
+            model: plan.out.join("model"),
+            stopped,
+        });
+        Ok(())
+    })();
+    if let Err(message) = result {
+        send(Event::TrainFailed { message });
     }
 }
 

@@ -327,3 +327,82 @@ fn a_brushed_region_limits_the_edit_and_the_rest_stays_exact() {
     }
     assert!(changed_inside > 0, "the region was edited");
 }
+
+/// The training panel fine-tunes the loaded model: Start shows a live loss and progress,
+/// Stop ends the run after a step with a checkpoint (the button then offers Resume), Resume
+/// runs it to the end, and the trained model loads in the editor from the panel.
+#[test]
+fn training_panel_starts_stops_resumes_and_loads_the_result() {
+    use instructdiffusion::app::training::TrainState;
+    let mut h = editor();
+    let runs = Box::leak(Box::new(util::tempdir()));
+    let out = runs.path().join("run");
+    h.get_by_label("Training").click();
+    h.run_steps(2);
+    {
+        let t = &mut h.state_mut().training;
+        assert!(t.open, "the menu button opens the panel");
+        t.out = out.display().to_string();
+        t.steps = 400;
+        t.batch = 1;
+        t.pool = 16;
+        t.size = 64;
+    }
+    h.run_steps(2);
+    h.get_by_label("Start").click();
+    h.step();
+    assert!(h.state().is_busy(), "edits wait while training runs");
+    wait(&mut h, "two training steps", |a| {
+        a.training.losses.len() >= 2
+    });
+    assert!(h
+        .state()
+        .training
+        .status()
+        .unwrap()
+        .starts_with("training: step"));
+    h.get_by_label("Stop").click();
+    wait(&mut h, "the stop", |a| {
+        matches!(a.training.state, TrainState::Finished { stopped: true, .. })
+    });
+    let stopped_at = h.state().training.losses.last().unwrap()[0] as usize;
+    assert!(stopped_at < 400, "stopped early, at step {stopped_at}");
+    assert!(out.join("checkpoint/state.json").is_file());
+
+    h.state_mut().training.steps = stopped_at + 2;
+    h.run_steps(2);
+    h.get_by_label("Resume").click();
+    h.step();
+    wait(&mut h, "the resumed run", |a| {
+        matches!(
+            a.training.state,
+            TrainState::Finished { stopped: false, .. }
+        )
+    });
+    let steps: Vec<usize> = h
+        .state()
+        .training
+        .losses
+        .iter()
+        .map(|p| p[0] as usize)
+        .collect();
+    assert_eq!(
+        steps,
+        vec![stopped_at + 1, stopped_at + 2],
+        "resumed after the stop"
+    );
+    assert!(
+        h.state().training.sheet.is_some(),
+        "sample edits at the end"
+    );
+    h.run_steps(2);
+    h.get_by_label("Load trained model").click();
+    h.step();
+    wait(&mut h, "the trained model", |a| {
+        a.model.as_deref().is_some_and(|m| m.contains("run"))
+    });
+    assert_eq!(
+        h.state().settings.recent_models[0],
+        out.join("model").display().to_string()
+    );
+}

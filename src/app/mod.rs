@@ -2,6 +2,7 @@
 //! [`crate::worker`]; state and its logic live in [`state`].
 
 pub mod state;
+pub mod training;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -14,6 +15,7 @@ use eframe::egui::{
 use image::RgbImage;
 
 use self::state::{Activity, Entry, ExportKind, SeedMode, Session, SessionFile, Settings};
+use self::training::{PanelAction, TrainState, TrainingPanel};
 use crate::imageio;
 use crate::model::meta::GuidanceFormula;
 use crate::sample::pipeline::EditRequest;
@@ -98,12 +100,15 @@ pub struct EditorApp {
     canvas: Option<(TextureHandle, (usize, usize, bool, bool))>,
     preview: Option<TextureHandle>,
     dialogs: (Sender<DialogResult>, Receiver<DialogResult>),
+    /// The training panel (a window).
+    pub training: TrainingPanel,
 }
 
 enum DialogResult {
     Open(PathBuf),
     Save(PathBuf),
     Export(ExportKind, PathBuf),
+    TrainData(PathBuf),
 }
 
 impl EditorApp {
@@ -153,6 +158,10 @@ impl EditorApp {
             canvas: None,
             preview: None,
             dialogs: unbounded(),
+            training: TrainingPanel::new(
+                &eframe::storage_dir("instructdiffusion")
+                    .map_or_else(|| PathBuf::from("runs"), |d| d.join("runs")),
+            ),
         };
         app.load_model();
         if let Some(path) = options.image {
@@ -250,8 +259,42 @@ impl EditorApp {
         self.notice = Some(Notice { text, error: true });
     }
 
+    /// The worker has a job (a load, an edit or a training run).
     pub fn is_busy(&self) -> bool {
-        !matches!(self.activity, Activity::Idle)
+        !matches!(self.activity, Activity::Idle) || self.training.running()
+    }
+
+    /// Carries out what the training panel asks.
+    pub fn training_action(&mut self, action: PanelAction) {
+        match action {
+            PanelAction::Start(job) => {
+                if let Err(e) = job.plan() {
+                    self.training.state = TrainState::Failed(e);
+                    return;
+                }
+                self.training.started(job.steps);
+                self.worker.send(Command::Train(job));
+            }
+            PanelAction::Stop => {
+                self.worker.stop_training();
+                self.training.stopping();
+            }
+            PanelAction::Load(dir) => {
+                self.settings.model = dir.display().to_string();
+                self.load_model();
+            }
+            PanelAction::PickData => {
+                let tx = self.dialogs.0.clone();
+                std::thread::spawn(move || {
+                    if let Some(p) = rfd::FileDialog::new()
+                        .set_title("A dataset folder (with metadata.jsonl)")
+                        .pick_folder()
+                    {
+                        let _ = tx.send(DialogResult::TrainData(p));
+                    }
+                });
+            }
+        }
     }
 
     /// Starts an edit of the current image with the prompt.
@@ -435,8 +478,13 @@ impl EditorApp {
                         *f = Some((file, done, total));
                     }
                 }
-                Event::Loaded { source, notes, .. } => {
+                Event::Loaded {
+                    spec,
+                    source,
+                    notes,
+                } => {
                     self.activity = Activity::Idle;
+                    self.settings.remember_model(spec);
                     self.notice = Some(Notice {
                         text: format!(
                             "model ready: {source}{}",
@@ -563,6 +611,23 @@ impl EditorApp {
                     self.collecting = false;
                     self.error(message);
                 }
+                Event::Train(e) => self.training.apply(&e),
+                Event::TrainFinished { model, stopped } => {
+                    self.settings.remember_model(model.display().to_string());
+                    self.notice = Some(Notice {
+                        text: format!(
+                            "training {}: the model is in '{}'",
+                            if stopped { "stopped" } else { "finished" },
+                            model.display()
+                        ),
+                        error: false,
+                    });
+                    self.training.state = TrainState::Finished { model, stopped };
+                }
+                Event::TrainFailed { message } => {
+                    self.training.state = TrainState::Failed(message.clone());
+                    self.error(format!("training failed: {message}"));
+                }
             }
         }
         while let Ok(r) = self.dialogs.1.try_recv() {
@@ -570,6 +635,7 @@ impl EditorApp {
                 DialogResult::Open(p) => self.open_path(&p),
                 DialogResult::Save(p) => self.save_to(&p),
                 DialogResult::Export(kind, p) => self.export_to(kind, &p),
+                DialogResult::TrainData(p) => self.training.data = Some(p),
             }
         }
     }
@@ -886,6 +952,18 @@ score {:.2}, area {} px",
             {
                 self.load_model();
             }
+            let recent = self.settings.recent_models.clone();
+            ui.add_enabled_ui(!recent.is_empty() && !self.is_busy(), |ui| {
+                ui.menu_button("Recent models", |ui| {
+                    for m in recent {
+                        if ui.button(&m).clicked() {
+                            self.settings.model = m;
+                            self.load_model();
+                            ui.close();
+                        }
+                    }
+                });
+            });
         });
         ui.horizontal(|ui| {
             let l = ui.label("Device");
@@ -1260,8 +1338,13 @@ score {:.2}, area {} px",
             let memory = crate::support::memory_bytes()
                 .map(|b| format!(" | memory: {:.2} GiB", b as f64 / (1u64 << 30) as f64))
                 .unwrap_or_default();
+            let training = self
+                .training
+                .status()
+                .map(|t| format!(" | {t}"))
+                .unwrap_or_default();
             ui.label(format!(
-                "{model} | device: {}{memory}",
+                "{model} | device: {}{memory}{training}",
                 self.settings.device
             ));
             if let Some(n) = &self.notice {
@@ -1302,6 +1385,13 @@ score {:.2}, area {} px",
                     }
                 }
             });
+            if ui
+                .selectable_label(self.training.open, "Training")
+                .on_hover_text("Fine-tune the model on generated scenes or a dataset folder")
+                .clicked()
+            {
+                self.training.open = !self.training.open;
+            }
             let recent = self.settings.recent_files.clone();
             ui.add_enabled_ui(!recent.is_empty(), |ui| {
                 ui.menu_button("Recent", |ui| {
@@ -1346,7 +1436,7 @@ pub fn paint_disc(region: &mut [bool], w: usize, h: usize, cx: f32, cy: f32, r: 
 }
 
 /// A grid row: a label and the widget it names (for screen readers and tests).
-fn labelled_row(ui: &mut egui::Ui, label: &str, widget: impl egui::Widget) {
+pub(crate) fn labelled_row(ui: &mut egui::Ui, label: &str, widget: impl egui::Widget) {
     let l = ui.label(label);
     ui.add(widget).labelled_by(l.id);
     ui.end_row();
@@ -1398,6 +1488,11 @@ impl eframe::App for EditorApp {
             });
         egui::Panel::bottom("controls").show(ui, |ui| self.bottom(ui));
         egui::CentralPanel::default().show(ui, |ui| self.canvas(ui));
+        let base = self.settings.model.clone();
+        let free = !self.is_busy();
+        if let Some(action) = self.training.window(&ctx, &base, free) {
+            self.training_action(action);
+        }
         self.close_guard(&ctx);
         if self.is_busy() {
             ctx.request_repaint_after(Duration::from_millis(100));

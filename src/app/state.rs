@@ -40,6 +40,8 @@ pub struct Settings {
     pub resolution: usize,
     pub recent_files: Vec<PathBuf>,
     pub prompt_history: Vec<String>,
+    /// Models loaded or trained lately (specs, newest first).
+    pub recent_models: Vec<String>,
 }
 
 impl Default for Settings {
@@ -58,6 +60,7 @@ impl Default for Settings {
             resolution: 256,
             recent_files: vec![],
             prompt_history: vec![],
+            recent_models: vec![],
         }
     }
 }
@@ -99,10 +102,19 @@ impl Settings {
     }
 
     pub fn remember_file(&mut self, path: PathBuf) {
-        self.recent_files.retain(|q| *q != path);
-        self.recent_files.insert(0, path);
-        self.recent_files.truncate(10);
+        remember(&mut self.recent_files, path);
     }
+
+    pub fn remember_model(&mut self, spec: String) {
+        remember(&mut self.recent_models, spec);
+    }
+}
+
+/// Puts `item` first in `list` (no duplicates, at most 10).
+fn remember<T: PartialEq>(list: &mut Vec<T>, item: T) {
+    list.retain(|q| *q != item);
+    list.insert(0, item);
+    list.truncate(10);
 }
 
 /// One finished edit.
