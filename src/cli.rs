@@ -265,6 +265,9 @@ pub struct EvalArgs {
     /// Also write the report as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Ask with held-out phrasings (never trained on) instead of the training templates.
+    #[arg(long)]
+    pub paraphrased: bool,
     #[command(flatten)]
     pub sampling: SamplingArgs,
 }
@@ -706,6 +709,7 @@ fn run_eval(args: &EvalArgs) -> anyhow::Result<()> {
         size: args.size,
         tasks,
         request: request.clone(),
+        paraphrased: args.paraphrased,
     };
     let bar = indicatif::ProgressBar::new((plan.per_task * plan.tasks.len()) as u64);
     bar.set_style(

@@ -35,6 +35,9 @@ pub struct EvalPlan {
     pub tasks: Vec<Task>,
     /// Steps, guidance, sampler, seed: as for an edit (the prompt is each sample's).
     pub request: EditRequest,
+    /// Ask with the held-out phrasings ([`Task::paraphrases`]) instead of the training
+    /// templates: same scenes and targets, other words.
+    pub paraphrased: bool,
 }
 
 /// One row of the table.
@@ -48,6 +51,8 @@ pub struct Row {
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub model: String,
+    /// Asked with held-out phrasings.
+    pub paraphrased: bool,
     pub size: u32,
     pub steps: Option<usize>,
     pub rows: Vec<Row>,
@@ -58,9 +63,16 @@ pub struct Report {
 pub fn samples(plan: &EvalPlan, task: Task) -> Vec<Sample> {
     let k = Task::ALL.iter().position(|t| *t == task).unwrap_or(0) as u64;
     let weights = TaskWeights(vec![(task, 1.0)]);
-    (0..plan.per_task as u64)
-        .map(|i| generate(EVAL_FIRST_SEED + k * 1_000_000 + i, plan.size, &weights))
-        .collect()
+    let make = || {
+        (0..plan.per_task as u64)
+            .map(|i| generate(EVAL_FIRST_SEED + k * 1_000_000 + i, plan.size, &weights))
+            .collect()
+    };
+    if plan.paraphrased {
+        crate::tasks::with_paraphrases(make)
+    } else {
+        make()
+    }
 }
 
 /// Scores `answer(sample)` over the plan's samples. `answer` is the model's edit (or, for a
@@ -84,6 +96,7 @@ pub fn run(
     }
     Ok(Report {
         model: model_name.to_string(),
+        paraphrased: plan.paraphrased,
         size: plan.size,
         steps: plan.request.steps,
         rows,
@@ -255,10 +268,15 @@ pub fn edit_succeeded(source: &RgbImage, target: &RgbImage, pred: &RgbImage) -> 
 /// The report as a table.
 pub fn table(r: &Report) -> String {
     let mut s = format!(
-        "model: {}, {} px, {} steps, {:.0} s\n{:<24} {:>7}  metrics\n",
+        "model: {}, {} px, {} steps, {} instructions, {:.0} s\n{:<24} {:>7}  metrics\n",
         r.model,
         r.size,
         r.steps.map_or("default".into(), |n| n.to_string()),
+        if r.paraphrased {
+            "held-out"
+        } else {
+            "template"
+        },
         r.seconds,
         "task",
         "samples"
@@ -288,6 +306,7 @@ mod tests {
             per_task: n,
             size: 128,
             tasks: Task::ALL.to_vec(),
+            paraphrased: false,
             request: EditRequest {
                 prompt: String::new(),
                 steps: None,
@@ -327,5 +346,20 @@ mod tests {
         assert_eq!(get(&idle, Task::Keypoints, "PCK@0.1"), 0.0);
         // Eval seeds are not training seeds.
         assert!(samples(&p, Task::Keypoints)[0].seed > HELD_OUT_FIRST_SEED);
+        // Held-out phrasings: the same scenes, other words, still decoded.
+        let pp = EvalPlan {
+            paraphrased: true,
+            ..p.clone()
+        };
+        let (a, b) = (
+            &samples(&p, Task::Remove)[0],
+            &samples(&pp, Task::Remove)[0],
+        );
+        assert!(a.input == b.input && a.instruction != b.instruction);
+        let para = run(&pp, "oracle", |s| Ok(s.target.clone()), |_, _| {}).unwrap();
+        assert!(get(&para, Task::ReferringSegmentation, "cIoU") > 0.9);
+        assert!(get(&para, Task::SemanticSegmentation, "mIoU") > 0.9);
+        assert!(get(&para, Task::Keypoints, "PCK@0.1") > 0.9);
+        assert!(table(&para).contains("held-out instructions"));
     }
 }

@@ -72,6 +72,7 @@ struct Patterns {
     target_after_verb: Regex,
     target_before_participle: Regex,
     target_before_should: Regex,
+    target_where: Regex,
     target_before_color: Regex,
     owner_of_tail: Regex,
     owner_joints_of: Regex,
@@ -109,7 +110,7 @@ fn patterns() -> &'static Patterns {
             .collect::<Vec<_>>()
             .join("|");
         let re = |s: &str| Regex::new(&format!("(?i){s}")).expect("valid pattern");
-        let mask_noun = r"(?:mask|overlay|tint|layer|shade|highlight|colou?r|box|rectangle|bounding\s+box)e?s?";
+        let mask_noun = r"(?:mask|overlay|tint|layer|shade|highlight|colou?r(?:ing)?|box|rectangle|bounding\s+box)e?s?";
         // Words that say how see-through the overlay is.
         let see = r"semi-?transparent|half-?transparent|transparent|translucent|see-through";
         let end = r"(?:\s*(?:,|;|\.|\?|!|:|$)|\s+(?:and|of|on|or|otherwise|please)\b)";
@@ -121,7 +122,7 @@ fn patterns() -> &'static Patterns {
                 r"(?P<color>{col})\s+(?:if|when)\s+(?:it\s+(?:is|shows|contains|has)\s+|it's\s+|there\s+is\s+|the\s+(?:image|picture|photo)\s+(?:shows|contains|has|is)\s+|you\s+see\s+)?(?:an?\s+|the\s+)?(?P<cls>[a-z][a-z ]*?){end}"
             )),
             detection: re(r"\b(?:detect\w*|bounding\s+box(?:es)?|box(?:es)?\s+around|draw\s+(?:an?\s+)?\w*\s*box)\b"),
-            segmentation: re(r"\b(?:mask\w*|overlay|tint\w*|segment\w*|translucent|transparent|see-through|opacity|shad(?:e|ed)|highlight\w*)\b"),
+            segmentation: re(r"\b(?:mask\w*|overlay|tint\w*|segment\w*|translucent|transparent|see-through|opacity|opaque|shad(?:e|ed)|highlight\w*|colou?r\s+over)\b"),
             mask_color_before: re(&format!(
                 r"(?P<color>{col})(?:\s+(?:{see}|semi|opaque|colou?red|segmentation|solid|soft))*\s+{mask_noun}\b"
             )),
@@ -135,15 +136,16 @@ fn patterns() -> &'static Patterns {
                 r"\b(?:an?|one)\s+(?P<word>[a-z#][\w-]*)\s+(?:circle|dot|disc|disk|point|marker|spot)s?\s+(?:on|at|over)\b",
             ),
             target_after_noun: re(&format!(
-                r"\b{mask_noun}\s+(?:to|on|onto|over|for|across|around)\s+(?P<t>.+)$"
+                r"\b{mask_noun}\s+(?:to|on|onto|over|for|across|around)\s+(?P<t>.+?)(?:\s+in\s+(?:an?\s+)?(?:semi|half|trans|see|{col})\b.*)?$"
             )),
             target_after_verb: re(&format!(
-                r"^(?:(?:please|kindly|could\s+you|can\s+you|would\s+you|now)\s+)*(?:segment|mark|cover|highlight|mask|paint|shade|tint|colou?r|label|outline|detect|fill\s+the\s+area\s+of|fill|find|locate|select|box)\s+(?P<t>.+?)(?:\s+(?:with|using|as|by|and)\b|\s+in\s+(?:an?\s+)?(?:semi|half|trans|see|{col})|\s*[;,:?!.]|$)"
+                r"^(?:(?:please|kindly|could\s+you|can\s+you|would\s+you|now|lightly|just|gently)\s+)*(?:segment|mark|cover|highlight|mask|paint|shade|tint|colou?r|label|outline|detect|fill\s+the\s+area\s+of|fill|find|locate|select|box|give)\s+(?:(?:over|just|only)\s+)?(?P<t>.+?)(?:\s+(?:with|using|as|by|and)\b|\s+in\s+(?:an?\s+)?(?:semi|half|trans|see|{col})|\s+an?\s+(?:(?:semi|half|trans|see)\S*\s+)?(?:{col})\b|\s*[;,:?!.]|$)"
             )),
             target_before_participle: re(
                 r"^(?:i'd\s+like|i\s+want|i\s+would\s+like|please\s+have)\s+(?P<t>.+?)\s+(?:shaded|masked|marked|covered|tinted|highlighted|painted|colou?red|boxed)\b",
             ),
-            target_before_should: re(r"^(?P<t>.+?)\s+(?:should|must|needs\s+to|has\s+to)\s+be\b"),
+            target_before_should: re(r"^(?P<t>.+?)\s+(?:(?:should|must|needs\s+to|has\s+to)\s+be|gets|receives)\b"),
+            target_where: re(r"^(?:(?:show|tell)\s+(?:me\s+)?)?where\s+(?P<t>.+?)\s+(?:is|are)\b"),
             target_before_color: re(&format!(
                 r"^(?:and\s+)?(?P<t>.+?)\s+(?:in|with|as)\s+(?:an?\s+)?(?:semi|half|trans|see|{col})"
             )),
@@ -345,6 +347,7 @@ fn target_phrase(clause: &str) -> Option<String> {
         &p.target_after_verb,
         &p.target_before_participle,
         &p.target_before_should,
+        &p.target_where,
         &p.target_before_color,
     ]
     .iter()
@@ -428,14 +431,15 @@ mod tests {
     }
 
     #[test]
-    fn every_segmentation_template_round_trips() {
+    fn every_segmentation_template_and_paraphrase_round_trips() {
         let targets = [
             ("the leftmost red circle", "circle"),
             ("all triangles", "triangle"),
             ("the person on the right", "person"),
             ("the largest star", "star"),
         ];
-        for tpl in Task::SemanticSegmentation.templates() {
+        let t = Task::SemanticSegmentation;
+        for tpl in t.templates().iter().chain(t.paraphrases()) {
             for (i, (phrase, head)) in targets.iter().enumerate() {
                 let (cname, rgb) = [
                     ("blue", [0, 0, 255]),
@@ -455,13 +459,14 @@ mod tests {
     }
 
     #[test]
-    fn every_keypoint_template_round_trips() {
+    fn every_keypoint_template_and_paraphrase_round_trips() {
         let marks = join_and(&[
             "a red circle on the nose".into(),
             "a green circle on the left shoulder".into(),
             "a cyan circle on the right knee".into(),
         ]);
-        for tpl in Task::Keypoints.templates() {
+        let t = Task::Keypoints;
+        for tpl in t.templates().iter().chain(t.paraphrases()) {
             let text = fill(
                 tpl,
                 &[("marks", &marks), ("owner", "the person on the left")],

@@ -53,6 +53,22 @@ impl Task {
         }
     }
 
+    /// Held-out phrasings of this family, never used for training: `eval --paraphrased`
+    /// asks the model with these (same placeholders as [`Task::templates`]).
+    pub fn paraphrases(self) -> &'static [&'static str] {
+        match self {
+            Self::ReferringSegmentation | Self::SemanticSegmentation => SEGMENT_HELD_OUT,
+            Self::Keypoints => KEYPOINTS_HELD_OUT,
+            Self::Remove => REMOVE_HELD_OUT,
+            Self::Recolor => RECOLOR_HELD_OUT,
+            Self::Add => ADD_HELD_OUT,
+            Self::Replace => REPLACE_HELD_OUT,
+            Self::Denoise => DENOISE_HELD_OUT,
+            Self::Deblur => DEBLUR_HELD_OUT,
+            Self::Watermark => WATERMARK_HELD_OUT,
+        }
+    }
+
     /// The templates of this family. Placeholders: `{target}`, `{color}`, `{kind}`, `{place}`,
     /// `{marks}`, `{owner}`.
     pub fn templates(self) -> &'static [&'static str] {
@@ -223,6 +239,98 @@ const WATERMARK: &[&str] = &[
     "please remove watermark",
 ];
 
+// Held-out phrasings: other verbs, structures and registers than the templates above.
+const SEGMENT_HELD_OUT: &[&str] = &[
+    "Give {target} a {color} see-through coloring.",
+    "Tint just {target} in {color}, so it still shows underneath.",
+    "Show me where {target} is by washing it in transparent {color}.",
+    "{Target} gets a semi-opaque {color} layer.",
+    "Can you shade {target} in {color} and leave the rest alone?",
+    "Lightly color over {target} in {color}.",
+];
+
+const KEYPOINTS_HELD_OUT: &[&str] = &[
+    "Pin {marks} of {owner}.",
+    "For {owner}, mark {marks}.",
+    "I need {marks} of {owner}.",
+    "Find {owner} and show {marks}.",
+    "Label the body of {owner} with {marks}.",
+];
+
+const REMOVE_HELD_OUT: &[&str] = &[
+    "Drop {target} from the scene.",
+    "I don't want {target} here.",
+    "Lose {target}.",
+    "Can {target} go away?",
+    "Leave out {target}, keep everything else.",
+];
+
+const RECOLOR_HELD_OUT: &[&str] = &[
+    "Repaint {target} so it is {color}.",
+    "{Target} needs to be {color} now.",
+    "Switch the hue of {target} to {color}.",
+    "Dye {target} {color}.",
+    "How would {target} look in {color}? Show me.",
+];
+
+const ADD_HELD_OUT: &[&str] = &[
+    "Stick a {color} {kind} {place}.",
+    "Sketch in a {color} {kind} {place}.",
+    "A {color} {kind} {place}, please.",
+    "Introduce a {color} {kind} {place}.",
+    "Can there be a {color} {kind} {place}?",
+];
+
+const REPLACE_HELD_OUT: &[&str] = &[
+    "Exchange {target} for a {kind}.",
+    "Where {target} is, show a {kind}.",
+    "{Target} becomes a {kind}.",
+    "Morph {target} into a {kind}.",
+    "Substitute a {kind} for {target}.",
+];
+
+const DENOISE_HELD_OUT: &[&str] = &[
+    "Smooth out the noise.",
+    "This image is grainy; clean it.",
+    "Suppress the noise, please.",
+    "Can you make it less speckled?",
+    "Filter out the noise.",
+];
+
+const DEBLUR_HELD_OUT: &[&str] = &[
+    "Make it less blurry.",
+    "Sharpen up this photo, please.",
+    "The image is out of focus; fix that.",
+    "Can you restore the sharp edges?",
+    "Unblur the image.",
+];
+
+const WATERMARK_HELD_OUT: &[&str] = &[
+    "Strip the watermark.",
+    "Lose the text stamped on the image.",
+    "Can you clean off the watermark?",
+    "No watermark, please.",
+    "Take away the overlaid logo.",
+];
+
+thread_local! {
+    static HELD_OUT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with [`instruction`] phrasing from the held-out [`Task::paraphrases`] instead of
+/// the templates (on this thread). The random draws are the same, so a generated sample keeps
+/// its scene and target and only its instruction changes.
+pub fn with_paraphrases<T>(f: impl FnOnce() -> T) -> T {
+    struct Reset(bool);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            HELD_OUT.with(|h| h.set(self.0));
+        }
+    }
+    let _reset = Reset(HELD_OUT.with(|h| h.replace(true)));
+    f()
+}
+
 /// Fills a template. Capitalised placeholders (`{Target}`) get a capitalised value.
 pub fn fill(template: &str, values: &[(&str, &str)]) -> String {
     let mut out = template.to_string();
@@ -245,7 +353,12 @@ fn capitalize(s: &str) -> String {
 /// Picks a random template of `task` and fills it.
 pub fn instruction(rng: &mut impl Rng, task: Task, values: &[(&str, &str)]) -> String {
     let t = task.templates();
-    fill(t[rng.random_range(0..t.len())], values)
+    let i = rng.random_range(0..t.len());
+    if HELD_OUT.with(|h| h.get()) {
+        let p = task.paraphrases();
+        return fill(p[i % p.len()], values);
+    }
+    fill(t[i], values)
 }
 
 /// "a and b", "a, b and c".
@@ -288,6 +401,42 @@ mod tests {
                     assert!(tpl.contains(n), "{}: '{tpl}' lacks {n}", task.name());
                 }
             }
+        }
+    }
+
+    /// The held-out phrasings: at least five per family, none a training template, with the
+    /// same placeholders as the family's templates.
+    #[test]
+    fn paraphrases_are_held_out_and_use_the_same_placeholders() {
+        let holes = |t: &str| -> std::collections::BTreeSet<String> {
+            t.split('{')
+                .skip(1)
+                .filter_map(|p| p.split('}').next())
+                .map(|h| h.to_lowercase())
+                .collect()
+        };
+        for task in Task::ALL {
+            let (t, p) = (task.templates(), task.paraphrases());
+            assert!(p.len() >= 5, "{}: {} paraphrases", task.name(), p.len());
+            for para in p {
+                assert!(!t.contains(para), "{}: '{para}' is a template", task.name());
+                assert_eq!(holes(para), holes(t[0]), "{}: '{para}'", task.name());
+            }
+        }
+    }
+
+    /// Under `with_paraphrases` a generated sample keeps its images and only its instruction
+    /// changes, to a paraphrase; outside it, templates again.
+    #[test]
+    fn paraphrased_samples_keep_their_scene() {
+        use crate::data::sample::{generate, TaskWeights};
+        for task in Task::ALL {
+            let w = TaskWeights(vec![(task, 1.0)]);
+            let plain = generate(7, 64, &w);
+            let para = with_paraphrases(|| generate(7, 64, &w));
+            assert!(plain.input == para.input && plain.target == para.target);
+            assert_ne!(plain.instruction, para.instruction, "{}", task.name());
+            assert_eq!(generate(7, 64, &w).instruction, plain.instruction);
         }
     }
 
