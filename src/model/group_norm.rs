@@ -79,18 +79,30 @@ fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
     }
 }
 
-/// Sum of `f(i)` over `0..n` in eight f32 lanes (so the compiler vectorises it), then f64.
+/// Sum of `f(x, y)` over the pairs of two equally long slices, in eight f32 lanes (so the
+/// compiler vectorises it), then f64.
 #[inline(always)]
-fn lane_sum(n: usize, f: impl Fn(usize) -> f32) -> f64 {
+fn lane_sum2(xs: &[f32], ys: &[f32], f: impl Fn(f32, f32) -> f32) -> f64 {
     let mut acc = [0f32; 8];
-    let full = n / 8 * 8;
-    for base in (0..full).step_by(8) {
-        for (l, a) in acc.iter_mut().enumerate() {
-            *a += f(base + l);
+    let (xc, yc) = (xs.chunks_exact(8), ys.chunks_exact(8));
+    let tail: f64 = xc
+        .remainder()
+        .iter()
+        .zip(yc.remainder())
+        .map(|(&x, &y)| f(x, y) as f64)
+        .sum();
+    for (x8, y8) in xc.zip(yc) {
+        for l in 0..8 {
+            acc[l] += f(x8[l], y8[l]);
         }
     }
-    let tail: f64 = (full..n).map(|i| f(i) as f64).sum();
     acc.iter().map(|&a| a as f64).sum::<f64>() + tail
+}
+
+/// Sum of `f(x)` over a slice, in eight f32 lanes.
+#[inline(always)]
+fn lane_sum(xs: &[f32], f: impl Fn(f32) -> f32) -> f64 {
+    lane_sum2(xs, xs, |x, _| f(x))
 }
 
 /// Mean and 1/std of each group chunk (two passes: the variance around the mean). Summed in
@@ -98,9 +110,9 @@ fn lane_sum(n: usize, f: impl Fn(usize) -> f32) -> f64 {
 /// the overflow shows as it would in PyTorch instead of a silent zero output.
 fn stats(chunk: &[f32], eps: f64) -> (f32, f32) {
     let n = chunk.len() as f64;
-    let mean = (lane_sum(chunk.len(), |i| chunk[i]) / n) as f32;
-    let var = lane_sum(chunk.len(), |i| {
-        let d = chunk[i] - mean;
+    let mean = (lane_sum(chunk, |x| x) / n) as f32;
+    let var = lane_sum(chunk, |x| {
+        let d = x - mean;
         d * d
     }) / n;
     if mean.is_finite() && var.is_finite() {
@@ -210,8 +222,8 @@ impl CustomOp3 for Backward {
                 let (mut dw, mut db) = (vec![0f64; cg], vec![0f64; cg]);
                 for k in 0..cg {
                     let (xk, dyk) = (&xc[k * hw..(k + 1) * hw], &dyc[k * hw..(k + 1) * hw]);
-                    db[k] = lane_sum(hw, |j| dyk[j]);
-                    dw[k] = lane_sum(hw, |j| dyk[j] * ((xk[j] - mean) * rstd));
+                    db[k] = lane_sum(dyk, |d| d);
+                    dw[k] = lane_sum2(xk, dyk, |x, d| d * ((x - mean) * rstd));
                     let wc = w[c0 + k] as f64;
                     sum_g += db[k] * wc;
                     sum_gx += dw[k] * wc;
