@@ -103,6 +103,10 @@ pub struct TrainArgs {
     /// training the built-in architecture from scratch.
     #[arg(long)]
     pub base: Option<PathBuf>,
+    /// Phase `edit` with --base: train LoRA adapters of this rank on the UNet's attention
+    /// (everything else frozen; the merged model and the adapters alone are written).
+    #[arg(long)]
+    pub lora_rank: Option<usize>,
     /// Phase `edit`: train on this dataset folder (metadata.jsonl, InstructPix2Pix format)
     /// instead of the generator.
     #[arg(long)]
@@ -566,6 +570,7 @@ fn run_train(cmd: &TrainCommand) -> anyhow::Result<()> {
             let mut plan = edit::default_plan(a.out.clone(), vae_dir);
             plan.base = a.base.clone();
             plan.data = a.data.clone();
+            plan.lora_rank = a.lora_rank.unwrap_or(0);
             plan.steps = a.steps.unwrap_or(plan.steps);
             plan.batch = a.batch.unwrap_or(plan.batch);
             plan.pool = a.pool.unwrap_or(plan.pool);

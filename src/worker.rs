@@ -53,6 +53,8 @@ pub struct TrainJob {
     pub batch: usize,
     /// Generated samples to train on when `data` is `None`.
     pub pool: usize,
+    /// LoRA rank (0: full fine-tune of the UNet and text encoder).
+    pub lora_rank: usize,
     /// Side of the training images; `None`: the base model's resolution
     /// (`instructdiffusion.json`, else 512).
     pub size: Option<u32>,
@@ -86,6 +88,7 @@ impl TrainJob {
             .unwrap_or_else(|| defaults.map_or(512, |d| d.resolution as u32));
         plan.base = Some(dir);
         plan.data = self.data.clone();
+        plan.lora_rank = self.lora_rank;
         plan.steps = self.steps.max(1);
         plan.optim.lr = self.lr;
         plan.optim.warmup_steps = plan.optim.warmup_steps.min(plan.steps / 10);

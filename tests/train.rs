@@ -388,3 +388,83 @@ fn fine_tune_on_a_dataset_folder_stops_and_resumes() {
     )
     .expect("the fine-tuned folder loads");
 }
+
+/// A LoRA fine-tune trains only the adapters (the checkpoint holds nothing else), writes them
+/// alone in diffusers' naming, and exports the base with them merged: the attention
+/// projections change, every other weight is the base's.
+#[test]
+fn lora_trains_only_adapters_and_exports_them_merged() {
+    let tmp = tempdir();
+    let base = tiny().join("diffusers");
+    let (unet, clip) = edit::base_configs(&base).unwrap();
+    let mut plan = edit::default_plan(tmp.path().join("lora"), base.join("vae"));
+    plan.base = Some(base.clone());
+    plan.lora_rank = 2;
+    plan.size = 64;
+    plan.batch = 2;
+    plan.pool = 8;
+    plan.steps = 3;
+    plan.checkpoint_every = 3;
+    plan.sample_edits = 0;
+    plan.optim.warmup_steps = 0;
+    plan.optim.lr = 1e-2;
+    plan.optim.ema_decay = 0.0;
+    let never = std::sync::atomic::AtomicBool::new(false);
+    edit::train(&plan, &unet, &clip, &Device::Cpu, &never, &mut |_| {}).unwrap();
+    let saved = state(&plan.out);
+    assert!(!saved.is_empty());
+    assert!(
+        saved.keys().all(|k| k.contains(".lora_")),
+        "only adapters are trained: {:?}",
+        saved.keys().find(|k| !k.contains(".lora_"))
+    );
+    let adapters = candle_core::safetensors::load(
+        plan.out.join("lora/pytorch_lora_weights.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    assert!(adapters
+        .keys()
+        .any(|k| k.starts_with("unet.") && k.ends_with("attn1.to_q.lora_A.weight")));
+    let load_unet = |dir: &Path| {
+        candle_core::safetensors::load(
+            dir.join("unet/diffusion_pytorch_model.safetensors"),
+            &Device::Cpu,
+        )
+        .unwrap()
+    };
+    let (before, after) = (load_unet(&base), load_unet(&plan.out.join("model")));
+    assert_eq!(before.len(), after.len());
+    let mut changed = 0;
+    for (k, b) in &before {
+        let a = after[k].to_dtype(candle_core::DType::F32).unwrap();
+        let b = b.to_dtype(candle_core::DType::F32).unwrap();
+        let d: f32 = (&a - &b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        let projection = [
+            "to_q.weight",
+            "to_k.weight",
+            "to_v.weight",
+            "to_out.0.weight",
+        ]
+        .iter()
+        .any(|p| k.ends_with(p));
+        if projection {
+            changed += (d > 0.0) as usize;
+        } else {
+            assert_eq!(d, 0.0, "'{k}' is frozen");
+        }
+    }
+    assert!(changed > 0, "the merged adapters change the projections");
+    load::load(
+        &ModelSource::Diffusers(plan.out.join("model")),
+        Default::default(),
+    )
+    .expect("the merged model loads");
+}

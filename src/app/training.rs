@@ -55,6 +55,8 @@ pub struct TrainingPanel {
     pub pool: usize,
     /// Side of the training images in pixels; 0: the model's own resolution.
     pub size: u32,
+    /// LoRA rank; 0: a full fine-tune.
+    pub lora_rank: usize,
     pub state: TrainState,
     /// `[step, loss]` of every step of the current run.
     pub losses: Vec<[f64; 2]>,
@@ -77,6 +79,7 @@ impl TrainingPanel {
             batch: 4,
             pool: 512,
             size: 0,
+            lora_rank: 0,
             state: TrainState::Idle,
             losses: vec![],
             warning: None,
@@ -100,6 +103,7 @@ impl TrainingPanel {
             batch: self.batch,
             pool: self.pool,
             size: (self.size > 0).then_some(self.size),
+            lora_rank: self.lora_rank,
         }
     }
 
@@ -226,7 +230,31 @@ impl TrainingPanel {
                         }
                     });
                     ui.end_row();
-                    let l = ui.label("Run folder");
+                    ui.label("Method");
+                ui.horizontal(|ui| {
+                    if ui
+                        .selectable_label(self.lora_rank == 0, "full")
+                        .on_hover_text("UNet and text encoder, every weight (small models)")
+                        .clicked()
+                    {
+                        self.lora_rank = 0;
+                    }
+                    if ui
+                        .selectable_label(self.lora_rank > 0, "LoRA")
+                        .on_hover_text("Low-rank adapters on the UNet's attention, the rest frozen (large models)")
+                        .clicked()
+                        && self.lora_rank == 0
+                    {
+                        self.lora_rank = 4;
+                    }
+                    if self.lora_rank > 0 {
+                        let l = ui.label("rank");
+                        ui.add(egui::DragValue::new(&mut self.lora_rank).range(1..=128))
+                            .labelled_by(l.id);
+                    }
+                });
+                ui.end_row();
+                let l = ui.label("Run folder");
                     ui.add(egui::TextEdit::singleline(&mut self.out).desired_width(260.0))
                         .labelled_by(l.id);
                     ui.end_row();

@@ -7,36 +7,38 @@
 use candle_core::{Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
+use super::lora::{Linear, LoraSpec};
 use super::nn::{self, LayerNorm};
 
 /// Multi-head attention with `to_q`, `to_k`, `to_v` (no bias) and `to_out.0`.
 #[derive(Debug, Clone)]
 pub struct CrossAttention {
-    to_q: candle_nn::Linear,
-    to_k: candle_nn::Linear,
-    to_v: candle_nn::Linear,
-    to_out: candle_nn::Linear,
+    to_q: Linear,
+    to_k: Linear,
+    to_v: Linear,
+    to_out: Linear,
     heads: usize,
     slice: Option<usize>,
 }
 
 impl CrossAttention {
-    /// `context_dim` is `None` for self-attention.
+    /// `context_dim` is `None` for self-attention; `lora` adds adapters to the projections.
     pub fn new(
         query_dim: usize,
         context_dim: Option<usize>,
         heads: usize,
         dim_head: usize,
         slice: Option<usize>,
+        lora: Option<&LoraSpec>,
         vb: VarBuilder,
     ) -> Result<Self> {
         let inner = heads * dim_head;
         let context_dim = context_dim.unwrap_or(query_dim);
         Ok(Self {
-            to_q: nn::linear(query_dim, inner, false, vb.pp("to_q"))?,
-            to_k: nn::linear(context_dim, inner, false, vb.pp("to_k"))?,
-            to_v: nn::linear(context_dim, inner, false, vb.pp("to_v"))?,
-            to_out: nn::linear(inner, query_dim, true, vb.pp("to_out.0"))?,
+            to_q: Linear::new(query_dim, inner, false, vb.pp("to_q"), lora)?,
+            to_k: Linear::new(context_dim, inner, false, vb.pp("to_k"), lora)?,
+            to_v: Linear::new(context_dim, inner, false, vb.pp("to_v"), lora)?,
+            to_out: Linear::new(inner, query_dim, true, vb.pp("to_out.0"), lora)?,
             heads,
             slice,
         })
@@ -112,11 +114,12 @@ impl BasicTransformerBlock {
         dim_head: usize,
         context_dim: usize,
         slice: Option<usize>,
+        lora: Option<&LoraSpec>,
         vb: VarBuilder,
     ) -> Result<Self> {
         Ok(Self {
             norm1: LayerNorm::new(dim, 1e-5, vb.pp("norm1"))?,
-            attn1: CrossAttention::new(dim, None, heads, dim_head, slice, vb.pp("attn1"))?,
+            attn1: CrossAttention::new(dim, None, heads, dim_head, slice, lora, vb.pp("attn1"))?,
             norm2: LayerNorm::new(dim, 1e-5, vb.pp("norm2"))?,
             attn2: CrossAttention::new(
                 dim,
@@ -124,6 +127,7 @@ impl BasicTransformerBlock {
                 heads,
                 dim_head,
                 slice,
+                lora,
                 vb.pp("attn2"),
             )?,
             norm3: LayerNorm::new(dim, 1e-5, vb.pp("norm3"))?,
@@ -152,6 +156,8 @@ pub struct Transformer2DConfig {
     /// SD 1.x projects with 1x1 convolutions, SD 2.x with linear layers.
     pub use_linear_projection: bool,
     pub attention_slice: Option<usize>,
+    /// Adapters on the attention projections (training a LoRA).
+    pub lora: Option<LoraSpec>,
 }
 
 #[derive(Debug, Clone)]
@@ -188,6 +194,7 @@ impl Transformer2D {
                 c / cfg.heads,
                 cfg.context_dim,
                 cfg.attention_slice,
+                cfg.lora.as_ref(),
                 vb.pp("transformer_blocks.0"),
             )?,
             proj_out: proj("proj_out")?,

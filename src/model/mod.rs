@@ -10,6 +10,7 @@ pub mod embeddings;
 pub mod group_norm;
 pub mod im2col;
 pub mod load;
+pub mod lora;
 pub mod meta;
 pub mod nn;
 pub mod resnet;

@@ -344,6 +344,16 @@ impl UNet2DConditionModel {
     /// Builds the UNet from `vb` (diffusers key names). `attention_slice` bounds the rows of the
     /// attention batch computed at once, trading speed for memory on large images.
     pub fn new(cfg: &UNetConfig, attention_slice: Option<usize>, vb: VarBuilder) -> Result<Self> {
+        Self::with_lora(cfg, attention_slice, None, vb)
+    }
+
+    /// As [`Self::new`], with LoRA adapters on every attention projection.
+    pub fn with_lora(
+        cfg: &UNetConfig,
+        attention_slice: Option<usize>,
+        lora: Option<super::lora::LoraSpec>,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         if let Err(e) = cfg.validate() {
             candle_core::bail!("invalid UNet config: {e}")
         }
@@ -357,6 +367,7 @@ impl UNet2DConditionModel {
             context_dim: cfg.cross_attention_dim,
             use_linear_projection: cfg.use_linear_projection,
             attention_slice,
+            lora,
         };
         let heads_if = |kind: BlockKind, h: usize| (kind == BlockKind::CrossAttn).then_some(h);
         let mut down_blocks = Vec::with_capacity(n);

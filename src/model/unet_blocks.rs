@@ -19,6 +19,7 @@ pub struct BlockShared {
     pub context_dim: usize,
     pub use_linear_projection: bool,
     pub attention_slice: Option<usize>,
+    pub lora: Option<super::lora::LoraSpec>,
 }
 
 impl BlockShared {
@@ -41,6 +42,7 @@ impl BlockShared {
             groups: self.groups,
             use_linear_projection: self.use_linear_projection,
             attention_slice: self.attention_slice,
+            lora: self.lora.clone(),
         };
         Transformer2D::new(&cfg, vb)
     }

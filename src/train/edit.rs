@@ -24,6 +24,7 @@ use super::pool::{build_or_load, change_map, Pool, PoolSource, PoolSpec};
 use super::{images_to_tensor, sample_seed, step_seed, Run, TrainError, TrainEvent};
 use crate::data::sample::{generate, TaskWeights};
 use crate::model::clip::{ClipConfig, ClipTextModel, ClipTokenizer};
+use crate::model::lora::LoraSpec;
 use crate::model::meta::{SamplingDefaults, SchedulerConfig, DEFAULTS_FILE};
 use crate::model::unet::{UNet2DConditionModel, UNetConfig};
 use crate::model::vae::AutoencoderKL;
@@ -54,6 +55,10 @@ pub struct EditPlan {
     pub sample_edits: usize,
     /// Extra loss weight on latent cells the edit changes (0 = plain MSE).
     pub change_weight: f64,
+    /// LoRA rank on the UNet's attention projections, with everything else frozen (0: a full
+    /// fine-tune of the UNet and text encoder). Needs `base`.
+    #[serde(default)]
+    pub lora_rank: usize,
     /// Samples generated and encoded once into `OUT/pool/` and drawn from at random (0: a
     /// fresh sample for every draw, encoded at every step).
     #[serde(default)]
@@ -89,6 +94,7 @@ pub fn default_plan(out: PathBuf, vae: PathBuf) -> EditPlan {
         checkpoint_every: 250,
         sample_edits: 4,
         change_weight: 4.0,
+        lora_rank: 0,
         pool: 20_000,
         text_dropout: 0.075,
         image_dropout: 0.075,
@@ -154,21 +160,55 @@ fn fresh(
     })
 }
 
+/// The model's weights to export (`unet.*`, `text_encoder.*`): the EMA of a full run; for a
+/// LoRA, the frozen base with the adapters' EMA merged in, and the adapters alone written to
+/// `OUT/lora/pytorch_lora_weights.safetensors` (diffusers' `load_lora_weights` naming).
+fn exported_weights(
+    opt: &AdamW,
+    frozen: Option<&HashMap<String, Tensor>>,
+    plan: &EditPlan,
+) -> anyhow::Result<HashMap<String, Tensor>> {
+    let ema = opt.ema_weights();
+    let Some(frozen) = frozen else {
+        return Ok(ema);
+    };
+    let mut merged = frozen.clone();
+    for (name, a) in &ema {
+        let Some(layer) = name.strip_suffix(&format!(".{}", crate::model::lora::A)) else {
+            continue;
+        };
+        let b = &ema[&format!("{layer}.{}", crate::model::lora::B)];
+        let key = format!("{layer}.weight");
+        let w = frozen
+            .get(&key)
+            .ok_or_else(|| anyhow::anyhow!("the base has no '{key}' to merge into"))?;
+        merged.insert(
+            key,
+            crate::model::lora::merge(w, a, b, plan.lora_rank as f64)?,
+        );
+    }
+    save_weights(
+        &ema,
+        &plan.out.join("lora/pytorch_lora_weights.safetensors"),
+        false,
+    )?;
+    Ok(merged)
+}
+
 /// Writes the diffusers folder of the EMA weights to `dir` (through `dir.tmp` and a rename).
 pub fn export_model(
     dir: &Path,
     plan: &EditPlan,
-    unet_cfg: &UNetConfig,
-    clip_cfg: &ClipConfig,
-    opt: &AdamW,
+    (unet_cfg, clip_cfg): (&UNetConfig, &ClipConfig),
+    weights: &HashMap<String, Tensor>,
     latent_rgb: &[[f32; 3]],
 ) -> anyhow::Result<()> {
     let tmp = dir.with_extension("tmp");
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp)?;
-    let ema = opt.ema_weights();
-    let part = |prefix: &str| -> std::collections::HashMap<String, Tensor> {
-        ema.iter()
+    let part = |prefix: &str| -> HashMap<String, Tensor> {
+        weights
+            .iter()
             .filter_map(|(k, v)| k.strip_prefix(prefix).map(|s| (s.to_string(), v.clone())))
             .collect()
     };
@@ -301,12 +341,30 @@ pub fn train(
     let latent_rgb = super::vae::preview_factors(&vae, plan.size, device)?;
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
-    let unet = UNet2DConditionModel::new(unet_cfg, None, vb.pp("unet"))?;
-    let clip = ClipTextModel::new(clip_cfg, vb.pp("text_encoder").pp("text_model"))?;
-    let tokenizer = ClipTokenizer::bundled(clip_cfg.max_position_embeddings);
     let ckpt = Checkpoint::new(&plan.out.join("checkpoint"));
+    let (unet, clip, frozen) = if plan.lora_rank > 0 {
+        // Base weights frozen (plain tensors, no gradients); only the adapters are variables.
+        let Some(dir) = &plan.base else {
+            return Err(anyhow::anyhow!("a LoRA fine-tunes a base model: pass --base").into());
+        };
+        let frozen = base_weights(dir, device)?;
+        let fvb = VarBuilder::from_tensors(frozen.clone(), DType::F32, device);
+        let spec = LoraSpec {
+            rank: plan.lora_rank,
+            alpha: plan.lora_rank as f64,
+            vb: vb.clone(),
+        };
+        let unet = UNet2DConditionModel::with_lora(unet_cfg, None, Some(spec), fvb.pp("unet"))?;
+        let clip = ClipTextModel::new(clip_cfg, fvb.pp("text_encoder").pp("text_model"))?;
+        (unet, clip, Some(frozen))
+    } else {
+        let unet = UNet2DConditionModel::new(unet_cfg, None, vb.pp("unet"))?;
+        let clip = ClipTextModel::new(clip_cfg, vb.pp("text_encoder").pp("text_model"))?;
+        (unet, clip, None)
+    };
+    let tokenizer = ClipTokenizer::bundled(clip_cfg.max_position_embeddings);
     let base = match &plan.base {
-        Some(dir) if !ckpt.exists() => Some(base_weights(dir, device)?),
+        Some(dir) if frozen.is_none() && !ckpt.exists() => Some(base_weights(dir, device)?),
         _ => None,
     };
     let mut opt = super::start(&varmap, plan.seed, &plan.optim, &ckpt, base.as_ref())?;
@@ -395,12 +453,12 @@ pub fn train(
                     plan: plan.clone(),
                 },
             )?;
+            let weights = exported_weights(&opt, frozen.as_ref(), plan)?;
             export_model(
                 &plan.out.join("model"),
                 plan,
-                unet_cfg,
-                clip_cfg,
-                &opt,
+                (unet_cfg, clip_cfg),
+                &weights,
                 &latent_rgb,
             )?;
             run.kept = opt.step;

@@ -198,19 +198,21 @@ pub fn init_weights(varmap: &candle_nn::VarMap, seed: u64) -> candle_core::Resul
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(name_seed);
         let dims = var.as_tensor().dims().to_vec();
         let n: usize = dims.iter().product();
-        let values: Vec<f32> =
-            if name.contains("embedding") && dims.len() == 2 && !name.starts_with("unet") {
-                let normal = Normal::new(0.0f32, 0.02).expect("valid std");
-                (0..n).map(|_| normal.sample(&mut rng)).collect()
-            } else if dims.len() >= 2 {
-                let fan_in: usize = dims[1..].iter().product();
-                let bound = 1.0 / (fan_in.max(1) as f32).sqrt();
-                (0..n).map(|_| rng.random_range(-bound..=bound)).collect()
-            } else if name.ends_with("weight") {
-                vec![1.0; n]
-            } else {
-                vec![0.0; n]
-            };
+        let values: Vec<f32> = if name.ends_with(crate::model::lora::B) {
+            // LoRA's up-projection starts at zero: training starts from the base model.
+            vec![0.0; n]
+        } else if name.contains("embedding") && dims.len() == 2 && !name.starts_with("unet") {
+            let normal = Normal::new(0.0f32, 0.02).expect("valid std");
+            (0..n).map(|_| normal.sample(&mut rng)).collect()
+        } else if dims.len() >= 2 {
+            let fan_in: usize = dims[1..].iter().product();
+            let bound = 1.0 / (fan_in.max(1) as f32).sqrt();
+            (0..n).map(|_| rng.random_range(-bound..=bound)).collect()
+        } else if name.ends_with("weight") {
+            vec![1.0; n]
+        } else {
+            vec![0.0; n]
+        };
         let t = Tensor::from_vec(values, dims, var.as_tensor().device())?.to_dtype(var.dtype())?;
         var.set(&t)?;
     }
