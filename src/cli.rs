@@ -272,6 +272,10 @@ pub struct EvalArgs {
     /// Ask with held-out phrasings (never trained on) instead of the training templates.
     #[arg(long)]
     pub paraphrased: bool,
+    /// Score the targets passed through the model's autoencoder alone (no UNet): the ceiling
+    /// the VAE sets on every metric.
+    #[arg(long)]
+    pub autoencoder_only: bool,
     #[command(flatten)]
     pub sampling: SamplingArgs,
 }
@@ -723,10 +727,21 @@ fn run_eval(args: &EvalArgs) -> anyhow::Result<()> {
         )
         .expect("static template"),
     );
+    let name = if args.autoencoder_only {
+        format!("{} (autoencoder only)", model.source)
+    } else {
+        model.source.clone()
+    };
     let report = crate::eval::run(
         &plan,
-        &model.source,
-        |s| crate::eval::edit_answer(&model, &request, s),
+        &name,
+        |s| {
+            if args.autoencoder_only {
+                crate::eval::autoencoder_answer(&model, s)
+            } else {
+                crate::eval::edit_answer(&model, &request, s)
+            }
+        },
         |task, _| {
             bar.set_message(task.name());
             bar.inc(1);

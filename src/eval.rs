@@ -122,6 +122,14 @@ pub fn edit_answer(model: &Model, request: &EditRequest, s: &Sample) -> anyhow::
     }
 }
 
+/// The target through the model's autoencoder alone (encode, decode): what a perfect UNet
+/// could at best answer, so the ceiling the VAE sets on every metric.
+pub fn autoencoder_answer(model: &Model, s: &Sample) -> anyhow::Result<RgbImage> {
+    let x = pipeline::image_to_tensor(&s.target, &model.device, model.dtype)?;
+    let latent = (model.vae.encode_mean(&x)? * model.vae.config.scaling_factor)?;
+    Ok(pipeline::decode(model, &latent)?)
+}
+
 #[derive(Default)]
 struct Acc {
     n: usize,
