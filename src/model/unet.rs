@@ -63,20 +63,20 @@ impl UNetConfig {
         }
     }
 
-    /// The built-in miniature model's UNet: 32x32 latents of 128 px images, attention at the
-    /// two lower resolutions only.
+    /// The built-in miniature model's UNet: 32x32 latents of 8 channels (the tiny VAE's, at
+    /// 128 px), attention at the two lower resolutions (16x16 and 8x8).
     pub fn tiny() -> Self {
         use BlockKind::*;
         Self {
-            in_channels: 8,
-            out_channels: 4,
-            block_out_channels: vec![64, 128, 128],
+            in_channels: 16,
+            out_channels: 8,
+            block_out_channels: vec![32, 64, 128],
             down_blocks: vec![Plain, CrossAttn, CrossAttn],
             up_blocks: vec![CrossAttn, CrossAttn, Plain],
             layers_per_block: 1,
             attention_heads: vec![4, 4, 4],
             cross_attention_dim: 64,
-            norm_num_groups: 16,
+            norm_num_groups: 8,
             norm_eps: 1e-5,
             use_linear_projection: false,
             flip_sin_to_cos: true,

@@ -40,15 +40,19 @@ impl VaeConfig {
         }
     }
 
-    /// The built-in miniature model's VAE: 8x downscaling (16x16 latents at 128 px). The
-    /// scaling factor is measured after training (1 / std of the latents).
+    /// The built-in miniature model's VAE: 4x downscaling to 8 channels (32x32x8 latents at
+    /// 128 px, 6x fewer numbers than pixels). A probe on this machine (PyTorch, the same
+    /// data and recipe) reached 20 dB after 600 steps with this shape against ~16 dB for 8x
+    /// downscaling with 16 channels and the 4-level net; the shallower net learns faster and
+    /// keeps the detail that masks and keypoint discs need. The scaling factor is measured
+    /// after training (1 / std of the latents).
     pub fn tiny() -> Self {
         Self {
             in_channels: 3,
             out_channels: 3,
-            block_out_channels: vec![16, 32, 64, 128],
+            block_out_channels: vec![32, 64, 64],
             layers_per_block: 1,
-            latent_channels: 4,
+            latent_channels: 8,
             norm_num_groups: 8,
             scaling_factor: 1.0,
         }

@@ -25,13 +25,13 @@ from diffusers import AutoencoderKL, UNet2DConditionModel  # noqa: E402
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer  # noqa: E402
 
 TINY = (
-    dict(sample_size=16, in_channels=8, out_channels=4, block_out_channels=(64, 128, 128), layers_per_block=1,
+    dict(sample_size=32, in_channels=16, out_channels=8, block_out_channels=(32, 64, 128), layers_per_block=1,
          down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
          up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-         cross_attention_dim=64, attention_head_dim=4, norm_num_groups=16),
-    dict(in_channels=3, out_channels=3, block_out_channels=(16, 32, 64, 128), layers_per_block=1,
-         down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
-         latent_channels=4, norm_num_groups=8, scaling_factor=1.0),
+         cross_attention_dim=64, attention_head_dim=4, norm_num_groups=8),
+    dict(in_channels=3, out_channels=3, block_out_channels=(32, 64, 64), layers_per_block=1,
+         down_block_types=["DownEncoderBlock2D"] * 3, up_block_types=["UpDecoderBlock2D"] * 3,
+         latent_channels=8, norm_num_groups=8, scaling_factor=1.0),
     dict(vocab_size=49408, hidden_size=64, intermediate_size=256, num_hidden_layers=3, num_attention_heads=4,
          max_position_embeddings=77, hidden_act="quick_gelu", bos_token_id=49406, eos_token_id=49407),
 )
