@@ -1,5 +1,9 @@
 //! Dataset folders in the format diffusers' `train_instruct_pix2pix.py` reads: `metadata.jsonl`
-//! with `input_image`, `edit_prompt`, `edited_image` per line, plus the image files.
+//! with `input_image`, `edit_prompt`, `edited_image` per line, plus the image files. The image
+//! keys are written `input_image_file_name` and `edited_image_file_name`: Hugging Face
+//! `datasets`' `imagefolder` loader (which that script uses for `--train_data_dir`) needs the
+//! `_file_name` suffix, and loads them as image columns named `input_image` and `edited_image`.
+//! Both spellings are read.
 //!
 //! The ground truth of the sources (masks of segmentation targets, keypoints) goes to
 //! `annotations.json` in COCO format. Every file is written through a temporary file and a
@@ -17,8 +21,10 @@ use crate::tasks::Task;
 /// One line of `metadata.jsonl`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Record {
+    #[serde(rename = "input_image_file_name", alias = "input_image")]
     pub input_image: String,
     pub edit_prompt: String,
+    #[serde(rename = "edited_image_file_name", alias = "edited_image")]
     pub edited_image: String,
     /// Not read by diffusers; kept for evaluation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -117,6 +123,18 @@ mod tests {
         .unwrap();
         let read_back = read(dir.path()).unwrap();
         assert_eq!(written, read_back);
+        // `datasets`' imagefolder needs `*_file_name` keys; the plain names read too.
+        let first = std::fs::read_to_string(dir.path().join("metadata.jsonl")).unwrap();
+        let line: serde_json::Value = serde_json::from_str(first.lines().next().unwrap()).unwrap();
+        assert!(
+            line["input_image_file_name"].is_string() && line["edited_image_file_name"].is_string()
+        );
+        let plain = r#"{"input_image": "a.png", "edit_prompt": "p", "edited_image": "b.png"}"#;
+        let r: Record = serde_json::from_str(plain).unwrap();
+        assert_eq!(
+            (r.input_image.as_str(), r.edited_image.as_str()),
+            ("a.png", "b.png")
+        );
         for r in &read_back {
             let a = image::open(dir.path().join(&r.input_image))
                 .unwrap()
