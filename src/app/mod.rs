@@ -1046,11 +1046,19 @@ score {:.2}, area {} px",
                 ui,
                 "Resolution",
                 egui::DragValue::new(&mut s.resolution)
-                    .range(64..=1024)
-                    .speed(64.0),
+                    .range(0..=1024)
+                    .speed(64.0)
+                    .custom_formatter(|v, _| {
+                        if v == 0.0 {
+                            "model's".into()
+                        } else {
+                            format!("{v:.0}")
+                        }
+                    }),
             );
         });
-        s.resolution = (s.resolution / 64).max(1) * 64;
+        // 0 is the model's own; anything else a multiple of 64.
+        s.resolution = s.resolution / 64 * 64;
         ui.separator();
         ui.heading("Presets");
         for (name, text, cfg) in PRESETS {
@@ -1462,16 +1470,22 @@ const PRESETS: &[(&str, &str, (f64, f64))] = &[
     ),
 ];
 
-/// The sample images shipped in `assets/samples` (beside the executable or in the source tree).
+/// The sample images shipped in `assets/samples` (photos) and `assets/scenes` (generated scenes
+/// of the built-in model's world), beside the executable or in the source tree.
 pub fn sample_images() -> Vec<PathBuf> {
-    let mut dirs = vec![PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/samples")];
-    if let Ok(exe) = std::env::current_exe() {
-        dirs.extend(exe.ancestors().skip(1).map(|d| d.join("assets/samples")));
-    }
-    dirs.into_iter()
-        .find(|d| d.is_dir())
-        .and_then(|d| crate::annotate::list_images(&d).ok())
-        .unwrap_or_default()
+    ["assets/samples", "assets/scenes"]
+        .iter()
+        .flat_map(|sub| {
+            let mut dirs = vec![PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(sub)];
+            if let Ok(exe) = std::env::current_exe() {
+                dirs.extend(exe.ancestors().skip(1).map(|d| d.join(sub)));
+            }
+            dirs.into_iter()
+                .find(|d| d.is_dir())
+                .and_then(|d| crate::annotate::list_images(&d).ok())
+                .unwrap_or_default()
+        })
+        .collect()
 }
 
 impl eframe::App for EditorApp {

@@ -36,7 +36,8 @@ pub struct Settings {
     pub seed_mode: SeedMode,
     /// Edits per run, consecutive seeds, shown to pick from.
     pub variants: usize,
-    /// Long side the model runs at (a multiple of 64).
+    /// Long side the model runs at (a multiple of 64); 0: the model's own (the built-in
+    /// model's is 128, Stable Diffusion's 512).
     pub resolution: usize,
     pub recent_files: Vec<PathBuf>,
     pub prompt_history: Vec<String>,
@@ -57,7 +58,7 @@ impl Default for Settings {
             seed: 42,
             seed_mode: SeedMode::Random,
             variants: 1,
-            resolution: 256,
+            resolution: 0,
             recent_files: vec![],
             prompt_history: vec![],
             recent_models: vec![],
@@ -85,7 +86,7 @@ impl Settings {
             sampler: Some(self.sampler),
             guidance: Some(self.guidance),
             seed: Some(seed),
-            resolution: Some(self.resolution),
+            resolution: (self.resolution > 0).then_some(self.resolution),
             keep_model_resolution: false,
         }
     }
