@@ -81,6 +81,10 @@ pub struct BenchArgs {
     /// image) on the photos in this folder (e.g. assets/samples).
     #[arg(long, value_name = "PHOTOS")]
     pub decode: Option<PathBuf>,
+    /// Instead: the editor's frame time and preview latency while it edits this image with
+    /// the model (`--edit-steps` steps), headless.
+    #[arg(long, value_name = "IMAGE")]
+    pub ui: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -805,6 +809,15 @@ fn run_annotate(args: &AnnotateArgs) -> anyhow::Result<()> {
 }
 
 fn run_bench(args: &BenchArgs) -> anyhow::Result<()> {
+    if let Some(image) = &args.ui {
+        let report =
+            crate::app::bench::ui_frames(&args.model.model, image, args.edit_steps.max(1))?;
+        eprint!("{}", crate::app::bench::table(&report));
+        if let Some(path) = &args.json {
+            imageio::write_atomic(path, serde_json::to_string_pretty(&report)?.as_bytes())?;
+        }
+        return Ok(());
+    }
     if let Some(dir) = &args.decode {
         let report = crate::bench::decode(dir, args.repeats)?;
         eprint!("{}", crate::bench::decode_table(&report));

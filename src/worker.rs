@@ -133,6 +133,8 @@ pub enum Event {
         elapsed_s: f64,
         /// The predicted clean image, small (latent resolution), RGBA.
         preview: Option<preview::Preview>,
+        /// When the worker sent it (the UI measures how long previews wait).
+        sent: Instant,
     },
     Done {
         job: u64,
@@ -338,6 +340,7 @@ fn run(cmd: Command, model: &mut Option<Model>, flags: &Flags, send: &(dyn Fn(Ev
                     elapsed_s: e.elapsed.as_secs_f64(),
                     preview: preview::latent_to_rgba(e.denoised, m.defaults.latent_rgb.as_deref())
                         .ok(),
+                    sent: Instant::now(),
                 });
                 if cancel.load(Ordering::SeqCst) {
                     ControlFlow::Break(())

@@ -1,6 +1,7 @@
 //! The desktop editor (eframe/egui). The UI thread only draws and sends commands to the
 //! [`crate::worker`]; state and its logic live in [`state`].
 
+pub mod bench;
 pub mod state;
 pub mod training;
 
@@ -72,6 +73,8 @@ pub struct EditorApp {
     pub side_by_side: bool,
     /// Live previews shown since the app started.
     pub previews_received: usize,
+    /// How long the latest previews (up to 256) waited between the worker and the UI, in ms.
+    pub preview_waits_ms: Vec<f64>,
     pub show_overlays: bool,
     pub overlay_opacity: f32,
     overlay: Option<(TextureHandle, usize)>,
@@ -132,6 +135,7 @@ impl EditorApp {
             show_before: false,
             side_by_side: false,
             previews_received: 0,
+            preview_waits_ms: vec![],
             show_overlays: true,
             overlay_opacity: 0.5,
             overlay: None,
@@ -510,7 +514,15 @@ impl EditorApp {
                     total,
                     elapsed_s,
                     preview,
+                    sent,
                 } => {
+                    if preview.is_some() {
+                        if self.preview_waits_ms.len() == 256 {
+                            self.preview_waits_ms.remove(0);
+                        }
+                        self.preview_waits_ms
+                            .push(sent.elapsed().as_secs_f64() * 1e3);
+                    }
                     if let Activity::Editing {
                         job: j,
                         step: s,
