@@ -810,8 +810,12 @@ fn run_annotate(args: &AnnotateArgs) -> anyhow::Result<()> {
 
 fn run_bench(args: &BenchArgs) -> anyhow::Result<()> {
     if let Some(image) = &args.ui {
-        let report =
-            crate::app::bench::ui_frames(&args.model.model, image, args.edit_steps.max(1))?;
+        let report = crate::app::bench::ui_frames(
+            &args.model.model,
+            image,
+            args.edit_steps.max(1),
+            args.resolution,
+        )?;
         eprint!("{}", crate::app::bench::table(&report));
         if let Some(path) = &args.json {
             imageio::write_atomic(path, serde_json::to_string_pretty(&report)?.as_bytes())?;

@@ -488,6 +488,34 @@ fn bench_reports_every_stage() {
     fails_with(&["bench", "--random", "sd3"], "unknown architecture 'sd3'");
 }
 
+/// `bench --ui` drives the editor headless through one edit and reports its frame times and
+/// the previews it showed (one per step).
+#[test]
+fn ui_bench_reports_frames_and_previews() {
+    let tmp = tempdir();
+    let json = tmp.path().join("ui.json");
+    let o = run_bin(&[
+        "bench",
+        "--model",
+        tiny().join("diffusers").to_str().unwrap(),
+        "--ui",
+        tiny().join("input.png").to_str().unwrap(),
+        "--resolution",
+        "64",
+        "--edit-steps",
+        "3",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(r["previews"], 3);
+    assert!(r["frames"].as_u64().unwrap() >= 1);
+    assert!(r["frame_ms_median"].as_f64().unwrap() > 0.0);
+    assert!(stderr(&o).contains("frame CPU time"));
+}
+
 #[test]
 fn eval_prints_and_writes_a_table_per_task() {
     let tmp = tempdir();

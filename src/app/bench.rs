@@ -35,8 +35,14 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-/// Runs one edit of `steps` steps of `image` on `model` in a headless editor, frame by frame.
-pub fn ui_frames(model: &str, image: &Path, steps: usize) -> anyhow::Result<UiReport> {
+/// Runs one edit of `steps` steps of `image` at `resolution` (0: the model's) on `model` in a
+/// headless editor, frame by frame.
+pub fn ui_frames(
+    model: &str,
+    image: &Path,
+    steps: usize,
+    resolution: usize,
+) -> anyhow::Result<UiReport> {
     // A session folder of its own (never the user's); the last run's is cleared first, as the
     // session writer may still be finishing when this returns.
     let session = std::env::temp_dir().join("instructdiffusion-ui-bench");
@@ -62,8 +68,10 @@ pub fn ui_frames(model: &str, image: &Path, steps: usize) -> anyhow::Result<UiRe
     };
     let mut run_frame = |app: &mut EditorApp| -> f64 {
         let t = Instant::now();
-        let out = ctx.run_ui(input(), |ui| eframe::App::ui(app, ui, &mut frame));
+        let mut out = ctx.run_ui(input(), |ui| eframe::App::ui(app, ui, &mut frame));
         let _ = ctx.tessellate(out.shapes, out.pixels_per_point);
+        // No renderer takes the texture updates here.
+        out.textures_delta.clear();
         t.elapsed().as_secs_f64() * 1e3
     };
     let deadline = Instant::now() + Duration::from_secs(600);
@@ -78,6 +86,7 @@ pub fn ui_frames(model: &str, image: &Path, steps: usize) -> anyhow::Result<UiRe
         std::thread::sleep(interval);
     }
     app.settings.steps = steps;
+    app.settings.resolution = resolution;
     app.settings.variants = 1;
     app.prompt = "Apply a blue semi-transparent mask to the circle.".into();
     run_frame(&mut app);
