@@ -1,0 +1,34 @@
+#!/bin/sh
+# The recipe of the built-in model (models/builtin), as it was run on a 2-core CPU.
+# Every phase resumes from its last checkpoint when run again, so this script can be
+# killed and restarted at any time. RUNS defaults to ./runs.
+#
+#   tools/train_builtin.sh            # train (or resume) both phases
+#   tools/train_builtin.sh ship       # copy the trained model into models/builtin
+set -eu
+RUNS=${RUNS:-runs}
+BIN=${BIN:-target/release/instructdiffusion}
+VAE_STEPS=${VAE_STEPS:-2000}
+EDIT_STEPS=${EDIT_STEPS:-40000}
+POOL=${POOL:-5000}
+
+if [ "${1:-}" = ship ]; then
+    # The model folder (EMA weights, f16) with the tokenizer files and the model card kept.
+    rm -rf models/builtin.new
+    cp -r "$RUNS/edit/model" models/builtin.new
+    cp models/builtin/tokenizer/* models/builtin.new/tokenizer/
+    cp models/builtin/README.md models/builtin.new/ 2>/dev/null || true
+    mv models/builtin models/builtin.old
+    mv models/builtin.new models/builtin
+    rm -rf models/builtin.old
+    du -sh models/builtin
+    exit 0
+fi
+
+# Phase 1: the autoencoder (one thread is fastest for its small tensors).
+CANDLE_NUM_THREADS=1 "$BIN" train vae --out "$RUNS/vae" --batch 8 --crop 64 \
+    --steps "$VAE_STEPS" --checkpoint-every 100 --log-every 20
+
+# Phase 2: UNet + text encoder on a pool of generated samples encoded once.
+CANDLE_NUM_THREADS=${THREADS:-2} "$BIN" train edit --out "$RUNS/edit" --vae "$RUNS/vae/vae" \
+    --pool "$POOL" --batch 8 --lr 3e-4 --steps "$EDIT_STEPS" --checkpoint-every 250 --log-every 20
