@@ -128,6 +128,10 @@ pub struct TrainArgs {
     /// Phase `vae`: train on random square crops of this many pixels (0: whole images).
     #[arg(long)]
     pub crop: Option<u32>,
+    /// Phase `vae`: freeze the encoder (as the checkpoint has it) and train the decoder only,
+    /// so latents encoded before stay valid.
+    #[arg(long)]
+    pub decoder_only: bool,
     /// Phase `edit`: generate and encode this many samples once (OUT/pool/) and draw from them
     /// (0: fresh samples at every step).
     #[arg(long)]
@@ -564,6 +568,7 @@ fn run_train(cmd: &TrainCommand) -> anyhow::Result<()> {
             if let Some(c) = a.crop {
                 plan.crop = (c > 0).then_some(c);
             }
+            plan.decoder_only = a.decoder_only;
             plan.steps = a.steps.unwrap_or(plan.steps);
             plan.batch = a.batch.unwrap_or(plan.batch);
             plan.optim.lr = a.lr.unwrap_or(plan.optim.lr);

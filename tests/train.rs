@@ -38,6 +38,7 @@ fn small_vae_plan(out: &Path, steps: usize) -> VaePlan {
             ..Default::default()
         },
         checkpoint_every: 2,
+        decoder_only: false,
     }
 }
 
@@ -268,11 +269,29 @@ fn pool_is_reused_and_rebuilt_for_another_vae(eplan: &edit::EditPlan) {
         written,
         "a pool from the same VAE is loaded, not rebuilt"
     );
-    // Another VAE: same layout, different bytes.
+    // A retrained decoder keeps the fingerprint (the latents stay valid); another encoder
+    // changes it.
     let other = eplan.out.join("other-vae");
     copy_dir(&eplan.vae, &other);
-    let cfg = std::fs::read_to_string(other.join("config.json")).unwrap();
-    std::fs::write(other.join("config.json"), format!("{cfg}\n")).unwrap();
+    let weights = other.join("diffusion_pytorch_model.safetensors");
+    let bump = |prefix: &str| {
+        let mut t = candle_core::safetensors::load(&weights, &Device::Cpu).unwrap();
+        let key = t.keys().find(|k| k.starts_with(prefix)).unwrap().clone();
+        let v = (t[&key].to_dtype(candle_core::DType::F32).unwrap() + 0.5).unwrap();
+        t.insert(key, v);
+        candle_core::safetensors::save(&t, &weights).unwrap();
+    };
+    use instructdiffusion::train::pool::vae_fingerprint;
+    bump("decoder.");
+    assert_eq!(
+        vae_fingerprint(&other).unwrap(),
+        vae_fingerprint(&eplan.vae).unwrap()
+    );
+    bump("encoder.");
+    assert_ne!(
+        vae_fingerprint(&other).unwrap(),
+        vae_fingerprint(&eplan.vae).unwrap()
+    );
     let again = build_or_load(
         &PoolSpec {
             vae_dir: &other,
@@ -287,7 +306,7 @@ fn pool_is_reused_and_rebuilt_for_another_vae(eplan: &edit::EditPlan) {
         serde_json::from_str(&std::fs::read_to_string(&meta).unwrap()).unwrap();
     assert_eq!(
         json["vae"].as_str().unwrap(),
-        instructdiffusion::train::pool::vae_fingerprint(&other).unwrap()
+        vae_fingerprint(&other).unwrap()
     );
     assert_eq!(again.len(), eplan.pool);
 }
@@ -467,4 +486,44 @@ fn lora_trains_only_adapters_and_exports_them_merged() {
         Default::default(),
     )
     .expect("the merged model loads");
+}
+
+/// `--decoder-only` resumes a VAE run with the encoder frozen: the exported encoder (what
+/// defines the latents) stays exactly the same while the decoder keeps training.
+#[test]
+fn decoder_only_keeps_the_encoder_exactly() {
+    let tmp = tempdir();
+    let plan = small_vae_plan(tmp.path(), 4);
+    vae::train(&plan, &Device::Cpu, &mut |_| {}).unwrap();
+    let exported = |dir: &Path| {
+        candle_core::safetensors::load(
+            dir.join("vae/diffusion_pytorch_model.safetensors"),
+            &Device::Cpu,
+        )
+        .unwrap()
+    };
+    let before = exported(tmp.path());
+    let mut more = small_vae_plan(tmp.path(), 8);
+    more.decoder_only = true;
+    vae::train(&more, &Device::Cpu, &mut |_| {}).unwrap();
+    let after = exported(tmp.path());
+    let (mut same, mut moved) = (0, 0);
+    for (k, b) in &before {
+        let d: f32 = (&after[k].to_dtype(candle_core::DType::F32).unwrap()
+            - b.to_dtype(candle_core::DType::F32).unwrap())
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar()
+        .unwrap();
+        if vae::is_encoder_weight(k) {
+            assert_eq!(d, 0.0, "encoder weight '{k}' moved");
+            same += 1;
+        } else if d > 0.0 {
+            moved += 1;
+        }
+    }
+    assert!(same > 0 && moved > 0, "{same} frozen, {moved} trained");
 }

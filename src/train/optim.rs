@@ -44,6 +44,8 @@ struct Slot {
     m: Tensor,
     v: Tensor,
     ema: Tensor,
+    /// Not updated (see [`AdamW::freeze`]).
+    frozen: bool,
 }
 
 /// AdamW over named variables, with EMA.
@@ -74,6 +76,7 @@ impl AdamW {
                     v: t.zeros_like()?,
                     ema: t.detach().copy()?,
                     var,
+                    frozen: false,
                 },
             ));
         }
@@ -83,6 +86,21 @@ impl AdamW {
             cfg,
             step: 0,
         })
+    }
+
+    /// Stops updating the variables whose names `which` selects. Each is first set to its EMA,
+    /// so the weights a saved model holds (the EMA) and the live ones agree and stay exactly
+    /// as they are: a frozen encoder keeps its latent space. Returns how many were frozen.
+    pub fn freeze(&mut self, which: impl Fn(&str) -> bool) -> Result<usize> {
+        let mut n = 0;
+        for (name, s) in &mut self.slots {
+            if which(name) && !s.frozen {
+                s.var.set(&s.ema)?;
+                s.frozen = true;
+                n += 1;
+            }
+        }
+        Ok(n)
     }
 
     /// The learning rate at the current step.
@@ -96,11 +114,15 @@ impl AdamW {
     }
 
     /// Applies one update from `grads`. Variables without a gradient are an error: every
-    /// parameter is expected to train.
+    /// parameter that is not frozen is expected to train.
     pub fn step(&mut self, grads: &GradStore) -> Result<StepInfo> {
         let mut sq = 0f64;
         let mut gs = Vec::with_capacity(self.slots.len());
         for (name, s) in &self.slots {
+            if s.frozen {
+                gs.push(None);
+                continue;
+            }
             let g = grads
                 .get(s.var.as_tensor())
                 .ok_or_else(|| candle_core::Error::Msg(format!("no gradient for '{name}'")))?;
@@ -109,7 +131,7 @@ impl AdamW {
                 .sum_all()?
                 .to_dtype(DType::F64)?
                 .to_scalar::<f64>()?;
-            gs.push(g.detach());
+            gs.push(Some(g.detach()));
         }
         let norm = sq.sqrt();
         let scale = if self.cfg.max_grad_norm > 0.0 && norm > self.cfg.max_grad_norm {
@@ -127,6 +149,7 @@ impl AdamW {
             .ema_decay
             .min((1.0 + self.step as f64) / (10.0 + self.step as f64));
         for ((_, s), g) in self.slots.iter_mut().zip(gs) {
+            let Some(g) = g else { continue };
             // Everything here is detached: an optimizer update must not join the autograd
             // graph, or each step's graph would keep the previous ones alive.
             let g = (g * scale)?;

@@ -169,15 +169,41 @@ fn square(img: &RgbImage, size: u32) -> RgbImage {
     }
 }
 
-/// FNV-1a over the VAE's config and weights: which VAE encoded a chunk.
+/// Which encoder made a chunk's latents: FNV-1a over the VAE's config (the scaling factor to
+/// four digits) and its encoder-side weights. A decoder trained on (`train vae
+/// --decoder-only`) leaves it unchanged, so the pool stays valid.
 pub fn vae_fingerprint(dir: &Path) -> anyhow::Result<String> {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for f in ["config.json", "diffusion_pytorch_model.safetensors"] {
-        let path = dir.join(f);
-        let bytes = std::fs::read(&path)
-            .map_err(|e| anyhow::anyhow!("reading the VAE '{}': {e}", path.display()))?;
-        for b in bytes {
+    let mut eat = |bytes: &[u8]| {
+        for &b in bytes {
             h = (h ^ b as u64).wrapping_mul(0x100_0000_01b3);
+        }
+    };
+    let cfg_path = dir.join("config.json");
+    let mut cfg: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(&cfg_path)
+            .map_err(|e| anyhow::anyhow!("reading the VAE '{}': {e}", cfg_path.display()))?,
+    )?;
+    if let Some(f) = cfg.get("scaling_factor").and_then(|v| v.as_f64()) {
+        cfg["scaling_factor"] = format!("{f:.4e}").into();
+    }
+    eat(cfg.to_string().as_bytes());
+    let weights = dir.join("diffusion_pytorch_model.safetensors");
+    let tensors = candle_core::safetensors::load(&weights, &Device::Cpu)
+        .map_err(|e| anyhow::anyhow!("reading the VAE '{}': {e}", weights.display()))?;
+    let mut names: Vec<&String> = tensors
+        .keys()
+        .filter(|k| super::vae::is_encoder_weight(k))
+        .collect();
+    names.sort();
+    for name in names {
+        eat(name.as_bytes());
+        let values = tensors[name]
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        for v in values {
+            eat(&v.to_le_bytes());
         }
     }
     Ok(format!("{h:016x}"))

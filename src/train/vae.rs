@@ -34,6 +34,16 @@ pub struct VaePlan {
     pub kl_weight: f64,
     pub optim: AdamWConfig,
     pub checkpoint_every: usize,
+    /// Train the decoder only: the encoder (and `quant_conv`) stay exactly as the checkpoint
+    /// has them (their EMA), so the latent space, and every latent encoded with it, stays
+    /// valid while reconstructions sharpen (as Stable Diffusion's ft-MSE decoder was tuned).
+    #[serde(default)]
+    pub decoder_only: bool,
+}
+
+/// Whether a VAE weight belongs to the encoder side (what defines the latent space).
+pub fn is_encoder_weight(name: &str) -> bool {
+    name.starts_with("encoder.") || name.starts_with("quant_conv.")
 }
 
 /// The serialisable part of [`VaeConfig`].
@@ -155,6 +165,9 @@ pub fn train(
     let vae = AutoencoderKL::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, device))?;
     let ckpt = Checkpoint::new(&plan.out.join("checkpoint"));
     let mut opt = super::start(&varmap, plan.seed, &plan.optim, &ckpt, None)?;
+    if plan.decoder_only {
+        opt.freeze(is_encoder_weight)?;
+    }
     let mut run = Run::new(opt.step);
     while opt.step < plan.steps {
         let step = opt.step;
@@ -213,6 +226,7 @@ pub fn default_plan(out: PathBuf) -> VaePlan {
             ..Default::default()
         },
         checkpoint_every: 250,
+        decoder_only: false,
     }
 }
 
