@@ -36,6 +36,9 @@ pub struct Cli {
     /// built-in one).
     #[arg(long)]
     pub model: Option<String>,
+    /// With no subcommand: an instruction to fill in (Ctrl+Enter runs it).
+    #[arg(long)]
+    pub prompt: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -347,6 +350,7 @@ pub fn main() -> ExitCode {
         None => crate::app::run(crate::app::Options {
             image: cli.image,
             model: cli.model,
+            prompt: cli.prompt,
             session_dir: None,
         }),
     };

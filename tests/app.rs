@@ -26,6 +26,7 @@ fn editor_with(
         image,
         model: Some(tiny().join("diffusers").display().to_string()),
         session_dir: Some(session_dir),
+        prompt: None,
     };
     let mut h = Harness::builder()
         .with_size([1200.0, 800.0])

@@ -55,6 +55,7 @@ pub fn ui_frames(
             image: Some(image.to_path_buf()),
             model: Some(model.to_string()),
             session_dir: Some(session.clone()),
+            prompt: None,
         },
     );
     let mut frame = eframe::Frame::_new_kittest();

@@ -32,6 +32,8 @@ pub struct Options {
     pub image: Option<PathBuf>,
     /// Overrides the remembered model.
     pub model: Option<String>,
+    /// An instruction to fill in.
+    pub prompt: Option<String>,
     /// Where the crash-safe session lives (default: the app's data folder).
     pub session_dir: Option<PathBuf>,
 }
@@ -168,6 +170,9 @@ impl EditorApp {
             ),
         };
         app.load_model();
+        if let Some(p) = options.prompt {
+            app.prompt = p;
+        }
         if let Some(path) = options.image {
             app.open_path(&path);
         } else if let Some(file) = &app.session_file {

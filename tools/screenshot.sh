@@ -1,0 +1,27 @@
+#!/bin/sh
+# The README screenshot: the real editor window under Xvfb (Mesa software rendering), on a
+# sample scene, after a real edit on the built-in model, with the decoded overlay on.
+# Needs (Debian): xvfb mesa-vulkan-drivers libvulkan1 x11-apps xdotool; python3.
+#
+#   tools/screenshot.sh [OUT.png]
+set -eu
+OUT=${1:-assets/screenshot.png}
+BIN=${BIN:-target/release/instructdiffusion}
+IMAGE=${IMAGE:-assets/scenes/scene-circles.png}
+PROMPT=${PROMPT:-Apply a blue semi-transparent mask to the cyan circle.}
+export DISPLAY=:99
+Xvfb :99 -screen 0 1280x800x24 >/dev/null 2>&1 &
+XVFB=$!
+sleep 2
+# A session folder of its own, so the screenshot never restores or touches the user's.
+HOME=$(mktemp -d) "$BIN" "$IMAGE" --model builtin --prompt "$PROMPT" &
+APP=$!
+trap 'kill $APP $XVFB 2>/dev/null || true' EXIT
+sleep "${LOAD_WAIT:-20}"
+WIN=$(xdotool search --name InstructDiffusion | head -n 1)
+xdotool windowactivate --sync "$WIN" || true
+xdotool key --window "$WIN" ctrl+Return
+sleep "${EDIT_WAIT:-30}"
+xwd -root -silent > /tmp/instructdiffusion-screen.xwd
+python3 "$(dirname "$0")/xwd2png.py" /tmp/instructdiffusion-screen.xwd "$OUT"
+echo "wrote $OUT"
