@@ -70,18 +70,22 @@ pub enum DecodeError {
 
 /// Brings `edited` to the source's size. The model works at a resized resolution (multiples
 /// of 64), so a small aspect difference is expected; a larger one means the wrong pair.
-pub fn align(source: &RgbImage, edited: &RgbImage) -> Result<RgbImage, DecodeError> {
+pub fn align<'a>(
+    source: &RgbImage,
+    edited: &'a RgbImage,
+) -> Result<std::borrow::Cow<'a, RgbImage>, DecodeError> {
+    use std::borrow::Cow;
     let (sw, sh) = source.dimensions();
     let (ew, eh) = edited.dimensions();
     if (sw, sh) == (ew, eh) {
-        return Ok(edited.clone());
+        return Ok(Cow::Borrowed(edited));
     }
     let ra = sw as f64 / sh as f64;
     let rb = ew as f64 / eh as f64;
     if (ra / rb - 1.0).abs() > 0.08 {
         return Err(DecodeError::Mismatched { sw, sh, ew, eh });
     }
-    Ok(crate::imageio::resize_exact(edited, sw, sh))
+    Ok(Cow::Owned(crate::imageio::resize_exact(edited, sw, sh)))
 }
 
 /// Decodes what `parsed` asked for from the pair.

@@ -83,7 +83,9 @@ pub fn run(photos: &[RgbImage], cases: usize, size: u32, perturb: &Perturb, seed
         for _ in 0..cases {
             // Segmentation.
             let (answer, truths) = draw_masks(&base, &mut rng, perturb);
-            let answer = super::align(&base, &disturb(&answer, &mut rng, perturb)).unwrap();
+            let answer = super::align(&base, &disturb(&answer, &mut rng, perturb))
+                .unwrap()
+                .into_owned();
             let parsed = Parsed {
                 kind: Kind::Segmentation,
                 targets: truths.iter().map(|(c, _)| target(*c)).collect(),
