@@ -114,6 +114,10 @@ pub struct TrainArgs {
     /// (everything else frozen; the merged model and the adapters alone are written).
     #[arg(long)]
     pub lora_rank: Option<usize>,
+    /// Phase `edit`: what the UNet predicts, `epsilon` or `v` (default: v from scratch, the
+    /// base's with --base; a run resumes only with the one it started with).
+    #[arg(long)]
+    pub prediction: Option<String>,
     /// Phase `edit`: train on this dataset folder (metadata.jsonl, InstructPix2Pix format)
     /// instead of the generator.
     #[arg(long)]
@@ -585,6 +589,16 @@ fn run_train(cmd: &TrainCommand) -> anyhow::Result<()> {
                 None => a.out.join("../vae/vae"),
             });
             let mut plan = edit::default_plan(a.out.clone(), vae_dir);
+            if let Some(base) = &a.base {
+                plan.prediction = edit::base_prediction(base);
+            }
+            if let Some(p) = &a.prediction {
+                plan.prediction = match p.as_str() {
+                    "epsilon" | "eps" => crate::model::meta::PredictionType::Epsilon,
+                    "v" | "v_prediction" => crate::model::meta::PredictionType::VPrediction,
+                    other => anyhow::bail!("--prediction is epsilon or v, not '{other}'"),
+                };
+            }
             plan.base = a.base.clone();
             plan.data = a.data.clone();
             plan.lora_rank = a.lora_rank.unwrap_or(0);

@@ -86,6 +86,7 @@ impl TrainJob {
         plan.size = self
             .size
             .unwrap_or_else(|| defaults.map_or(512, |d| d.resolution as u32));
+        plan.prediction = crate::train::edit::base_prediction(&dir);
         plan.base = Some(dir);
         plan.data = self.data.clone();
         plan.lora_rank = self.lora_rank;

@@ -25,7 +25,7 @@ use super::{images_to_tensor, sample_seed, step_seed, Run, TrainError, TrainEven
 use crate::data::sample::{generate, TaskWeights};
 use crate::model::clip::{ClipConfig, ClipTextModel, ClipTokenizer};
 use crate::model::lora::LoraSpec;
-use crate::model::meta::{SamplingDefaults, SchedulerConfig, DEFAULTS_FILE};
+use crate::model::meta::{PredictionType, SamplingDefaults, SchedulerConfig, DEFAULTS_FILE};
 use crate::model::unet::{UNet2DConditionModel, UNetConfig};
 use crate::model::vae::AutoencoderKL;
 use crate::sample::noise::{NoiseSource, SeededNoise};
@@ -55,6 +55,15 @@ pub struct EditPlan {
     pub sample_edits: usize,
     /// Extra loss weight on latent cells the edit changes (0 = plain MSE).
     pub change_weight: f64,
+    /// What the UNet predicts: epsilon (SD 1.x, InstructDiffusion) or v (better conditioned
+    /// at high noise, where an epsilon error is multiplied by sigma in the clean estimate).
+    /// Written into the exported scheduler config; a run keeps the one it started with.
+    #[serde(default = "epsilon")]
+    pub prediction: PredictionType,
+    /// Min-SNR loss weighting (Hang et al., 2023): each timestep's loss weighted by
+    /// `min(SNR, gamma) / SNR` (epsilon) or `/ (SNR + 1)` (v); 0 disables.
+    #[serde(default)]
+    pub min_snr_gamma: f64,
     /// LoRA rank on the UNet's attention projections, with everything else frozen (0: a full
     /// fine-tune of the UNet and text encoder). Needs `base`.
     #[serde(default)]
@@ -72,6 +81,10 @@ pub struct EditPlan {
 struct Meta {
     step: usize,
     plan: EditPlan,
+}
+
+fn epsilon() -> PredictionType {
+    PredictionType::Epsilon
 }
 
 /// The default plan for the built-in model.
@@ -94,6 +107,8 @@ pub fn default_plan(out: PathBuf, vae: PathBuf) -> EditPlan {
         checkpoint_every: 250,
         sample_edits: 4,
         change_weight: 4.0,
+        prediction: PredictionType::VPrediction,
+        min_snr_gamma: 5.0,
         lora_rank: 0,
         pool: 20_000,
         text_dropout: 0.075,
@@ -195,6 +210,18 @@ fn exported_weights(
     Ok(merged)
 }
 
+/// The min-SNR weight of a timestep with cumulative alpha `acp` (1 when `gamma` is 0).
+fn min_snr_weight(acp: f64, gamma: f64, prediction: PredictionType) -> f64 {
+    if gamma <= 0.0 {
+        return 1.0;
+    }
+    let snr = acp / (1.0 - acp).max(1e-12);
+    match prediction {
+        PredictionType::Epsilon => snr.min(gamma) / snr,
+        PredictionType::VPrediction => snr.min(gamma) / (snr + 1.0),
+    }
+}
+
 /// Writes the diffusers folder of the EMA weights to `dir` (through `dir.tmp` and a rename).
 pub fn export_model(
     dir: &Path,
@@ -242,7 +269,10 @@ pub fn export_model(
         &serde_json::json!({
             "_class_name": "EulerAncestralDiscreteScheduler",
             "num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
-            "beta_schedule": "scaled_linear", "prediction_type": "epsilon"
+            "beta_schedule": "scaled_linear", "prediction_type": match plan.prediction {
+                PredictionType::Epsilon => "epsilon",
+                PredictionType::VPrediction => "v_prediction",
+            }
         }),
     )?;
     write_json(
@@ -294,6 +324,15 @@ pub fn base_configs(dir: &Path) -> anyhow::Result<(UNetConfig, ClipConfig)> {
         UNetConfig::try_from(unet).map_err(anyhow::Error::msg)?,
         ClipConfig::try_from(clip).map_err(anyhow::Error::msg)?,
     ))
+}
+
+/// What a diffusers folder's UNet predicts (its scheduler config; epsilon when absent): a
+/// fine-tune must keep it.
+pub fn base_prediction(dir: &Path) -> PredictionType {
+    std::fs::read_to_string(dir.join("scheduler/scheduler_config.json"))
+        .ok()
+        .and_then(|s| serde_json::from_str::<SchedulerConfig>(&s).ok())
+        .map_or(PredictionType::Epsilon, |c| c.prediction_type)
 }
 
 /// The UNet and text-encoder weights of a diffusers folder, named as the trainer names its
@@ -367,6 +406,19 @@ pub fn train(
         Some(dir) if frozen.is_none() && !ckpt.exists() => Some(base_weights(dir, device)?),
         _ => None,
     };
+    let previous: Option<Meta> = std::fs::read_to_string(ckpt.dir.join("state.json"))
+        .ok()
+        .and_then(|s| serde_json::from_str(&s).ok());
+    if let Some(meta) = previous {
+        if meta.plan.prediction != plan.prediction {
+            return Err(anyhow::anyhow!(
+                "the run in '{}' predicts {:?}; resume it with the same prediction type or start a new run folder",
+                plan.out.display(),
+                meta.plan.prediction
+            )
+            .into());
+        }
+    }
     let mut opt = super::start(&varmap, plan.seed, &plan.optim, &ckpt, base.as_ref())?;
     drop(base);
     let acp: Vec<f64> = alphas_cumprod(&SchedulerConfig::default());
@@ -414,6 +466,7 @@ pub fn train(
         let mut ts = Vec::with_capacity(plan.batch);
         let mut a = Vec::with_capacity(plan.batch);
         let mut b = Vec::with_capacity(plan.batch);
+        let mut snr_w = Vec::with_capacity(plan.batch);
         for prompt in &batch.prompts {
             let r: f64 = rng.random();
             let drop_text = r < plan.text_dropout;
@@ -425,17 +478,24 @@ pub fn train(
             ts.push(t as f32);
             a.push(acp[t].sqrt() as f32);
             b.push((1.0 - acp[t]).sqrt() as f32);
+            snr_w.push(min_snr_weight(acp[t], plan.min_snr_gamma, plan.prediction) as f32);
         }
         let n = plan.batch;
         let col = |v: Vec<f32>| Tensor::from_vec(v, (n, 1, 1, 1), device);
         let src_lat = src_lat.broadcast_mul(&col(keep_image)?)?;
         let eps = SeededNoise::new(rng.random()).sample(tgt_lat.shape(), device)?;
-        let noisy = (tgt_lat.broadcast_mul(&col(a)?)? + eps.broadcast_mul(&col(b)?)?)?;
+        let (a, b) = (col(a)?, col(b)?);
+        let noisy = (tgt_lat.broadcast_mul(&a)? + eps.broadcast_mul(&b)?)?;
+        let target = match plan.prediction {
+            PredictionType::Epsilon => eps,
+            // v = sqrt(acp) eps - sqrt(1 - acp) x0 (diffusers' get_velocity).
+            PredictionType::VPrediction => (eps.broadcast_mul(&a)? - tgt_lat.broadcast_mul(&b)?)?,
+        };
         let ids = Tensor::from_vec(ids, (n, clip_cfg.max_position_embeddings), device)?;
         let text = clip.forward(&ids)?;
         let t = Tensor::from_vec(ts, n, device)?;
         let pred = unet.forward(&Tensor::cat(&[&noisy, &src_lat], 1)?, &t, &text)?;
-        let err = (pred - &eps)?.sqr()?;
+        let err = (pred - &target)?.sqr()?.broadcast_mul(&col(snr_w)?)?;
         let loss = if plan.change_weight > 0.0 {
             let w = ((batch.changed * plan.change_weight)? + 1.0)?;
             (err.broadcast_mul(&w)?.mean_all()?

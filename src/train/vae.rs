@@ -187,7 +187,12 @@ pub fn train(
         let loss = (rec_loss + (kl * plan.kl_weight)?)?;
         run.optimize(&mut opt, &loss, plan.steps, &ckpt.dir, on_event)?;
         if opt.step % plan.checkpoint_every == 0 || opt.step == plan.steps {
-            let scale = measure_scale(&vae, plan, device)?;
+            // Measured with the weights that are saved (the EMA), not the live ones.
+            let saved = AutoencoderKL::new(
+                &cfg,
+                VarBuilder::from_tensors(opt.ema_weights(), DType::F32, device),
+            )?;
+            let scale = measure_scale(&saved, plan, device)?;
             ckpt.save(
                 &opt.state()?,
                 &Meta {
