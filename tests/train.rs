@@ -178,6 +178,9 @@ fn micro_training_learns_and_exports_a_loadable_model() {
     };
     eplan.sample_edits = 2;
     eplan.pool = 40;
+    // Epsilon, unweighted: the loss scale the 20% threshold below was set for.
+    eplan.prediction = instructdiffusion::model::meta::PredictionType::Epsilon;
+    eplan.min_snr_gamma = 0.0;
     let mut losses = Vec::new();
     let mut sheets = Vec::new();
     let never = std::sync::atomic::AtomicBool::new(false);
@@ -208,6 +211,18 @@ fn micro_training_learns_and_exports_a_loadable_model() {
     assert!(last < 0.8 * first, "edit loss {first:.4} -> {last:.4}");
 
     pool_is_reused_and_rebuilt_for_another_vae(&eplan);
+    // The run predicts epsilon; resuming it as a v run is refused.
+    let scheduler = std::fs::read_to_string(
+        tmp.path()
+            .join("edit/model/scheduler/scheduler_config.json"),
+    )
+    .unwrap();
+    assert!(scheduler.contains("\"epsilon\""), "{scheduler}");
+    let mut other = eplan.clone();
+    other.prediction = instructdiffusion::model::meta::PredictionType::VPrediction;
+    other.steps += 1;
+    let err = edit::train(&other, &unet, &clip, &Device::Cpu, &never, &mut |_| {}).unwrap_err();
+    assert!(err.to_string().contains("predicts"), "{err}");
 
     let model = load::load(
         &ModelSource::Diffusers(tmp.path().join("edit/model")),

@@ -593,3 +593,23 @@ fn write_sample_edits(plan: &EditPlan, step: usize) -> anyhow::Result<PathBuf> {
     crate::imageio::write_atomic(&path.with_extension("txt"), text.as_bytes())?;
     Ok(path)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn min_snr_weights() {
+        use PredictionType::*;
+        // SNR = acp / (1 - acp): acp 10/11 -> SNR 10, acp 1/2 -> SNR 1.
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-9;
+        assert!(close(min_snr_weight(10.0 / 11.0, 5.0, Epsilon), 0.5));
+        assert!(close(min_snr_weight(0.5, 5.0, Epsilon), 1.0));
+        assert!(close(
+            min_snr_weight(10.0 / 11.0, 5.0, VPrediction),
+            5.0 / 11.0
+        ));
+        assert!(close(min_snr_weight(0.5, 5.0, VPrediction), 0.5));
+        assert_eq!(min_snr_weight(0.3, 0.0, VPrediction), 1.0);
+    }
+}
