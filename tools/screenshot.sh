@@ -18,9 +18,8 @@ HOME=$(mktemp -d) "$BIN" "$IMAGE" --model builtin --prompt "$PROMPT" &
 APP=$!
 trap 'kill $APP $XVFB 2>/dev/null || true' EXIT
 sleep "${LOAD_WAIT:-20}"
-WIN=$(xdotool search --name InstructDiffusion | head -n 1)
-xdotool windowactivate --sync "$WIN" || true
-xdotool key --window "$WIN" ctrl+Return
+# Click Run (its place in the 1280x800 layout; RUN_AT overrides).
+xdotool mousemove ${RUN_AT:-1119 710} click 1
 sleep "${EDIT_WAIT:-30}"
 xwd -root -silent > /tmp/instructdiffusion-screen.xwd
 python3 "$(dirname "$0")/xwd2png.py" /tmp/instructdiffusion-screen.xwd "$OUT"
