@@ -42,6 +42,19 @@ fn small_vae_plan(out: &Path, steps: usize) -> VaePlan {
     }
 }
 
+/// The largest absolute difference of two tensors of any dtype (compared in f32).
+fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    let f = |t: &Tensor| t.to_dtype(candle_core::DType::F32).unwrap();
+    (f(a) - f(b))
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar()
+        .unwrap()
+}
+
 fn state(dir: &Path) -> HashMap<String, Tensor> {
     candle_core::safetensors::load(dir.join("checkpoint/state.safetensors"), &Device::Cpu).unwrap()
 }
@@ -68,15 +81,7 @@ fn a_killed_run_resumes_exactly() {
     let (sa, sb) = (state(&a), state(&b));
     assert_eq!(sa.len(), sb.len());
     for (k, ta) in &sa {
-        let diff: f32 = (ta - &sb[k])
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar()
-            .unwrap();
-        assert_eq!(diff, 0.0, "'{k}' differs after resume");
+        assert_eq!(max_diff(ta, &sb[k]), 0.0, "'{k}' differs after resume");
     }
     let meta: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(b.join("checkpoint/state.json")).unwrap())
@@ -388,17 +393,10 @@ fn fine_tune_on_a_dataset_folder_stops_and_resumes() {
         &Device::Cpu,
     )
     .unwrap();
-    let drift: f32 = (&saved["param/unet.conv_in.weight"]
-        - base_unet["conv_in.weight"]
-            .to_dtype(candle_core::DType::F32)
-            .unwrap())
-    .unwrap()
-    .abs()
-    .unwrap()
-    .max_all()
-    .unwrap()
-    .to_scalar()
-    .unwrap();
+    let drift = max_diff(
+        &saved["param/unet.conv_in.weight"],
+        &base_unet["conv_in.weight"],
+    );
     assert!(
         drift < 1e-2,
         "two small steps from the base, not a fresh init ({drift})"
@@ -471,16 +469,7 @@ fn lora_trains_only_adapters_and_exports_them_merged() {
     assert_eq!(before.len(), after.len());
     let mut changed = 0;
     for (k, b) in &before {
-        let a = after[k].to_dtype(candle_core::DType::F32).unwrap();
-        let b = b.to_dtype(candle_core::DType::F32).unwrap();
-        let d: f32 = (&a - &b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar()
-            .unwrap();
+        let d = max_diff(&after[k], b);
         let projection = [
             "to_q.weight",
             "to_k.weight",
@@ -524,15 +513,7 @@ fn decoder_only_keeps_the_encoder_exactly() {
     let after = exported(tmp.path());
     let (mut same, mut moved) = (0, 0);
     for (k, b) in &before {
-        let d: f32 = (&after[k].to_dtype(candle_core::DType::F32).unwrap()
-            - b.to_dtype(candle_core::DType::F32).unwrap())
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar()
-        .unwrap();
+        let d = max_diff(&after[k], b);
         if vae::is_encoder_weight(k) {
             assert_eq!(d, 0.0, "encoder weight '{k}' moved");
             same += 1;

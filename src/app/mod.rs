@@ -1059,20 +1059,7 @@ score {:.2}, area {} px",
                 ui.selectable_value(&mut s.seed_mode, SeedMode::Increment, "+1");
             });
             ui.end_row();
-            labelled_row(
-                ui,
-                "Resolution",
-                egui::DragValue::new(&mut s.resolution)
-                    .range(0..=1024)
-                    .speed(64.0)
-                    .custom_formatter(|v, _| {
-                        if v == 0.0 {
-                            "model's".into()
-                        } else {
-                            format!("{v:.0}")
-                        }
-                    }),
-            );
+            labelled_row(ui, "Resolution", resolution_field(&mut s.resolution, 64.0));
         });
         // 0 is the model's own; anything else a multiple of 64.
         s.resolution = s.resolution / 64 * 64;
@@ -1458,6 +1445,23 @@ pub fn paint_disc(region: &mut [bool], w: usize, h: usize, cx: f32, cy: f32, r: 
             }
         }
     }
+}
+
+/// A resolution in pixels where 0 reads "model's" (the model's own resolution).
+pub(crate) fn resolution_field<T: egui::emath::Numeric>(
+    value: &mut T,
+    speed: f64,
+) -> egui::DragValue<'_> {
+    egui::DragValue::new(value)
+        .range(0.0..=1024.0)
+        .speed(speed)
+        .custom_formatter(|v, _| {
+            if v == 0.0 {
+                "model's".into()
+            } else {
+                format!("{v:.0}")
+            }
+        })
 }
 
 /// A grid row: a label and the widget it names (for screen readers and tests).

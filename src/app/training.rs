@@ -279,16 +279,7 @@ impl TrainingPanel {
                     field(
                         ui,
                         "Resolution",
-                        egui::DragValue::new(&mut self.size)
-                            .range(0..=1024)
-                            .speed(8.0)
-                            .custom_formatter(|v, _| {
-                                if v == 0.0 {
-                                    "model's".into()
-                                } else {
-                                    format!("{v:.0}")
-                                }
-                            }),
+                        super::resolution_field(&mut self.size, 8.0),
                     );
                     if self.data.is_none() {
                         field(
