@@ -8,9 +8,10 @@
 set -eu
 RUNS=${RUNS:-runs}
 BIN=${BIN:-target/release/instructdiffusion}
-VAE_STEPS=${VAE_STEPS:-2000}
+VAE_STEPS=${VAE_STEPS:-1500}       # encoder and decoder
+DECODER_STEPS=${DECODER_STEPS:-6000} # then the decoder alone (total step count)
 EDIT_STEPS=${EDIT_STEPS:-40000}
-POOL=${POOL:-5000}
+POOL=${POOL:-4096}
 
 if [ "${1:-}" = ship ]; then
     # The model folder (EMA weights, f16) with the tokenizer files and the model card kept.
@@ -29,6 +30,12 @@ fi
 CANDLE_NUM_THREADS=1 "$BIN" train vae --out "$RUNS/vae" --batch 8 --crop 64 \
     --steps "$VAE_STEPS" --checkpoint-every 100 --log-every 20
 
-# Phase 2: UNet + text encoder on a pool of generated samples encoded once.
-CANDLE_NUM_THREADS=${THREADS:-2} "$BIN" train edit --out "$RUNS/edit" --vae "$RUNS/vae/vae" \
+# Phase 2, on the two cores at once: the decoder alone goes on sharpening (the encoder is frozen,
+# so the latents stay valid), while the UNet + text encoder train on a pool of generated samples
+# encoded once (v-prediction, min-SNR weighting: the trainer's defaults). Each edit checkpoint
+# copies the VAE as it is then.
+CANDLE_NUM_THREADS=1 "$BIN" train vae --out "$RUNS/vae" --batch 8 --crop 64 --decoder-only \
+    --steps "$DECODER_STEPS" --checkpoint-every 100 --log-every 20 &
+CANDLE_NUM_THREADS=1 "$BIN" train edit --out "$RUNS/edit" --vae "$RUNS/vae/vae" \
     --pool "$POOL" --batch 8 --lr 3e-4 --steps "$EDIT_STEPS" --checkpoint-every 250 --log-every 20
+wait
