@@ -43,10 +43,24 @@ pub fn random_model(arch: &str, device: &Device) -> anyhow::Result<Model> {
     };
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
+    UNet2DConditionModel::new(&unet_cfg, None, vb.pp("unet"))?;
+    AutoencoderKL::new(&vae_cfg, vb.pp("vae"))?;
+    ClipTextModel::new(&clip_cfg, vb.pp("text_encoder"))?;
+    crate::train::init_weights(&varmap, 0)?;
+    // Built again on plain tensors: weights that are trainable variables would send every
+    // forward pass down the gradient-tracking paths (composed softmax and layer norm), which
+    // a loaded model never takes.
+    let tensors: std::collections::HashMap<String, Tensor> = varmap
+        .data()
+        .lock()
+        .map_err(|_| anyhow::anyhow!("the random weights' lock was poisoned"))?
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
+        .collect();
+    let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
     let unet = UNet2DConditionModel::new(&unet_cfg, None, vb.pp("unet"))?;
     let vae = AutoencoderKL::new(&vae_cfg, vb.pp("vae"))?;
     let text_encoder = ClipTextModel::new(&clip_cfg, vb.pp("text_encoder"))?;
-    crate::train::init_weights(&varmap, 0)?;
     Ok(Model {
         unet,
         vae,

@@ -79,7 +79,7 @@ fn edit_with_live_previews_then_undo_redo() {
     assert_eq!(app.session.history.len(), 1, "{:?}", app.notice);
     assert_eq!(app.session.history[0].plan.steps, 3);
     let (src, result) = (
-        app.session.source.clone().unwrap(),
+        (**app.session.source.as_ref().unwrap()).clone(),
         app.session.current().unwrap().clone(),
     );
     assert_eq!(

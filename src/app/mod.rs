@@ -423,7 +423,7 @@ impl EditorApp {
                 .iter()
                 .enumerate()
                 .map(|(i, e)| {
-                    let img = image::imageops::thumbnail(&e.image, 96, 96);
+                    let img = image::imageops::thumbnail(&*e.image, 96, 96);
                     let color = ColorImage::from_rgb(
                         [img.width() as usize, img.height() as usize],
                         img.as_raw(),
@@ -592,7 +592,7 @@ impl EditorApp {
                         }
                     }
                     let entry = Entry {
-                        image,
+                        image: std::sync::Arc::new(image),
                         decoded,
                         plan,
                         seconds,
@@ -1093,7 +1093,7 @@ score {:.2}, area {} px",
         );
         if self.canvas.as_ref().map(|c| c.1) != Some(key) {
             let img = if show_source {
-                self.session.source.as_ref().unwrap()
+                self.session.source.as_deref().unwrap()
             } else {
                 current
             };

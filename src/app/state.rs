@@ -3,6 +3,7 @@
 //! tested without a window.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use image::RgbImage;
 use serde::{Deserialize, Serialize};
@@ -121,7 +122,8 @@ fn remember<T: PartialEq>(list: &mut Vec<T>, item: T) {
 /// One finished edit.
 #[derive(Debug, Clone)]
 pub struct Entry {
-    pub image: RgbImage,
+    /// Shared, so the session writer's snapshot costs no pixel copies.
+    pub image: Arc<RgbImage>,
     /// What the overlays mean, when the instruction asked for masks, keypoints or a label.
     pub decoded: Option<Box<crate::decode::Decoded>>,
     pub plan: EditPlan,
@@ -136,7 +138,7 @@ pub struct Entry {
 #[derive(Debug, Clone, Default)]
 pub struct Session {
     pub source_path: Option<PathBuf>,
-    pub source: Option<RgbImage>,
+    pub source: Option<Arc<RgbImage>>,
     pub history: Vec<Entry>,
     /// How many history entries are applied (0 = the source).
     pub cursor: usize,
@@ -148,7 +150,7 @@ impl Session {
     pub fn open(&mut self, path: Option<PathBuf>, image: RgbImage) {
         *self = Session {
             source_path: path,
-            source: Some(image),
+            source: Some(Arc::new(image)),
             ..Default::default()
         };
     }
@@ -156,8 +158,8 @@ impl Session {
     /// The image the next edit starts from and the canvas shows.
     pub fn current(&self) -> Option<&RgbImage> {
         match self.cursor {
-            0 => self.source.as_ref(),
-            n => self.history.get(n - 1).map(|e| &e.image),
+            0 => self.source.as_deref(),
+            n => self.history.get(n - 1).map(|e| &*e.image),
         }
     }
 
@@ -223,7 +225,7 @@ mod tests {
             keep_model_resolution: false,
         };
         Entry {
-            image: RgbImage::from_pixel(2, 2, image::Rgb([v; 3])),
+            image: Arc::new(RgbImage::from_pixel(2, 2, image::Rgb([v; 3]))),
             decoded: None,
             plan,
             seconds: 0.0,
@@ -445,7 +447,7 @@ impl SessionFile {
         let mut history = vec![];
         for e in json.entries {
             history.push(Entry {
-                image: read(&e.file)?,
+                image: Arc::new(read(&e.file)?),
                 decoded: None,
                 plan: plan_from_json(e.plan)?,
                 seconds: e.seconds,
@@ -454,7 +456,7 @@ impl SessionFile {
         }
         Ok(Some(Session {
             source_path: json.source_path,
-            source: Some(read("source.png")?),
+            source: Some(Arc::new(read("source.png")?)),
             cursor: json.cursor.min(history.len()),
             history,
             unsaved: true,
@@ -507,7 +509,7 @@ mod session_file_tests {
         };
         for v in [1u8, 2] {
             s.push(Entry {
-                image: RgbImage::from_pixel(3, 2, image::Rgb([v; 3])),
+                image: Arc::new(RgbImage::from_pixel(3, 2, image::Rgb([v; 3]))),
                 decoded: None,
                 plan: plan.clone(),
                 seconds: 1.5,
