@@ -68,7 +68,7 @@ pub fn linear(
 /// A `torch.nn.Conv2d` layer with a bias and a square kernel.
 ///
 /// On the CPU (f32), k x k convolutions run as one patch extraction ([`Im2Col`], with its own
-/// backward) and one matrix product: candle 0.11's CPU conv2d re-flattens the kernel and
+/// backward) and one matrix product (1x1 ones as the matrix product alone): candle 0.11's CPU conv2d re-flattens the kernel and
 /// gathers patches element by element on every call, which made it most of a UNet step here.
 #[derive(Debug, Clone)]
 pub struct Conv2d {
@@ -114,10 +114,18 @@ pub fn conv2d(
 impl Module for Conv2d {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let cpu_f32 = xs.device().is_cpu() && xs.dtype() == candle_core::DType::F32;
-        if self.kernel == 1 && self.stride == 1 || !cpu_f32 {
+        if !cpu_f32 {
             return self.inner.forward(xs);
         }
-        let (b, _, h, w) = xs.dims4()?;
+        let (b, c, h, w) = xs.dims4()?;
+        if self.kernel == 1 && self.stride == 1 && self.padding == 0 {
+            // A 1x1 convolution is a matrix product over the channels; no patches to gather.
+            let out = self
+                .weight_2d
+                .broadcast_matmul(&xs.reshape((b, c, h * w))?)?
+                .broadcast_add(&self.bias)?;
+            return out.reshape((b, (), h, w));
+        }
         let p = Im2Col {
             kernel: self.kernel,
             stride: self.stride,
@@ -139,7 +147,9 @@ pub use super::group_norm::{group_norm, GroupNorm};
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, slice: Option<usize>) -> Result<Tensor> {
     let scale = 1.0 / (q.dim(D::Minus1)? as f64).sqrt();
     let attend = |q: &Tensor, k: &Tensor, v: &Tensor| -> Result<Tensor> {
-        let scores = (q.matmul(&k.t()?)? * scale)?;
+        // Scaling the queries (seq x dim) instead of the scores (seq x seq) is the same product
+        // with a pass over a far smaller tensor.
+        let scores = (q * scale)?.matmul(&k.t()?)?;
         softmax_last_dim(&scores)?.matmul(v)
     };
     let n = q.dim(0)?;

@@ -461,7 +461,7 @@ impl UNet2DConditionModel {
         }
         // 6. post-process
         self.conv_out
-            .forward(&self.conv_norm_out.forward(&xs)?.silu()?)
+            .forward(&self.conv_norm_out.forward_silu(&xs)?)
     }
 }
 
