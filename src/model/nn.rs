@@ -111,6 +111,15 @@ pub fn conv2d(
     })
 }
 
+impl Conv2d {
+    /// The `(out, in*k*k)` weights seen as a batch of `b` (a stride-0 view: candle's CPU matrix
+    /// product reads it in place, where `broadcast_matmul` would copy the weights `b` times).
+    fn batched_weight(&self, b: usize) -> Result<Tensor> {
+        let (o, k) = self.weight_2d.dims2()?;
+        self.weight_2d.broadcast_as((b, o, k))
+    }
+}
+
 impl Module for Conv2d {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let cpu_f32 = xs.device().is_cpu() && xs.dtype() == candle_core::DType::F32;
@@ -121,8 +130,8 @@ impl Module for Conv2d {
         if self.kernel == 1 && self.stride == 1 && self.padding == 0 {
             // A 1x1 convolution is a matrix product over the channels; no patches to gather.
             let out = self
-                .weight_2d
-                .broadcast_matmul(&xs.reshape((b, c, h * w))?)?
+                .batched_weight(b)?
+                .matmul(&xs.reshape((b, c, h * w))?)?
                 .broadcast_add(&self.bias)?;
             return out.reshape((b, (), h, w));
         }
@@ -133,8 +142,8 @@ impl Module for Conv2d {
         };
         let cols = p.apply(xs)?;
         let out = self
-            .weight_2d
-            .broadcast_matmul(&cols)?
+            .batched_weight(b)?
+            .matmul(&cols)?
             .broadcast_add(&self.bias)?;
         out.reshape((b, (), p.out_size(h), p.out_size(w)))
     }
