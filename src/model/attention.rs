@@ -4,7 +4,7 @@
 //! GEGLU uses the exact (erf) GELU as diffusers does; candle-transformers 0.11 uses the tanh
 //! approximation, which is one reason this crate owns its networks.
 
-use candle_core::{Module, Result, Tensor, D};
+use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::lora::{Linear, LoraSpec};
@@ -88,11 +88,7 @@ impl FeedForward {
 
 impl Module for FeedForward {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let h = self.proj.forward(xs)?;
-        let inner = h.dim(D::Minus1)? / 2;
-        let hidden = h.narrow(D::Minus1, 0, inner)?;
-        let gate = h.narrow(D::Minus1, inner, inner)?;
-        self.out.forward(&(hidden * gate.gelu_erf()?)?)
+        self.out.forward(&nn::geglu(&self.proj.forward(xs)?)?)
     }
 }
 

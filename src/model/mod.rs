@@ -7,6 +7,7 @@
 pub mod attention;
 pub mod clip;
 pub mod embeddings;
+pub mod fastmath;
 pub mod group_norm;
 pub mod im2col;
 pub mod load;
