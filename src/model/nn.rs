@@ -184,7 +184,7 @@ impl candle_core::CustomOp1 for GeGlu {
         };
         let mut dims = l.dims().to_vec();
         let two_inner = dims.pop().unwrap_or(0);
-        if two_inner % 2 != 0 {
+        if !two_inner.is_multiple_of(2) {
             candle_core::bail!("geglu needs an even last dimension, got {two_inner}")
         }
         let inner = two_inner / 2;
