@@ -65,9 +65,32 @@ pub struct TrainingPanel {
     /// The newest sample sheet (source | target | result rows).
     pub sheet: Option<PathBuf>,
     sheet_tex: Option<(PathBuf, egui::TextureHandle)>,
+    /// `(run folder, running, when checked, holds a checkpoint)`: the disk is asked again when
+    /// the folder or the run state changes, or after a second, not on every frame.
+    resume_probe: Option<(String, bool, std::time::Instant, bool)>,
 }
 
 impl TrainingPanel {
+    /// Whether Start would resume a run (the run folder holds a checkpoint).
+    fn holds_checkpoint(&mut self, running: bool) -> bool {
+        let out = self.out.trim();
+        match &self.resume_probe {
+            Some((dir, was_running, at, holds))
+                if dir == out
+                    && *was_running == running
+                    && at.elapsed() < std::time::Duration::from_secs(1) =>
+            {
+                *holds
+            }
+            _ => {
+                let holds = Path::new(out).join("checkpoint/state.json").is_file();
+                self.resume_probe =
+                    Some((out.to_string(), running, std::time::Instant::now(), holds));
+                holds
+            }
+        }
+    }
+
     /// A closed panel whose runs go under `runs_dir`.
     pub fn new(runs_dir: &Path) -> Self {
         Self {
@@ -85,6 +108,7 @@ impl TrainingPanel {
             warning: None,
             sheet: None,
             sheet_tex: None,
+            resume_probe: None,
         }
     }
 
@@ -208,6 +232,7 @@ impl TrainingPanel {
     fn contents(&mut self, ui: &mut egui::Ui, base: &str, can_start: bool) -> Option<PanelAction> {
         let mut action = None;
         let running = self.running();
+        let resumes = self.holds_checkpoint(running);
         ui.label(format!(
             "Fine-tunes the model '{base}' (UNet and text encoder, full weights) on the CPU."
         ));
@@ -301,7 +326,6 @@ impl TrainingPanel {
                     action = Some(PanelAction::Stop);
                 }
             } else {
-                let resumes = Path::new(self.out.trim()).join("checkpoint/state.json").is_file();
                 let label = if resumes { "Resume" } else { "Start" };
                 let ok = can_start && !self.out.trim().is_empty();
                 if ui.add_enabled(ok, egui::Button::new(label)).clicked() {
