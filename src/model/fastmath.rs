@@ -83,6 +83,43 @@ pub fn gelu_mul(out: &mut [f32], hidden: &[f32], gate: &[f32]) {
     gelu_mul_body(out, hidden, gate)
 }
 
+#[inline(always)]
+fn softmax_body(row: &mut [f32]) {
+    let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let mut sum = 0f32;
+    for v in row.iter_mut() {
+        *v = exp_approx(*v - max);
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    for v in row.iter_mut() {
+        *v *= inv;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn softmax_rows_avx512(data: &mut [f32], len: usize) {
+    for row in data.chunks_exact_mut(len) {
+        softmax_body(row)
+    }
+}
+
+/// Softmax of each `len`-long row of `data`, in place.
+pub fn softmax_rows(data: &mut [f32], len: usize) {
+    if len == 0 {
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU supports AVX-512F (checked just above).
+        return unsafe { softmax_rows_avx512(data, len) };
+    }
+    for row in data.chunks_exact_mut(len) {
+        softmax_body(row)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,6 +158,18 @@ mod tests {
                 err <= 3e-7 * x.abs().max(1.0),
                 "gelu({x}) = {y}, candle {exact}"
             );
+        }
+    }
+
+    #[test]
+    fn the_fast_softmax_matches_candles() {
+        let t = candle_core::Tensor::randn(0f32, 4.0, (6, 77), &candle_core::Device::Cpu).unwrap();
+        let reference = candle_nn::ops::softmax_last_dim(&t).unwrap();
+        let mut fast = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        softmax_rows(&mut fast, 77);
+        let reference = reference.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        for (a, b) in fast.iter().zip(&reference) {
+            assert!((a - b).abs() <= 1e-6 * b.max(1e-3), "{a} vs {b}");
         }
     }
 }

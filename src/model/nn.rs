@@ -14,8 +14,34 @@ use candle_nn::VarBuilder;
 pub fn softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
     if xs.track_op() {
         candle_nn::ops::softmax(xs, D::Minus1)
+    } else if xs.device().is_cpu() && xs.dtype() == candle_core::DType::F32 {
+        xs.contiguous()?.apply_op1_no_bwd(&SoftmaxRows)
     } else {
         candle_nn::ops::softmax_last_dim(xs)
+    }
+}
+
+/// Softmax over the last dimension with the vectorised exponential of
+/// [`fastmath`](super::fastmath) (inference on the CPU).
+struct SoftmaxRows;
+
+impl candle_core::CustomOp1 for SoftmaxRows {
+    fn name(&self) -> &'static str {
+        "softmax-rows"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s: &candle_core::CpuStorage,
+        l: &candle_core::Layout,
+    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let mut data = match (s, l.contiguous_offsets()) {
+            (candle_core::CpuStorage::F32(v), Some((a, b))) => v[a..b].to_vec(),
+            _ => candle_core::bail!("softmax needs a contiguous f32 tensor"),
+        };
+        let len = l.dims().last().copied().unwrap_or(1);
+        super::fastmath::softmax_rows(&mut data, len);
+        Ok((candle_core::CpuStorage::F32(data), l.shape().clone()))
     }
 }
 
