@@ -331,6 +331,25 @@ fn pool_is_reused_and_rebuilt_for_another_vae(eplan: &edit::EditPlan) {
     assert_eq!(again.len(), eplan.pool);
 }
 
+/// A fine-tune of the tiny fixture model (64 px, batch 2) writing to `out`: the base folder,
+/// its configs and the plan.
+fn fine_tune_plan(
+    out: &Path,
+) -> (
+    std::path::PathBuf,
+    instructdiffusion::model::unet::UNetConfig,
+    instructdiffusion::model::clip::ClipConfig,
+    edit::EditPlan,
+) {
+    let base = tiny().join("diffusers");
+    let (unet, clip) = edit::base_configs(&base).unwrap();
+    let mut plan = edit::default_plan(out.to_path_buf(), base.join("vae"));
+    plan.base = Some(base.clone());
+    plan.size = 64;
+    plan.batch = 2;
+    (base, unet, clip, plan)
+}
+
 /// Fine-tuning a diffusers folder on a dataset folder: an unreadable line is reported and left
 /// out, the run starts from the base's weights, stops on request with a checkpoint, resumes
 /// to the end and exports a folder the core loads.
@@ -355,13 +374,8 @@ fn fine_tune_on_a_dataset_folder_stops_and_resumes() {
     );
     std::fs::write(data.join("metadata.jsonl"), lines + "\n").unwrap();
 
-    let base = tiny().join("diffusers");
-    let (unet, clip) = edit::base_configs(&base).unwrap();
-    let mut plan = edit::default_plan(tmp.path().join("ft"), base.join("vae"));
-    plan.base = Some(base.clone());
+    let (base, unet, clip, mut plan) = fine_tune_plan(&tmp.path().join("ft"));
     plan.data = Some(data);
-    plan.size = 64;
-    plan.batch = 2;
     plan.steps = 5;
     plan.checkpoint_every = 100;
     plan.sample_edits = 2;
@@ -427,13 +441,8 @@ fn fine_tune_on_a_dataset_folder_stops_and_resumes() {
 #[test]
 fn lora_trains_only_adapters_and_exports_them_merged() {
     let tmp = tempdir();
-    let base = tiny().join("diffusers");
-    let (unet, clip) = edit::base_configs(&base).unwrap();
-    let mut plan = edit::default_plan(tmp.path().join("lora"), base.join("vae"));
-    plan.base = Some(base.clone());
+    let (base, unet, clip, mut plan) = fine_tune_plan(&tmp.path().join("lora"));
     plan.lora_rank = 2;
-    plan.size = 64;
-    plan.batch = 2;
     plan.pool = 8;
     plan.steps = 3;
     plan.checkpoint_every = 3;
