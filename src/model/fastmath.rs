@@ -83,15 +83,28 @@ pub fn gelu_mul(out: &mut [f32], hidden: &[f32], gate: &[f32]) {
     gelu_mul_body(out, hidden, gate)
 }
 
+/// `row` folded with `f` in 16 independent lanes, then across them: a reduction the compiler
+/// can vectorise (one running value would chain every step on the previous one).
+#[inline(always)]
+fn lane_fold(row: &[f32], init: f32, f: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut acc = [init; 16];
+    let chunks = row.chunks_exact(16);
+    let tail = chunks.remainder().iter().fold(init, |a, &v| f(a, v));
+    for c in chunks {
+        for l in 0..16 {
+            acc[l] = f(acc[l], c[l]);
+        }
+    }
+    acc.iter().fold(tail, |a, &v| f(a, v))
+}
+
 #[inline(always)]
 fn softmax_body(row: &mut [f32]) {
-    let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    let mut sum = 0f32;
+    let max = lane_fold(row, f32::NEG_INFINITY, f32::max);
     for v in row.iter_mut() {
         *v = exp_approx(*v - max);
-        sum += *v;
     }
-    let inv = 1.0 / sum;
+    let inv = 1.0 / lane_fold(row, 0.0, |a, b| a + b);
     for v in row.iter_mut() {
         *v *= inv;
     }

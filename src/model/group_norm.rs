@@ -100,10 +100,7 @@ fn dims(l: &Layout) -> Result<(usize, usize, usize)> {
 }
 
 fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
-        _ => candle_core::bail!("fused group norm needs contiguous f32 tensors"),
-    }
+    super::nn::contiguous_f32(s, l, "fused group norm")
 }
 
 /// Sum of `f(x, y)` over the pairs of two equally long slices, in eight f32 lanes (so the

@@ -48,10 +48,7 @@ impl Im2Col {
 }
 
 fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
-        _ => candle_core::bail!("im2col needs a contiguous f32 tensor"),
-    }
+    super::nn::contiguous_f32(s, l, "im2col")
 }
 
 impl CustomOp1 for Im2Col {

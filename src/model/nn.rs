@@ -21,6 +21,19 @@ pub fn softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
     }
 }
 
+/// The f32 data of a contiguous CPU tensor, for the custom kernels (`what` names the op in
+/// the error).
+pub(crate) fn contiguous_f32<'a>(
+    s: &'a candle_core::CpuStorage,
+    l: &candle_core::Layout,
+    what: &str,
+) -> Result<&'a [f32]> {
+    match (s, l.contiguous_offsets()) {
+        (candle_core::CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
+        _ => candle_core::bail!("{what} needs a contiguous f32 tensor"),
+    }
+}
+
 /// Softmax over the last dimension with the vectorised exponential of
 /// [`fastmath`](super::fastmath) (inference on the CPU).
 struct SoftmaxRows;
@@ -35,10 +48,7 @@ impl candle_core::CustomOp1 for SoftmaxRows {
         s: &candle_core::CpuStorage,
         l: &candle_core::Layout,
     ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        let mut data = match (s, l.contiguous_offsets()) {
-            (candle_core::CpuStorage::F32(v), Some((a, b))) => v[a..b].to_vec(),
-            _ => candle_core::bail!("softmax needs a contiguous f32 tensor"),
-        };
+        let mut data = contiguous_f32(s, l, "softmax")?.to_vec();
         let len = l.dims().last().copied().unwrap_or(1);
         super::fastmath::softmax_rows(&mut data, len);
         Ok((candle_core::CpuStorage::F32(data), l.shape().clone()))
@@ -204,10 +214,7 @@ impl candle_core::CustomOp1 for GeGlu {
         s: &candle_core::CpuStorage,
         l: &candle_core::Layout,
     ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        let h = match (s, l.contiguous_offsets()) {
-            (candle_core::CpuStorage::F32(v), Some((a, b))) => &v[a..b],
-            _ => candle_core::bail!("geglu needs a contiguous f32 tensor"),
-        };
+        let h = contiguous_f32(s, l, "geglu")?;
         let mut dims = l.dims().to_vec();
         let two_inner = dims.pop().unwrap_or(0);
         if !two_inner.is_multiple_of(2) {
