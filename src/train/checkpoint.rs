@@ -49,10 +49,15 @@ impl Checkpoint {
         Ok(())
     }
 
-    pub fn load<M: DeserializeOwned>(&self) -> anyhow::Result<(HashMap<String, Tensor>, M)> {
+    /// The metadata alone (`state.json`).
+    pub fn meta<M: DeserializeOwned>(&self) -> anyhow::Result<M> {
         let meta_path = self.dir.join("state.json");
-        let meta: M = serde_json::from_str(&std::fs::read_to_string(&meta_path)?)
-            .map_err(|e| anyhow::anyhow!("'{}': {e}", meta_path.display()))?;
+        serde_json::from_str(&std::fs::read_to_string(&meta_path)?)
+            .map_err(|e| anyhow::anyhow!("'{}': {e}", meta_path.display()))
+    }
+
+    pub fn load<M: DeserializeOwned>(&self) -> anyhow::Result<(HashMap<String, Tensor>, M)> {
+        let meta: M = self.meta()?;
         let tensors =
             candle_core::safetensors::load(self.dir.join("state.safetensors"), &Device::Cpu)
                 .map_err(|e| {

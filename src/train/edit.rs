@@ -269,10 +269,7 @@ pub fn export_model(
         &serde_json::json!({
             "_class_name": "EulerAncestralDiscreteScheduler",
             "num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
-            "beta_schedule": "scaled_linear", "prediction_type": match plan.prediction {
-                PredictionType::Epsilon => "epsilon",
-                PredictionType::VPrediction => "v_prediction",
-            }
+            "beta_schedule": "scaled_linear", "prediction_type": plan.prediction
         }),
     )?;
     write_json(
@@ -406,10 +403,7 @@ pub fn train(
         Some(dir) if frozen.is_none() && !ckpt.exists() => Some(base_weights(dir, device)?),
         _ => None,
     };
-    let previous: Option<Meta> = std::fs::read_to_string(ckpt.dir.join("state.json"))
-        .ok()
-        .and_then(|s| serde_json::from_str(&s).ok());
-    if let Some(meta) = previous {
+    if let Some(meta) = ckpt.exists().then(|| ckpt.meta::<Meta>()).transpose()? {
         if meta.plan.prediction != plan.prediction {
             return Err(anyhow::anyhow!(
                 "the run in '{}' predicts {:?}; resume it with the same prediction type or start a new run folder",
