@@ -344,18 +344,21 @@ impl SamplingArgs {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Some(Command::Edit(args)) => run_edit(&args),
-        Some(Command::Data(DataCommand::Synth(args))) => run_synth(&args),
-        Some(Command::Train(cmd)) => run_train(&cmd),
-        Some(Command::Bench(args)) => run_bench(&args),
-        Some(Command::Decode(args)) => run_decode(&args),
-        Some(Command::Annotate(args)) => run_annotate(&args),
-        Some(Command::Eval(args)) => run_eval(&args),
+        // The window stays on the main thread; its worker runs in a pool of its own.
         None => crate::app::run(crate::app::Options {
             image: cli.image,
             model: cli.model,
             prompt: cli.prompt,
             session_dir: None,
+        }),
+        Some(command) => crate::support::in_compute_pool(|| match command {
+            Command::Edit(args) => run_edit(&args),
+            Command::Data(DataCommand::Synth(args)) => run_synth(&args),
+            Command::Train(cmd) => run_train(&cmd),
+            Command::Bench(args) => run_bench(&args),
+            Command::Decode(args) => run_decode(&args),
+            Command::Annotate(args) => run_annotate(&args),
+            Command::Eval(args) => run_eval(&args),
         }),
     };
     match result {
@@ -536,7 +539,8 @@ fn run_train(cmd: &TrainCommand) -> anyhow::Result<()> {
         TrainCommand::Vae(a) | TrainCommand::Edit(a) => a,
     };
     let log_every = args.log_every.max(1);
-    let mut on_event = |e: &TrainEvent| match e {
+    let mut on_event = |e: &TrainEvent| {
+        match e {
         TrainEvent::Step {
             step,
             total,
@@ -556,6 +560,14 @@ fn run_train(cmd: &TrainCommand) -> anyhow::Result<()> {
         TrainEvent::Checkpoint { step, dir } => {
             eprintln!("checkpoint at step {step} in '{}'", dir.display())
         }
+        TrainEvent::Instructions {
+            step,
+            matched,
+            mismatched,
+        } => eprintln!(
+            "instruction probe at step {step}: changed-cell error {matched:.4} with the sample's own instruction, {mismatched:.4} with another's (ratio {:.2})",
+            mismatched / matched.max(1e-12)
+        ),
         TrainEvent::Samples { step, path } => {
             eprintln!("samples at step {step}: '{}'", path.display())
         }
@@ -569,6 +581,7 @@ fn run_train(cmd: &TrainCommand) -> anyhow::Result<()> {
                 crate::train::pool::CHUNK
             )
         }
+    }
     };
     let result = match cmd {
         TrainCommand::Vae(a) => {

@@ -1,5 +1,6 @@
 fn main() -> std::process::ExitCode {
     tune_allocator();
+    instructdiffusion::support::unify_thread_counts();
     instructdiffusion::cli::main()
 }
 

@@ -47,3 +47,48 @@ fn proc_status_bytes(key: &str) -> Option<u64> {
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
 }
+
+/// The number of compute threads: `CANDLE_NUM_THREADS`, else `RAYON_NUM_THREADS`, else the
+/// number of cores.
+pub fn compute_threads() -> usize {
+    ["CANDLE_NUM_THREADS", "RAYON_NUM_THREADS"]
+        .iter()
+        .find_map(|v| {
+            std::env::var(v)
+                .ok()?
+                .parse()
+                .ok()
+                .filter(|&n: &usize| n > 0)
+        })
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// Makes every pool of the process use [`compute_threads`]. candle 0.11 sizes its element-wise
+/// pool by `CANDLE_NUM_THREADS` but its matrix products (and this crate's rayon kernels) by
+/// rayon's pool, `RAYON_NUM_THREADS`, all cores by default: `CANDLE_NUM_THREADS=1` alone still
+/// split every matrix product over all cores. Call before any other thread starts (it sets an
+/// environment variable).
+pub fn unify_thread_counts() {
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        if let Ok(n) = std::env::var("CANDLE_NUM_THREADS") {
+            std::env::set_var("RAYON_NUM_THREADS", n);
+        }
+    }
+}
+
+/// Runs `f` on a thread of a fresh rayon pool of [`compute_threads`] threads and waits for it.
+/// A parallel loop started from outside a pool hands its work to the pool's threads and sleeps
+/// until they finish (a futex round trip per kernel: ~12% of a one-thread training step in a
+/// profile); started from a pool thread, it runs there, inline when the pool has one thread.
+pub fn in_compute_pool<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    match rayon::ThreadPoolBuilder::new()
+        .num_threads(compute_threads())
+        .thread_name(|i| format!("instructdiffusion-compute-{i}"))
+        // The main thread's stack: backpropagation walks the graph recursively.
+        .stack_size(64 << 20)
+        .build()
+    {
+        Ok(pool) => pool.install(f),
+        Err(_) => f(),
+    }
+}

@@ -188,27 +188,30 @@ impl Worker {
         let handle = std::thread::Builder::new()
             .name("instructdiffusion-worker".into())
             .spawn(move || {
-                let send = |e: Event| {
-                    let _ = ev_tx.send(e);
-                    notify();
-                };
-                let mut model: Option<Model> = None;
-                for cmd in cmd_rx {
-                    let r = catch_unwind(AssertUnwindSafe(|| run(cmd, &mut model, &flags, &send)));
-                    if let Err(panic) = r {
-                        let message = panic
-                            .downcast_ref::<String>()
-                            .cloned()
-                            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                            .unwrap_or_else(|| "unknown panic".into());
-                        send(Event::Failed {
-                            job: u64::MAX,
-                            message: format!(
-                                "the worker hit an internal error and recovered: {message}"
-                            ),
-                        });
+                crate::support::in_compute_pool(move || {
+                    let send = |e: Event| {
+                        let _ = ev_tx.send(e);
+                        notify();
+                    };
+                    let mut model: Option<Model> = None;
+                    for cmd in cmd_rx {
+                        let r =
+                            catch_unwind(AssertUnwindSafe(|| run(cmd, &mut model, &flags, &send)));
+                        if let Err(panic) = r {
+                            let message = panic
+                                .downcast_ref::<String>()
+                                .cloned()
+                                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                                .unwrap_or_else(|| "unknown panic".into());
+                            send(Event::Failed {
+                                job: u64::MAX,
+                                message: format!(
+                                    "the worker hit an internal error and recovered: {message}"
+                                ),
+                            });
+                        }
                     }
-                }
+                })
             })
             .expect("spawning the worker thread");
         Self {

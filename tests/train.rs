@@ -188,6 +188,7 @@ fn micro_training_learns_and_exports_a_loadable_model() {
     eplan.min_snr_gamma = 0.0;
     let mut losses = Vec::new();
     let mut sheets = Vec::new();
+    let mut probes = Vec::new();
     let never = std::sync::atomic::AtomicBool::new(false);
     edit::train(
         &eplan,
@@ -198,11 +199,24 @@ fn micro_training_learns_and_exports_a_loadable_model() {
         &mut |e| match e {
             TrainEvent::Step { loss, .. } => losses.push(*loss),
             TrainEvent::Samples { path, .. } => sheets.push(path.clone()),
+            TrainEvent::Instructions {
+                step,
+                matched,
+                mismatched,
+            } => probes.push((*step, *matched, *mismatched)),
             _ => {}
         },
     )
     .unwrap();
     assert_eq!(sheets.len(), 1, "one sample sheet at the one checkpoint");
+    assert_eq!(
+        probes.len(),
+        1,
+        "one instruction probe at the one checkpoint"
+    );
+    let (step, matched, mismatched) = probes[0];
+    assert_eq!(step, 40);
+    assert!(matched.is_finite() && matched > 0.0 && mismatched.is_finite());
     let sheet = image::open(&sheets[0]).unwrap();
     assert_eq!(
         (sheet.width(), sheet.height()),

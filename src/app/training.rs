@@ -64,6 +64,8 @@ pub struct TrainingPanel {
     pub warning: Option<String>,
     /// The newest sample sheet (source | target | result rows).
     pub sheet: Option<PathBuf>,
+    /// The newest instruction probe: `(step, error with the own instruction, with another's)`.
+    pub instructions: Option<(usize, f64, f64)>,
     sheet_tex: Option<(PathBuf, egui::TextureHandle)>,
     /// `(run folder, running, when checked, holds a checkpoint)`: the disk is asked again when
     /// the folder or the run state changes, or after a second, not on every frame.
@@ -107,6 +109,7 @@ impl TrainingPanel {
             losses: vec![],
             warning: None,
             sheet: None,
+            instructions: None,
             sheet_tex: None,
             resume_probe: None,
         }
@@ -143,6 +146,7 @@ impl TrainingPanel {
         };
         self.losses.clear();
         self.warning = None;
+        self.instructions = None;
     }
 
     pub fn stopping(&mut self) {
@@ -181,6 +185,11 @@ impl TrainingPanel {
                 }
             }
             TrainEvent::Samples { path, .. } => self.sheet = Some(path.clone()),
+            TrainEvent::Instructions {
+                step,
+                matched,
+                mismatched,
+            } => self.instructions = Some((*step, *matched, *mismatched)),
             TrainEvent::Skipped { count, first } => {
                 self.warning = Some(format!(
                     "{count} dataset line(s) left out; the first: {first}"
@@ -382,6 +391,12 @@ impl TrainingPanel {
         }
         if let Some([_, last]) = self.losses.last() {
             ui.label(format!("loss {last:.4}"));
+        }
+        if let Some((step, matched, mismatched)) = self.instructions {
+            ui.label(format!(
+                "instruction probe (step {step}): a wrong instruction makes the edit's error {:.2}x (1.00: instructions ignored)",
+                mismatched / matched.max(1e-12)
+            ));
         }
         egui_plot::Plot::new("loss-plot")
             .height(140.0)

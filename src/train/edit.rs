@@ -446,6 +446,7 @@ pub fn train(
             Some(pool)
         }
     };
+    let probe = Probe::new(plan, &vae, device)?;
     let mut run = Run::new(opt.step);
     while opt.step < plan.steps {
         let step = opt.step;
@@ -524,6 +525,15 @@ pub fn train(
                 on_event(&TrainEvent::Stopped { step: opt.step });
                 return Ok(());
             }
+            if let Some(probe) = &probe {
+                let (matched, mismatched) =
+                    probe.measure(&unet, &clip, &tokenizer, plan.prediction)?;
+                on_event(&TrainEvent::Instructions {
+                    step: opt.step,
+                    matched,
+                    mismatched,
+                });
+            }
             if plan.sample_edits > 0 {
                 let path = write_sample_edits(plan, opt.step)?;
                 on_event(&TrainEvent::Samples {
@@ -534,6 +544,117 @@ pub fn train(
         }
     }
     Ok(())
+}
+
+/// `n` held-out examples (source, target, instruction, task name) from `first` on: the
+/// generator's held-out seeds, or a dataset run's first lines.
+fn held_out_examples(
+    plan: &EditPlan,
+    first: usize,
+    n: usize,
+) -> anyhow::Result<Vec<(RgbImage, RgbImage, String, String)>> {
+    Ok(match &plan.data {
+        Some(dir) => super::pool::dataset_examples(dir, plan.size, first + n)?
+            .into_iter()
+            .skip(first)
+            .collect(),
+        None => (first..first + n)
+            .map(|i| {
+                let x = generate(
+                    super::HELD_OUT_FIRST_SEED + i as u64,
+                    plan.size,
+                    &plan.tasks,
+                );
+                (x.input, x.target, x.instruction, x.task.name().to_string())
+            })
+            .collect(),
+    })
+}
+
+/// Held-out samples of the instruction probe (after the sample edits' ones).
+const PROBE_FIRST: usize = 1000;
+const PROBE_SAMPLES: usize = 16;
+
+/// The instruction probe's fixed inputs: the latents, the changed-cell map, noise, timesteps.
+struct Probe {
+    source: Tensor,
+    target: Tensor,
+    changed: Tensor,
+    noisy: Tensor,
+    a: Tensor,
+    b: Tensor,
+    t: Tensor,
+    prompts: Vec<String>,
+}
+
+impl Probe {
+    fn new(plan: &EditPlan, vae: &AutoencoderKL, device: &Device) -> anyhow::Result<Option<Self>> {
+        let examples = held_out_examples(plan, PROBE_FIRST, PROBE_SAMPLES)?;
+        let n = examples.len();
+        if n < 2 {
+            return Ok(None);
+        }
+        let src = images_to_tensor(&examples.iter().map(|e| &e.0).collect::<Vec<_>>(), device)?;
+        let tgt = images_to_tensor(&examples.iter().map(|e| &e.1).collect::<Vec<_>>(), device)?;
+        let target = (vae.encode_mean(&tgt)? * vae.config.scaling_factor)?;
+        // Timesteps spread over the schedule, the same every time.
+        let acp = alphas_cumprod(&SchedulerConfig::default());
+        let ts: Vec<usize> = (0..n).map(|i| 100 + i * 800 / (n - 1)).collect();
+        let col = |v: Vec<f32>| Tensor::from_vec(v, (n, 1, 1, 1), device);
+        let a = col(ts.iter().map(|&t| acp[t].sqrt() as f32).collect())?;
+        let b = col(ts.iter().map(|&t| (1.0 - acp[t]).sqrt() as f32).collect())?;
+        let eps = SeededNoise::new(PROBE_FIRST as u64).sample(target.shape(), device)?;
+        Ok(Some(Self {
+            changed: change_map(&src, &tgt, vae.config.downscale())?,
+            source: vae.encode_mean(&src)?,
+            noisy: (target.broadcast_mul(&a)? + eps.broadcast_mul(&b)?)?,
+            target,
+            a,
+            b,
+            t: Tensor::from_vec(ts.iter().map(|&t| t as f32).collect(), n, device)?,
+            prompts: examples.into_iter().map(|e| e.2).collect(),
+        }))
+    }
+
+    /// The mean squared error of the predicted clean latent over the cells the edits change,
+    /// with each sample's own instruction and with the next sample's.
+    fn measure(
+        &self,
+        unet: &UNet2DConditionModel,
+        clip: &ClipTextModel,
+        tokenizer: &ClipTokenizer,
+        prediction: PredictionType,
+    ) -> anyhow::Result<(f64, f64)> {
+        let n = self.prompts.len();
+        let error = |offset: usize| -> anyhow::Result<f64> {
+            let mut ids = Vec::new();
+            for i in 0..n {
+                ids.extend(
+                    tokenizer
+                        .encode(&self.prompts[(i + offset) % n])
+                        .map_err(anyhow::Error::msg)?,
+                );
+            }
+            let len = ids.len() / n;
+            let ids = Tensor::from_vec(ids, (n, len), self.t.device())?;
+            let text = clip.forward(&ids)?.detach();
+            let input = Tensor::cat(&[&self.noisy, &self.source], 1)?;
+            let out = unet.forward(&input, &self.t, &text)?.detach();
+            let x0 = match prediction {
+                PredictionType::Epsilon => {
+                    (&self.noisy - out.broadcast_mul(&self.b)?)?.broadcast_div(&self.a)?
+                }
+                PredictionType::VPrediction => {
+                    (self.noisy.broadcast_mul(&self.a)? - out.broadcast_mul(&self.b)?)?
+                }
+            };
+            let err = (x0 - &self.target)?.sqr()?.broadcast_mul(&self.changed)?;
+            let cells = (self.changed.sum_all()?.to_scalar::<f32>()? as f64).max(1.0);
+            let channels = self.target.dim(1)? as f64;
+            Ok(err.sum_all()?.to_scalar::<f32>()? as f64 / (cells * channels))
+        };
+        Ok((error(0)?, error(1)?))
+    }
 }
 
 /// Edits `plan.sample_edits` held-out samples with the model just saved (20 steps, its default
@@ -548,15 +669,7 @@ fn write_sample_edits(plan: &EditPlan, step: usize) -> anyhow::Result<PathBuf> {
     )?;
     let s = plan.size;
     let mut text = String::new();
-    let examples: Vec<(RgbImage, RgbImage, String, String)> = match &plan.data {
-        Some(dir) => super::pool::dataset_examples(dir, s, plan.sample_edits)?,
-        None => (0..plan.sample_edits)
-            .map(|i| {
-                let x = generate(super::HELD_OUT_FIRST_SEED + i as u64, s, &plan.tasks);
-                (x.input, x.target, x.instruction, x.task.name().to_string())
-            })
-            .collect(),
-    };
+    let examples = held_out_examples(plan, 0, plan.sample_edits)?;
     let mut sheet = image::RgbImage::new(3 * s, examples.len() as u32 * s);
     for (i, (input, target, instruction, task)) in examples.iter().enumerate() {
         let req = EditRequest {
@@ -605,5 +718,81 @@ mod tests {
         ));
         assert!(close(min_snr_weight(0.5, 5.0, VPrediction), 0.5));
         assert_eq!(min_snr_weight(0.3, 0.0, VPrediction), 1.0);
+    }
+
+    /// A probe on random latents with a small random model: the two errors differ while the
+    /// model reads the text, and are equal once its text embeddings carry nothing.
+    #[test]
+    fn instruction_probe_compares_own_and_other_instructions() {
+        use crate::model::clip::Activation;
+        use crate::model::unet::BlockKind;
+        let dev = Device::Cpu;
+        let mut varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
+        let ucfg = UNetConfig {
+            in_channels: 8,
+            out_channels: 4,
+            block_out_channels: vec![16, 16],
+            down_blocks: vec![BlockKind::Plain, BlockKind::CrossAttn],
+            up_blocks: vec![BlockKind::CrossAttn, BlockKind::Plain],
+            layers_per_block: 1,
+            attention_heads: vec![2, 2],
+            cross_attention_dim: 8,
+            norm_num_groups: 4,
+            norm_eps: 1e-5,
+            use_linear_projection: false,
+            flip_sin_to_cos: true,
+            freq_shift: 0.,
+        };
+        let ccfg = ClipConfig {
+            vocab_size: 49408,
+            hidden_size: 8,
+            intermediate_size: 16,
+            num_hidden_layers: 1,
+            num_attention_heads: 2,
+            max_position_embeddings: 77,
+            layer_norm_eps: 1e-5,
+            activation: Activation::QuickGelu,
+        };
+        let unet = UNet2DConditionModel::new(&ucfg, None, vb.pp("unet")).unwrap();
+        let clip = ClipTextModel::new(&ccfg, vb.pp("clip")).unwrap();
+        crate::train::init_weights(&varmap, 3).unwrap();
+        let n = 3;
+        let noise = |seed| {
+            SeededNoise::new(seed)
+                .sample(&(n, 4, 8, 8).into(), &dev)
+                .unwrap()
+        };
+        let col = |v: [f32; 3]| Tensor::from_vec(v.to_vec(), (n, 1, 1, 1), &dev).unwrap();
+        let probe = Probe {
+            source: noise(1),
+            target: noise(2),
+            changed: Tensor::ones((n, 1, 8, 8), DType::F32, &dev).unwrap(),
+            noisy: noise(3),
+            a: col([0.9, 0.6, 0.3]),
+            b: col([0.43, 0.8, 0.95]),
+            t: Tensor::new(&[100f32, 500., 900.], &dev).unwrap(),
+            prompts: vec![
+                "paint the red circle blue".into(),
+                "remove the star".into(),
+                "place a green dot on the left knee".into(),
+            ],
+        };
+        let tok = ClipTokenizer::bundled(77);
+        let (own, other) = probe
+            .measure(&unet, &clip, &tok, PredictionType::VPrediction)
+            .unwrap();
+        assert!(own.is_finite() && own > 0.0 && other > 0.0);
+        assert!((own - other).abs() > 1e-6 * own, "{own} vs {other}");
+        // Text embeddings of zeros, whatever the prompt: nothing to tell the prompts apart.
+        for part in ["weight", "bias"] {
+            let name = format!("clip.final_layer_norm.{part}");
+            let zeros = varmap.data().lock().unwrap()[&name].zeros_like().unwrap();
+            varmap.set_one(&name, zeros).unwrap();
+        }
+        let (own, other) = probe
+            .measure(&unet, &clip, &tok, PredictionType::Epsilon)
+            .unwrap();
+        assert_eq!(own, other);
     }
 }
