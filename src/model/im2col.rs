@@ -47,6 +47,51 @@ impl Im2Col {
     }
 }
 
+impl Im2Col {
+    /// The taps of one plane when the output has the input's size (stride 1, `padding` of
+    /// `(kernel - 1) / 2`): each tap is the whole plane shifted by `dy * w + dx` elements, so
+    /// one long copy, then the columns that wrapped around a row edge set to zero. Rows of a
+    /// few dozen pixels made the general row-by-row loop the largest cost after the products.
+    fn same_size_taps(
+        &self,
+        src: &[f32],
+        out: &mut [std::mem::MaybeUninit<f32>],
+        h: usize,
+        w: usize,
+    ) {
+        let zero = std::mem::MaybeUninit::new(0f32);
+        let hw = (h * w) as isize;
+        let p = self.padding as isize;
+        for kh in 0..self.kernel {
+            for kw in 0..self.kernel {
+                let (dy, dx) = (kh as isize - p, kw as isize - p);
+                let shift = dy * w as isize + dx;
+                let tap = &mut out[(kh * self.kernel + kw) * h * w..][..h * w];
+                let lo = (-shift).clamp(0, hw) as usize;
+                let hi = (hw - shift).clamp(lo as isize, hw) as usize;
+                tap[..lo].fill(zero);
+                tap[hi..].fill(zero);
+                if lo < hi {
+                    let from = (lo as isize + shift) as usize;
+                    for (o, &v) in tap[lo..hi].iter_mut().zip(&src[from..]) {
+                        *o = std::mem::MaybeUninit::new(v);
+                    }
+                }
+                // Output column `ox` read input column `ox + dx`: outside the row when
+                // `ox < -dx` or `ox >= w - dx`.
+                let wrapped = if dx < 0 {
+                    0..(-dx as usize).min(w)
+                } else {
+                    w.saturating_sub(dx as usize)..w
+                };
+                for row in tap.chunks_exact_mut(w.max(1)) {
+                    row[wrapped.clone()].fill(zero);
+                }
+            }
+        }
+    }
+}
+
 fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
     super::nn::contiguous_f32(s, l, "im2col")
 }
@@ -72,6 +117,9 @@ impl CustomOp1 for Im2Col {
             .for_each(|(bc, out)| {
                 let src = &x[bc * h * w..(bc + 1) * h * w];
                 let zero = std::mem::MaybeUninit::new(0f32);
+                if self.stride == 1 && 2 * self.padding + 1 == self.kernel {
+                    return self.same_size_taps(src, out, h, w);
+                }
                 for kh in 0..self.kernel {
                     for kw in 0..self.kernel {
                         let (lo, hi) = self.inside_columns(kw, w, ow);
@@ -170,6 +218,29 @@ impl CustomOp1 for Col2Im {
 mod tests {
     use super::*;
     use candle_core::{Device, Var};
+
+    /// The same-size fast path on planes narrower or shorter than the kernel, and 5x5.
+    #[test]
+    fn same_size_taps_match_candle_conv2d_on_small_planes() -> Result<()> {
+        let dev = Device::Cpu;
+        for (k, h, w) in [(3, 1, 1), (3, 2, 5), (3, 4, 1), (5, 3, 6), (5, 1, 2)] {
+            let x = Tensor::randn(0f32, 1.0, (2, 3, h, w), &dev)?;
+            let wt = Tensor::randn(0f32, 1.0, (4, 3, k, k), &dev)?;
+            let p = Im2Col {
+                kernel: k,
+                stride: 1,
+                padding: k / 2,
+            };
+            let ours = wt
+                .reshape((4, 3 * k * k))?
+                .broadcast_matmul(&p.apply(&x)?)?
+                .reshape((2, 4, h, w))?;
+            let theirs = x.conv2d(&wt, k / 2, 1, 1, 1)?;
+            let diff: f32 = (&ours - &theirs)?.abs()?.max_all()?.to_scalar()?;
+            assert!(diff < 1e-4, "kernel {k}, {h}x{w}: {diff}");
+        }
+        Ok(())
+    }
 
     /// im2col + matmul equals candle's conv2d, forward and backward, for strides 1 and 2. (Both
     /// sides odd: candle 0.11's own conv2d backward derives the output padding from the height
