@@ -526,8 +526,14 @@ pub fn train(
                 return Ok(());
             }
             if let Some(probe) = &probe {
-                let (matched, mismatched) =
-                    probe.measure(&unet, &clip, &tokenizer, plan.prediction)?;
+                // The exported (EMA) weights: the model a user gets, steadier than the live ones.
+                let vb = VarBuilder::from_tensors(weights, DType::F32, device);
+                let (matched, mismatched) = probe.measure(
+                    &UNet2DConditionModel::new(unet_cfg, None, vb.pp("unet"))?,
+                    &ClipTextModel::new(clip_cfg, vb.pp("text_encoder").pp("text_model"))?,
+                    &tokenizer,
+                    plan.prediction,
+                )?;
                 on_event(&TrainEvent::Instructions {
                     step: opt.step,
                     matched,
@@ -546,18 +552,16 @@ pub fn train(
     Ok(())
 }
 
-/// `n` held-out examples (source, target, instruction, task name) from `first` on: the
-/// generator's held-out seeds, or a dataset run's first lines.
+/// `n` held-out examples (source, target, instruction, task name): the generator's held-out
+/// seeds from `first` on, or a dataset run's first lines.
 fn held_out_examples(
     plan: &EditPlan,
     first: usize,
     n: usize,
 ) -> anyhow::Result<Vec<(RgbImage, RgbImage, String, String)>> {
     Ok(match &plan.data {
-        Some(dir) => super::pool::dataset_examples(dir, plan.size, first + n)?
-            .into_iter()
-            .skip(first)
-            .collect(),
+        // A dataset has no held-out lines: its first ones.
+        Some(dir) => super::pool::dataset_examples(dir, plan.size, n)?,
         None => (first..first + n)
             .map(|i| {
                 let x = generate(
