@@ -75,6 +75,74 @@ pub fn random_model(arch: &str, device: &Device) -> anyhow::Result<Model> {
     })
 }
 
+/// Times one training step of the `tiny` architecture's UNet and text encoder (the built-in
+/// model's edit phase, without its VAE: latents of `latent` x `latent`): forward, backward,
+/// AdamW with gradient clipping and EMA, on `batch` random samples with per-sample timesteps.
+pub fn train_step(
+    latent: usize,
+    batch: usize,
+    repeats: usize,
+    device: &Device,
+) -> anyhow::Result<Row> {
+    use crate::train::optim::{AdamW, AdamWConfig};
+    let (unet_cfg, clip_cfg) = (UNetConfig::tiny(), ClipConfig::tiny());
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
+    let unet = UNet2DConditionModel::new(&unet_cfg, None, vb.pp("unet"))?;
+    let clip = ClipTextModel::new(&clip_cfg, vb.pp("text_encoder"))?;
+    crate::train::init_weights(&varmap, 0)?;
+    let vars = varmap
+        .data()
+        .lock()
+        .map_err(|_| anyhow::anyhow!("the random weights' lock was poisoned"))?
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let cfg = AdamWConfig {
+        warmup_steps: 0,
+        ..Default::default()
+    };
+    let mut opt = AdamW::new(vars, cfg)?;
+    let tokenizer = ClipTokenizer::bundled(clip_cfg.max_position_embeddings);
+    let prompts = [
+        "paint the red circle blue",
+        "remove the star",
+        "mark the left knee",
+    ];
+    let mut ids = Vec::new();
+    for i in 0..batch {
+        ids.extend(
+            tokenizer
+                .encode(prompts[i % prompts.len()])
+                .map_err(anyhow::Error::msg)?,
+        );
+    }
+    let ids = Tensor::from_vec(ids, (batch, clip_cfg.max_position_embeddings), device)?;
+    let c = unet_cfg.out_channels;
+    let shape = (batch, c, latent, latent);
+    let (noisy, source) = (
+        Tensor::randn(0f32, 1.0, shape, device)?,
+        Tensor::randn(0f32, 1.0, shape, device)?,
+    );
+    let target = Tensor::randn(0f32, 1.0, shape, device)?;
+    let t = Tensor::from_vec(
+        (0..batch).map(|i| (i * 997 % 1000) as f32).collect(),
+        batch,
+        device,
+    )?;
+    time(
+        &format!("train step, batch {batch} (unet + text encoder)"),
+        repeats,
+        || {
+            let text = clip.forward(&ids)?;
+            let pred = unet.forward(&Tensor::cat(&[&noisy, &source], 1)?, &t, &text)?;
+            let loss = (pred - &target)?.sqr()?.mean_all()?;
+            opt.step(&loss.backward()?)?;
+            Ok(())
+        },
+    )
+}
+
 /// One timed row.
 #[derive(Debug, Clone, Serialize)]
 pub struct Row {

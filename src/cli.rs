@@ -873,12 +873,22 @@ fn run_bench(args: &BenchArgs) -> anyhow::Result<()> {
         Some(arch) => crate::bench::random_model(arch, &parse_device(&args.model.device)?)?,
         None => load_model(&args.model)?,
     };
-    let report = crate::bench::run(
+    let mut report = crate::bench::run(
         &model,
         args.resolution,
         args.repeats,
         args.edit_steps.max(1),
     )?;
+    if args.random.as_deref() == Some("tiny") {
+        let latent = args.resolution / crate::model::vae::VaeConfig::tiny().downscale();
+        report.rows.push(crate::bench::train_step(
+            latent,
+            8,
+            args.repeats,
+            &model.device,
+        )?);
+        report.peak_memory_bytes = crate::support::peak_memory_bytes();
+    }
     eprint!("{}", crate::bench::table(&report));
     if let Some(path) = &args.json {
         imageio::write_atomic(path, serde_json::to_string_pretty(&report)?.as_bytes())?;

@@ -47,6 +47,35 @@ def timed(name, repeats, fn):
     return {"name": name, "runs_s": runs, "median_s": statistics.median(runs), "min_s": min(runs), "max_s": max(runs)}
 
 
+@torch.enable_grad()
+def train_step(tok, latent, batch, repeats):
+    """`bench`'s training row: the tiny UNet and text encoder, forward, backward, AdamW with
+    gradient clipping and an EMA of the weights, on random latents (the 4x VAE: 128 px -> 32)."""
+    unet = UNet2DConditionModel(**TINY[0]).train()
+    clip = CLIPTextModel(CLIPTextConfig(**TINY[2])).train()
+    params = list(unet.parameters()) + list(clip.parameters())
+    opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01)
+    ema = [p.detach().clone() for p in params]
+    prompts = ["paint the red circle blue", "remove the star", "mark the left knee"]
+    ids = torch.cat([F.tokenize(tok, prompts[i % len(prompts)]) for i in range(batch)])
+    c = TINY[0]["out_channels"]
+    noisy, source, target = (torch.randn(batch, c, latent, latent) for _ in range(3))
+    t = torch.tensor([i * 997 % 1000 for i in range(batch)], dtype=torch.float32)
+
+    def step():
+        text = clip(ids).last_hidden_state
+        pred = unet(torch.cat([noisy, source], 1), t, encoder_hidden_states=text).sample
+        loss = torch.nn.functional.mse_loss(pred, target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        with torch.no_grad():
+            torch._foreach_lerp_(ema, params, 1 - 0.9999)
+
+    return timed(f"train step, batch {batch} (unet + text encoder)", repeats, step)
+
+
 @torch.no_grad()
 def main():
     ap = argparse.ArgumentParser()
@@ -91,6 +120,8 @@ def main():
         vae.decode(z / scale)
 
     rows.append(timed(f"whole edit, {a.edit_steps} euler steps", a.repeats, whole_edit))
+    if a.arch == "tiny":
+        rows.append(train_step(tok, n // 4, 8, a.repeats))
     print(f"pytorch {torch.__version__}, {torch.get_num_threads()} threads, {a.arch}, {n}x{n} px")
     ours = {r["name"]: r for r in json.loads(a.ours.read_text())["rows"]} if a.ours else {}
     print(f"{'stage':<40} {'pytorch s':>10} {'ours s':>10} {'ours/pt':>8}")
