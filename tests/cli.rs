@@ -482,8 +482,10 @@ fn bench_reports_every_stage() {
         .iter()
         .map(|row| row["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names.len(), 5, "{names:?}");
+    assert_eq!(names.len(), 6, "{names:?}");
     assert!(names.iter().any(|n| n.contains("unet step")));
+    // The tiny architecture adds a training step (the built-in model's edit phase).
+    assert!(names.iter().any(|n| n.starts_with("train step, batch 8")));
     assert!(stderr(&o).contains("median s"));
     fails_with(&["bench", "--random", "sd3"], "unknown architecture 'sd3'");
 }
