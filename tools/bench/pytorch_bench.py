@@ -122,7 +122,9 @@ def main():
     rows.append(timed(f"whole edit, {a.edit_steps} euler steps", a.repeats, whole_edit))
     if a.arch == "tiny":
         rows.append(train_step(tok, n // 4, 8, a.repeats))
-    print(f"pytorch {torch.__version__}, {torch.get_num_threads()} threads, {a.arch}, {n}x{n} px")
+    import resource  # Linux: ru_maxrss in KiB
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    print(f"pytorch {torch.__version__}, {torch.get_num_threads()} threads, {a.arch}, {n}x{n} px, peak memory {peak:.2f} GiB")
     ours = {r["name"]: r for r in json.loads(a.ours.read_text())["rows"]} if a.ours else {}
     print(f"{'stage':<40} {'pytorch s':>10} {'ours s':>10} {'ours/pt':>8}")
     for r in rows:
