@@ -539,8 +539,7 @@ fn run_train(cmd: &TrainCommand) -> anyhow::Result<()> {
         TrainCommand::Vae(a) | TrainCommand::Edit(a) => a,
     };
     let log_every = args.log_every.max(1);
-    let mut on_event = |e: &TrainEvent| {
-        match e {
+    let mut on_event = |e: &TrainEvent| match e {
         TrainEvent::Step {
             step,
             total,
@@ -565,7 +564,8 @@ fn run_train(cmd: &TrainCommand) -> anyhow::Result<()> {
             matched,
             mismatched,
         } => eprintln!(
-            "instruction probe at step {step}: changed-cell error {matched:.4} with the sample's own instruction, {mismatched:.4} with another's (ratio {:.2})",
+            "instruction probe at step {step}: changed-cell error {matched:.4} with the \
+             sample's own instruction, {mismatched:.4} with another's (ratio {:.2})",
             mismatched / matched.max(1e-12)
         ),
         TrainEvent::Samples { step, path } => {
@@ -581,7 +581,6 @@ fn run_train(cmd: &TrainCommand) -> anyhow::Result<()> {
                 crate::train::pool::CHUNK
             )
         }
-    }
     };
     let result = match cmd {
         TrainCommand::Vae(a) => {

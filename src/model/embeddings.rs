@@ -73,7 +73,8 @@ impl TimestepEmbedding {
 
 impl Module for TimestepEmbedding {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        self.linear_2.forward(&self.linear_1.forward(xs)?.silu()?)
+        self.linear_2
+            .forward(&super::nn::silu(&self.linear_1.forward(xs)?)?)
     }
 }
 

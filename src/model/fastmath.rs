@@ -87,6 +87,83 @@ pub fn gelu_mul(out: &mut [f32], hidden: &[f32], gate: &[f32]) {
     gelu_mul_body(out, hidden, gate)
 }
 
+#[inline(always)]
+fn silu_grad_body(x: &[f32], dy: &[f32], dx: &mut [f32]) {
+    for ((o, &x), &g) in dx.iter_mut().zip(x).zip(dy) {
+        let s = 1.0 / (1.0 + exp_approx(-x));
+        *o = g * s * (1.0 + x * (1.0 - s));
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn silu_grad_avx512(x: &[f32], dy: &[f32], dx: &mut [f32]) {
+    silu_grad_body(x, dy, dx)
+}
+
+/// The gradient of SiLU: `dx = dy * s * (1 + x (1 - s))` with `s = sigmoid(x)`.
+pub fn silu_grad(x: &[f32], dy: &[f32], dx: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU supports AVX-512F (checked just above).
+        return unsafe { silu_grad_avx512(x, dy, dx) };
+    }
+    silu_grad_body(x, dy, dx)
+}
+
+#[inline(always)]
+fn geglu_grad_body(
+    hidden: &[f32],
+    gate: &[f32],
+    dy: &[f32],
+    dhidden: &mut [f32],
+    dgate: &mut [f32],
+) {
+    // gelu(x) = x Phi(x); gelu'(x) = Phi(x) + x phi(x), phi(x) = exp(-x^2 / 2) / sqrt(2 pi).
+    const INV_SQRT_2PI: f32 = 0.398_942_3;
+    for i in 0..dy
+        .len()
+        .min(hidden.len())
+        .min(gate.len())
+        .min(dhidden.len())
+        .min(dgate.len())
+    {
+        let (h, x, g) = (hidden[i], gate[i], dy[i]);
+        let cdf = 0.5 * (1.0 + erf_approx(x * std::f32::consts::FRAC_1_SQRT_2));
+        let pdf = INV_SQRT_2PI * exp_approx(-0.5 * x * x);
+        dhidden[i] = g * x * cdf;
+        dgate[i] = g * h * (cdf + x * pdf);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn geglu_grad_avx512(
+    hidden: &[f32],
+    gate: &[f32],
+    dy: &[f32],
+    dhidden: &mut [f32],
+    dgate: &mut [f32],
+) {
+    geglu_grad_body(hidden, gate, dy, dhidden, dgate)
+}
+
+/// The gradients of `hidden * gelu_erf(gate)` for an incoming `dy`.
+pub fn geglu_grad(
+    hidden: &[f32],
+    gate: &[f32],
+    dy: &[f32],
+    dhidden: &mut [f32],
+    dgate: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU supports AVX-512F (checked just above).
+        return unsafe { geglu_grad_avx512(hidden, gate, dy, dhidden, dgate) };
+    }
+    geglu_grad_body(hidden, gate, dy, dhidden, dgate)
+}
+
 /// `row` folded with `f` in 16 independent lanes, then across them: a reduction the compiler
 /// can vectorise (one running value would chain every step on the previous one).
 #[inline(always)]

@@ -50,7 +50,7 @@ impl GroupNorm {
     pub fn forward_silu(&self, xs: &Tensor) -> Result<Tensor> {
         let tracked = xs.track_op() || self.weight.track_op() || self.bias.track_op();
         if tracked || !self.fused(xs) {
-            return self.forward(xs)?.silu();
+            return super::nn::silu(&self.forward(xs)?);
         }
         xs.contiguous()?.apply_op3_no_bwd(
             &self.weight,

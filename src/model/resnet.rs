@@ -53,7 +53,10 @@ impl ResnetBlock2D {
     pub fn forward(&self, xs: &Tensor, temb: Option<&Tensor>) -> Result<Tensor> {
         let mut h = self.conv1.forward(&self.norm1.forward_silu(xs)?)?;
         if let (Some(proj), Some(temb)) = (&self.time_emb_proj, temb) {
-            let t = proj.forward(&temb.silu()?)?.unsqueeze(2)?.unsqueeze(3)?;
+            let t = proj
+                .forward(&super::nn::silu(temb)?)?
+                .unsqueeze(2)?
+                .unsqueeze(3)?;
             h = h.broadcast_add(&t)?;
         }
         let h = self.conv2.forward(&self.norm2.forward_silu(&h)?)?;

@@ -728,43 +728,17 @@ mod tests {
     /// model reads the text, and are equal once its text embeddings carry nothing.
     #[test]
     fn instruction_probe_compares_own_and_other_instructions() {
-        use crate::model::clip::Activation;
-        use crate::model::unet::BlockKind;
         let dev = Device::Cpu;
         let mut varmap = VarMap::new();
         let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
-        let ucfg = UNetConfig {
-            in_channels: 8,
-            out_channels: 4,
-            block_out_channels: vec![16, 16],
-            down_blocks: vec![BlockKind::Plain, BlockKind::CrossAttn],
-            up_blocks: vec![BlockKind::CrossAttn, BlockKind::Plain],
-            layers_per_block: 1,
-            attention_heads: vec![2, 2],
-            cross_attention_dim: 8,
-            norm_num_groups: 4,
-            norm_eps: 1e-5,
-            use_linear_projection: false,
-            flip_sin_to_cos: true,
-            freq_shift: 0.,
-        };
-        let ccfg = ClipConfig {
-            vocab_size: 49408,
-            hidden_size: 8,
-            intermediate_size: 16,
-            num_hidden_layers: 1,
-            num_attention_heads: 2,
-            max_position_embeddings: 77,
-            layer_norm_eps: 1e-5,
-            activation: Activation::QuickGelu,
-        };
+        let (ucfg, ccfg) = (UNetConfig::tiny(), ClipConfig::tiny());
         let unet = UNet2DConditionModel::new(&ucfg, None, vb.pp("unet")).unwrap();
         let clip = ClipTextModel::new(&ccfg, vb.pp("clip")).unwrap();
         crate::train::init_weights(&varmap, 3).unwrap();
         let n = 3;
         let noise = |seed| {
             SeededNoise::new(seed)
-                .sample(&(n, 4, 8, 8).into(), &dev)
+                .sample(&(n, 8, 8, 8).into(), &dev)
                 .unwrap()
         };
         let col = |v: [f32; 3]| Tensor::from_vec(v.to_vec(), (n, 1, 1, 1), &dev).unwrap();

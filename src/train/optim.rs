@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use candle_core::backprop::GradStore;
-use candle_core::{DType, Result, Tensor, Var};
+use candle_core::{DType, Layout, Result, Tensor, Var};
 
 /// Optimizer hyper-parameters (the official recipe: lr 1e-4, betas (0.9, 0.999), wd 0.01).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -38,15 +38,20 @@ impl Default for AdamWConfig {
     }
 }
 
-/// `f` on the data of `t` when it is a contiguous f32 tensor on the CPU.
-fn cpu_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
-    let (storage, layout) = t.storage_and_layout();
-    match (&*storage, layout.contiguous_offsets()) {
+/// The data of a contiguous f32 tensor on the CPU, from its storage and layout.
+fn f32_data<'a>(storage: &'a candle_core::Storage, layout: &Layout) -> Option<&'a [f32]> {
+    match (storage, layout.contiguous_offsets()) {
         (candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)), Some((a, b))) => {
-            Some(f(&v[a..b]))
+            Some(&v[a..b])
         }
         _ => None,
     }
+}
+
+/// `f` on the data of `t` when it is a contiguous f32 tensor on the CPU.
+fn cpu_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
+    let (storage, layout) = t.storage_and_layout();
+    f32_data(&storage, layout).map(f)
 }
 
 /// The sum of squares, in f64 over 8 lanes (vectorised, and no rounding drift on millions of
@@ -114,56 +119,38 @@ fn fused_update(s: &mut Slot, g: &Tensor, h: &Scalars) -> Result<bool> {
     let (one_minus_b1, one_minus_b2) = (f(1.0 - h.b1), f(1.0 - h.b2));
     let (inv_bc1, inv_bc2) = (f(1.0 / h.bc1), f(1.0 / h.bc2));
     let (keep, one_minus_decay) = (f(1.0 - h.lr * h.wd), f(1.0 - h.decay));
-    let new = cpu_f32(g, |g| {
-        cpu_f32(&s.m, |m| {
-            cpu_f32(&s.v, |v| {
-                cpu_f32(s.var.as_tensor(), |p| {
-                    cpu_f32(&s.ema, |e| {
-                        let n = g.len();
-                        if [m.len(), v.len(), p.len(), e.len()] != [n; 4] {
-                            return None;
-                        }
-                        let (mut m2, mut v2, mut p2, mut e2) = (
-                            Vec::with_capacity(n),
-                            Vec::with_capacity(n),
-                            Vec::with_capacity(n),
-                            Vec::with_capacity(n),
-                        );
-                        // Written through the spare capacity, index by index over slices of
-                        // one length, so the loop vectorises (pushes would not).
-                        let (mo, vo, po, eo) = (
-                            &mut m2.spare_capacity_mut()[..n],
-                            &mut v2.spare_capacity_mut()[..n],
-                            &mut p2.spare_capacity_mut()[..n],
-                            &mut e2.spare_capacity_mut()[..n],
-                        );
-                        let (m, v, p, e) = (&m[..n], &v[..n], &p[..n], &e[..n]);
-                        for i in 0..n {
-                            let gi = g[i] * scale;
-                            let mi = m[i] * b1 + gi * one_minus_b1;
-                            let vi = v[i] * b2 + gi * gi * one_minus_b2;
-                            let update = (mi * inv_bc1) / ((vi * inv_bc2).sqrt() + eps);
-                            let pi = p[i] * keep - update * lr;
-                            mo[i] = std::mem::MaybeUninit::new(mi);
-                            vo[i] = std::mem::MaybeUninit::new(vi);
-                            po[i] = std::mem::MaybeUninit::new(pi);
-                            eo[i] = std::mem::MaybeUninit::new(e[i] * decay + pi * one_minus_decay);
-                        }
-                        // SAFETY: the loop above wrote all n elements of each.
-                        unsafe {
-                            m2.set_len(n);
-                            v2.set_len(n);
-                            p2.set_len(n);
-                            e2.set_len(n);
-                        }
-                        Some((m2, v2, p2, e2))
-                    })
-                })
-            })
-        })
-    });
-    let Some(Some(Some(Some(Some(Some((m, v, p, e))))))) = new else {
-        return Ok(false);
+    let (m, v, p, e) = {
+        // Read guards, dropped before the weight is set below.
+        let guards = [g, &s.m, &s.v, s.var.as_tensor(), &s.ema].map(|t| t.storage_and_layout());
+        let data: Option<Vec<&[f32]>> = guards.iter().map(|(st, l)| f32_data(st, l)).collect();
+        let Some(&[g, m, v, p, e]) = data.as_deref() else {
+            return Ok(false);
+        };
+        let n = g.len();
+        if [m.len(), v.len(), p.len(), e.len()] != [n; 4] {
+            return Ok(false);
+        }
+        let mut out: [Vec<f32>; 4] = std::array::from_fn(|_| Vec::with_capacity(n));
+        {
+            // Written through the spare capacity, index by index over slices of one length,
+            // so the loop vectorises (pushes would not).
+            let [mo, vo, po, eo] = out.each_mut().map(|o| &mut o.spare_capacity_mut()[..n]);
+            for i in 0..n {
+                let gi = g[i] * scale;
+                let mi = m[i] * b1 + gi * one_minus_b1;
+                let vi = v[i] * b2 + gi * gi * one_minus_b2;
+                let update = (mi * inv_bc1) / ((vi * inv_bc2).sqrt() + eps);
+                let pi = p[i] * keep - update * lr;
+                mo[i] = std::mem::MaybeUninit::new(mi);
+                vo[i] = std::mem::MaybeUninit::new(vi);
+                po[i] = std::mem::MaybeUninit::new(pi);
+                eo[i] = std::mem::MaybeUninit::new(e[i] * decay + pi * one_minus_decay);
+            }
+        }
+        // SAFETY: the loop above wrote all n elements of each.
+        out.iter_mut().for_each(|o| unsafe { o.set_len(n) });
+        let [m, v, p, e] = out;
+        (m, v, p, e)
     };
     let shape = s.var.shape().clone();
     let dev = s.var.device().clone();
