@@ -146,6 +146,11 @@ pub struct TrainArgs {
     /// Print a progress line every this many steps.
     #[arg(long, default_value_t = 10)]
     pub log_every: usize,
+    /// Phase `edit` on the generator: draw only these task families, comma-separated, each
+    /// `name` or `name=weight` (e.g. referring_segmentation=2,keypoints); default: all, with
+    /// the built-in recipe's weights. A new set needs a new run folder (its pool differs).
+    #[arg(long, value_delimiter = ',')]
+    pub tasks: Vec<String>,
 }
 
 #[derive(Subcommand)]
@@ -617,6 +622,9 @@ fn run_train(cmd: &TrainCommand) -> anyhow::Result<()> {
             plan.steps = a.steps.unwrap_or(plan.steps);
             plan.batch = a.batch.unwrap_or(plan.batch);
             plan.pool = a.pool.unwrap_or(plan.pool);
+            if !a.tasks.is_empty() {
+                plan.tasks = parse_task_weights(&a.tasks)?;
+            }
             plan.optim.lr = a.lr.unwrap_or(plan.optim.lr);
             plan.checkpoint_every = a.checkpoint_every.unwrap_or(plan.checkpoint_every).max(1);
             let (unet, clip) = match &a.base {
@@ -725,6 +733,48 @@ fn run_decode(args: &DecodeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A task family by name.
+fn parse_task(name: &str) -> anyhow::Result<crate::tasks::Task> {
+    use crate::tasks::Task;
+    Task::ALL
+        .iter()
+        .copied()
+        .find(|t| t.name() == name.trim())
+        .ok_or_else(|| {
+            let names: Vec<_> = Task::ALL.iter().map(|t| t.name()).collect();
+            anyhow::anyhow!(
+                "unknown task '{name}'; the families are: {}",
+                names.join(", ")
+            )
+        })
+}
+
+/// `--tasks` of `train edit`: `name` or `name=weight`, comma-separated.
+fn parse_task_weights(items: &[String]) -> anyhow::Result<crate::data::sample::TaskWeights> {
+    let weights = items
+        .iter()
+        .map(|item| {
+            let (name, weight) = match item.split_once('=') {
+                Some((n, w)) => (
+                    n,
+                    w.trim()
+                        .parse::<f64>()
+                        .ok()
+                        .filter(|w| *w > 0.0)
+                        .ok_or_else(|| {
+                            anyhow::anyhow!(
+                                "'{item}': the weight after '=' must be a positive number"
+                            )
+                        })?,
+                ),
+                None => (item.as_str(), 1.0),
+            };
+            Ok((parse_task(name)?, weight))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(crate::data::sample::TaskWeights(weights))
+}
+
 fn run_eval(args: &EvalArgs) -> anyhow::Result<()> {
     use crate::tasks::Task;
     let tasks = if args.tasks.is_empty() {
@@ -732,19 +782,7 @@ fn run_eval(args: &EvalArgs) -> anyhow::Result<()> {
     } else {
         args.tasks
             .iter()
-            .map(|n| {
-                Task::ALL
-                    .iter()
-                    .copied()
-                    .find(|t| t.name() == n.trim())
-                    .ok_or_else(|| {
-                        let names: Vec<_> = Task::ALL.iter().map(|t| t.name()).collect();
-                        anyhow::anyhow!(
-                            "unknown task '{n}'; the families are: {}",
-                            names.join(", ")
-                        )
-                    })
-            })
+            .map(|n| parse_task(n))
             .collect::<anyhow::Result<Vec<_>>>()?
     };
     if args.per_task == 0 || args.size < 64 {

@@ -490,6 +490,31 @@ fn bench_reports_every_stage() {
     fails_with(&["bench", "--random", "sd3"], "unknown architecture 'sd3'");
 }
 
+/// `train edit --tasks` names task families and optional weights; mistakes are refused before
+/// anything is loaded or written.
+#[test]
+fn train_task_weights_are_checked() {
+    let tmp = tempdir();
+    let out = tmp.path().join("run");
+    let out = out.to_str().unwrap();
+    fails_with(
+        &[
+            "train",
+            "edit",
+            "--out",
+            out,
+            "--tasks",
+            "keypoints,segmentation",
+        ],
+        "unknown task 'segmentation'; the families are: referring_segmentation",
+    );
+    fails_with(
+        &["train", "edit", "--out", out, "--tasks", "keypoints=0"],
+        "'keypoints=0': the weight after '=' must be a positive number",
+    );
+    assert!(!tmp.path().join("run").exists());
+}
+
 /// `bench --ui` drives the editor headless through one edit and reports its frame times and
 /// the previews it showed (one per step).
 #[test]

@@ -343,6 +343,32 @@ fn pool_is_reused_and_rebuilt_for_another_vae(eplan: &edit::EditPlan) {
         vae_fingerprint(&other).unwrap()
     );
     assert_eq!(again.len(), eplan.pool);
+    // Other task weights (`train edit --tasks`) rebuild it with samples of those families.
+    use instructdiffusion::data::sample::TaskWeights;
+    use instructdiffusion::tasks::Task;
+    let keypoints = TaskWeights(vec![(Task::Keypoints, 1.0)]);
+    let only = build_or_load(
+        &PoolSpec {
+            source: PoolSource::Generator {
+                seed: eplan.seed,
+                samples: eplan.pool,
+                tasks: &keypoints,
+            },
+            ..spec.clone()
+        },
+        &vae,
+        &Device::Cpu,
+        &mut |_, _| {},
+    )
+    .unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&meta).unwrap()).unwrap();
+    let tasks = json["tasks"].as_array().unwrap();
+    assert!(
+        !tasks.is_empty() && tasks.iter().all(|t| t == "keypoints"),
+        "{json}"
+    );
+    assert_eq!(only.len(), eplan.pool);
 }
 
 /// A fine-tune of the tiny fixture model (64 px, batch 2) writing to `out`: the base folder,

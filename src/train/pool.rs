@@ -249,11 +249,18 @@ pub fn build_or_load(
             TaskWeights::default(),
         ),
     };
+    // A generated sample depends on the task weights too: a pool drawn with other weights is
+    // rebuilt (the built-in recipe's weights keep the plain seed keys of earlier pools).
+    let suffix = if tasks == TaskWeights::default() {
+        String::new()
+    } else {
+        format!(" {}", serde_json::to_string(&tasks)?)
+    };
     let chunks = items.len().div_ceil(CHUNK);
     let (mut source, mut target, mut changed) = (vec![], vec![], vec![]);
     let (mut prompts, mut skipped) = (vec![], vec![]);
     for (i, group) in items.chunks(CHUNK).enumerate() {
-        let keys: Vec<String> = group.iter().map(|it| it.key(&root)).collect();
+        let keys: Vec<String> = group.iter().map(|it| it.key(&root) + &suffix).collect();
         let path = spec.dir.join(format!("chunk_{i:05}.safetensors"));
         let meta: Option<ChunkMeta> = std::fs::read_to_string(path.with_extension("json"))
             .ok()
