@@ -326,18 +326,15 @@ fn pool_is_reused_and_rebuilt_for_another_vae(eplan: &edit::EditPlan) {
         vae_fingerprint(&other).unwrap(),
         vae_fingerprint(&eplan.vae).unwrap()
     );
-    let again = build_or_load(
-        &PoolSpec {
-            vae_dir: &other,
-            ..spec.clone()
-        },
-        &vae,
-        &Device::Cpu,
-        &mut |_, _| {},
-    )
-    .unwrap();
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&meta).unwrap()).unwrap();
+    let build = |spec: &PoolSpec| build_or_load(spec, &vae, &Device::Cpu, &mut |_, _| {}).unwrap();
+    let read_meta = || -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(&meta).unwrap()).unwrap()
+    };
+    let again = build(&PoolSpec {
+        vae_dir: &other,
+        ..spec.clone()
+    });
+    let json = read_meta();
     assert_eq!(
         json["vae"].as_str().unwrap(),
         vae_fingerprint(&other).unwrap()
@@ -347,22 +344,15 @@ fn pool_is_reused_and_rebuilt_for_another_vae(eplan: &edit::EditPlan) {
     use instructdiffusion::data::sample::TaskWeights;
     use instructdiffusion::tasks::Task;
     let keypoints = TaskWeights(vec![(Task::Keypoints, 1.0)]);
-    let only = build_or_load(
-        &PoolSpec {
-            source: PoolSource::Generator {
-                seed: eplan.seed,
-                samples: eplan.pool,
-                tasks: &keypoints,
-            },
-            ..spec.clone()
+    let only = build(&PoolSpec {
+        source: PoolSource::Generator {
+            seed: eplan.seed,
+            samples: eplan.pool,
+            tasks: &keypoints,
         },
-        &vae,
-        &Device::Cpu,
-        &mut |_, _| {},
-    )
-    .unwrap();
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&meta).unwrap()).unwrap();
+        ..spec.clone()
+    });
+    let json = read_meta();
     let tasks = json["tasks"].as_array().unwrap();
     assert!(
         !tasks.is_empty() && tasks.iter().all(|t| t == "keypoints"),
