@@ -1,9 +1,11 @@
 //! Small layers shared by the networks, chosen so that training gets gradients everywhere.
 //!
 //! candle-nn 0.11's fused `softmax_last_dim` and `layer_norm` kernels are fast but have no
-//! backward pass: a gradient reaching them silently stops. The helpers here use the fused kernel
-//! only when no gradient is being tracked (inference) and the composed, differentiable form
-//! otherwise, so one network definition serves both the editor and the trainer.
+//! backward pass: a gradient reaching them silently stops. On the CPU in f32, softmax, SiLU and
+//! GEGLU here are our own kernels with their own one-pass backward kernels (training and
+//! inference alike); elsewhere, and for layer norm, the fused kernel runs only when no gradient
+//! is being tracked (inference) and the composed, differentiable form otherwise, so one network
+//! definition serves both the editor and the trainer.
 
 use candle_core::{Module, Result, Tensor, D};
 
@@ -50,7 +52,7 @@ pub(crate) fn contiguous_f32<'a>(
 }
 
 /// Softmax over the last dimension with the vectorised exponential of
-/// [`fastmath`](super::fastmath) (inference on the CPU).
+/// [`fastmath`](super::fastmath), and its backward pass in one kernel.
 struct SoftmaxRows;
 
 impl candle_core::CustomOp1 for SoftmaxRows {
@@ -301,9 +303,8 @@ impl Module for Conv2d {
 pub use super::group_norm::{group_norm, GroupNorm};
 
 /// GEGLU's second half: `hidden * gelu_erf(gate)` where `h = [hidden | gate]` on the last
-/// dimension. Without gradients to track (inference) on the CPU it is one pass over `h`
-/// ([`fastmath::gelu_mul`](super::fastmath::gelu_mul)) instead of two strided views, a GELU and
-/// a product.
+/// dimension. On the CPU it is one pass over `h` ([`fastmath::gelu_mul`](super::fastmath::gelu_mul))
+/// instead of two strided views, a GELU and a product, and its gradient one more.
 pub fn geglu(h: &Tensor) -> Result<Tensor> {
     let inner = h.dim(D::Minus1)? / 2;
     if !cpu_f32(h) {
