@@ -1,4 +1,5 @@
-//! Vectorised element-wise math for the inference kernels: `exp`, SiLU and GEGLU's erf GELU.
+//! Vectorised element-wise math for the CPU kernels: `exp`, SiLU and GEGLU's erf GELU, their
+//! gradients, softmax rows.
 //!
 //! The bodies are plain loops the compiler vectorises; each public function runs them compiled
 //! for AVX-512 where the CPU has it (checked at run time) and for the baseline otherwise. The
