@@ -292,6 +292,10 @@ pub struct EvalArgs {
     /// Ask with held-out phrasings (never trained on) instead of the training templates.
     #[arg(long)]
     pub paraphrased: bool,
+    /// Each task family with its official guidance recipe (segmentation 7.5 / 1.5, keypoints
+    /// 6.0 / 0.5, watermark removal 1.0 / 1.0, the rest 5.0 / 1.25) instead of one setting.
+    #[arg(long, conflicts_with_all = ["text_cfg", "image_cfg"])]
+    pub task_guidance: bool,
     /// Score the targets passed through the model's autoencoder alone (no UNet): the ceiling
     /// the VAE sets on every metric.
     #[arg(long)]
@@ -796,6 +800,7 @@ fn run_eval(args: &EvalArgs) -> anyhow::Result<()> {
         tasks,
         request: request.clone(),
         paraphrased: args.paraphrased,
+        task_guidance: args.task_guidance,
     };
     let bar = indicatif::ProgressBar::new((plan.per_task * plan.tasks.len()) as u64);
     bar.set_style(
@@ -816,7 +821,7 @@ fn run_eval(args: &EvalArgs) -> anyhow::Result<()> {
             if args.autoencoder_only {
                 crate::eval::autoencoder_answer(&model, s)
             } else {
-                crate::eval::edit_answer(&model, &request, s)
+                crate::eval::edit_answer(&model, &plan.request_for(s.task), s)
             }
         },
         |task, _| {

@@ -38,6 +38,20 @@ pub struct EvalPlan {
     /// Ask with the held-out phrasings ([`Task::paraphrases`]) instead of the training
     /// templates: same scenes and targets, other words.
     pub paraphrased: bool,
+    /// Each family with its official guidance recipe ([`Task::guidance`]) instead of the
+    /// request's.
+    pub task_guidance: bool,
+}
+
+impl EvalPlan {
+    /// The edit request for samples of `task`.
+    pub fn request_for(&self, task: Task) -> EditRequest {
+        let mut r = self.request.clone();
+        if self.task_guidance {
+            (r.text_cfg, r.image_cfg) = (Some(task.guidance().0), Some(task.guidance().1));
+        }
+        r
+    }
 }
 
 /// One row of the table.
@@ -53,6 +67,8 @@ pub struct Report {
     pub model: String,
     /// Asked with held-out phrasings.
     pub paraphrased: bool,
+    /// Each family with its official guidance recipe.
+    pub task_guidance: bool,
     pub size: u32,
     pub steps: Option<usize>,
     pub rows: Vec<Row>,
@@ -97,6 +113,7 @@ pub fn run(
     Ok(Report {
         model: model_name.to_string(),
         paraphrased: plan.paraphrased,
+        task_guidance: plan.task_guidance,
         size: plan.size,
         steps: plan.request.steps,
         rows,
@@ -276,7 +293,7 @@ pub fn edit_succeeded(source: &RgbImage, target: &RgbImage, pred: &RgbImage) -> 
 /// The report as a table.
 pub fn table(r: &Report) -> String {
     let mut s = format!(
-        "model: {}, {} px, {} steps, {} instructions, {:.0} s\n{:<24} {:>7}  metrics\n",
+        "model: {}, {} px, {} steps, {} instructions, {} guidance, {:.0} s\n{:<24} {:>7}  metrics\n",
         r.model,
         r.size,
         r.steps.map_or("default".into(), |n| n.to_string()),
@@ -284,6 +301,11 @@ pub fn table(r: &Report) -> String {
             "held-out"
         } else {
             "template"
+        },
+        if r.task_guidance {
+            "per-task"
+        } else {
+            "one"
         },
         r.seconds,
         "task",
@@ -315,6 +337,7 @@ mod tests {
             size: 128,
             tasks: Task::ALL.to_vec(),
             paraphrased: false,
+            task_guidance: false,
             request: EditRequest {
                 prompt: String::new(),
                 steps: None,
@@ -364,6 +387,16 @@ mod tests {
             &samples(&pp, Task::Remove)[0],
         );
         assert!(a.input == b.input && a.instruction != b.instruction);
+        // Per-task guidance replaces the request's scales with each family's recipe.
+        assert_eq!(p.request_for(Task::Keypoints).text_cfg, None);
+        let tg = EvalPlan {
+            task_guidance: true,
+            ..p.clone()
+        };
+        let r = tg.request_for(Task::Keypoints);
+        assert_eq!((r.text_cfg, r.image_cfg), (Some(6.0), Some(0.5)));
+        let r = tg.request_for(Task::Watermark);
+        assert_eq!((r.text_cfg, r.image_cfg), (Some(1.0), Some(1.0)));
         let para = run(&pp, "oracle", |s| Ok(s.target.clone()), |_, _| {}).unwrap();
         assert!(get(&para, Task::ReferringSegmentation, "cIoU") > 0.9);
         assert!(get(&para, Task::SemanticSegmentation, "mIoU") > 0.9);

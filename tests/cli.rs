@@ -561,11 +561,13 @@ fn eval_prints_and_writes_a_table_per_task() {
         "1",
         "--seed",
         "3",
+        "--task-guidance",
         "--json",
         &json.display().to_string(),
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let table = String::from_utf8_lossy(&o.stdout);
+    assert!(table.contains("per-task guidance"), "{table}");
     for needle in [
         "keypoints",
         "PCK@0.1",
@@ -580,6 +582,17 @@ fn eval_prints_and_writes_a_table_per_task() {
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!(report["rows"].as_array().unwrap().len(), 4);
+    fails_with(
+        &[
+            "eval",
+            "--model",
+            &tiny_model(),
+            "--task-guidance",
+            "--text-cfg",
+            "3",
+        ],
+        "cannot be used with",
+    );
     let o = run_bin(&["eval", "--model", &tiny_model(), "--tasks", "juggling"]);
     assert!(
         !o.status.success() && stderr(&o).contains("unknown task 'juggling'"),

@@ -53,6 +53,23 @@ impl Task {
         }
     }
 
+    /// The official per-task guidance recipe `(text, image)` (InstructDiffusion, NOTES.md):
+    /// segmentation 7.5 / 1.5, keypoints 6.0 / 0.5, watermark removal 1.0 / 1.0, and the editing
+    /// recipe (the official CLI default) 5.0 / 1.25 for the rest.
+    pub fn guidance(self) -> (f64, f64) {
+        match self {
+            Self::ReferringSegmentation | Self::SemanticSegmentation => (7.5, 1.5),
+            Self::Keypoints => (6.0, 0.5),
+            Self::Watermark => (1.0, 1.0),
+            Self::Remove
+            | Self::Recolor
+            | Self::Add
+            | Self::Replace
+            | Self::Denoise
+            | Self::Deblur => (5.0, 1.25),
+        }
+    }
+
     /// Held-out phrasings of this family, never used for training: `eval --paraphrased`
     /// asks the model with these (same placeholders as [`Task::templates`]).
     pub fn paraphrases(self) -> &'static [&'static str] {
