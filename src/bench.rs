@@ -91,18 +91,11 @@ pub fn train_step(
     let unet = UNet2DConditionModel::new(&unet_cfg, None, vb.pp("unet"))?;
     let clip = ClipTextModel::new(&clip_cfg, vb.pp("text_encoder"))?;
     crate::train::init_weights(&varmap, 0)?;
-    let vars = varmap
-        .data()
-        .lock()
-        .map_err(|_| anyhow::anyhow!("the random weights' lock was poisoned"))?
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
     let cfg = AdamWConfig {
         warmup_steps: 0,
         ..Default::default()
     };
-    let mut opt = AdamW::new(vars, cfg)?;
+    let mut opt = AdamW::over(&varmap, cfg)?;
     let tokenizer = ClipTokenizer::bundled(clip_cfg.max_position_embeddings);
     let prompts = [
         "paint the red circle blue",

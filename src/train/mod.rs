@@ -254,14 +254,7 @@ pub fn start(
             var.set(&t.to_dtype(var.dtype())?)?;
         }
     }
-    let vars = varmap
-        .data()
-        .lock()
-        .expect("varmap lock")
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    let mut opt = optim::AdamW::new(vars, cfg.clone())?;
+    let mut opt = optim::AdamW::over(varmap, cfg.clone())?;
     if ckpt.exists() {
         let (state, meta): (_, serde_json::Value) = ckpt.load()?;
         let step = meta["step"].as_u64().ok_or_else(|| {

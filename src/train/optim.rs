@@ -40,10 +40,8 @@ impl Default for AdamWConfig {
 
 /// The data of a contiguous f32 tensor on the CPU, from its storage and layout.
 fn f32_data<'a>(storage: &'a candle_core::Storage, layout: &Layout) -> Option<&'a [f32]> {
-    match (storage, layout.contiguous_offsets()) {
-        (candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)), Some((a, b))) => {
-            Some(&v[a..b])
-        }
+    match storage {
+        candle_core::Storage::Cpu(s) => crate::model::nn::contiguous_f32(s, layout, "adamw").ok(),
         _ => None,
     }
 }
@@ -187,6 +185,18 @@ pub struct StepInfo {
 }
 
 impl AdamW {
+    /// Over every variable of `varmap`.
+    pub fn over(varmap: &candle_nn::VarMap, cfg: AdamWConfig) -> Result<Self> {
+        let vars = varmap
+            .data()
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("the variables' lock was poisoned".into()))?
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        Self::new(vars, cfg)
+    }
+
     /// Starts from `vars` (name -> variable), zero moments, EMA = current weights.
     pub fn new(vars: Vec<(String, Var)>, cfg: AdamWConfig) -> Result<Self> {
         let mut slots = Vec::with_capacity(vars.len());
