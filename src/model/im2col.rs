@@ -4,6 +4,8 @@
 //! Built from tensor ops (pad, nine shifted views, stack) the same extraction costs several
 //! full-size copies forward and, backward, nine zero-filled padded tensors per convolution.
 
+use std::ops::Range;
+
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -24,6 +26,13 @@ impl Im2Col {
     /// `(b, c, h, w)` contiguous f32 -> `(b, c*k*k, oh*ow)`.
     pub fn apply(&self, xs: &Tensor) -> Result<Tensor> {
         xs.contiguous()?.apply_op1(*self)
+    }
+
+    /// The patches of output rows `rows` only, `(b, c*k*k, rows.len()*ow)`, without a gradient:
+    /// a large inference convolution runs band by band, so its patch matrix never exists whole.
+    pub fn apply_rows(&self, xs: &Tensor, rows: Range<usize>) -> Result<Tensor> {
+        xs.contiguous()?
+            .apply_op1_no_bwd(&RowBand { p: *self, rows })
     }
 
     /// The input row that output row `oy` reads through tap row `kh`, or `None` in the padding.
@@ -52,27 +61,35 @@ impl Im2Col {
     /// `(kernel - 1) / 2`): each tap is the whole plane shifted by `dy * w + dx` elements, so
     /// one long copy, then the columns that wrapped around a row edge set to zero. Rows of a
     /// few dozen pixels made the general row-by-row loop the largest cost after the products.
+    /// Only the output rows `rows` are written (`out` holds `kernel^2` taps of `rows.len() * w`).
     fn same_size_taps(
         &self,
         src: &[f32],
         out: &mut [std::mem::MaybeUninit<f32>],
-        h: usize,
-        w: usize,
+        (h, w): (usize, usize),
+        rows: Range<usize>,
     ) {
         let zero = std::mem::MaybeUninit::new(0f32);
         let hw = (h * w) as isize;
+        // Output element `q` (counted over the whole plane) of a tap reads `q + shift`.
+        let (q0, q1) = ((rows.start * w) as isize, (rows.end * w) as isize);
+        let n = (q1 - q0) as usize;
         let p = self.padding as isize;
         for kh in 0..self.kernel {
             for kw in 0..self.kernel {
                 let (dy, dx) = (kh as isize - p, kw as isize - p);
                 let shift = dy * w as isize + dx;
-                let tap = &mut out[(kh * self.kernel + kw) * h * w..][..h * w];
-                let lo = (-shift).clamp(0, hw) as usize;
-                let hi = (hw - shift).clamp(lo as isize, hw) as usize;
+                let tap = &mut out[(kh * self.kernel + kw) * n..][..n];
+                let lo = (-shift).clamp(q0, q1);
+                let hi = (hw - shift).clamp(lo, q1);
+                let (from, lo, hi) = (
+                    (lo + shift) as usize,
+                    (lo - q0) as usize,
+                    (hi - q0) as usize,
+                );
                 tap[..lo].fill(zero);
                 tap[hi..].fill(zero);
                 if lo < hi {
-                    let from = (lo as isize + shift) as usize;
                     for (o, &v) in tap[lo..hi].iter_mut().zip(&src[from..]) {
                         *o = std::mem::MaybeUninit::new(v);
                     }
@@ -90,21 +107,16 @@ impl Im2Col {
             }
         }
     }
-}
 
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    super::nn::contiguous_f32(s, l, "im2col")
-}
-
-impl CustomOp1 for Im2Col {
-    fn name(&self) -> &'static str {
-        "im2col"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (b, c, h, w) = l.shape().dims4()?;
-        let x = f32_slice(s, l)?;
-        let (oh, ow) = (self.out_size(h), self.out_size(w));
+    /// The patches of output rows `rows` of `x` `(b, c, h, w)`: `(b, c*k*k, rows.len()*ow)`.
+    fn extract(
+        &self,
+        x: &[f32],
+        (b, c, h, w): (usize, usize, usize, usize),
+        rows: Range<usize>,
+    ) -> Result<(CpuStorage, Shape)> {
+        let ow = self.out_size(w);
+        let oh = rows.len();
         let kk = self.kernel * self.kernel;
         let plane_out = kk * oh * ow;
         // Every element is written below (padding as 0), so the buffer is not zero-filled
@@ -118,14 +130,14 @@ impl CustomOp1 for Im2Col {
                 let src = &x[bc * h * w..(bc + 1) * h * w];
                 let zero = std::mem::MaybeUninit::new(0f32);
                 if self.stride == 1 && 2 * self.padding + 1 == self.kernel {
-                    return self.same_size_taps(src, out, h, w);
+                    return self.same_size_taps(src, out, (h, w), rows.clone());
                 }
                 for kh in 0..self.kernel {
                     for kw in 0..self.kernel {
                         let (lo, hi) = self.inside_columns(kw, w, ow);
                         let tap = &mut out[(kh * self.kernel + kw) * oh * ow..][..oh * ow];
-                        for (oy, row) in tap.chunks_exact_mut(ow.max(1)).enumerate() {
-                            let Some(iy) = self.source_row(oy, kh, h) else {
+                        for (j, row) in tap.chunks_exact_mut(ow.max(1)).enumerate() {
+                            let Some(iy) = self.source_row(rows.start + j, kh, h) else {
                                 row.fill(zero);
                                 continue;
                             };
@@ -154,6 +166,22 @@ impl CustomOp1 for Im2Col {
         unsafe { cols.set_len(len) };
         Ok((CpuStorage::F32(cols), Shape::from((b, c * kk, oh * ow))))
     }
+}
+
+fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+    super::nn::contiguous_f32(s, l, "im2col")
+}
+
+impl CustomOp1 for Im2Col {
+    fn name(&self) -> &'static str {
+        "im2col"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (b, c, h, w) = l.shape().dims4()?;
+        let oh = self.out_size(h);
+        self.extract(f32_slice(s, l)?, (b, c, h, w), 0..oh)
+    }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
         let (_, _, h, w) = arg.dims4()?;
@@ -161,6 +189,28 @@ impl CustomOp1 for Im2Col {
             .contiguous()?
             .apply_op1_no_bwd(&Col2Im { p: *self, h, w })?;
         Ok(Some(g.reshape(arg.shape())?))
+    }
+}
+
+/// [`Im2Col`] restricted to a band of output rows (forward only).
+struct RowBand {
+    p: Im2Col,
+    rows: Range<usize>,
+}
+
+impl CustomOp1 for RowBand {
+    fn name(&self) -> &'static str {
+        "im2col-rows"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (b, c, h, w) = l.shape().dims4()?;
+        let oh = self.p.out_size(h);
+        if self.rows.start > self.rows.end || self.rows.end > oh {
+            candle_core::bail!("im2col rows {:?} outside 0..{oh}", self.rows)
+        }
+        self.p
+            .extract(f32_slice(s, l)?, (b, c, h, w), self.rows.clone())
     }
 }
 
@@ -239,6 +289,37 @@ mod tests {
             let diff: f32 = (&ours - &theirs)?.abs()?.max_all()?.to_scalar()?;
             assert!(diff < 1e-4, "kernel {k}, {h}x{w}: {diff}");
         }
+        Ok(())
+    }
+
+    /// Bands of output rows, stacked, are the whole patch matrix (both extraction paths).
+    #[test]
+    fn row_bands_assemble_the_whole() -> Result<()> {
+        let dev = Device::Cpu;
+        for (kernel, stride, padding, h, w) in [(3, 1, 1, 7, 5), (3, 2, 1, 9, 6), (5, 1, 2, 6, 4)] {
+            let x = Tensor::randn(0f32, 1.0, (2, 3, h, w), &dev)?;
+            let p = Im2Col {
+                kernel,
+                stride,
+                padding,
+            };
+            let whole = p.apply(&x)?;
+            let oh = p.out_size(h);
+            let bands = [0..2, 2..oh - 1, oh - 1..oh]
+                .into_iter()
+                .map(|r| p.apply_rows(&x, r))
+                .collect::<Result<Vec<_>>>()?;
+            let stacked = Tensor::cat(&bands, 2)?;
+            let diff: f32 = (&whole - &stacked)?.abs()?.max_all()?.to_scalar()?;
+            assert_eq!(diff, 0.0, "kernel {kernel} stride {stride}");
+        }
+        let x = Tensor::zeros((1, 1, 4, 4), candle_core::DType::F32, &dev)?;
+        let p = Im2Col {
+            kernel: 3,
+            stride: 1,
+            padding: 1,
+        };
+        assert!(p.apply_rows(&x, 2..5).is_err());
         Ok(())
     }
 

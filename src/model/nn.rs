@@ -216,6 +216,10 @@ pub fn linear(
     }
 }
 
+/// The most patch-matrix bytes an inference convolution builds at once; larger ones run in
+/// bands of output rows.
+const BAND_BYTES: usize = 128 << 20;
+
 /// A `torch.nn.Conv2d` layer with a bias and a square kernel.
 ///
 /// On the CPU (f32), k x k convolutions run as one patch extraction ([`Im2Col`], with its own
@@ -273,6 +277,13 @@ impl Conv2d {
 
 impl Module for Conv2d {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        self.forward_in_bands(xs, BAND_BYTES)
+    }
+}
+
+impl Conv2d {
+    /// The forward pass, building at most `band_bytes` of patches at once when untracked.
+    fn forward_in_bands(&self, xs: &Tensor, band_bytes: usize) -> Result<Tensor> {
         let cpu_f32 = xs.device().is_cpu() && xs.dtype() == candle_core::DType::F32;
         if !cpu_f32 {
             return self.inner.forward(xs);
@@ -291,12 +302,30 @@ impl Module for Conv2d {
             stride: self.stride,
             padding: self.padding,
         };
-        let cols = p.apply(xs)?;
-        let out = self
-            .batched_weight(b)?
-            .matmul(&cols)?
-            .broadcast_add(&self.bias)?;
-        out.reshape((b, (), p.out_size(h), p.out_size(w)))
+        let (oh, ow) = (p.out_size(h), p.out_size(w));
+        let row_bytes = b * c * self.kernel * self.kernel * ow * std::mem::size_of::<f32>();
+        if xs.track_op() || row_bytes * oh <= band_bytes {
+            let cols = p.apply(xs)?;
+            let out = self
+                .batched_weight(b)?
+                .matmul(&cols)?
+                .broadcast_add(&self.bias)?;
+            return out.reshape((b, (), oh, ow));
+        }
+        // Inference on a large plane: the patches of a band of output rows at a time (a VAE
+        // decoder's 3x3 convolution at 512x512x128 needs 1.2 GB of patches at once).
+        let band = (band_bytes / row_bytes).max(1);
+        let xs = xs.contiguous()?;
+        let parts = (0..oh)
+            .step_by(band)
+            .map(|r0| {
+                let cols = p.apply_rows(&xs, r0..(r0 + band).min(oh))?;
+                self.batched_weight(b)?
+                    .matmul(&cols)?
+                    .broadcast_add(&self.bias)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Tensor::cat(&parts, 2)?.reshape((b, (), oh, ow))
     }
 }
 
@@ -544,8 +573,14 @@ mod tests {
         let fast = conv.forward(&x)?;
         let reference = conv.inner.forward(&x)?;
         assert_eq!(fast.dims(), &[2, 5, 7, 6]);
-        let diff: f32 = (fast - reference)?.abs()?.max_all()?.to_scalar()?;
+        let diff: f32 = (&fast - &reference)?.abs()?.max_all()?.to_scalar()?;
         assert!(diff < 1e-5, "{diff}");
+        // In bands of 1, 2 and 3 output rows (a row of patches is 2*27*6 floats).
+        for rows in 1..=3 {
+            let banded = conv.forward_in_bands(&x, rows * 2 * 27 * 6 * 4)?;
+            let diff: f32 = (&banded - &fast)?.abs()?.max_all()?.to_scalar()?;
+            assert!(diff < 1e-6, "bands of {rows}: {diff}");
+        }
         Ok(())
     }
 
