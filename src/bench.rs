@@ -23,6 +23,38 @@ use crate::sample::pipeline::{self, EditRequest};
 use crate::sample::samplers::Sampler;
 use crate::sample::schedule::DiscreteSchedule;
 
+/// Weights given out once each (then dropped here).
+struct Handover(std::sync::Mutex<std::collections::HashMap<String, Tensor>>);
+
+impl candle_nn::var_builder::SimpleBackend for Handover {
+    fn get(
+        &self,
+        s: candle_core::Shape,
+        name: &str,
+        _: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let t = self.get_unchecked(name, dtype, dev)?;
+        if t.shape() != &s {
+            candle_core::bail!("random weight '{name}': {:?}, built as {s:?}", t.dims())
+        }
+        Ok(t)
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        let mut map = self.0.lock().map_err(|_| candle_core::Error::Msg("poisoned".into()))?;
+        match map.remove(name) {
+            Some(t) => t.to_dtype(dtype)?.to_device(dev),
+            None => candle_core::bail!("random weight '{name}' missing or asked for twice"),
+        }
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.0.lock().is_ok_and(|m| m.contains_key(name))
+    }
+}
+
 /// A model with seeded random weights in a named architecture.
 pub fn random_model(arch: &str, device: &Device) -> anyhow::Result<Model> {
     let (unet_cfg, vae_cfg, clip_cfg) = match arch {
@@ -42,10 +74,12 @@ pub fn random_model(arch: &str, device: &Device) -> anyhow::Result<Model> {
         other => anyhow::bail!("unknown architecture '{other}' (use sd15 or tiny)"),
     };
     let varmap = VarMap::new();
-    let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
-    UNet2DConditionModel::new(&unet_cfg, None, vb.pp("unet"))?;
-    AutoencoderKL::new(&vae_cfg, vb.pp("vae"))?;
-    ClipTextModel::new(&clip_cfg, vb.pp("text_encoder"))?;
+    {
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
+        UNet2DConditionModel::new(&unet_cfg, None, vb.pp("unet"))?;
+        AutoencoderKL::new(&vae_cfg, vb.pp("vae"))?;
+        ClipTextModel::new(&clip_cfg, vb.pp("text_encoder"))?;
+    }
     crate::train::init_weights(&varmap, 0)?;
     // Built again on plain tensors: weights that are trainable variables would send every
     // forward pass down the gradient-tracking paths (composed softmax and layer norm), which
@@ -57,7 +91,14 @@ pub fn random_model(arch: &str, device: &Device) -> anyhow::Result<Model> {
         .iter()
         .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
         .collect();
-    let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
+    drop(varmap);
+    // Each weight handed over once and forgotten, as a load from disk does: a map kept whole
+    // would hold the originals of the transposed linear weights until the end (1 GB at SD 1.5).
+    let vb = VarBuilder::from_backend(
+        Box::new(Handover(std::sync::Mutex::new(tensors))),
+        DType::F32,
+        device.clone(),
+    );
     let unet = UNet2DConditionModel::new(&unet_cfg, None, vb.pp("unet"))?;
     let vae = AutoencoderKL::new(&vae_cfg, vb.pp("vae"))?;
     let text_encoder = ClipTextModel::new(&clip_cfg, vb.pp("text_encoder"))?;

@@ -148,13 +148,13 @@ impl TryFrom<ClipConfigJson> for ClipConfig {
 #[derive(Debug, Clone)]
 struct EncoderLayer {
     layer_norm1: LayerNorm,
-    q_proj: candle_nn::Linear,
-    k_proj: candle_nn::Linear,
-    v_proj: candle_nn::Linear,
-    out_proj: candle_nn::Linear,
+    q_proj: super::nn::Linear,
+    k_proj: super::nn::Linear,
+    v_proj: super::nn::Linear,
+    out_proj: super::nn::Linear,
     layer_norm2: LayerNorm,
-    fc1: candle_nn::Linear,
-    fc2: candle_nn::Linear,
+    fc1: super::nn::Linear,
+    fc2: super::nn::Linear,
     heads: usize,
     activation: Activation,
 }

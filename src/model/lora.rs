@@ -41,7 +41,7 @@ pub const B: &str = "lora_B.weight";
 /// A linear layer, with an adapter when one was asked for.
 #[derive(Debug, Clone)]
 pub struct Linear {
-    base: candle_nn::Linear,
+    base: super::nn::Linear,
     adapter: Option<(Tensor, Tensor, f64)>,
 }
 
