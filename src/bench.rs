@@ -43,7 +43,10 @@ impl candle_nn::var_builder::SimpleBackend for Handover {
     }
 
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        let mut map = self.0.lock().map_err(|_| candle_core::Error::Msg("poisoned".into()))?;
+        let mut map = self
+            .0
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("poisoned".into()))?;
         match map.remove(name) {
             Some(t) => t.to_dtype(dtype)?.to_device(dev),
             None => candle_core::bail!("random weight '{name}' missing or asked for twice"),

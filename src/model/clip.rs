@@ -199,7 +199,8 @@ impl EncoderLayer {
         let xs = (self.attention(&self.layer_norm1.forward(xs)?, causal_mask)? + xs)?;
         let h = self.fc1.forward(&self.layer_norm2.forward(&xs)?)?;
         let h = match self.activation {
-            Activation::QuickGelu => (&h * candle_nn::ops::sigmoid(&(&h * 1.702)?)?)?,
+            // x * sigmoid(1.702 x) = silu(1.702 x) / 1.702, with the one-pass SiLU kernel.
+            Activation::QuickGelu => nn::silu(&h.affine(1.702, 0.)?)?.affine(1. / 1.702, 0.)?,
             Activation::Gelu => h.gelu_erf()?,
         };
         self.fc2.forward(&h)? + xs
@@ -328,18 +329,22 @@ impl ClipTokenizer {
     }
 }
 
-/// Encodes one prompt to `(1, length, hidden)` embeddings.
-pub fn embed_prompt(
+/// Encodes prompts to `(prompts.len(), length, hidden)` embeddings, in one batch: the rows do
+/// not interact, and one product of `2 x 77` rows runs faster than two of 77.
+pub fn embed_prompts(
     tokenizer: &ClipTokenizer,
     model: &ClipTextModel,
-    prompt: &str,
+    prompts: &[&str],
     device: &Device,
 ) -> Result<Tensor> {
-    let ids = tokenizer
-        .encode(prompt)
-        .map_err(|e| candle_core::Error::Msg(format!("tokenizing {prompt:?}: {e}")))?;
-    let ids = Tensor::new(ids.as_slice(), device)?.unsqueeze(0)?;
-    model.forward(&ids)
+    let mut ids = Vec::new();
+    for prompt in prompts {
+        let row = tokenizer
+            .encode(prompt)
+            .map_err(|e| candle_core::Error::Msg(format!("tokenizing {prompt:?}: {e}")))?;
+        ids.extend(row);
+    }
+    model.forward(&Tensor::from_vec(ids, (prompts.len(), ()), device)?)
 }
 
 #[cfg(test)]
@@ -362,6 +367,29 @@ mod tests {
         let empty = t.encode("").unwrap();
         assert_eq!(empty[0], 49406);
         assert!(empty[1..].iter().all(|&i| i == 49407));
+    }
+
+    /// Prompts encoded in one batch get the embeddings each gets alone.
+    #[test]
+    fn a_batch_of_prompts_embeds_each_as_alone() -> Result<()> {
+        let dev = Device::Cpu;
+        let varmap = candle_nn::VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
+        let model = ClipTextModel::new(&ClipConfig::tiny(), vb)?;
+        crate::train::init_weights(&varmap, 3)?;
+        let t = shared_tokenizer();
+        let prompts = ["make the sky red", "", "add a star"];
+        let both = embed_prompts(&t, &model, &prompts, &dev)?;
+        assert_eq!(both.dims(), &[3, 77, ClipConfig::tiny().hidden_size]);
+        for (i, p) in prompts.iter().enumerate() {
+            let alone = embed_prompts(&t, &model, &[p], &dev)?;
+            let diff: f32 = (both.narrow(0, i, 1)? - alone)?
+                .abs()?
+                .max_all()?
+                .to_scalar()?;
+            assert!(diff < 1e-5, "{p:?}: {diff}");
+        }
+        Ok(())
     }
 
     #[test]

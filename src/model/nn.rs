@@ -644,7 +644,12 @@ mod tests {
             assert!(loaded.transposed);
             let reference = candle_nn::Linear::new(w.clone(), bias.then(|| b.clone()));
             let varmap = candle_nn::VarMap::new();
-            let trained = linear(4, 5, bias, VarBuilder::from_varmap(&varmap, DType::F32, &dev))?;
+            let trained = linear(
+                4,
+                5,
+                bias,
+                VarBuilder::from_varmap(&varmap, DType::F32, &dev),
+            )?;
             assert!(!trained.transposed);
             for shape in [vec![3, 4], vec![2, 3, 4], vec![2, 1, 3, 4]] {
                 let x = Tensor::randn(0f32, 1., shape.clone(), &dev)?;

@@ -18,7 +18,7 @@ use super::noise::{NoiseSource, SeededNoise};
 use super::samplers::{Outcome, Sampler, Step};
 use super::schedule::DiscreteSchedule;
 use crate::imageio;
-use crate::model::clip::embed_prompt;
+use crate::model::clip::embed_prompts;
 use crate::model::load::Model;
 use crate::model::meta::GuidanceFormula;
 
@@ -176,9 +176,13 @@ pub fn tensor_to_image(t: &Tensor) -> candle_core::Result<RgbImage> {
 
 /// Encodes the instruction and the empty prompt: `(text, empty_text)`.
 pub fn condition_text(model: &Model, prompt: &str) -> candle_core::Result<(Tensor, Tensor)> {
-    let text = embed_prompt(&model.tokenizer, &model.text_encoder, prompt, &model.device)?;
-    let empty_text = embed_prompt(&model.tokenizer, &model.text_encoder, "", &model.device)?;
-    Ok((text, empty_text))
+    let both = embed_prompts(
+        &model.tokenizer,
+        &model.text_encoder,
+        &[prompt, ""],
+        &model.device,
+    )?;
+    Ok((both.narrow(0, 0, 1)?, both.narrow(0, 1, 1)?))
 }
 
 /// Encodes the instruction, the empty prompt and the source image (at model size).
