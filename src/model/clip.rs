@@ -165,13 +165,13 @@ impl EncoderLayer {
         let attn = vb.pp("self_attn");
         Ok(Self {
             layer_norm1: LayerNorm::new(d, cfg.layer_norm_eps, vb.pp("layer_norm1"))?,
-            q_proj: nn::linear(d, d, true, attn.pp("q_proj"))?,
-            k_proj: nn::linear(d, d, true, attn.pp("k_proj"))?,
-            v_proj: nn::linear(d, d, true, attn.pp("v_proj"))?,
-            out_proj: nn::linear(d, d, true, attn.pp("out_proj"))?,
+            q_proj: nn::linear_few_rows(d, d, true, attn.pp("q_proj"))?,
+            k_proj: nn::linear_few_rows(d, d, true, attn.pp("k_proj"))?,
+            v_proj: nn::linear_few_rows(d, d, true, attn.pp("v_proj"))?,
+            out_proj: nn::linear_few_rows(d, d, true, attn.pp("out_proj"))?,
             layer_norm2: LayerNorm::new(d, cfg.layer_norm_eps, vb.pp("layer_norm2"))?,
-            fc1: nn::linear(d, i, true, vb.pp("mlp.fc1"))?,
-            fc2: nn::linear(i, d, true, vb.pp("mlp.fc2"))?,
+            fc1: nn::linear_few_rows(d, i, true, vb.pp("mlp.fc1"))?,
+            fc2: nn::linear_few_rows(i, d, true, vb.pp("mlp.fc2"))?,
             heads: cfg.num_attention_heads,
             activation: cfg.activation,
         })
