@@ -165,7 +165,7 @@ impl candle_core::CustomOp1 for Silu {
         let x = arg.contiguous()?;
         Ok(Some(x.apply_op2_no_bwd(
             &g,
-            &Backward(|x, dy, dx| super::fastmath::silu_grad(x, dy, dx), Rows::Any),
+            &Backward(super::fastmath::silu_grad, Rows::Any),
         )?))
     }
 }
