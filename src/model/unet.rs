@@ -327,6 +327,9 @@ impl TryFrom<UNetConfigJson> for UNetConfig {
 }
 
 /// The denoising UNet: `(noisy | source latent, timestep per sample, text) -> eps`.
+/// The widest block of a UNet whose batches [`UNet2DConditionModel::forward_split`] splits.
+pub const SPLIT_MAX_CHANNELS: usize = 256;
+
 #[derive(Debug, Clone)]
 pub struct UNet2DConditionModel {
     time_proj: Timesteps,
@@ -429,6 +432,44 @@ impl UNet2DConditionModel {
 
     /// `sample`: `(b, in_channels, h/8, w/8)`; `timesteps`: `(b,)`, fractional allowed;
     /// `context`: `(b, 77, cross_attention_dim)`. Returns the predicted noise `(b, out, h/8, w/8)`.
+    /// [`forward`](Self::forward), on a narrow model (at most [`SPLIT_MAX_CHANNELS`]) with the
+    /// batch split into one share per compute thread, each share run single-threaded
+    /// ([`candle_core::utils::serial`]) and all at once: a narrow model's kernels are too short
+    /// to split well across threads, while the samples of a batch are independent work. The
+    /// built-in architecture's guided step (batch 3, 2 threads): 0.050 -> 0.035 s at 128 px,
+    /// 0.246 -> 0.161 s at 256 px; SD 1.5's wide layers were as fast or faster unsplit.
+    pub fn forward_split(
+        &self,
+        sample: &Tensor,
+        timesteps: &Tensor,
+        context: &Tensor,
+    ) -> Result<Tensor> {
+        use rayon::prelude::*;
+        let b = sample.dim(0)?;
+        let shares = rayon::current_num_threads().min(b);
+        let narrow = self.config.block_out_channels.iter().max() <= Some(&SPLIT_MAX_CHANNELS);
+        if shares < 2 || !narrow || !sample.device().is_cpu() {
+            return self.forward(sample, timesteps, context);
+        }
+        let per = b.div_ceil(shares);
+        let outs = (0..b)
+            .step_by(per)
+            .collect::<Vec<_>>()
+            .into_par_iter()
+            .map(|start| {
+                let n = per.min(b - start);
+                candle_core::utils::serial(|| {
+                    self.forward(
+                        &sample.narrow(0, start, n)?,
+                        &timesteps.narrow(0, start, n)?,
+                        &context.narrow(0, start, n)?,
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Tensor::cat(&outs, 0)
+    }
+
     pub fn forward(&self, sample: &Tensor, timesteps: &Tensor, context: &Tensor) -> Result<Tensor> {
         // 1. time
         let emb = self
@@ -482,6 +523,42 @@ mod tests {
           "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"]}"#;
         let j: UNetConfigJson = serde_json::from_str(json).expect("parses");
         assert_eq!(UNetConfig::try_from(j), Ok(UNetConfig::sd15_instruct()));
+    }
+
+    /// A batch split across two threads gives what the whole batch gives, and uneven shares
+    /// (3 = 2 + 1) keep the order of the samples.
+    #[test]
+    fn split_batches_match_the_whole() -> Result<()> {
+        let dev = candle_core::Device::Cpu;
+        let varmap = candle_nn::VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, candle_core::DType::F32, &dev);
+        let cfg = UNetConfig::tiny();
+        UNet2DConditionModel::new(&cfg, None, vb)?;
+        crate::train::init_weights(&varmap, 1)?;
+        let weights = varmap
+            .data()
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
+            .collect();
+        let unet = UNet2DConditionModel::new(
+            &cfg,
+            None,
+            VarBuilder::from_tensors(weights, candle_core::DType::F32, &dev),
+        )?;
+        let x = Tensor::randn(0f32, 1., (3, cfg.in_channels, 16, 16), &dev)?;
+        let t = Tensor::new(&[10f32, 500., 900.], &dev)?;
+        let ctx = Tensor::randn(0f32, 1., (3, 7, cfg.cross_attention_dim), &dev)?;
+        let whole = unet.forward(&x, &t, &ctx)?;
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .expect("pool");
+        let split = pool.install(|| unet.forward_split(&x, &t, &ctx))?;
+        let diff: f32 = (whole - split)?.abs()?.max_all()?.to_scalar()?;
+        assert!(diff < 1e-4, "{diff}");
+        Ok(())
     }
 
     #[test]

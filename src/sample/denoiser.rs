@@ -39,7 +39,7 @@ impl EpsDenoiser<'_> {
         let t = self.schedule.sigma_to_t(sigma);
         let t = Tensor::full(t as f32, b, x.device())?;
         let input = Tensor::cat(&[&(x * c_in)?, image], 1)?;
-        let out = self.unet.forward(&input, &t, text)?;
+        let out = self.unet.forward_split(&input, &t, text)?;
         match self.prediction {
             PredictionType::Epsilon => x - (out * sigma)?,
             PredictionType::VPrediction => {

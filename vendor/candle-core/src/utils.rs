@@ -56,6 +56,26 @@ unsafe impl Send for BarrierPool {}
 
 thread_local! {
     static IN_BARRIER_POOL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// instructdiffusion's patch: set while this thread runs [`serial`].
+    static SERIAL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// instructdiffusion's patch: runs `f` with the CPU kernels this thread calls single-threaded
+/// (matrix products with `Parallelism::None`, element-wise maps inline instead of on the barrier
+/// pool), so that several threads can each run a share of a batch through a small model.
+pub fn serial<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            SERIAL.with(|s| s.set(self.0));
+        }
+    }
+    let _restore = Restore(SERIAL.with(|s| s.replace(true)));
+    f()
+}
+
+fn in_serial() -> bool {
+    SERIAL.with(|s| s.get())
 }
 
 unsafe fn call_trampoline<F: Fn(usize)>(data: *const (), tid: usize) {
@@ -301,7 +321,7 @@ impl BarrierPool {
         if n_items == 0 {
             return;
         }
-        if IN_BARRIER_POOL.with(|f| f.get()) {
+        if IN_BARRIER_POOL.with(|f| f.get()) || in_serial() {
             f(0..n_items);
             return;
         }
@@ -321,7 +341,7 @@ impl BarrierPool {
             return;
         }
         // nested use from a worker would deadlock on the call lock; run inline instead
-        if IN_BARRIER_POOL.with(|f| f.get()) {
+        if IN_BARRIER_POOL.with(|f| f.get()) || in_serial() {
             f(0..n_items);
             return;
         }
@@ -417,6 +437,9 @@ fn candle_num_threads() -> usize {
 }
 
 pub fn get_num_threads() -> usize {
+    if in_serial() {
+        return 1;
+    }
     // Respond to the same environment variable as rayon.
     rayon_num_threads()
 }
