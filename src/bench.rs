@@ -171,10 +171,16 @@ pub fn train_step(
         &format!("train step, batch {batch} (unet + text encoder)"),
         repeats,
         || {
-            let text = clip.forward(&ids)?;
-            let pred = unet.forward(&Tensor::cat(&[&noisy, &source], 1)?, &t, &text)?;
-            let loss = (pred - &target)?.sqr()?.mean_all()?;
-            opt.step(&loss.backward()?)?;
+            // As the trainer runs it: one share of the batch per thread on this narrow model.
+            let input = Tensor::cat(&[&noisy, &source], 1)?;
+            let elems = target.elem_count() as f64;
+            let (_, grads) = crate::train::backward_in_shares(batch, true, |r| {
+                let share = |x: &Tensor| x.narrow(0, r.start, r.len());
+                let text = clip.forward(&share(&ids)?)?;
+                let pred = unet.forward(&share(&input)?, &share(&t)?, &text)?;
+                (pred - share(&target)?)?.sqr()?.sum_all()? / elems
+            })?;
+            opt.step(&grads)?;
             Ok(())
         },
     )

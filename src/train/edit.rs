@@ -26,7 +26,7 @@ use crate::data::sample::{generate, TaskWeights};
 use crate::model::clip::{ClipConfig, ClipTextModel, ClipTokenizer};
 use crate::model::lora::LoraSpec;
 use crate::model::meta::{PredictionType, SamplingDefaults, SchedulerConfig, DEFAULTS_FILE};
-use crate::model::unet::{UNet2DConditionModel, UNetConfig};
+use crate::model::unet::{UNet2DConditionModel, UNetConfig, SPLIT_MAX_CHANNELS};
 use crate::model::vae::AutoencoderKL;
 use crate::sample::noise::{NoiseSource, SeededNoise};
 use crate::sample::schedule::alphas_cumprod;
@@ -487,18 +487,35 @@ pub fn train(
             PredictionType::VPrediction => (eps.broadcast_mul(&a)? - tgt_lat.broadcast_mul(&b)?)?,
         };
         let ids = Tensor::from_vec(ids, (n, clip_cfg.max_position_embeddings), device)?;
-        let text = clip.forward(&ids)?;
         let t = Tensor::from_vec(ts, n, device)?;
-        let pred = unet.forward(&Tensor::cat(&[&noisy, &src_lat], 1)?, &t, &text)?;
-        let err = (pred - &target)?.sqr()?.broadcast_mul(&col(snr_w)?)?;
-        let loss = if plan.change_weight > 0.0 {
-            let w = ((batch.changed * plan.change_weight)? + 1.0)?;
-            (err.broadcast_mul(&w)?.mean_all()?
-                / w.mean_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?)?
-        } else {
-            err.mean_all()?
+        let input = Tensor::cat(&[&noisy, &src_lat], 1)?;
+        let snr_w = col(snr_w)?;
+        let weight = match plan.change_weight > 0.0 {
+            true => Some(((batch.changed * plan.change_weight)? + 1.0)?),
+            false => None,
         };
-        run.optimize(&mut opt, &loss, plan.steps, &ckpt.dir, on_event)?;
+        // The loss is the weighted mean of the squared errors over the batch; each share of the
+        // batch divides its sum by the whole batch's normaliser, so the shares add up to it.
+        let norm = target.elem_count() as f64
+            * match &weight {
+                Some(w) => w.mean_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?,
+                None => 1.0,
+            };
+        let split = unet_cfg.block_out_channels.iter().max() <= Some(&SPLIT_MAX_CHANNELS);
+        let (loss, grads) = super::backward_in_shares(n, split, |r| {
+            let share = |x: &Tensor| x.narrow(0, r.start, r.len());
+            let text = clip.forward(&share(&ids)?)?;
+            let pred = unet.forward(&share(&input)?, &share(&t)?, &text)?;
+            let err = (pred - share(&target)?)?
+                .sqr()?
+                .broadcast_mul(&share(&snr_w)?)?;
+            let err = match &weight {
+                Some(w) => err.broadcast_mul(&share(w)?)?,
+                None => err,
+            };
+            err.sum_all()? / norm
+        })?;
+        run.optimize(&mut opt, loss, &grads, plan.steps, &ckpt.dir, on_event)?;
         let stopping = stop.load(Ordering::SeqCst);
         if stopping || opt.step % plan.checkpoint_every == 0 || opt.step == plan.steps {
             ckpt.save(

@@ -155,10 +155,12 @@ impl Run {
 
     /// Backpropagates `loss`, steps `opt`, and reports; stops on a NaN or exploding loss, or on
     /// a non-finite gradient or weight, naming the checkpoint that is kept.
+    /// One optimizer step with `grads` of the loss `loss_v`.
     pub fn optimize(
         &mut self,
         opt: &mut optim::AdamW,
-        loss: &Tensor,
+        loss_v: f64,
+        grads: &candle_core::backprop::GradStore,
         total: usize,
         ckpt_dir: &std::path::Path,
         on_event: &mut dyn FnMut(&TrainEvent),
@@ -170,11 +172,10 @@ impl Run {
             kept: self.kept,
             dir: ckpt_dir.to_path_buf(),
         };
-        let loss_v: f64 = loss.to_dtype(DType::F64)?.to_scalar()?;
         if self.guard.diverged(loss_v) {
             return Err(diverged(loss_v));
         }
-        let info = opt.step(&loss.backward()?)?;
+        let info = opt.step(grads)?;
         if !info.grad_norm.is_finite() || !opt.all_finite()? {
             return Err(diverged(info.grad_norm));
         }
@@ -190,6 +191,45 @@ impl Run {
         });
         Ok(())
     }
+}
+
+/// The loss of a batch of `n` samples and its gradients, computed in shares: with `split` and
+/// more than one compute thread, one share of the batch per thread, each thread running its
+/// share's forward and backward pass single-threaded ([`candle_core::utils::serial`]), the
+/// gradients summed after (a narrow model's kernels are too short to split well across
+/// threads). `share_loss(range)` returns the part of the loss of samples `range`; the parts
+/// must add up to the batch's loss.
+pub fn backward_in_shares(
+    n: usize,
+    split: bool,
+    share_loss: impl Fn(std::ops::Range<usize>) -> candle_core::Result<Tensor> + Sync,
+) -> candle_core::Result<(f64, candle_core::backprop::GradStore)> {
+    use rayon::prelude::*;
+    let one = |r: std::ops::Range<usize>| -> candle_core::Result<_> {
+        let loss = share_loss(r)?;
+        Ok((
+            loss.to_dtype(DType::F64)?.to_scalar::<f64>()?,
+            loss.backward()?,
+        ))
+    };
+    let shares = rayon::current_num_threads().min(n);
+    if !split || shares < 2 {
+        return one(0..n);
+    }
+    let per = n.div_ceil(shares);
+    let parts = (0..n)
+        .step_by(per)
+        .collect::<Vec<_>>()
+        .into_par_iter()
+        .map(|start| candle_core::utils::serial(|| one(start..(start + per).min(n))))
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    let mut parts = parts.into_iter();
+    let (mut loss, mut grads) = parts.next().expect("n >= shares >= 2");
+    for (l, g) in parts {
+        loss += l;
+        grads.extend(g)?;
+    }
+    Ok((loss, grads))
 }
 
 /// Re-initialises every variable from `seed`, so that a run is reproducible (candle draws its
@@ -294,6 +334,37 @@ pub const HELD_OUT_FIRST_SEED: u64 = 1 << 40;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A batch's loss and gradients computed in shares on two threads equal the whole batch's.
+    #[test]
+    fn shares_add_up_to_the_batch() -> candle_core::Result<()> {
+        let dev = Device::Cpu;
+        let w = candle_core::Var::from_tensor(&Tensor::randn(0f32, 1., (6, 4), &dev)?)?;
+        let x = Tensor::randn(0f32, 1., (5, 6), &dev)?;
+        let y = Tensor::randn(0f32, 1., (5, 4), &dev)?;
+        let elems = y.elem_count() as f64;
+        let loss = |r: std::ops::Range<usize>| {
+            let (x, y) = (
+                x.narrow(0, r.start, r.len())?,
+                y.narrow(0, r.start, r.len())?,
+            );
+            (x.matmul(w.as_tensor())? - y)?.sqr()?.sum_all()? / elems
+        };
+        let (whole, g_whole) = backward_in_shares(5, false, loss)?;
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .expect("pool");
+        let (split, g_split) = pool.install(|| backward_in_shares(5, true, loss))?;
+        assert!((whole - split).abs() < 1e-6, "{whole} vs {split}");
+        let (a, b) = (
+            g_whole.get(w.as_tensor()).expect("grad"),
+            g_split.get(w.as_tensor()).expect("grad"),
+        );
+        let diff: f32 = (a - b)?.abs()?.max_all()?.to_scalar()?;
+        assert!(diff < 1e-5, "{diff}");
+        Ok(())
+    }
 
     #[test]
     fn guard_stops_on_nan_and_explosion_only() {

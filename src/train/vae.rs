@@ -15,6 +15,7 @@ use super::{
     images_to_tensor, sample_seed, step_seed, Run, TrainError, TrainEvent, HELD_OUT_FIRST_SEED,
 };
 use crate::data::sample::{generate, TaskWeights};
+use crate::model::unet::SPLIT_MAX_CHANNELS;
 use crate::model::vae::{AutoencoderKL, VaeConfig};
 use crate::sample::noise::{NoiseSource, SeededNoise};
 
@@ -174,18 +175,27 @@ pub fn train(
         let imgs = batch_images(plan, |i| sample_seed(plan.seed, step, plan.batch, i));
         let refs: Vec<&image::RgbImage> = imgs.iter().collect();
         let x = images_to_tensor(&refs, device)?;
-        let (mean, logvar) = vae.encode_moments(&x)?;
-        let eps = SeededNoise::new(step_seed(plan.seed, step)).sample(mean.shape(), device)?;
-        let z = (&mean + ((&logvar * 0.5)?.exp()? * eps)?)?;
-        let rec = vae.decode(&z)?;
-        let diff = (rec - &x)?;
-        let rec_loss = (diff.abs()?.mean_all()? + diff.sqr()?.mean_all()?)?;
-        let kl = ((mean.sqr()? + logvar.exp()?)? - 1.0)?
-            .sub(&logvar)?
-            .mean_all()?
-            .affine(0.5, 0.0)?;
-        let loss = (rec_loss + (kl * plan.kl_weight)?)?;
-        run.optimize(&mut opt, &loss, plan.steps, &ckpt.dir, on_event)?;
+        let n = refs.len();
+        let f = cfg.downscale();
+        let latent = (n, cfg.latent_channels, x.dim(2)? / f, x.dim(3)? / f);
+        let eps = SeededNoise::new(step_seed(plan.seed, step)).sample(&latent.into(), device)?;
+        // Means over the whole batch, as sums of each share divided by the batch's counts.
+        let (pixels, latents) = (x.elem_count() as f64, eps.elem_count() as f64);
+        let split = cfg.block_out_channels.iter().max() <= Some(&SPLIT_MAX_CHANNELS);
+        let (loss, grads) = super::backward_in_shares(n, split, |r| {
+            let x = x.narrow(0, r.start, r.len())?;
+            let (mean, logvar) = vae.encode_moments(&x)?;
+            let eps = eps.narrow(0, r.start, r.len())?;
+            let z = (&mean + ((&logvar * 0.5)?.exp()? * eps)?)?;
+            let diff = (vae.decode(&z)? - &x)?;
+            let rec_loss = ((diff.abs()?.sum_all()? + diff.sqr()?.sum_all()?)? / pixels)?;
+            let kl = ((mean.sqr()? + logvar.exp()?)? - 1.0)?
+                .sub(&logvar)?
+                .sum_all()?
+                .affine(0.5 / latents, 0.0)?;
+            rec_loss + (kl * plan.kl_weight)?
+        })?;
+        run.optimize(&mut opt, loss, &grads, plan.steps, &ckpt.dir, on_event)?;
         if opt.step % plan.checkpoint_every == 0 || opt.step == plan.steps {
             // Measured with the weights that are saved (the EMA), not the live ones.
             let saved = AutoencoderKL::new(
