@@ -17,6 +17,30 @@ fn cpu_f32(xs: &Tensor) -> bool {
     xs.device().is_cpu() && xs.dtype() == candle_core::DType::F32
 }
 
+/// `f` over shares of a batch of `n` (ranges of samples), one share per compute thread, each
+/// run single-threaded ([`candle_core::utils::serial`]) and all at once, the results stacked
+/// in order on the first dimension. Where a model's kernels are too short to split well across
+/// threads, the samples of a batch are independent work of the right size. With one thread (or
+/// one sample) it is `f(0..n)`.
+pub fn in_shares(
+    n: usize,
+    f: impl Fn(std::ops::Range<usize>) -> Result<Tensor> + Sync,
+) -> Result<Tensor> {
+    use rayon::prelude::*;
+    let shares = rayon::current_num_threads().min(n);
+    if shares < 2 {
+        return f(0..n);
+    }
+    let per = n.div_ceil(shares);
+    let outs = (0..n)
+        .step_by(per)
+        .collect::<Vec<_>>()
+        .into_par_iter()
+        .map(|start| candle_core::utils::serial(|| f(start..(start + per).min(n))))
+        .collect::<Result<Vec<_>>>()?;
+    Tensor::cat(&outs, 0)
+}
+
 /// Softmax over the last dimension; differentiable whenever `xs` tracks gradients.
 pub fn softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
     if cpu_f32(xs) {

@@ -444,30 +444,14 @@ impl UNet2DConditionModel {
         timesteps: &Tensor,
         context: &Tensor,
     ) -> Result<Tensor> {
-        use rayon::prelude::*;
-        let b = sample.dim(0)?;
-        let shares = rayon::current_num_threads().min(b);
         let narrow = self.config.block_out_channels.iter().max() <= Some(&SPLIT_MAX_CHANNELS);
-        if shares < 2 || !narrow || !sample.device().is_cpu() {
+        if !narrow || !sample.device().is_cpu() {
             return self.forward(sample, timesteps, context);
         }
-        let per = b.div_ceil(shares);
-        let outs = (0..b)
-            .step_by(per)
-            .collect::<Vec<_>>()
-            .into_par_iter()
-            .map(|start| {
-                let n = per.min(b - start);
-                candle_core::utils::serial(|| {
-                    self.forward(
-                        &sample.narrow(0, start, n)?,
-                        &timesteps.narrow(0, start, n)?,
-                        &context.narrow(0, start, n)?,
-                    )
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Tensor::cat(&outs, 0)
+        nn::in_shares(sample.dim(0)?, |r| {
+            let share = |x: &Tensor| x.narrow(0, r.start, r.len());
+            self.forward(&share(sample)?, &share(timesteps)?, &share(context)?)
+        })
     }
 
     pub fn forward(&self, sample: &Tensor, timesteps: &Tensor, context: &Tensor) -> Result<Tensor> {
