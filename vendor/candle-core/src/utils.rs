@@ -74,7 +74,8 @@ pub fn serial<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
-fn in_serial() -> bool {
+/// instructdiffusion's patch: whether this thread runs inside [`serial`].
+pub fn is_serial() -> bool {
     SERIAL.with(|s| s.get())
 }
 
@@ -321,7 +322,7 @@ impl BarrierPool {
         if n_items == 0 {
             return;
         }
-        if IN_BARRIER_POOL.with(|f| f.get()) || in_serial() {
+        if IN_BARRIER_POOL.with(|f| f.get()) || is_serial() {
             f(0..n_items);
             return;
         }
@@ -341,7 +342,7 @@ impl BarrierPool {
             return;
         }
         // nested use from a worker would deadlock on the call lock; run inline instead
-        if IN_BARRIER_POOL.with(|f| f.get()) || in_serial() {
+        if IN_BARRIER_POOL.with(|f| f.get()) || is_serial() {
             f(0..n_items);
             return;
         }
@@ -437,7 +438,7 @@ fn candle_num_threads() -> usize {
 }
 
 pub fn get_num_threads() -> usize {
-    if in_serial() {
+    if is_serial() {
         return 1;
     }
     // Respond to the same environment variable as rayon.
