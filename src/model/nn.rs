@@ -17,29 +17,40 @@ fn cpu_f32(xs: &Tensor) -> bool {
     xs.device().is_cpu() && xs.dtype() == candle_core::DType::F32
 }
 
-/// `f` over shares of a batch of `n` (ranges of samples), one share per compute thread, each
-/// run single-threaded ([`candle_core::utils::serial`]) and all at once, the results stacked
-/// in order on the first dimension. Where a model's kernels are too short to split well across
-/// threads, the samples of a batch are independent work of the right size. With one thread, one
-/// sample, or inside another split, it is `f(0..n)`.
-pub fn in_shares(
+/// `f` over shares of a batch of `n` (ranges of samples, in order), one share per compute
+/// thread, each run single-threaded ([`candle_core::utils::serial`]) and all at once. Where a
+/// model's kernels are too short to split well across threads, the samples of a batch are
+/// independent work of the right size. With one thread, one sample, or inside another split,
+/// the one share is `0..n`, run as it is.
+pub fn shares<T: Send>(
     n: usize,
-    f: impl Fn(std::ops::Range<usize>) -> Result<Tensor> + Sync,
-) -> Result<Tensor> {
+    f: impl Fn(std::ops::Range<usize>) -> Result<T> + Sync,
+) -> Result<Vec<T>> {
     use rayon::prelude::*;
-    let shares = rayon::current_num_threads().min(n);
-    if shares < 2 || candle_core::utils::is_serial() {
+    let threads = rayon::current_num_threads().min(n);
+    if threads < 2 || candle_core::utils::is_serial() {
         // Already one share of an outer split (a narrow UNet's batch): no second split.
-        return f(0..n);
+        return Ok(vec![f(0..n)?]);
     }
-    let per = n.div_ceil(shares);
-    let outs = (0..n)
+    let per = n.div_ceil(threads);
+    (0..n)
         .step_by(per)
         .collect::<Vec<_>>()
         .into_par_iter()
         .map(|start| candle_core::utils::serial(|| f(start..(start + per).min(n))))
-        .collect::<Result<Vec<_>>>()?;
-    Tensor::cat(&outs, 0)
+        .collect()
+}
+
+/// [`shares`] of a batch, the results stacked in order on the first dimension.
+pub fn in_shares(
+    n: usize,
+    f: impl Fn(std::ops::Range<usize>) -> Result<Tensor> + Sync,
+) -> Result<Tensor> {
+    let mut outs = shares(n, f)?;
+    match outs.len() {
+        1 => Ok(outs.remove(0)),
+        _ => Tensor::cat(&outs, 0),
+    }
 }
 
 /// Softmax over the last dimension; differentiable whenever `xs` tracks gradients.

@@ -204,7 +204,6 @@ pub fn backward_in_shares(
     split: bool,
     share_loss: impl Fn(std::ops::Range<usize>) -> candle_core::Result<Tensor> + Sync,
 ) -> candle_core::Result<(f64, candle_core::backprop::GradStore)> {
-    use rayon::prelude::*;
     let one = |r: std::ops::Range<usize>| -> candle_core::Result<_> {
         let loss = share_loss(r)?;
         Ok((
@@ -212,19 +211,12 @@ pub fn backward_in_shares(
             loss.backward()?,
         ))
     };
-    let shares = rayon::current_num_threads().min(n);
-    if !split || shares < 2 {
-        return one(0..n);
-    }
-    let per = n.div_ceil(shares);
-    let parts = (0..n)
-        .step_by(per)
-        .collect::<Vec<_>>()
-        .into_par_iter()
-        .map(|start| candle_core::utils::serial(|| one(start..(start + per).min(n))))
-        .collect::<candle_core::Result<Vec<_>>>()?;
+    let parts = match split {
+        true => crate::model::nn::shares(n, one)?,
+        false => vec![one(0..n)?],
+    };
     let mut parts = parts.into_iter();
-    let (mut loss, mut grads) = parts.next().expect("n >= shares >= 2");
+    let (mut loss, mut grads) = parts.next().expect("at least one share");
     for (l, g) in parts {
         loss += l;
         grads.extend(g)?;
