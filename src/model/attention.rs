@@ -72,8 +72,8 @@ impl CrossAttention {
 /// `net.0.proj` (GEGLU, erf GELU) then `net.2`.
 #[derive(Debug, Clone)]
 pub struct FeedForward {
-    proj: super::nn::Linear,
-    out: super::nn::Linear,
+    proj: nn::Linear,
+    out: nn::Linear,
 }
 
 impl FeedForward {
@@ -159,7 +159,7 @@ pub struct Transformer2DConfig {
 #[derive(Debug, Clone)]
 enum Projection {
     Conv(nn::Conv2d),
-    Linear(super::nn::Linear),
+    Linear(nn::Linear),
 }
 
 /// GroupNorm, `proj_in`, one [`BasicTransformerBlock`], `proj_out`, residual.

@@ -148,13 +148,13 @@ impl TryFrom<ClipConfigJson> for ClipConfig {
 #[derive(Debug, Clone)]
 struct EncoderLayer {
     layer_norm1: LayerNorm,
-    q_proj: super::nn::Linear,
-    k_proj: super::nn::Linear,
-    v_proj: super::nn::Linear,
-    out_proj: super::nn::Linear,
+    q_proj: nn::Linear,
+    k_proj: nn::Linear,
+    v_proj: nn::Linear,
+    out_proj: nn::Linear,
     layer_norm2: LayerNorm,
-    fc1: super::nn::Linear,
-    fc2: super::nn::Linear,
+    fc1: nn::Linear,
+    fc2: nn::Linear,
     heads: usize,
     activation: Activation,
 }

@@ -58,8 +58,8 @@ impl Timesteps {
 /// `linear_1 -> SiLU -> linear_2` (diffusers `TimestepEmbedding`).
 #[derive(Debug, Clone)]
 pub struct TimestepEmbedding {
-    linear_1: super::nn::Linear,
-    linear_2: super::nn::Linear,
+    linear_1: nn::Linear,
+    linear_2: nn::Linear,
 }
 
 impl TimestepEmbedding {

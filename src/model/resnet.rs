@@ -21,7 +21,7 @@ pub struct ResnetConfig {
 pub struct ResnetBlock2D {
     norm1: nn::GroupNorm,
     conv1: nn::Conv2d,
-    time_emb_proj: Option<super::nn::Linear>,
+    time_emb_proj: Option<nn::Linear>,
     norm2: nn::GroupNorm,
     conv2: nn::Conv2d,
     conv_shortcut: Option<nn::Conv2d>,

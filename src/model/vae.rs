@@ -134,10 +134,10 @@ impl From<VaeConfigJson> for VaeConfig {
 #[derive(Debug, Clone)]
 struct AttentionBlock {
     group_norm: nn::GroupNorm,
-    to_q: super::nn::Linear,
-    to_k: super::nn::Linear,
-    to_v: super::nn::Linear,
-    to_out: super::nn::Linear,
+    to_q: nn::Linear,
+    to_k: nn::Linear,
+    to_v: nn::Linear,
+    to_out: nn::Linear,
 }
 
 impl AttentionBlock {
