@@ -395,7 +395,7 @@ pub fn with_threadpool<F: FnOnce() -> R + Send, R: Send>(f: F) -> R {
 pub fn init_global_threadpool() {
     set_thread_affinity();
     let _ = rayon::ThreadPoolBuilder::new()
-        .num_threads(get_num_threads())
+        .num_threads(rayon_num_threads())
         .start_handler(|_| set_thread_affinity())
         .build_global();
 }
@@ -571,7 +571,7 @@ static POOL: OnceLock<rayon::ThreadPool> = OnceLock::new();
 pub(crate) fn candle_pool() -> &'static rayon::ThreadPool {
     POOL.get_or_init(|| {
         rayon::ThreadPoolBuilder::new()
-            .num_threads(get_num_threads())
+            .num_threads(rayon_num_threads())
             .start_handler(|_| set_thread_affinity())
             .build()
             .expect("failed to build candle rayon threadpool")
