@@ -41,6 +41,15 @@ pub fn shares<T: Send>(
         .collect()
 }
 
+/// The widest block of a network whose batches run in [`shares`] (one per thread).
+pub const SPLIT_MAX_CHANNELS: usize = 256;
+
+/// Whether a network with these block widths is narrow enough for [`shares`] to beat splitting
+/// each kernel across threads (measured: the built-in architecture yes, SD 1.5 no).
+pub fn splits_batches(block_out_channels: &[usize]) -> bool {
+    block_out_channels.iter().max() <= Some(&SPLIT_MAX_CHANNELS)
+}
+
 /// [`shares`] of a batch, the results stacked in order on the first dimension.
 pub fn in_shares(
     n: usize,

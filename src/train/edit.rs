@@ -26,7 +26,7 @@ use crate::data::sample::{generate, TaskWeights};
 use crate::model::clip::{ClipConfig, ClipTextModel, ClipTokenizer};
 use crate::model::lora::LoraSpec;
 use crate::model::meta::{PredictionType, SamplingDefaults, SchedulerConfig, DEFAULTS_FILE};
-use crate::model::unet::{UNet2DConditionModel, UNetConfig, SPLIT_MAX_CHANNELS};
+use crate::model::unet::{UNet2DConditionModel, UNetConfig};
 use crate::model::vae::AutoencoderKL;
 use crate::sample::noise::{NoiseSource, SeededNoise};
 use crate::sample::schedule::alphas_cumprod;
@@ -447,6 +447,7 @@ pub fn train(
         }
     };
     let probe = Probe::new(plan, &vae, device)?;
+    let split = crate::model::nn::splits_batches(&unet_cfg.block_out_channels);
     let mut run = Run::new(opt.step);
     while opt.step < plan.steps {
         let step = opt.step;
@@ -501,7 +502,6 @@ pub fn train(
                 Some(w) => w.mean_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?,
                 None => 1.0,
             };
-        let split = unet_cfg.block_out_channels.iter().max() <= Some(&SPLIT_MAX_CHANNELS);
         let (loss, grads) = super::backward_in_shares(n, split, |r| {
             let share = |x: &Tensor| x.narrow(0, r.start, r.len());
             let text = clip.forward(&share(&ids)?)?;

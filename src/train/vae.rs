@@ -15,7 +15,6 @@ use super::{
     images_to_tensor, sample_seed, step_seed, Run, TrainError, TrainEvent, HELD_OUT_FIRST_SEED,
 };
 use crate::data::sample::{generate, TaskWeights};
-use crate::model::unet::SPLIT_MAX_CHANNELS;
 use crate::model::vae::{AutoencoderKL, VaeConfig};
 use crate::sample::noise::{NoiseSource, SeededNoise};
 
@@ -169,6 +168,7 @@ pub fn train(
     if plan.decoder_only {
         opt.freeze(is_encoder_weight)?;
     }
+    let split = crate::model::nn::splits_batches(&cfg.block_out_channels);
     let mut run = Run::new(opt.step);
     while opt.step < plan.steps {
         let step = opt.step;
@@ -181,7 +181,6 @@ pub fn train(
         let eps = SeededNoise::new(step_seed(plan.seed, step)).sample(&latent.into(), device)?;
         // Means over the whole batch, as sums of each share divided by the batch's counts.
         let (pixels, latents) = (x.elem_count() as f64, eps.elem_count() as f64);
-        let split = cfg.block_out_channels.iter().max() <= Some(&SPLIT_MAX_CHANNELS);
         let (loss, grads) = super::backward_in_shares(n, split, |r| {
             let x = x.narrow(0, r.start, r.len())?;
             let (mean, logvar) = vae.encode_moments(&x)?;
