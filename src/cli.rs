@@ -292,10 +292,20 @@ pub struct EvalArgs {
     /// Ask with held-out phrasings (never trained on) instead of the training templates.
     #[arg(long)]
     pub paraphrased: bool,
-    /// Each task family with its official guidance recipe (segmentation 7.5 / 1.5, keypoints
+    /// Each task family with the model's guidance for it (the table `--save-guidance` wrote in
+    /// its instructdiffusion.json, else the official recipe: segmentation 7.5 / 1.5, keypoints
     /// 6.0 / 0.5, watermark removal 1.0 / 1.0, the rest 5.0 / 1.25) instead of one setting.
     #[arg(long, conflicts_with_all = ["text_cfg", "image_cfg"])]
     pub task_guidance: bool,
+    /// Evaluate at each of these guidance settings, TEXT:IMAGE (e.g. 1:1.25,5:1.25,7.5:1.5),
+    /// and print each family's headline score per setting.
+    #[arg(long, value_delimiter = ',', value_parser = parse_guidance_pair,
+          conflicts_with_all = ["text_cfg", "image_cfg", "task_guidance"])]
+    pub grid: Vec<(f64, f64)>,
+    /// With --grid: record each family's best setting in the model folder's
+    /// instructdiffusion.json, where the editor's task picker and `eval --task-guidance` read it.
+    #[arg(long, requires = "grid")]
+    pub save_guidance: bool,
     /// Score the targets passed through the model's autoencoder alone (no UNet): the ceiling
     /// the VAE sets on every metric.
     #[arg(long)]
@@ -779,6 +789,43 @@ fn parse_task_weights(items: &[String]) -> anyhow::Result<crate::data::sample::T
     Ok(crate::data::sample::TaskWeights(weights))
 }
 
+fn parse_guidance_pair(s: &str) -> Result<(f64, f64), String> {
+    let err = || format!("'{s}' is not TEXT:IMAGE guidance (e.g. 5:1.25)");
+    let (t, i) = s.split_once(':').ok_or_else(err)?;
+    let (t, i): (f64, f64) = (
+        t.trim().parse().map_err(|_| err())?,
+        i.trim().parse().map_err(|_| err())?,
+    );
+    if !(t.is_finite() && i.is_finite() && t >= 0.0 && i >= 0.0) {
+        return Err(err());
+    }
+    Ok((t, i))
+}
+
+/// Writes `table` into a model folder's `instructdiffusion.json`, keeping the rest of it.
+fn save_task_guidance(
+    spec: &str,
+    model: &load::Model,
+    table: &std::collections::BTreeMap<crate::tasks::Task, [f64; 2]>,
+) -> anyhow::Result<PathBuf> {
+    let dir = match ModelSource::parse(spec)? {
+        ModelSource::Diffusers(dir) => dir,
+        ModelSource::Builtin => load::builtin_dir(),
+        other => anyhow::bail!(
+            "--save-guidance writes into a diffusers folder; '{spec}' is {}",
+            other.describe()
+        ),
+    };
+    let mut defaults = model.defaults.clone();
+    defaults.task_guidance = table.clone();
+    let path = dir.join(crate::model::meta::DEFAULTS_FILE);
+    let mut json = serde_json::to_string_pretty(&defaults)?;
+    json.push('\n');
+    imageio::write_atomic(&path, json.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
 fn run_eval(args: &EvalArgs) -> anyhow::Result<()> {
     use crate::tasks::Task;
     let tasks = if args.tasks.is_empty() {
@@ -802,7 +849,12 @@ fn run_eval(args: &EvalArgs) -> anyhow::Result<()> {
         paraphrased: args.paraphrased,
         task_guidance: args.task_guidance,
     };
-    let bar = indicatif::ProgressBar::new((plan.per_task * plan.tasks.len()) as u64);
+    let points: Vec<Option<(f64, f64)>> = if args.grid.is_empty() {
+        vec![None]
+    } else {
+        args.grid.iter().copied().map(Some).collect()
+    };
+    let bar = indicatif::ProgressBar::new((plan.per_task * plan.tasks.len() * points.len()) as u64);
     bar.set_style(
         indicatif::ProgressStyle::with_template(
             "{bar:30} {pos}/{len} samples {elapsed_precise} eta {eta} {msg}",
@@ -814,25 +866,62 @@ fn run_eval(args: &EvalArgs) -> anyhow::Result<()> {
     } else {
         model.source.clone()
     };
-    let report = crate::eval::run(
-        &plan,
-        &name,
-        |s| {
-            if args.autoencoder_only {
-                crate::eval::autoencoder_answer(&model, s)
-            } else {
-                crate::eval::edit_answer(&model, &plan.request_for(s.task), s)
+    let mut reports = vec![];
+    for point in &points {
+        let mut plan = plan.clone();
+        if let Some((t, i)) = point {
+            (plan.request.text_cfg, plan.request.image_cfg) = (Some(*t), Some(*i));
+        }
+        let report = crate::eval::run(
+            &plan,
+            &name,
+            |s| {
+                if args.autoencoder_only {
+                    crate::eval::autoencoder_answer(&model, s)
+                } else {
+                    crate::eval::edit_answer(&model, &plan.request_for(s.task, &model.defaults), s)
+                }
+            },
+            |task, _| {
+                bar.set_message(match point {
+                    Some((t, i)) => format!("{} at {t}/{i}", task.name()),
+                    None => task.name().to_string(),
+                });
+                bar.inc(1);
+            },
+        )?;
+        bar.suspend(|| {
+            if let Some((t, i)) = point {
+                println!("guidance text {t} / image {i}");
             }
-        },
-        |task, _| {
-            bar.set_message(task.name());
-            bar.inc(1);
-        },
-    )?;
+            print!("{}", crate::eval::table(&report));
+        });
+        reports.push(report);
+    }
     bar.finish_and_clear();
-    print!("{}", crate::eval::table(&report));
     if let Some(path) = &args.json {
-        imageio::write_atomic(path, serde_json::to_string_pretty(&report)?.as_bytes())?;
+        let json = match reports.as_slice() {
+            [one] => serde_json::to_string_pretty(one)?,
+            all => serde_json::to_string_pretty(all)?,
+        };
+        imageio::write_atomic(path, json.as_bytes())?;
+    }
+    if !args.grid.is_empty() {
+        let grid: Vec<((f64, f64), crate::eval::Report)> =
+            args.grid.iter().copied().zip(reports).collect();
+        print!(
+            "\nheadline score per guidance (text/image), best marked *\n{}",
+            crate::eval::grid_table(&grid)
+        );
+        if args.save_guidance {
+            let best = crate::eval::best_guidance(&grid);
+            let path = save_task_guidance(&args.model.model, &model, &best)?;
+            println!(
+                "saved {} families' guidance to {}",
+                best.len(),
+                path.display()
+            );
+        }
     }
     Ok(())
 }

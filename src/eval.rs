@@ -11,6 +11,7 @@
 //!   target changes (any channel by more than 30 levels), the answer is closer to the target than
 //!   to the source, and elsewhere it keeps the source (mean difference under 12 levels).
 
+use std::collections::BTreeMap;
 use std::ops::ControlFlow;
 
 use anyhow::bail;
@@ -20,6 +21,7 @@ use serde::Serialize;
 use crate::data::sample::{generate, Sample, TaskWeights};
 use crate::decode::{self, parse};
 use crate::model::load::Model;
+use crate::model::meta::SamplingDefaults;
 use crate::sample::pipeline::{self, EditOutcome, EditRequest};
 use crate::tasks::Task;
 use crate::train::HELD_OUT_FIRST_SEED;
@@ -38,17 +40,18 @@ pub struct EvalPlan {
     /// Ask with the held-out phrasings ([`Task::paraphrases`]) instead of the training
     /// templates: same scenes and targets, other words.
     pub paraphrased: bool,
-    /// Each family with its official guidance recipe ([`Task::guidance`]) instead of the
-    /// request's.
+    /// Each family with the model's guidance for it ([`SamplingDefaults::guidance_for`]: its
+    /// measured table, else the official recipe) instead of the request's.
     pub task_guidance: bool,
 }
 
 impl EvalPlan {
-    /// The edit request for samples of `task`.
-    pub fn request_for(&self, task: Task) -> EditRequest {
+    /// The edit request for samples of `task` on a model with these defaults.
+    pub fn request_for(&self, task: Task, defaults: &SamplingDefaults) -> EditRequest {
         let mut r = self.request.clone();
         if self.task_guidance {
-            (r.text_cfg, r.image_cfg) = (Some(task.guidance().0), Some(task.guidance().1));
+            let (t, i) = defaults.guidance_for(task);
+            (r.text_cfg, r.image_cfg) = (Some(t), Some(i));
         }
         r
     }
@@ -290,6 +293,79 @@ pub fn edit_succeeded(source: &RgbImage, target: &RgbImage, pred: &RgbImage) -> 
     changed > 0 && to_target < to_source && kept / (rest.max(1) as f64) < 12.0
 }
 
+impl Report {
+    /// The value of metric `name` in `task`'s row.
+    pub fn metric(&self, task: Task, name: &str) -> Option<f64> {
+        let row = self.rows.iter().find(|r| r.task == task.name())?;
+        row.metrics.iter().find(|(k, _)| k == name).map(|(_, v)| *v)
+    }
+}
+
+/// The one metric a family's guidance is chosen by (higher is better).
+pub fn headline(task: Task) -> &'static str {
+    match task {
+        Task::ReferringSegmentation | Task::SemanticSegmentation => "cIoU",
+        Task::Keypoints => "PCK@0.1",
+        Task::Remove | Task::Recolor | Task::Add | Task::Replace => "success",
+        Task::Denoise | Task::Deblur | Task::Watermark => "gain dB",
+    }
+}
+
+/// For each family, the guidance `[text, image]` of the grid point with the best headline
+/// score (the first of equals). A family that scores the same at every point is left out: no
+/// evidence moves it off the official recipe.
+pub fn best_guidance(grid: &[((f64, f64), Report)]) -> BTreeMap<Task, [f64; 2]> {
+    let mut best = BTreeMap::new();
+    for task in Task::ALL {
+        let scores: Vec<((f64, f64), f64)> = grid
+            .iter()
+            .filter_map(|(g, r)| Some((*g, r.metric(task, headline(task))?)))
+            .collect();
+        let Some(&(first_g, first)) = scores.first() else {
+            continue;
+        };
+        let ((t, i), top) = scores
+            .iter()
+            .fold((first_g, first), |a, &b| if b.1 > a.1 { b } else { a });
+        if scores.iter().any(|(_, v)| *v != top) {
+            best.insert(task, [t, i]);
+        }
+    }
+    best
+}
+
+/// The headline score of every family at every grid point, the best marked with `*`.
+pub fn grid_table(grid: &[((f64, f64), Report)]) -> String {
+    let best = best_guidance(grid);
+    let mut s = format!("{:<24} {:<10}", "task", "metric");
+    for ((t, i), _) in grid {
+        s.push_str(&format!(" {:>11}", format!("{t}/{i}")));
+    }
+    s.push('\n');
+    for task in Task::ALL {
+        if grid
+            .iter()
+            .all(|(_, r)| r.metric(task, headline(task)).is_none())
+        {
+            continue;
+        }
+        s.push_str(&format!("{:<24} {:<10}", task.name(), headline(task)));
+        for ((t, i), r) in grid {
+            let mark = if best.get(&task) == Some(&[*t, *i]) {
+                "*"
+            } else {
+                " "
+            };
+            match r.metric(task, headline(task)) {
+                Some(v) => s.push_str(&format!(" {:>10.3}{mark}", v)),
+                None => s.push_str(&format!(" {:>11}", "-")),
+            }
+        }
+        s.push('\n');
+    }
+    s
+}
+
 /// The report as a table.
 pub fn table(r: &Report) -> String {
     let mut s = format!(
@@ -387,20 +463,74 @@ mod tests {
             &samples(&pp, Task::Remove)[0],
         );
         assert!(a.input == b.input && a.instruction != b.instruction);
-        // Per-task guidance replaces the request's scales with each family's recipe.
-        assert_eq!(p.request_for(Task::Keypoints).text_cfg, None);
+        // Per-task guidance replaces the request's scales with the model's value for each
+        // family: its own table first, the official recipe otherwise.
+        let mut d = SamplingDefaults::instructdiffusion();
+        assert_eq!(p.request_for(Task::Keypoints, &d).text_cfg, None);
         let tg = EvalPlan {
             task_guidance: true,
             ..p.clone()
         };
-        let r = tg.request_for(Task::Keypoints);
+        d.task_guidance.insert(Task::Watermark, [2.0, 1.5]);
+        let r = tg.request_for(Task::Keypoints, &d);
         assert_eq!((r.text_cfg, r.image_cfg), (Some(6.0), Some(0.5)));
-        let r = tg.request_for(Task::Watermark);
-        assert_eq!((r.text_cfg, r.image_cfg), (Some(1.0), Some(1.0)));
+        let r = tg.request_for(Task::Watermark, &d);
+        assert_eq!((r.text_cfg, r.image_cfg), (Some(2.0), Some(1.5)));
         let para = run(&pp, "oracle", |s| Ok(s.target.clone()), |_, _| {}).unwrap();
         assert!(get(&para, Task::ReferringSegmentation, "cIoU") > 0.9);
         assert!(get(&para, Task::SemanticSegmentation, "mIoU") > 0.9);
         assert!(get(&para, Task::Keypoints, "PCK@0.1") > 0.9);
         assert!(table(&para).contains("held-out instructions"));
+    }
+
+    fn report(rows: &[(Task, &str, f64)]) -> Report {
+        Report {
+            model: "m".into(),
+            paraphrased: false,
+            task_guidance: false,
+            size: 128,
+            steps: None,
+            rows: rows
+                .iter()
+                .map(|(t, k, v)| Row {
+                    task: t.name().into(),
+                    samples: 10,
+                    metrics: vec![(k.to_string(), *v)],
+                })
+                .collect(),
+            seconds: 0.0,
+        }
+    }
+
+    /// A grid picks each family's best point by its headline metric; a family that never moves
+    /// keeps the official recipe (no entry).
+    #[test]
+    fn a_grid_keeps_each_familys_best_point_and_skips_ties() {
+        let grid = vec![
+            (
+                (1.0, 1.25),
+                report(&[
+                    (Task::Denoise, "gain dB", 6.1),
+                    (Task::Keypoints, "PCK@0.1", 0.0),
+                    (Task::Remove, "success", 0.3),
+                ]),
+            ),
+            (
+                (5.0, 1.25),
+                report(&[
+                    (Task::Denoise, "gain dB", 2.1),
+                    (Task::Keypoints, "PCK@0.1", 0.0),
+                    (Task::Remove, "success", 0.4),
+                ]),
+            ),
+        ];
+        let best = best_guidance(&grid);
+        assert_eq!(best.get(&Task::Denoise), Some(&[1.0, 1.25]));
+        assert_eq!(best.get(&Task::Remove), Some(&[5.0, 1.25]));
+        assert_eq!(best.get(&Task::Keypoints), None);
+        assert_eq!(best.len(), 2);
+        let t = grid_table(&grid);
+        assert!(t.contains("6.100*") && t.contains("0.400*"), "{t}");
+        assert!(!t.contains("recolor"), "{t}");
     }
 }

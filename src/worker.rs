@@ -117,6 +117,8 @@ pub enum Event {
         spec: String,
         source: String,
         notes: Vec<String>,
+        /// What the model's files recommend (steps, guidance per task family, ...).
+        defaults: crate::model::meta::SamplingDefaults,
     },
     LoadFailed {
         spec: String,
@@ -302,6 +304,7 @@ fn run(cmd: Command, model: &mut Option<Model>, flags: &Flags, send: &(dyn Fn(Ev
                         spec,
                         source: m.source.clone(),
                         notes: m.notes.clone(),
+                        defaults: m.defaults.clone(),
                     });
                     *model = Some(m);
                 }

@@ -22,9 +22,17 @@ fn editor_with(
     image: Option<std::path::PathBuf>,
     session_dir: std::path::PathBuf,
 ) -> Harness<'static, EditorApp> {
+    editor_on(image, session_dir, &tiny().join("diffusers"))
+}
+
+fn editor_on(
+    image: Option<std::path::PathBuf>,
+    session_dir: std::path::PathBuf,
+    model: &std::path::Path,
+) -> Harness<'static, EditorApp> {
     let options = Options {
         image,
-        model: Some(tiny().join("diffusers").display().to_string()),
+        model: Some(model.display().to_string()),
         session_dir: Some(session_dir),
         prompt: None,
     };
@@ -226,6 +234,74 @@ fn mask_instructions_are_decoded_shown_and_exported() {
         .unwrap()
         .text
         .contains("no masks or keypoints"));
+}
+
+/// The task picker writes a well-formed instruction from its fields and sets the guidance the
+/// loaded model recommends for that family (its own table over the official recipe).
+#[test]
+fn the_task_picker_writes_the_instruction_with_the_models_guidance() {
+    let dir = util::tempdir();
+    let model = dir.path().join("model");
+    util::copy_dir(&tiny().join("diffusers"), &model);
+    std::fs::write(
+        model.join("instructdiffusion.json"),
+        r#"{"guidance": "instructdiffusion", "task_guidance": {"keypoints": [3.0, 0.75]}}"#,
+    )
+    .unwrap();
+    let mut h = editor_on(
+        Some(tiny().join("input.png")),
+        dir.path().join("session"),
+        &model,
+    );
+    h.get_by_label("Task").click();
+    h.run_steps(2);
+    h.get_by_label("Keypoints").click();
+    h.run_steps(2);
+    assert_eq!(
+        h.state().settings.recipe,
+        instructdiffusion::tasks::compose::Recipe::Keypoints
+    );
+    // An empty target is named, and nothing is overwritten.
+    h.state_mut().prompt = "my own words".into();
+    h.get_by_label("Write instruction").click();
+    h.run_steps(2);
+    assert!(h
+        .state()
+        .notice
+        .as_ref()
+        .unwrap()
+        .text
+        .contains("the target is empty"));
+    assert_eq!(h.state().prompt, "my own words");
+    let role = egui::accesskit::Role::TextInput;
+    h.get_by_role_and_label(role, "Target").focus();
+    h.step();
+    h.get_by_role_and_label(role, "Target")
+        .type_text("man on the left");
+    h.run_steps(2);
+    h.get_by_label("+ keypoint").click();
+    h.run_steps(2);
+    h.get_by_label("Write instruction").click();
+    h.run_steps(2);
+    let app = h.state();
+    assert_eq!(
+        app.prompt,
+        "Put a red circle on the nose and a blue circle on the left eye of the man on the left."
+    );
+    assert_eq!((app.settings.text_cfg, app.settings.image_cfg), (3.0, 0.75));
+    // A family the model has no value for takes the official recipe.
+    h.get_by_label("Task").click();
+    h.run_steps(2);
+    h.get_by_label("Segment").click();
+    h.run_steps(2);
+    h.get_by_label("Write instruction").click();
+    h.run_steps(2);
+    let app = h.state();
+    assert_eq!(
+        app.prompt,
+        "Apply a blue semi-transparent mask to the man on the left."
+    );
+    assert_eq!((app.settings.text_cfg, app.settings.image_cfg), (7.5, 1.5));
 }
 
 #[test]

@@ -543,6 +543,60 @@ fn ui_bench_reports_frames_and_previews() {
     assert!(stderr(&o).contains("frame CPU time"));
 }
 
+/// A guidance grid scores every family at each setting and records the winners in the model
+/// folder, keeping the rest of its defaults.
+#[test]
+fn eval_grid_saves_each_familys_best_guidance_in_the_model() {
+    let tmp = tempdir();
+    let model = tmp.path().join("model");
+    util::copy_dir(&tiny().join("diffusers"), &model);
+    std::fs::write(
+        model.join("instructdiffusion.json"),
+        r#"{"guidance": "instructdiffusion", "steps": 7, "resolution": 128}"#,
+    )
+    .unwrap();
+    let m = model.display().to_string();
+    let o = run_bin(&[
+        "eval",
+        "--model",
+        &m,
+        "--per-task",
+        "1",
+        "--tasks",
+        "denoise,remove",
+        "--steps",
+        "1",
+        "--seed",
+        "3",
+        "--grid",
+        "1:1.25,5:1.25",
+        "--save-guidance",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("guidance text 1 / image 1.25") && out.contains("best marked *"),
+        "{out}"
+    );
+    let saved: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(model.join("instructdiffusion.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(saved["steps"], 7, "the rest of the defaults kept");
+    // Denoising gain is continuous: the two settings differ and one of them is recorded.
+    let denoise = saved["task_guidance"]["denoise"]
+        .as_array()
+        .expect("denoise recorded");
+    let pair = (denoise[0].as_f64().unwrap(), denoise[1].as_f64().unwrap());
+    assert!(pair == (1.0, 1.25) || pair == (5.0, 1.25), "{pair:?}");
+    assert!(
+        saved["task_guidance"].get("keypoints").is_none(),
+        "not evaluated, not recorded"
+    );
+    fails_with(&["eval", "--model", &m, "--grid", "5"], "not TEXT:IMAGE");
+    fails_with(&["eval", "--model", &m, "--save-guidance"], "--grid");
+}
+
 #[test]
 fn eval_prints_and_writes_a_table_per_task() {
     let tmp = tempdir();

@@ -2,6 +2,7 @@
 //! [`crate::worker`]; state and its logic live in [`state`].
 
 pub mod bench;
+pub mod picker;
 pub mod state;
 pub mod training;
 
@@ -18,9 +19,10 @@ use image::RgbImage;
 use self::state::{Activity, Entry, ExportKind, SeedMode, Session, SessionFile, Settings};
 use self::training::{PanelAction, TrainState, TrainingPanel};
 use crate::imageio;
-use crate::model::meta::GuidanceFormula;
+use crate::model::meta::{GuidanceFormula, SamplingDefaults};
 use crate::sample::pipeline::EditRequest;
 use crate::sample::samplers::Sampler;
+use crate::tasks::Task;
 use crate::worker::{Command, Event, Worker};
 
 const SETTINGS_KEY: &str = "instructdiffusion.settings";
@@ -70,6 +72,8 @@ pub struct EditorApp {
     pub activity: Activity,
     /// The model the worker holds (its resolved source), if any.
     pub model: Option<String>,
+    /// What that model recommends (guidance per task family for the task picker).
+    pub model_defaults: Option<SamplingDefaults>,
     pub notice: Option<Notice>,
     pub show_before: bool,
     pub side_by_side: bool,
@@ -133,6 +137,7 @@ impl EditorApp {
             prompt: String::new(),
             activity: Activity::Idle,
             model: None,
+            model_defaults: None,
             notice: None,
             show_before: false,
             side_by_side: false,
@@ -491,7 +496,9 @@ impl EditorApp {
                     spec,
                     source,
                     notes,
+                    defaults,
                 } => {
+                    self.model_defaults = Some(defaults);
                     self.activity = Activity::Idle;
                     self.settings.remember_model(spec);
                     self.notice = Some(Notice {
@@ -510,6 +517,7 @@ impl EditorApp {
                 Event::LoadFailed { message, .. } => {
                     self.activity = Activity::Idle;
                     self.model = None;
+                    self.model_defaults = None;
                     self.error(format!("{message}. Choose a model in the settings panel (a diffusers folder, a .ckpt/.safetensors file or a hub id)."));
                 }
                 Event::Started { .. } => {}
@@ -1064,12 +1072,22 @@ score {:.2}, area {} px",
         // 0 is the model's own; anything else a multiple of 64.
         s.resolution = s.resolution / 64 * 64;
         ui.separator();
-        ui.heading("Presets");
-        for (name, text, cfg) in PRESETS {
-            if ui.button(*name).on_hover_text(*text).clicked() {
-                self.prompt = text.to_string();
-                (self.settings.text_cfg, self.settings.image_cfg) = *cfg;
+        ui.heading("Write an instruction");
+        let defaults = self.model_defaults.clone();
+        let s = &mut self.settings;
+        let guidance = |task: Task| match &defaults {
+            Some(d) => d.guidance_for(task),
+            None => task.guidance(),
+        };
+        match picker::show(ui, &mut s.recipe, &mut s.fields, guidance) {
+            Some(picker::Picked::Write(text, (t, i))) => {
+                self.prompt = text;
+                (s.text_cfg, s.image_cfg) = (t, i);
             }
+            Some(picker::Picked::Missing(what)) => {
+                self.error(format!("{what}: fill it in to write the instruction"))
+            }
+            None => {}
         }
     }
 
@@ -1470,26 +1488,6 @@ pub(crate) fn labelled_row(ui: &mut egui::Ui, label: &str, widget: impl egui::Wi
     ui.add(widget).labelled_by(l.id);
     ui.end_row();
 }
-
-/// Instruction presets with the per-task guidance values (NOTES.md).
-const PRESETS: &[(&str, &str, (f64, f64))] = &[
-    (
-        "Segment",
-        "Apply a blue semi-transparent mask to the cat.",
-        (7.5, 1.5),
-    ),
-    (
-        "Keypoints",
-        "Put a red circle on the nose and a green circle on the left eye of the cat.",
-        (6.0, 0.5),
-    ),
-    ("Enhance", "Make the image sharper.", (5.0, 1.25)),
-    (
-        "Edit",
-        "Make it look like a watercolor painting.",
-        (5.0, 1.25),
-    ),
-];
 
 /// The sample images shipped in `assets/samples` (photos) and `assets/scenes` (generated scenes
 /// of the built-in model's world), beside the executable or in the source tree.

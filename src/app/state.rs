@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::model::meta::GuidanceFormula;
 use crate::sample::pipeline::{EditPlan, EditRequest};
 use crate::sample::samplers::Sampler;
+use crate::tasks::compose::{Fields, Recipe};
 
 /// How the seed of the next edit is chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,6 +45,9 @@ pub struct Settings {
     pub prompt_history: Vec<String>,
     /// Models loaded or trained lately (specs, newest first).
     pub recent_models: Vec<String>,
+    /// The task picker's recipe and fields.
+    pub recipe: Recipe,
+    pub fields: Fields,
 }
 
 impl Default for Settings {
@@ -63,6 +67,8 @@ impl Default for Settings {
             recent_files: vec![],
             prompt_history: vec![],
             recent_models: vec![],
+            recipe: Recipe::Segment,
+            fields: Fields::default(),
         }
     }
 }

@@ -5,7 +5,11 @@
 //! standard home, so this project writes `instructdiffusion.json` beside `model_index.json`.
 //! Without it, a folder whose pipeline class is InstructPix2Pix's gets that formula.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
+
+use crate::tasks::Task;
 
 /// How the three conditional predictions are combined (formulas in `sample::guidance`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -119,6 +123,11 @@ pub struct SamplingDefaults {
     /// Diffusion 1.x's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latent_rgb: Option<Vec<[f32; 3]>>,
+    /// Guidance `[text, image]` per task family measured best for this model
+    /// (`eval --grid ... --save-guidance`); a family not listed takes the official recipe
+    /// ([`Task::guidance`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub task_guidance: BTreeMap<Task, [f64; 2]>,
 }
 
 fn text_cfg() -> f64 {
@@ -144,6 +153,7 @@ impl SamplingDefaults {
             steps: 100,
             resolution: 512,
             latent_rgb: None,
+            task_guidance: BTreeMap::new(),
         }
     }
 
@@ -156,9 +166,37 @@ impl SamplingDefaults {
             steps: 100,
             resolution: 512,
             latent_rgb: None,
+            task_guidance: BTreeMap::new(),
         }
+    }
+
+    /// The guidance `(text, image)` to use for `task` on this model: its measured table's
+    /// entry, else the official recipe.
+    pub fn guidance_for(&self, task: Task) -> (f64, f64) {
+        self.task_guidance
+            .get(&task)
+            .map_or_else(|| task.guidance(), |[t, i]| (*t, *i))
     }
 }
 
 /// The file name of [`SamplingDefaults`] inside a model folder.
 pub const DEFAULTS_FILE: &str = "instructdiffusion.json";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_models_task_table_overrides_the_official_recipe_only_where_it_has_an_entry() {
+        let json = r#"{"guidance": "instructdiffusion", "task_guidance": {"denoise": [1.0, 1.5]}}"#;
+        let d: SamplingDefaults = serde_json::from_str(json).unwrap();
+        assert_eq!(d.guidance_for(Task::Denoise), (1.0, 1.5));
+        assert_eq!(d.guidance_for(Task::Keypoints), (6.0, 0.5));
+        // Written back, the table survives; a model without one writes no key.
+        let again: SamplingDefaults =
+            serde_json::from_str(&serde_json::to_string(&d).unwrap()).unwrap();
+        assert_eq!(again, d);
+        let plain = serde_json::to_string(&SamplingDefaults::instructdiffusion()).unwrap();
+        assert!(!plain.contains("task_guidance"), "{plain}");
+    }
+}

@@ -4,12 +4,16 @@
 //!
 //! Colours follow InstructDiffusion's training code (`../shared/reference/NOTES.md`).
 
+pub mod compose;
+
 use rand::Rng;
 
 use crate::data::scene::{c, Color};
 
 /// Every task family the built-in model learns.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Task {
     ReferringSegmentation,
