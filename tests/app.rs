@@ -304,6 +304,34 @@ fn the_task_picker_writes_the_instruction_with_the_models_guidance() {
     assert_eq!((app.settings.text_cfg, app.settings.image_cfg), (7.5, 1.5));
 }
 
+/// After an edit the compare slider shows the source left of its divider; a drag on the image
+/// moves the divider; C toggles it.
+#[test]
+fn the_compare_slider_follows_a_drag() {
+    let mut h = editor();
+    set_steps(&mut h, 1);
+    h.state_mut().prompt = "make it snow".into();
+    h.get_by_label("Run").click();
+    wait(&mut h, "the edit", |a| {
+        matches!(a.activity, Activity::Idle) && !a.session.history.is_empty()
+    });
+    h.run_steps(3); // let the layout settle (the progress bar went away)
+    h.get_by_label("Compare").click();
+    h.run_steps(2);
+    assert!(h.state().compare);
+    let rect = h.state().canvas_rect.expect("the image is drawn");
+    let at = egui::pos2(rect.left() + rect.width() * 0.25, rect.center().y);
+    h.drag_at(at);
+    h.run_steps(1);
+    h.drop_at(at);
+    h.run_steps(2);
+    let split = h.state().compare_split;
+    assert!((split - 0.25).abs() < 0.02, "divider at {split}");
+    h.key_press(egui::Key::C);
+    h.run_steps(2);
+    assert!(!h.state().compare, "C toggles the slider");
+}
+
 #[test]
 fn the_session_survives_a_restart() {
     let dir = util::tempdir();

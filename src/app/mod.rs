@@ -77,6 +77,12 @@ pub struct EditorApp {
     pub notice: Option<Notice>,
     pub show_before: bool,
     pub side_by_side: bool,
+    /// The compare slider: the source left of the divider, the result right of it.
+    pub compare: bool,
+    /// Where the divider is, as a fraction of the image's width.
+    pub compare_split: f32,
+    /// Where the open image was drawn last frame (screen points).
+    pub canvas_rect: Option<egui::Rect>,
     /// Live previews shown since the app started.
     pub previews_received: usize,
     /// How long the latest previews (up to 256) waited between the worker and the UI, in ms.
@@ -141,6 +147,9 @@ impl EditorApp {
             notice: None,
             show_before: false,
             side_by_side: false,
+            compare: false,
+            compare_split: 0.5,
+            canvas_rect: None,
             previews_received: 0,
             preview_waits_ms: vec![],
             show_overlays: true,
@@ -935,7 +944,11 @@ score {:.2}, area {} px",
         if cancel {
             self.cancel();
         }
-        self.show_before = ctx.input(|i| i.key_down(Key::B)) && !ctx.egui_wants_keyboard_input();
+        let typing = ctx.egui_wants_keyboard_input();
+        self.show_before = ctx.input(|i| i.key_down(Key::B)) && !typing;
+        if !typing && ctx.input(|i| i.key_pressed(Key::C) && i.modifiers.is_none()) {
+            self.compare = !self.compare;
+        }
         let pasted = ctx.input(|i| {
             i.events.iter().find_map(|e| match e {
                 egui::Event::PasteImage(img) => Some(img.clone()),
@@ -1172,9 +1185,14 @@ score {:.2}, area {} px",
                 } else {
                     "current (hold B for before)"
                 });
+            self.canvas_rect = Some(shown.rect);
             if !show_source {
                 self.draw_overlays(ui, shown.rect);
-                self.brush_layer(ui, &shown, scale);
+                if self.compare && !editing && self.session.cursor > 0 {
+                    self.compare_layer(ui, &shown);
+                } else {
+                    self.brush_layer(ui, &shown, scale);
+                }
             }
             if editing {
                 if let Some(p) = &self.preview {
@@ -1182,22 +1200,68 @@ score {:.2}, area {} px",
                         .on_hover_text("live preview of the edit");
                 }
             } else if self.side_by_side {
-                if let (None, Some(src)) = (&self.source_tex, &self.session.source) {
-                    let color = ColorImage::from_rgb(
-                        [src.width() as usize, src.height() as usize],
-                        src.as_raw(),
-                    );
-                    let t = ui
-                        .ctx()
-                        .load_texture("source", color, TextureOptions::LINEAR);
-                    self.source_tex = Some(t);
-                }
-                if let Some(t) = &self.source_tex {
-                    ui.add(egui::Image::from_texture((t.id(), size * scale)))
+                if let Some(t) = self.source_texture(ui.ctx()) {
+                    ui.add(egui::Image::from_texture((t, size * scale)))
                         .on_hover_text("source");
                 }
             }
         });
+    }
+
+    /// The source image's texture (made once per opened image).
+    fn source_texture(&mut self, ctx: &egui::Context) -> Option<egui::TextureId> {
+        if let (None, Some(src)) = (&self.source_tex, &self.session.source) {
+            let color =
+                ColorImage::from_rgb([src.width() as usize, src.height() as usize], src.as_raw());
+            self.source_tex = Some(ctx.load_texture("source", color, TextureOptions::LINEAR));
+        }
+        self.source_tex.as_ref().map(|t| t.id())
+    }
+
+    /// The compare slider over the shown result: the source drawn left of the divider; a click
+    /// or a drag on the image moves the divider.
+    fn compare_layer(&mut self, ui: &mut egui::Ui, shown: &egui::Response) {
+        let rect = shown.rect;
+        let r = ui.interact(
+            rect,
+            egui::Id::new("compare_slider"),
+            egui::Sense::click_and_drag(),
+        );
+        if let (true, Some(p)) = (r.clicked() || r.dragged(), r.interact_pointer_pos()) {
+            self.compare_split = ((p.x - rect.left()) / rect.width()).clamp(0.0, 1.0);
+        }
+        let Some(src) = self.source_texture(ui.ctx()) else {
+            return;
+        };
+        let (left, uv) = state::compare_split_rects(rect, self.compare_split);
+        let painter = ui.painter_at(rect);
+        painter.image(src, left, uv, egui::Color32::WHITE);
+        let x = left.right();
+        painter.line_segment(
+            [egui::pos2(x, rect.top()), egui::pos2(x, rect.bottom())],
+            egui::Stroke::new(2.0, egui::Color32::WHITE),
+        );
+        let label = |pos, align, text: &str| {
+            painter.text(
+                pos,
+                align,
+                text,
+                egui::FontId::proportional(12.0),
+                egui::Color32::WHITE,
+            )
+        };
+        label(
+            rect.left_top() + egui::vec2(4.0, 4.0),
+            egui::Align2::LEFT_TOP,
+            "before",
+        );
+        label(
+            rect.right_top() + egui::vec2(-4.0, 4.0),
+            egui::Align2::RIGHT_TOP,
+            "after",
+        );
+        r.on_hover_cursor(egui::CursorIcon::ResizeHorizontal)
+            .on_hover_text("drag: source on the left, result on the right");
     }
 
     fn bottom(&mut self, ui: &mut egui::Ui) {
@@ -1293,6 +1357,9 @@ score {:.2}, area {} px",
                 self.session.redo();
             }
             ui.checkbox(&mut self.side_by_side, "Side by side");
+            ui.checkbox(&mut self.compare, "Compare").on_hover_text(
+                "a slider over the image: the source left of the divider, the result right (C)",
+            );
             ui.checkbox(&mut self.brush, "Brush").on_hover_text("paint where the edit may change the image; outside it the image stays exactly as it is");
             if self.region.is_some() && ui.button("Clear region").clicked() {
                 self.region = None;

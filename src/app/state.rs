@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use eframe::egui;
 use image::RgbImage;
 use serde::{Deserialize, Serialize};
 
@@ -214,9 +215,39 @@ pub enum Activity {
     },
 }
 
+/// The compare slider's geometry: the screen part of `rect` left of the divider at `split`
+/// (a fraction of the width) and the matching texture coordinates of the source.
+pub fn compare_split_rects(rect: egui::Rect, split: f32) -> (egui::Rect, egui::Rect) {
+    let split = split.clamp(0.0, 1.0);
+    let x = rect.left() + rect.width() * split;
+    (
+        egui::Rect::from_min_max(rect.min, egui::pos2(x, rect.bottom())),
+        egui::Rect::from_min_max(egui::pos2(0.0, 0.0), egui::pos2(split, 1.0)),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_compare_divider_shows_that_share_of_the_source() {
+        let rect = egui::Rect::from_min_size(egui::pos2(100.0, 50.0), egui::vec2(200.0, 80.0));
+        let (left, uv) = compare_split_rects(rect, 0.25);
+        assert_eq!(
+            left,
+            egui::Rect::from_min_max(egui::pos2(100.0, 50.0), egui::pos2(150.0, 130.0))
+        );
+        assert_eq!(
+            uv,
+            egui::Rect::from_min_max(egui::pos2(0.0, 0.0), egui::pos2(0.25, 1.0))
+        );
+        assert_eq!(
+            compare_split_rects(rect, 7.0).0,
+            rect,
+            "clamped to the image"
+        );
+    }
 
     fn entry(v: u8) -> Entry {
         let plan = EditPlan {
