@@ -1224,7 +1224,7 @@ score {:.2}, area {} px",
         let rect = shown.rect;
         let r = ui.interact(
             rect,
-            egui::Id::new("compare_slider"),
+            ui.scope_id().with("compare_slider"),
             egui::Sense::click_and_drag(),
         );
         if let (true, Some(p)) = (r.clicked() || r.dragged(), r.interact_pointer_pos()) {
