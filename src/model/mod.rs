@@ -15,6 +15,7 @@ pub mod lora;
 pub mod meta;
 pub mod nn;
 pub mod resnet;
+pub mod shifted_conv;
 pub mod unet;
 pub mod unet_blocks;
 pub mod vae;
