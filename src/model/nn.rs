@@ -404,12 +404,12 @@ impl Conv2d {
                 .broadcast_add(&self.bias)?;
             return out.reshape((b, (), h, w));
         }
-        let tracked = xs.track_op() || self.inner.weight().track_op() || self.bias.track_op();
         let (o, k) = (self.bias.elem_count(), self.kernel);
-        if !tracked && self.stride == 1 && 2 * self.padding + 1 == k && o * k * k <= b * h * w {
-            // Inference: kernel rows of shifted copies, no patch matrix. Each band of rows packs
-            // the weights again, so this pays where they are small beside the input (measured
-            // per layer shape: 0.4-0.8x the im2col time there, up to 3x where they are not).
+        if self.stride == 1 && 2 * self.padding + 1 == k && o * k * k <= b * h * w {
+            // Kernel rows of shifted copies, no patch matrix (forward and backward). Each band
+            // of rows packs the weights again, so this pays where they are small beside the
+            // input (measured per layer shape: 0.4-0.8x the im2col time there, up to 3x where
+            // they are not).
             return super::shifted_conv::conv_same(
                 xs,
                 self.inner.weight(),

@@ -1,5 +1,5 @@
-//! Stride-1 "same" convolutions (odd kernel `k`, padding `(k - 1) / 2`) at inference without a
-//! patch matrix.
+//! Stride-1 "same" convolutions (odd kernel `k`, padding `(k - 1) / 2`) without a patch
+//! matrix, forward and backward.
 //!
 //! With the input zero-padded to rows of `w + k - 1`, the taps of kernel row `ky` are the padded
 //! plane shifted by `ky` rows, so one kernel row is one matrix product of the weights
@@ -8,17 +8,82 @@
 //! end). That builds `k` copies of the input where im2col builds `k^2`, and works on bands of
 //! rows small enough to stay in cache, one band per thread.
 
-use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 /// Bytes of shifted copies one band may hold (per thread).
 const BAND_BYTES: usize = 4 << 20;
 
 /// `conv2d(x, weight, stride 1, padding (k-1)/2) + bias` for contiguous f32 CPU tensors
-/// `x (b, c, h, w)`, `weight (o, c, k, k)`, `bias (o)`; no gradient.
+/// `x (b, c, h, w)`, `weight (o, c, k, k)`, `bias (o)`, with gradients for all three when
+/// any of them is tracked.
 pub fn conv_same(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
-    x.contiguous()?
-        .apply_op3_no_bwd(&weight.contiguous()?, &bias.contiguous()?, &ShiftedConv)
+    let (x, w, b) = (x.contiguous()?, weight.contiguous()?, bias.contiguous()?);
+    if x.track_op() || w.track_op() || b.track_op() {
+        x.apply_op3(&w, &b, ShiftedConv)
+    } else {
+        x.apply_op3_no_bwd(&w, &b, &ShiftedConv)
+    }
+}
+
+/// The bands of output rows the work is split into: `(image, first row, end row)`, each
+/// small enough for the cache (its `k` shifted copies within [`BAND_BYTES`]), at least two per
+/// thread over the batch.
+fn bands(k: usize, c: usize, (b, h, w): (usize, usize, usize)) -> Vec<(usize, usize, usize)> {
+    let threads = candle_core::utils::get_num_threads().max(1);
+    let per_row = k * c * (w + k - 1) * std::mem::size_of::<f32>();
+    let per_image = (2 * threads).div_ceil(b.max(1));
+    let rows = (BAND_BYTES / per_row.max(1))
+        .min(h.div_ceil(per_image))
+        .max(1);
+    (0..b)
+        .flat_map(|bi| {
+            (0..h)
+                .step_by(rows)
+                .map(move |r0| (bi, r0, (r0 + rows).min(h)))
+        })
+        .collect()
+}
+
+/// Input rows `r0 - p .. r1 + p` of image `bi` of `x (b, c, h, w)`, zero-padded to rows of
+/// `wp = w + k - 1`, as `k` copies shifted left by `0..k` columns:
+/// `shifted[kx * c + ci][j] = padded[ci][j + kx]`, each copy `plane = (r1 - r0 + k - 1) * wp`
+/// long. Returns `(shifted, plane)`.
+fn shifted_band(
+    x: &[f32],
+    (c, h, w): (usize, usize, usize),
+    k: usize,
+    (bi, r0, r1): (usize, usize, usize),
+) -> (Vec<f32>, usize) {
+    let p = (k - 1) / 2;
+    let wp = w + 2 * p;
+    let bh = r1 - r0 + 2 * p;
+    let plane = bh * wp;
+    // The padded plane, `k` zeros after it for the last copy's shift.
+    let mut padded = vec![0f32; c * (plane + k)];
+    for ci in 0..c {
+        let src = &x[(bi * c + ci) * h * w..][..h * w];
+        for rr in 0..bh {
+            let Some(iy) = (r0 + rr).checked_sub(p).filter(|&iy| iy < h) else {
+                continue;
+            };
+            padded[ci * (plane + k) + rr * wp + p..][..w].copy_from_slice(&src[iy * w..][..w]);
+        }
+    }
+    // Every element is written: no zero fill first.
+    let mut shifted: Vec<f32> = Vec::with_capacity(k * c * plane);
+    for (j, part) in shifted.spare_capacity_mut()[..k * c * plane]
+        .chunks_exact_mut(plane.max(1))
+        .enumerate()
+    {
+        let (kx, ci) = (j / c, j % c);
+        let from = &padded[ci * (plane + k) + kx..][..plane];
+        // SAFETY: `part` and `from` are `plane` long and do not overlap.
+        unsafe { std::ptr::copy_nonoverlapping(from.as_ptr(), part.as_mut_ptr().cast(), plane) };
+    }
+    // SAFETY: the loop wrote all `k * c * plane` elements.
+    unsafe { shifted.set_len(k * c * plane) };
+    (shifted, plane)
 }
 
 struct ShiftedConv;
@@ -81,51 +146,12 @@ impl CustomOp3 for ShiftedConv {
                 }
             }
         }
-        let threads = candle_core::utils::get_num_threads().max(1);
-        let per_row = k * c * wp * std::mem::size_of::<f32>();
-        // Bands small enough for the cache, and at least two per thread over the batch.
-        let per_image = (2 * threads).div_ceil(b.max(1));
-        let rows = (BAND_BYTES / per_row.max(1))
-            .min(h.div_ceil(per_image))
-            .max(1);
-        let bands: Vec<(usize, usize)> = (0..b)
-            .flat_map(|bi| (0..h).step_by(rows).map(move |r0| (bi, r0)))
-            .collect();
+        let bands = bands(k, c, (b, h, w));
         let mut out: Vec<f32> = Vec::with_capacity(b * o * h * w);
         let dst = Out(out.spare_capacity_mut().as_mut_ptr().cast::<f32>());
-        bands.par_iter().for_each(|&(bi, r0)| {
-            let r1 = (r0 + rows).min(h);
+        bands.par_iter().for_each(|&(bi, r0, r1)| {
+            let (shifted, plane) = shifted_band(x, (c, h, w), k, (bi, r0, r1));
             let nb = r1 - r0;
-            let bh = nb + 2 * p;
-            // The band's padded plane (input rows r0-p .. r1+p), `k - 1` zeros after it.
-            let plane = bh * wp;
-            let mut padded = vec![0f32; c * (plane + k)];
-            for ci in 0..c {
-                let src = &x[(bi * c + ci) * h * w..][..h * w];
-                for rr in 0..bh {
-                    let Some(iy) = (r0 + rr).checked_sub(p).filter(|&iy| iy < h) else {
-                        continue;
-                    };
-                    padded[ci * (plane + k) + rr * wp + p..][..w]
-                        .copy_from_slice(&src[iy * w..][..w]);
-                }
-            }
-            // `shifted[kx][ci] = padded[ci]` shifted left by `kx` (every element written: no
-            // zero fill first, as for `full`, which the first product writes whole).
-            let mut shifted: Vec<f32> = Vec::with_capacity(k * c * plane);
-            for (j, part) in shifted.spare_capacity_mut()[..k * c * plane]
-                .chunks_exact_mut(plane)
-                .enumerate()
-            {
-                let (kx, ci) = (j / c, j % c);
-                let from = &padded[ci * (plane + k) + kx..][..plane];
-                // SAFETY: `part` and `from` are `plane` long and do not overlap.
-                unsafe {
-                    std::ptr::copy_nonoverlapping(from.as_ptr(), part.as_mut_ptr().cast(), plane)
-                };
-            }
-            // SAFETY: the loop wrote all `k * c * plane` elements.
-            unsafe { shifted.set_len(k * c * plane) };
             let n = nb * wp;
             let mut full: Vec<f32> = Vec::with_capacity(o * n);
             for ky in 0..k {
@@ -176,6 +202,131 @@ impl CustomOp3 for ShiftedConv {
         unsafe { out.set_len(b * o * h * w) };
         Ok((CpuStorage::F32(out), Shape::from((b, o, h, w))))
     }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        _bias: &Tensor,
+        _res: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (_, c, _, _) = x.dims4()?;
+        let k = weight.dim(2)?;
+        let dy = dy.detach().contiguous()?;
+        // The input's gradient is the same-size convolution of `dy` with the kernels
+        // transposed (in <-> out) and turned half a turn.
+        let rev = Tensor::from_vec((0..k as u32).rev().collect::<Vec<_>>(), k, weight.device())?;
+        let turned = weight
+            .detach()
+            .index_select(&rev, 2)?
+            .index_select(&rev, 3)?
+            .transpose(0, 1)?;
+        let zero = Tensor::zeros(c, dy.dtype(), dy.device())?;
+        let dx = conv_same(&dy, &turned, &zero)?;
+        let dw = x.detach().apply_op2_no_bwd(&dy, &WeightGrad { k })?;
+        let db = dy.sum((0, 2, 3))?;
+        Ok((Some(dx), Some(dw), Some(db)))
+    }
+}
+
+/// The kernels' gradient of a same-size convolution with `k x k` kernels:
+/// `(x (b, c, h, w), dy (b, o, h, w))` -> `(o, c, k, k)`. Per band and kernel row `ky`:
+/// `dy (o, n)` (zero in the garbage columns) times the shifted copies read from row `ky`,
+/// transposed `(n, k*c)`; the bands' sums are added.
+struct WeightGrad {
+    k: usize,
+}
+
+impl CustomOp2 for WeightGrad {
+    fn name(&self) -> &'static str {
+        "conv-same-weight-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ds: &CpuStorage,
+        dl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = super::nn::contiguous_f32(xs, xl, "conv input")?;
+        let dy = super::nn::contiguous_f32(ds, dl, "conv output gradient")?;
+        let (b, c, h, w) = xl.shape().dims4()?;
+        let (b2, o, h2, w2) = dl.shape().dims4()?;
+        if (b2, h2, w2) != (b, h, w) {
+            candle_core::bail!(
+                "conv-same gradient: input {:?}, dy {:?}",
+                xl.dims(),
+                dl.dims()
+            )
+        }
+        let k = self.k;
+        let wp = w + k - 1;
+        let kc = k * c;
+        let sums: Vec<Vec<f32>> = bands(k, c, (b, h, w))
+            .par_iter()
+            .map(|&(bi, r0, r1)| {
+                let (shifted, plane) = shifted_band(x, (c, h, w), k, (bi, r0, r1));
+                let n = (r1 - r0) * wp;
+                let mut g = vec![0f32; o * n];
+                for co in 0..o {
+                    for (j, row) in g[co * n..][..n].chunks_exact_mut(wp).enumerate() {
+                        row[..w].copy_from_slice(&dy[((bi * o + co) * h + r0 + j) * w..][..w]);
+                    }
+                }
+                let mut acc: Vec<f32> = Vec::with_capacity(k * o * kc);
+                for ky in 0..k {
+                    // SAFETY: `acc` holds `k` blocks of `o x kc`, written whole (`read_dst`
+                    // false); `g` is `o x n`; the shifted copies are read at
+                    // `kk * plane + ky * wp + j` with `j < n`, inside `plane`.
+                    unsafe {
+                        gemm::gemm(
+                            o,
+                            kc,
+                            n,
+                            acc.spare_capacity_mut()
+                                .as_mut_ptr()
+                                .cast::<f32>()
+                                .add(ky * o * kc),
+                            1,
+                            kc as isize,
+                            false,
+                            g.as_ptr(),
+                            1,
+                            n as isize,
+                            shifted.as_ptr().add(ky * wp),
+                            plane as isize,
+                            1,
+                            1.0,
+                            1.0,
+                            false,
+                            false,
+                            false,
+                            gemm::Parallelism::None,
+                        )
+                    }
+                }
+                // SAFETY: the `k` products wrote all `k * o * kc` elements.
+                unsafe { acc.set_len(k * o * kc) };
+                acc
+            })
+            .collect();
+        let mut dw = vec![0f32; o * c * k * k];
+        for acc in &sums {
+            for co in 0..o {
+                for ci in 0..c {
+                    for ky in 0..k {
+                        for kx in 0..k {
+                            dw[((co * c + ci) * k + ky) * k + kx] +=
+                                acc[(ky * o + co) * kc + kx * c + ci];
+                        }
+                    }
+                }
+            }
+        }
+        Ok((CpuStorage::F32(dw), Shape::from((o, c, k, k))))
+    }
 }
 
 #[cfg(test)]
@@ -209,6 +360,45 @@ mod tests {
                 "{:?}",
                 (b, c, o, h, w, k)
             );
+        }
+    }
+
+    /// The gradients of input, kernels and bias equal candle's convolution's.
+    #[test]
+    fn gradients_equal_candles() {
+        let dev = Device::Cpu;
+        for (b, c, o, h, w, k) in [(2, 3, 4, 6, 5, 3), (1, 2, 3, 4, 4, 1), (3, 8, 5, 17, 9, 3)] {
+            let vars = [
+                candle_core::Var::randn(0f32, 1.0, (b, c, h, w), &dev).unwrap(),
+                candle_core::Var::randn(0f32, 1.0, (o, c, k, k), &dev).unwrap(),
+                candle_core::Var::randn(0f32, 1.0, o, &dev).unwrap(),
+            ];
+            // A loss that weighs every output differently.
+            let mix = Tensor::randn(0f32, 1.0, (b, o, h, w), &dev).unwrap();
+            let grads = |y: Tensor| (y * &mix).unwrap().sum_all().unwrap().backward().unwrap();
+            let (x, wt, bias) = (
+                vars[0].as_tensor(),
+                vars[1].as_tensor(),
+                vars[2].as_tensor(),
+            );
+            let want = grads(
+                x.conv2d(wt, (k - 1) / 2, 1, 1, 1)
+                    .unwrap()
+                    .broadcast_add(&bias.reshape((1, o, 1, 1)).unwrap())
+                    .unwrap(),
+            );
+            let got = grads(conv_same(x, wt, bias).unwrap());
+            for v in &vars {
+                let (g, e) = (got.get(v).unwrap(), want.get(v).unwrap());
+                let diff = (g - e).unwrap().abs().unwrap().max_all().unwrap();
+                let diff = diff.to_scalar::<f32>().unwrap();
+                assert!(
+                    diff < 1e-3,
+                    "{diff} for {:?} at {:?}",
+                    v.dims(),
+                    (b, c, o, h, w, k)
+                );
+            }
         }
     }
 }
