@@ -4,6 +4,7 @@
 # Needs (Debian): xvfb mesa-vulkan-drivers libvulkan1 x11-apps xdotool; python3.
 #
 #   tools/screenshot.sh [OUT.png]
+#   TARGET="cyan circle" tools/screenshot.sh   # the instruction written by the task picker
 set -eu
 OUT=${1:-assets/screenshot.png}
 BIN=${BIN:-target/release/instructdiffusion}
@@ -18,6 +19,18 @@ HOME=$(mktemp -d) "$BIN" "$IMAGE" --model builtin --prompt "$PROMPT" &
 APP=$!
 trap 'kill $APP $XVFB 2>/dev/null || true' EXIT
 sleep "${LOAD_WAIT:-20}"
+# With TARGET set: the task picker writes the instruction (Segment, blue; the model's guidance
+# for segmentation) from that target, typed into its field.
+if [ -n "${TARGET:-}" ]; then
+    # No window manager runs: give the window the keyboard focus by hand.
+    xdotool search --name instructdiffusion windowfocus
+    xdotool mousemove ${TARGET_AT:-200 416} click 1
+    sleep 1
+    xdotool type --delay 50 "$TARGET"
+    sleep 1
+    xdotool mousemove ${WRITE_AT:-64 462} click 1
+    sleep 2
+fi
 # Click Run (its place in the 1280x800 layout; RUN_AT overrides).
 xdotool mousemove ${RUN_AT:-1119 710} click 1
 sleep "${EDIT_WAIT:-30}"

@@ -1340,7 +1340,7 @@ score {:.2}, area {} px",
             };
             ui.add(egui::ProgressBar::new(frac).text(text));
         }
-        ui.horizontal(|ui| {
+        ui.horizontal_wrapped(|ui| {
             ui.label(format!("History ({}):", self.session.history.len()));
             if ui
                 .add_enabled(self.session.can_undo(), egui::Button::new("Undo"))
