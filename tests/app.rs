@@ -305,9 +305,9 @@ fn the_task_picker_writes_the_instruction_with_the_models_guidance() {
 }
 
 /// After an edit the compare slider shows the source left of its divider; a drag on the image
-/// moves the divider; C toggles it.
+/// moves the divider; C toggles it. Then the result's seed and settings are reused.
 #[test]
-fn the_compare_slider_follows_a_drag() {
+fn the_compare_slider_follows_a_drag_and_a_result_is_reused() {
     let mut h = editor();
     set_steps(&mut h, 1);
     h.state_mut().prompt = "make it snow".into();
@@ -330,6 +330,21 @@ fn the_compare_slider_follows_a_drag() {
     h.key_press(egui::Key::C);
     h.run_steps(2);
     assert!(!h.state().compare, "C toggles the slider");
+    // A result's seed and settings are reused from its context menu.
+    h.state_mut().prompt.clear();
+    h.state_mut().settings.steps = 9;
+    h.get_by_label("1: make it snow").click_secondary();
+    h.run_steps(2);
+    h.get_by_label("Reuse instruction and settings").click();
+    h.run_steps(2);
+    let app = h.state();
+    let plan = &app.session.history[0].plan;
+    assert_eq!(app.prompt, "make it snow");
+    assert_eq!((app.settings.seed, app.settings.steps), (plan.seed, 1));
+    assert_eq!(
+        app.settings.seed_mode,
+        instructdiffusion::app::state::SeedMode::Fixed
+    );
 }
 
 #[test]

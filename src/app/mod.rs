@@ -1399,6 +1399,7 @@ score {:.2}, area {} px",
                     }
                 }
             }
+            let mut reuse = None;
             for (i, e) in self.session.history.iter().enumerate() {
                 let label = format!(
                     "{}: {}",
@@ -1406,16 +1407,37 @@ score {:.2}, area {} px",
                     e.plan.prompt.chars().take(24).collect::<String>()
                 );
                 let selected = self.session.cursor == i + 1;
-                if ui
+                let r = ui
                     .selectable_label(selected, label)
                     .on_hover_text(format!(
-                        "{} | seed {} | {} steps | {:.1} s",
-                        e.plan.prompt, e.plan.seed, e.plan.steps, e.seconds
-                    ))
-                    .clicked()
-                {
+                        "{} | seed {} | {} steps | guidance {} / {} | {:.1} s (right-click to reuse)",
+                        e.plan.prompt, e.plan.seed, e.plan.steps, e.plan.text_cfg, e.plan.image_cfg, e.seconds
+                    ));
+                if r.clicked() {
                     self.session.cursor = i + 1;
                 }
+                r.context_menu(|ui| {
+                    if ui.button("Reuse seed").clicked() {
+                        reuse = Some((e.plan.clone(), false));
+                    }
+                    if ui
+                        .button("Reuse instruction and settings")
+                        .on_hover_text("prompt, seed, steps, guidance, sampler")
+                        .clicked()
+                    {
+                        reuse = Some((e.plan.clone(), true));
+                    }
+                });
+            }
+            if let Some((plan, everything)) = reuse {
+                let prompt = self.settings.reuse(&plan, everything);
+                if everything {
+                    self.prompt = prompt;
+                }
+                self.notice = Some(Notice {
+                    text: format!("seed {} fixed for the next run", plan.seed),
+                    error: false,
+                });
             }
         });
         ui.separator();

@@ -110,6 +110,20 @@ impl Settings {
         self.prompt_history.truncate(50);
     }
 
+    /// Takes a result's seed (fixed from now on, so the next run repeats it) and, with
+    /// `everything`, its steps, guidance, sampler and formula too. Returns its prompt.
+    pub fn reuse(&mut self, plan: &EditPlan, everything: bool) -> String {
+        self.seed = plan.seed;
+        self.seed_mode = SeedMode::Fixed;
+        if everything {
+            self.steps = plan.steps;
+            (self.text_cfg, self.image_cfg) = (plan.text_cfg, plan.image_cfg);
+            self.sampler = plan.sampler;
+            self.guidance = plan.guidance;
+        }
+        plan.prompt.clone()
+    }
+
     pub fn remember_file(&mut self, path: PathBuf) {
         remember(&mut self.recent_files, path);
     }
@@ -229,6 +243,28 @@ pub fn compare_split_rects(rect: egui::Rect, split: f32) -> (egui::Rect, egui::R
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_results_seed_or_all_its_settings_are_reused() {
+        let plan = entry(1).plan;
+        let mut s = Settings::default();
+        s.reuse(&plan, false);
+        assert_eq!((s.seed, s.seed_mode), (plan.seed, SeedMode::Fixed));
+        assert_eq!(s.steps, Settings::default().steps, "only the seed");
+        let mut r = s.next_request("again", 1);
+        assert_eq!(r.seed, Some(plan.seed), "the next run repeats it");
+        let prompt = s.reuse(&plan, true);
+        r = s.next_request(&prompt, 1);
+        assert_eq!(
+            (r.prompt.as_str(), r.steps, r.text_cfg, r.image_cfg),
+            (
+                plan.prompt.as_str(),
+                Some(plan.steps),
+                Some(plan.text_cfg),
+                Some(plan.image_cfg)
+            )
+        );
+    }
 
     #[test]
     fn the_compare_divider_shows_that_share_of_the_source() {
