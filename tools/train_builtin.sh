@@ -5,6 +5,10 @@
 #
 #   tools/train_builtin.sh            # train (or resume) both phases
 #   tools/train_builtin.sh ship       # copy the trained model into models/builtin
+#
+# After shipping, measure and record this model's guidance per task family (its card's table):
+#   instructdiffusion eval --model builtin --per-task 20 --seed 1 \
+#       --grid 1:1.25,2.5:1.25,5:1.25,7.5:1.5,6:0.5 --save-guidance
 set -eu
 RUNS=${RUNS:-runs}
 BIN=${BIN:-target/release/instructdiffusion}
