@@ -236,6 +236,17 @@ fn mask_instructions_are_decoded_shown_and_exported() {
         .contains("no masks or keypoints"));
 }
 
+fn click(h: &mut Harness<'static, EditorApp>, label: &str) {
+    h.get_by_label(label).click();
+    h.run_steps(2);
+}
+
+/// Chooses a recipe in the task picker's combo box.
+fn pick_recipe(h: &mut Harness<'static, EditorApp>, label: &str) {
+    click(h, "Task");
+    click(h, label);
+}
+
 /// The task picker writes a well-formed instruction from its fields and sets the guidance the
 /// loaded model recommends for that family (its own table over the official recipe).
 #[test]
@@ -253,18 +264,14 @@ fn the_task_picker_writes_the_instruction_with_the_models_guidance() {
         dir.path().join("session"),
         &model,
     );
-    h.get_by_label("Task").click();
-    h.run_steps(2);
-    h.get_by_label("Keypoints").click();
-    h.run_steps(2);
+    pick_recipe(&mut h, "Keypoints");
     assert_eq!(
         h.state().settings.recipe,
         instructdiffusion::tasks::compose::Recipe::Keypoints
     );
     // An empty target is named, and nothing is overwritten.
     h.state_mut().prompt = "my own words".into();
-    h.get_by_label("Write instruction").click();
-    h.run_steps(2);
+    click(&mut h, "Write instruction");
     assert!(h
         .state()
         .notice
@@ -281,8 +288,7 @@ fn the_task_picker_writes_the_instruction_with_the_models_guidance() {
     h.run_steps(2);
     h.get_by_label("+ keypoint").click();
     h.run_steps(2);
-    h.get_by_label("Write instruction").click();
-    h.run_steps(2);
+    click(&mut h, "Write instruction");
     let app = h.state();
     assert_eq!(
         app.prompt,
@@ -290,12 +296,8 @@ fn the_task_picker_writes_the_instruction_with_the_models_guidance() {
     );
     assert_eq!((app.settings.text_cfg, app.settings.image_cfg), (3.0, 0.75));
     // A family the model has no value for takes the official recipe.
-    h.get_by_label("Task").click();
-    h.run_steps(2);
-    h.get_by_label("Segment").click();
-    h.run_steps(2);
-    h.get_by_label("Write instruction").click();
-    h.run_steps(2);
+    pick_recipe(&mut h, "Segment");
+    click(&mut h, "Write instruction");
     let app = h.state();
     assert_eq!(
         app.prompt,

@@ -88,6 +88,47 @@ fn shifted_band(
 
 struct ShiftedConv;
 
+/// A matrix as its first element and its (row, column) strides, in elements.
+type Mat<P> = (P, isize, isize);
+
+/// `dst (m x n) = [dst +] lhs (m x k) * rhs (k x n)` on this thread.
+///
+/// # Safety
+/// Every element the shapes and strides reach must lie inside its matrix's buffer, and `dst`
+/// must not overlap the others.
+unsafe fn product(
+    (m, n, k): (usize, usize, usize),
+    dst: Mat<*mut f32>,
+    accumulate: bool,
+    lhs: Mat<*const f32>,
+    rhs: Mat<*const f32>,
+) {
+    // SAFETY: the caller's contract above is gemm's.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.0,
+            dst.2,
+            dst.1,
+            accumulate,
+            lhs.0,
+            lhs.2,
+            lhs.1,
+            rhs.0,
+            rhs.2,
+            rhs.1,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    }
+}
+
 /// A pointer the band tasks write through; each writes rows no other task writes.
 #[derive(Clone, Copy)]
 struct Out(*mut f32);
@@ -159,26 +200,12 @@ impl CustomOp3 for ShiftedConv {
                 // `ky` spans `kc`; `shifted` row `kx*c+ci` reads `ky*wp .. ky*wp + n <= plane`;
                 // `full` is `o x n`.
                 unsafe {
-                    gemm::gemm(
-                        o,
-                        n,
-                        kc,
-                        full.spare_capacity_mut().as_mut_ptr().cast::<f32>(),
-                        1,
-                        n as isize,
+                    product(
+                        (o, n, kc),
+                        (full.spare_capacity_mut().as_mut_ptr().cast(), n as isize, 1),
                         ky > 0,
-                        lhs.as_ptr().add(ky * o * kc),
-                        1,
-                        kc as isize,
-                        shifted.as_ptr().add(ky * wp),
-                        1,
-                        plane as isize,
-                        1.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
+                        (lhs.as_ptr().add(ky * o * kc), kc as isize, 1),
+                        (shifted.as_ptr().add(ky * wp), plane as isize, 1),
                     )
                 }
             }
@@ -281,29 +308,19 @@ impl CustomOp2 for WeightGrad {
                     // false); `g` is `o x n`; the shifted copies are read at
                     // `kk * plane + ky * wp + j` with `j < n`, inside `plane`.
                     unsafe {
-                        gemm::gemm(
-                            o,
-                            kc,
-                            n,
-                            acc.spare_capacity_mut()
-                                .as_mut_ptr()
-                                .cast::<f32>()
-                                .add(ky * o * kc),
-                            1,
-                            kc as isize,
+                        product(
+                            (o, kc, n),
+                            (
+                                acc.spare_capacity_mut()
+                                    .as_mut_ptr()
+                                    .cast::<f32>()
+                                    .add(ky * o * kc),
+                                kc as isize,
+                                1,
+                            ),
                             false,
-                            g.as_ptr(),
-                            1,
-                            n as isize,
-                            shifted.as_ptr().add(ky * wp),
-                            plane as isize,
-                            1,
-                            1.0,
-                            1.0,
-                            false,
-                            false,
-                            false,
-                            gemm::Parallelism::None,
+                            (g.as_ptr(), n as isize, 1),
+                            (shifted.as_ptr().add(ky * wp), 1, plane as isize),
                         )
                     }
                 }
