@@ -900,8 +900,9 @@ fn run_eval(args: &EvalArgs) -> anyhow::Result<()> {
     }
     bar.finish_and_clear();
     if let Some(path) = &args.json {
+        // One report, or with --grid one per setting (an array, however many).
         let json = match reports.as_slice() {
-            [one] => serde_json::to_string_pretty(one)?,
+            [one] if args.grid.is_empty() => serde_json::to_string_pretty(one)?,
             all => serde_json::to_string_pretty(all)?,
         };
         imageio::write_atomic(path, json.as_bytes())?;

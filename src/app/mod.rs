@@ -1086,9 +1086,9 @@ score {:.2}, area {} px",
         s.resolution = s.resolution / 64 * 64;
         ui.separator();
         ui.heading("Write an instruction");
-        let defaults = self.model_defaults.clone();
+        let defaults = &self.model_defaults;
         let s = &mut self.settings;
-        let guidance = |task: Task| match &defaults {
+        let guidance = |task: Task| match defaults {
             Some(d) => d.guidance_for(task),
             None => task.guidance(),
         };
