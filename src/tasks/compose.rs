@@ -167,7 +167,12 @@ pub fn compose(recipe: Recipe, f: &Fields) -> Result<String, String> {
     let mut values: Vec<(&str, String)> = vec![];
     for field in recipe.fields() {
         match field {
-            Field::Target => values.push(("target", with_article(&need(&f.target, "the target")?))),
+            Field::Target => {
+                // A class asked about is indefinite ("if there is a cat"), a target definite.
+                let definite = recipe != Recipe::Classify;
+                let target = with_article(&need(&f.target, "the target")?, definite);
+                values.push(("target", target))
+            }
             Field::Color => values.push(("color", need(&f.color, "the colour")?)),
             Field::Kind => values.push(("kind", need(&f.kind, "the shape or object")?)),
             Field::Place => values.push(("place", need(&f.place, "the place")?)),
@@ -210,8 +215,9 @@ pub fn compose(recipe: Recipe, f: &Fields) -> Result<String, String> {
     Ok(fill(template, &pairs))
 }
 
-/// "cat" -> "the cat"; a target that already starts with a determiner keeps it.
-fn with_article(target: &str) -> String {
+/// "cat" -> "the cat" (or, not `definite`, "a cat"); a target that already starts with a
+/// determiner keeps it.
+fn with_article(target: &str, definite: bool) -> String {
     const DETERMINERS: [&str; 14] = [
         "the", "a", "an", "all", "every", "each", "this", "that", "these", "those", "his", "her",
         "its", "their",
@@ -223,8 +229,12 @@ fn with_article(target: &str) -> String {
         .to_lowercase();
     if DETERMINERS.contains(&first.as_str()) {
         target.to_string()
-    } else {
+    } else if definite {
         format!("the {target}")
+    } else if first.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        format!("an {target}")
+    } else {
+        format!("a {target}")
     }
 }
 
@@ -274,6 +284,9 @@ mod tests {
         assert!(compose(Recipe::Part, &fields("cat"))
             .unwrap()
             .contains("the nose of the cat"));
+        assert!(compose(Recipe::Classify, &fields("owl"))
+            .unwrap()
+            .starts_with("If there is an owl in the image"));
     }
 
     /// Every trained recipe's instruction is one the generator could have written: the template
