@@ -57,6 +57,17 @@ fn wait(h: &mut Harness<'static, EditorApp>, what: &str, done: impl Fn(&EditorAp
     }
 }
 
+/// Runs `prompt` on the open image and waits for its result, the layout settled after (the
+/// progress bar goes away).
+fn first_edit(h: &mut Harness<'static, EditorApp>, prompt: &str) {
+    h.state_mut().prompt = prompt.into();
+    h.get_by_label("Run").click();
+    wait(h, "the edit", |a| {
+        matches!(a.activity, Activity::Idle) && !a.session.history.is_empty()
+    });
+    h.run_steps(3);
+}
+
 fn set_steps(h: &mut Harness<'static, EditorApp>, steps: usize) {
     let s = &mut h.state_mut().settings;
     s.steps = steps;
@@ -189,12 +200,7 @@ fn a_bad_model_is_reported_and_the_app_keeps_its_state() {
 fn mask_instructions_are_decoded_shown_and_exported() {
     let mut h = editor();
     set_steps(&mut h, 2);
-    h.state_mut().prompt = "Apply a blue semi-transparent mask to the cat".into();
-    h.get_by_label("Run").click();
-    wait(&mut h, "the edit", |a| {
-        matches!(a.activity, Activity::Idle) && !a.session.history.is_empty()
-    });
-    h.run_steps(3);
+    first_edit(&mut h, "Apply a blue semi-transparent mask to the cat");
     let decoded = h.state().session.history[0]
         .decoded
         .clone()
@@ -312,12 +318,7 @@ fn the_task_picker_writes_the_instruction_with_the_models_guidance() {
 fn the_compare_slider_follows_a_drag_and_a_result_is_reused() {
     let mut h = editor();
     set_steps(&mut h, 1);
-    h.state_mut().prompt = "make it snow".into();
-    h.get_by_label("Run").click();
-    wait(&mut h, "the edit", |a| {
-        matches!(a.activity, Activity::Idle) && !a.session.history.is_empty()
-    });
-    h.run_steps(3); // let the layout settle (the progress bar went away)
+    first_edit(&mut h, "make it snow");
     h.get_by_label("Compare").click();
     h.run_steps(2);
     assert!(h.state().compare);
