@@ -45,6 +45,19 @@ fn bands(k: usize, c: usize, (b, h, w): (usize, usize, usize)) -> Vec<(usize, us
         .collect()
 }
 
+/// `f` over the bands, in parallel; on a thread running one share of a split batch
+/// ([`candle_core::utils::serial`]), in turn, so the share stays on its thread.
+fn map_bands<T: Send>(
+    bands: &[(usize, usize, usize)],
+    f: impl Fn((usize, usize, usize)) -> T + Sync,
+) -> Vec<T> {
+    if candle_core::utils::is_serial() {
+        bands.iter().map(|&band| f(band)).collect()
+    } else {
+        bands.par_iter().map(|&band| f(band)).collect()
+    }
+}
+
 /// Input rows `r0 - p .. r1 + p` of image `bi` of `x (b, c, h, w)`, zero-padded to rows of
 /// `wp = w + k - 1`, as `k` copies shifted left by `0..k` columns:
 /// `shifted[kx * c + ci][j] = padded[ci][j + kx]`, each copy `plane = (r1 - r0 + k - 1) * wp`
@@ -190,7 +203,7 @@ impl CustomOp3 for ShiftedConv {
         let bands = bands(k, c, (b, h, w));
         let mut out: Vec<f32> = Vec::with_capacity(b * o * h * w);
         let dst = Out(out.spare_capacity_mut().as_mut_ptr().cast::<f32>());
-        bands.par_iter().for_each(|&(bi, r0, r1)| {
+        map_bands(&bands, |(bi, r0, r1)| {
             let (shifted, plane) = shifted_band(x, (c, h, w), k, (bi, r0, r1));
             let nb = r1 - r0;
             let n = nb * wp;
@@ -291,44 +304,41 @@ impl CustomOp2 for WeightGrad {
         let k = self.k;
         let wp = w + k - 1;
         let kc = k * c;
-        let sums: Vec<Vec<f32>> = bands(k, c, (b, h, w))
-            .par_iter()
-            .map(|&(bi, r0, r1)| {
-                let (shifted, plane) = shifted_band(x, (c, h, w), k, (bi, r0, r1));
-                let n = (r1 - r0) * wp;
-                let mut g = vec![0f32; o * n];
-                for co in 0..o {
-                    for (j, row) in g[co * n..][..n].chunks_exact_mut(wp).enumerate() {
-                        row[..w].copy_from_slice(&dy[((bi * o + co) * h + r0 + j) * w..][..w]);
-                    }
+        let sums: Vec<Vec<f32>> = map_bands(&bands(k, c, (b, h, w)), |(bi, r0, r1)| {
+            let (shifted, plane) = shifted_band(x, (c, h, w), k, (bi, r0, r1));
+            let n = (r1 - r0) * wp;
+            let mut g = vec![0f32; o * n];
+            for co in 0..o {
+                for (j, row) in g[co * n..][..n].chunks_exact_mut(wp).enumerate() {
+                    row[..w].copy_from_slice(&dy[((bi * o + co) * h + r0 + j) * w..][..w]);
                 }
-                let mut acc: Vec<f32> = Vec::with_capacity(k * o * kc);
-                for ky in 0..k {
-                    // SAFETY: `acc` holds `k` blocks of `o x kc`, written whole (`read_dst`
-                    // false); `g` is `o x n`; the shifted copies are read at
-                    // `kk * plane + ky * wp + j` with `j < n`, inside `plane`.
-                    unsafe {
-                        product(
-                            (o, kc, n),
-                            (
-                                acc.spare_capacity_mut()
-                                    .as_mut_ptr()
-                                    .cast::<f32>()
-                                    .add(ky * o * kc),
-                                kc as isize,
-                                1,
-                            ),
-                            false,
-                            (g.as_ptr(), n as isize, 1),
-                            (shifted.as_ptr().add(ky * wp), 1, plane as isize),
-                        )
-                    }
+            }
+            let mut acc: Vec<f32> = Vec::with_capacity(k * o * kc);
+            for ky in 0..k {
+                // SAFETY: `acc` holds `k` blocks of `o x kc`, written whole (`read_dst`
+                // false); `g` is `o x n`; the shifted copies are read at
+                // `kk * plane + ky * wp + j` with `j < n`, inside `plane`.
+                unsafe {
+                    product(
+                        (o, kc, n),
+                        (
+                            acc.spare_capacity_mut()
+                                .as_mut_ptr()
+                                .cast::<f32>()
+                                .add(ky * o * kc),
+                            kc as isize,
+                            1,
+                        ),
+                        false,
+                        (g.as_ptr(), n as isize, 1),
+                        (shifted.as_ptr().add(ky * wp), 1, plane as isize),
+                    )
                 }
-                // SAFETY: the `k` products wrote all `k * o * kc` elements.
-                unsafe { acc.set_len(k * o * kc) };
-                acc
-            })
-            .collect();
+            }
+            // SAFETY: the `k` products wrote all `k * o * kc` elements.
+            unsafe { acc.set_len(k * o * kc) };
+            acc
+        });
         let mut dw = vec![0f32; o * c * k * k];
         for acc in &sums {
             for co in 0..o {
