@@ -58,8 +58,9 @@ impl candle_nn::var_builder::SimpleBackend for Handover {
     }
 }
 
-/// A model with seeded random weights in a named architecture.
-pub fn random_model(arch: &str, device: &Device) -> anyhow::Result<Model> {
+/// A model with seeded random weights in a named architecture, computing in `dtype`. The
+/// weights are drawn on the host, so every device gets the same model.
+pub fn random_model(arch: &str, device: &Device, dtype: DType) -> anyhow::Result<Model> {
     let (unet_cfg, vae_cfg, clip_cfg) = match arch {
         "sd15" => (
             UNetConfig::sd15_instruct(),
@@ -99,7 +100,7 @@ pub fn random_model(arch: &str, device: &Device) -> anyhow::Result<Model> {
     // would hold the originals of the transposed linear weights until the end (1 GB at SD 1.5).
     let vb = VarBuilder::from_backend(
         Box::new(Handover(std::sync::Mutex::new(tensors))),
-        DType::F32,
+        dtype,
         device.clone(),
     );
     let unet = UNet2DConditionModel::new(&unet_cfg, None, vb.pp("unet"))?;
@@ -113,7 +114,7 @@ pub fn random_model(arch: &str, device: &Device) -> anyhow::Result<Model> {
         scheduler: SchedulerConfig::default(),
         defaults: SamplingDefaults::instructdiffusion(),
         device: device.clone(),
-        dtype: DType::F32,
+        dtype,
         source: format!("random {arch}"),
         notes: vec![],
     })
@@ -170,6 +171,7 @@ pub fn train_step(
     time(
         &format!("train step, batch {batch} (unet + text encoder)"),
         repeats,
+        device,
         || {
             // As the trainer runs it: one share of the batch per thread on this narrow model.
             let input = Tensor::cat(&[&noisy, &source], 1)?;
@@ -204,18 +206,25 @@ pub struct Report {
     pub threads: String,
     pub rows: Vec<Row>,
     pub peak_memory_bytes: Option<u64>,
+    /// The whole-edit row's result (the last run), for comparing devices.
+    #[serde(skip)]
+    pub edited: Option<image::RgbImage>,
 }
 
+/// Times `f`; on a GPU each run waits for the device's queued work before the clock stops.
 fn time(
     name: &str,
     repeats: usize,
+    dev: &Device,
     mut f: impl FnMut() -> anyhow::Result<()>,
 ) -> anyhow::Result<Row> {
     f()?; // warm-up, not counted
+    dev.synchronize()?;
     let mut runs = Vec::with_capacity(repeats);
     for _ in 0..repeats {
         let t0 = Instant::now();
         f()?;
+        dev.synchronize()?;
         runs.push(t0.elapsed().as_secs_f64());
     }
     let mut sorted = runs.clone();
@@ -244,12 +253,12 @@ pub fn run(
     let prompt = "turn the cat into a tiger";
     let dev = &model.device;
     let mut rows = Vec::new();
-    rows.push(time("text encode (2 prompts)", repeats, || {
+    rows.push(time("text encode (2 prompts)", repeats, dev, || {
         pipeline::condition_text(model, prompt)?;
         Ok(())
     })?);
     let pixels = pipeline::image_to_tensor(&image, dev, model.dtype)?;
-    rows.push(time("vae encode", repeats, || {
+    rows.push(time("vae encode", repeats, dev, || {
         model.vae.encode_mean(&pixels)?;
         Ok(())
     })?);
@@ -264,12 +273,13 @@ pub fn run(
     rows.push(time(
         "unet step, 3-way guidance (batch 3)",
         repeats,
+        dev,
         || {
             guided.denoise(&x, 1.5)?;
             Ok(())
         },
     )?);
-    rows.push(time("vae decode", repeats, || {
+    rows.push(time("vae decode", repeats, dev, || {
         pipeline::decode(model, &x)?;
         Ok(())
     })?);
@@ -283,13 +293,18 @@ pub fn run(
         ..Default::default()
     };
     let plan = req.validate(model)?;
+    let mut edited = None;
     rows.push(time(
         &format!("whole edit, {edit_steps} euler steps"),
         repeats,
+        dev,
         || {
-            pipeline::edit(model, &image, &plan, None, &mut |_| {
+            let outcome = pipeline::edit(model, &image, &plan, None, &mut |_| {
                 std::ops::ControlFlow::Continue(())
             })?;
+            if let pipeline::EditOutcome::Done(done) = outcome {
+                edited = Some(done.image);
+            }
             Ok(())
         },
     )?);
@@ -307,6 +322,7 @@ pub fn run(
         threads,
         rows,
         peak_memory_bytes: crate::support::peak_memory_bytes(),
+        edited,
     })
 }
 
@@ -361,7 +377,7 @@ pub fn decode(dir: &std::path::Path, repeats: usize) -> anyhow::Result<DecodeRep
     ] {
         let pairs: Vec<_> = (0..8).map(|s| quality::example(&base, kind, s)).collect();
         let mut i = 0;
-        rows.push(time(name, repeats.max(8), || {
+        rows.push(time(name, repeats.max(8), &Device::Cpu, || {
             let (answer, parsed) = &pairs[i % pairs.len()];
             i += 1;
             crate::decode::decode(&base, answer, parsed)?;

@@ -88,6 +88,9 @@ pub struct BenchArgs {
     /// the model (`--edit-steps` steps), headless.
     #[arg(long, value_name = "IMAGE")]
     pub ui: Option<PathBuf>,
+    /// Also save the whole-edit row's result here (PNG), to compare devices or precisions.
+    #[arg(long, value_name = "PNG")]
+    pub save_edit: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -1002,7 +1005,11 @@ fn run_bench(args: &BenchArgs) -> anyhow::Result<()> {
         anyhow::bail!("--resolution must be a positive multiple of 64 and --repeats at least 1");
     }
     let model = match &args.random {
-        Some(arch) => crate::bench::random_model(arch, &parse_device(&args.model.device)?)?,
+        Some(arch) => crate::bench::random_model(
+            arch,
+            &parse_device(&args.model.device)?,
+            parse_dtype(&args.model.dtype)?,
+        )?,
         None => load_model(&args.model)?,
     };
     let mut report = crate::bench::run(
@@ -1024,6 +1031,9 @@ fn run_bench(args: &BenchArgs) -> anyhow::Result<()> {
     eprint!("{}", crate::bench::table(&report));
     if let Some(path) = &args.json {
         imageio::write_atomic(path, serde_json::to_string_pretty(&report)?.as_bytes())?;
+    }
+    if let (Some(path), Some(image)) = (&args.save_edit, &report.edited) {
+        imageio::save(image, path, &[])?;
     }
     Ok(())
 }

@@ -460,20 +460,32 @@ fn edit_works_on_every_layout() {
 fn bench_reports_every_stage() {
     let tmp = tempdir();
     let json = tmp.path().join("bench.json");
-    let o = run_bin(&[
-        "bench",
-        "--random",
-        "tiny",
-        "--resolution",
-        "64",
-        "--repeats",
-        "1",
-        "--edit-steps",
-        "1",
-        "--json",
-        json.to_str().unwrap(),
-    ]);
+    let bench = |edited: &Path| {
+        run_bin(&[
+            "bench",
+            "--random",
+            "tiny",
+            "--resolution",
+            "64",
+            "--repeats",
+            "1",
+            "--edit-steps",
+            "1",
+            "--json",
+            json.to_str().unwrap(),
+            "--save-edit",
+            edited.to_str().unwrap(),
+        ])
+    };
+    let (first, second) = (tmp.path().join("a.png"), tmp.path().join("b.png"));
+    let o = bench(&first);
     assert!(o.status.success(), "{}", stderr(&o));
+    // The edit it timed is saved, and the same seeded model and noise give the same pixels
+    // again (what comparing a CUDA run with a CPU run relies on).
+    let a = image::open(&first).unwrap().to_rgb8();
+    assert_eq!(a.dimensions(), (64, 64));
+    assert!(bench(&second).status.success());
+    assert_eq!(a, image::open(&second).unwrap().to_rgb8());
     let r: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let names: Vec<&str> = r["rows"]

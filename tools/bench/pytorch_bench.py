@@ -4,6 +4,7 @@ the same architecture, timed the same way (one warm-up, then REPEATS runs, media
 With `--ours report.json` (from `instructdiffusion bench --json`) it prints ours / PyTorch per row.
 
     venv/bin/python tools/bench/pytorch_bench.py --arch sd15 --resolution 256 --ours ours.json
+    python3 tools/bench/pytorch_bench.py --device cuda --dtype f16 --resolution 512 --ours ours.json
 
 PyTorch is the anchor of the comparison, not a dependency of the product or of CI.
 """
@@ -37,12 +38,19 @@ TINY = (
 )
 
 
+def sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def timed(name, repeats, fn):
     fn()
+    sync()
     runs = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
+        sync()
         runs.append(time.perf_counter() - t0)
     return {"name": name, "runs_s": runs, "median_s": statistics.median(runs), "min_s": min(runs), "max_s": max(runs)}
 
@@ -76,6 +84,17 @@ def train_step(tok, latent, batch, repeats):
     return timed(f"train step, batch {batch} (unet + text encoder)", repeats, step)
 
 
+class Cast:
+    """The UNet in its own dtype, its output back in float32 for the sampler's arithmetic."""
+
+    def __init__(self, inner, dtype):
+        self.inner, self.dtype = inner, dtype
+
+    def __call__(self, x, t, cond):
+        cast = {k: [v[0].to(self.dtype)] for k, v in cond.items()}
+        return self.inner(x.to(self.dtype), t, cast).float()
+
+
 @torch.no_grad()
 def main():
     ap = argparse.ArgumentParser()
@@ -84,47 +103,58 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--edit-steps", type=int, default=4)
     ap.add_argument("--ours", type=pathlib.Path)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--dtype", choices=["f32", "f16"], default="f32", help="weights and activations (f16 for GPUs)")
     a = ap.parse_args()
+    dev = torch.device(a.device)
+    dt = torch.float16 if a.dtype == "f16" else torch.float32
     cfgs = (F.SD15_UNET, F.SD15_VAE, F.SD15_CLIP) if a.arch == "sd15" else TINY
-    unet = UNet2DConditionModel(**cfgs[0]).eval()
-    vae = AutoencoderKL(**cfgs[1]).eval()
-    clip = CLIPTextModel(CLIPTextConfig(**cfgs[2])).eval()
+    unet = UNet2DConditionModel(**cfgs[0]).eval().to(dev, dt)
+    vae = AutoencoderKL(**cfgs[1]).eval().to(dev, dt)
+    clip = CLIPTextModel(CLIPTextConfig(**cfgs[2])).eval().to(dev, dt)
     tok = CLIPTokenizer.from_pretrained(F.SHARED / "tokenizers/clip-vit-large-patch14")
+    ids = lambda text: F.tokenize(tok, text).to(dev)  # noqa: E731
     prompt = "turn the cat into a tiger"
     n = a.resolution
-    px = torch.rand((1, 3, n, n)) * 2 - 1
+    px = (torch.rand((1, 3, n, n)) * 2 - 1).to(dev, dt)
     rows = []
-    rows.append(timed("text encode (2 prompts)", a.repeats, lambda: (clip(F.tokenize(tok, prompt)), clip(F.tokenize(tok, "")))))
+    rows.append(timed("text encode (2 prompts)", a.repeats, lambda: (clip(ids(prompt)), clip(ids("")))))
     rows.append(timed("vae encode", a.repeats, lambda: vae.encode(px).latent_dist.mode()))
-    c_text = clip(F.tokenize(tok, prompt)).last_hidden_state
-    u_text = clip(F.tokenize(tok, "")).last_hidden_state
+    c_text = clip(ids(prompt)).last_hidden_state
+    u_text = clip(ids("")).last_hidden_state
     mean = vae.encode(px).latent_dist.mode()
-    den = K.DiscreteEpsDDPMDenoiser(F.CompVisLike(unet), F.alphas_cumprod(), quantize=False)
+    # The schedule's sigmas are float32 buffers; the UNet sees its own dtype (as diffusers casts).
+    den = K.DiscreteEpsDDPMDenoiser(Cast(F.CompVisLike(unet), dt), F.alphas_cumprod(), quantize=False).to(dev)
     wrap = F.CFGInstructDiffusion(den)
     cond = {"c_crossattn": [c_text], "c_concat": [mean]}
     uncond = {"c_crossattn": [u_text], "c_concat": [torch.zeros_like(mean)]}
-    x = torch.randn(mean.shape)
+    x = torch.randn(mean.shape, device=dev, dtype=dt)
     extra = dict(cond=cond, uncond=uncond, text_cfg_scale=5.0, image_cfg_scale=1.25)
-    rows.append(timed("unet step, 3-way guidance (batch 3)", a.repeats, lambda: wrap(x, torch.tensor([1.5]), **extra)))
+    sigma = torch.tensor([1.5], device=dev)
+    rows.append(timed("unet step, 3-way guidance (batch 3)", a.repeats, lambda: wrap(x, sigma, **extra)))
     scale = vae.config.scaling_factor
     rows.append(timed("vae decode", a.repeats, lambda: vae.decode(x / scale).sample))
 
     def whole_edit():
-        c = clip(F.tokenize(tok, prompt)).last_hidden_state
-        u = clip(F.tokenize(tok, "")).last_hidden_state
+        c = clip(ids(prompt)).last_hidden_state
+        u = clip(ids("")).last_hidden_state
         m = vae.encode(px).latent_dist.mode()
         sig = den.get_sigmas(a.edit_steps)
-        z = K.sample_euler(wrap, torch.randn(m.shape) * sig[0], sig, extra_args=dict(
+        z = K.sample_euler(wrap, torch.randn(m.shape, device=dev) * sig[0], sig, extra_args=dict(
             cond={"c_crossattn": [c], "c_concat": [m]}, uncond={"c_crossattn": [u], "c_concat": [torch.zeros_like(m)]},
             text_cfg_scale=5.0, image_cfg_scale=1.25))
-        vae.decode(z / scale)
+        vae.decode((z / scale).to(dt))
 
     rows.append(timed(f"whole edit, {a.edit_steps} euler steps", a.repeats, whole_edit))
     if a.arch == "tiny":
         rows.append(train_step(tok, n // 4, 8, a.repeats))
     import resource  # Linux: ru_maxrss in KiB
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    print(f"pytorch {torch.__version__}, {torch.get_num_threads()} threads, {a.arch}, {n}x{n} px, peak memory {peak:.2f} GiB")
+    where = f"{torch.get_num_threads()} threads"
+    if dev.type == "cuda":
+        gpu = torch.cuda.max_memory_allocated() / 2**30
+        where = f"{torch.cuda.get_device_name()}, {a.dtype}, peak GPU memory allocated {gpu:.2f} GiB"
+    print(f"pytorch {torch.__version__}, {where}, {a.arch}, {n}x{n} px, peak memory {peak:.2f} GiB")
     ours = {r["name"]: r for r in json.loads(a.ours.read_text())["rows"]} if a.ours else {}
     print(f"{'stage':<40} {'pytorch s':>10} {'ours s':>10} {'ours/pt':>8}")
     for r in rows:
