@@ -3,11 +3,11 @@
 # CPU result (same seeded noise, euler), then timings against diffusers on the same GPU.
 #
 # Run where a CUDA GPU, its driver and PyTorch (with diffusers) are present. It does not build:
-# BIN must be a binary built with `--features cuda` (see "Building for CUDA" in the README;
-# `tools/gpu_check.sh build` does that here with the toolkit from PyPI). Writes everything under
-# OUT (default ./gpu-check).
+# BIN must be a binary built with `--features cuda` (README, "On a GPU"; `tools/gpu_check.sh
+# build` does that here with the toolkit from PyPI). BIN_CUDNN, when it names a binary built with
+# `--features cudnn`, is checked and timed too. Writes everything under OUT (default ./gpu-check).
 #
-#   tools/gpu_check.sh build              # here: a stripped CUDA binary in .dev/instructdiffusion
+#   tools/gpu_check.sh build [cuda|cudnn] # here: a stripped binary in .dev/instructdiffusion[-cudnn]
 #   BIN=.dev/instructdiffusion OUT=/tmp/gpu tools/gpu_check.sh
 #
 # Parity rows compare 8-bit results: `max` and `mean` absolute difference in levels of 255.
@@ -15,6 +15,9 @@ set -u
 here=$(cd "$(dirname "$0")/.." && pwd)
 
 if [ "${1:-}" = build ]; then
+    features=${2:-cuda}
+    name=instructdiffusion
+    [ "$features" = cuda ] || name=instructdiffusion-$features
     # The CUDA 13.0 compiler, runtime and headers from PyPI (no system toolkit needed to build).
     tk=${CUDA_TOOLKIT:-$here/.dev/cuda}
     if [ ! -x "$tk/nvidia/cu13/bin/nvcc" ]; then
@@ -28,13 +31,14 @@ if [ "${1:-}" = build ]; then
     fi
     cu=$tk/nvidia/cu13
     cd "$here" && PATH=$cu/bin:$PATH CUDA_HOME=$cu CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-90} \
-        LIBRARY_PATH=$cu/lib CUDARC_CUDA_VERSION=13000 cargo build --release --features cuda || exit 1
-    mkdir -p .dev && strip -o .dev/instructdiffusion target/release/instructdiffusion || exit 1
-    ls -la .dev/instructdiffusion
+        LIBRARY_PATH=$cu/lib CUDARC_CUDA_VERSION=13000 cargo build --release --features "$features" || exit 1
+    mkdir -p .dev && strip -o ".dev/$name" target/release/instructdiffusion || exit 1
+    ls -la ".dev/$name"
     exit 0
 fi
 
 BIN=${BIN:-$here/.dev/instructdiffusion}
+BIN_CUDNN=${BIN_CUDNN:-}
 OUT=${OUT:-$here/gpu-check}
 mkdir -p "$OUT"
 cd "$here" || exit 1
@@ -43,7 +47,8 @@ log() { echo "== $*"; }
 # The CUDA libraries the binary opens at run time (cuBLAS, NVRTC, cuRAND, the runtime): the
 # toolkit's, else PyTorch's wheels'.
 libs=$(find /usr/local/cuda*/lib64 /opt /usr/lib/python3* /usr/local/lib/python3* \
-    \( -name 'libcublas.so*' -o -name 'libnvrtc.so*' -o -name 'libcurand.so*' -o -name 'libcudart.so*' \) \
+    \( -name 'libcublas.so*' -o -name 'libnvrtc.so*' -o -name 'libcurand.so*' -o -name 'libcudart.so*' \
+    -o -name 'libcudnn.so*' \) \
     2>/dev/null | xargs -r -n1 dirname | sort -u | tr '\n' ':')
 export LD_LIBRARY_PATH="${libs}${LD_LIBRARY_PATH:-}"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu.txt"
@@ -97,6 +102,11 @@ log "parity: SD 1.5-size random weights, 256 px, 4 euler steps, cpu vs cuda f32 
     --save-edit "$OUT/sd15-cuda-f16.png" 2>&1 | tail -1
 compare "sd15 256 px, cuda f32" "$OUT/sd15-cpu.png" "$OUT/sd15-cuda.png"
 compare "sd15 256 px, cuda f16" "$OUT/sd15-cpu.png" "$OUT/sd15-cuda-f16.png"
+if [ -x "$BIN_CUDNN" ]; then
+    "$BIN_CUDNN" bench --random sd15 --device cuda --resolution 256 --repeats 1 --edit-steps 4 \
+        --save-edit "$OUT/sd15-cudnn.png" 2>&1 | tail -1
+    compare "sd15 256 px, cuDNN f32" "$OUT/sd15-cpu.png" "$OUT/sd15-cudnn.png"
+fi
 
 for case in 512-f16 512-f32 256-f16; do
     res=${case%-*} dt=${case#*-}
@@ -106,6 +116,11 @@ for case in 512-f16 512-f32 256-f16; do
     with_memory "diffusers-$case" python3 tools/bench/pytorch_bench.py --device cuda --dtype $dt \
         --resolution $res --repeats 5 --edit-steps 20 --ours "$OUT/ours-$case.json" 2>&1 |
         tee "$OUT/ratio-$case.txt" | tail -8
+    if [ -x "$BIN_CUDNN" ]; then
+        log "timing: the same with cuDNN convolutions"
+        with_memory "cudnn-$case" "$BIN_CUDNN" bench --random sd15 --device cuda --dtype $dt \
+            --resolution $res --repeats 5 --edit-steps 20 --json "$OUT/cudnn-$case.json" 2>&1 | tail -8
+    fi
 done
 
 log "timing: the built-in model on cuda f32"
