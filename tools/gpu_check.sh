@@ -44,7 +44,7 @@ mkdir -p "$OUT"
 cd "$here" || exit 1
 log() { echo "== $*"; }
 
-# The CUDA libraries the binary opens at run time (cuBLAS, NVRTC, cuRAND, the runtime): the
+# The CUDA libraries the binary opens at run time (cuBLAS, NVRTC, cuRAND, cuDNN, the runtime): the
 # toolkit's, else PyTorch's wheels'.
 libs=$(find /usr/local/cuda*/lib64 /opt /usr/lib/python3* /usr/local/lib/python3* \
     \( -name 'libcublas.so*' -o -name 'libnvrtc.so*' -o -name 'libcurand.so*' -o -name 'libcudart.so*' \
