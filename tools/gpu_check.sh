@@ -117,7 +117,7 @@ for case in 512-f16 512-f32 256-f16; do
         --resolution $res --repeats 5 --edit-steps 20 --ours "$OUT/ours-$case.json" 2>&1 |
         tee "$OUT/ratio-$case.txt" | tail -8
     if [ -x "$BIN_CUDNN" ]; then
-        log "timing: the same with cuDNN convolutions"
+        log "timing: the same with cuDNN convolutions (against the diffusers rows above)"
         with_memory "cudnn-$case" "$BIN_CUDNN" bench --random sd15 --device cuda --dtype $dt \
             --resolution $res --repeats 5 --edit-steps 20 --json "$OUT/cudnn-$case.json" 2>&1 | tail -8
     fi
