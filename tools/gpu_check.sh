@@ -10,6 +10,9 @@
 #   tools/gpu_check.sh build [cuda|cudnn] # here: a stripped binary in .dev/instructdiffusion[-cudnn]
 #   BIN=.dev/instructdiffusion OUT=/tmp/gpu tools/gpu_check.sh
 #
+# CASES picks the timing rows (default "512-f16 512-f32 256-f16"; resolution-dtype), for a short run
+# on a GPU lent for minutes.
+#
 # Parity rows compare 8-bit results: `max` and `mean` absolute difference in levels of 255.
 set -u
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -108,7 +111,7 @@ if [ -x "$BIN_CUDNN" ]; then
     compare "sd15 256 px, cuDNN f32" "$OUT/sd15-cpu.png" "$OUT/sd15-cudnn.png"
 fi
 
-for case in 512-f16 512-f32 256-f16; do
+for case in ${CASES:-512-f16 512-f32 256-f16}; do
     res=${case%-*} dt=${case#*-}
     log "timing: SD 1.5 $res px $dt, ours then diffusers (20-step edit, 5 repeats)"
     with_memory "ours-$case" "$BIN" bench --random sd15 --device cuda --dtype $dt --resolution $res \
