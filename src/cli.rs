@@ -132,6 +132,10 @@ pub struct TrainArgs {
     pub batch: Option<usize>,
     #[arg(long)]
     pub lr: Option<f64>,
+    /// Cosine learning-rate decay from this step to 0 at --steps (default: none, constant
+    /// after the warmup). A resumed run may add it to finish a long run.
+    #[arg(long)]
+    pub lr_decay_from: Option<usize>,
     /// Steps between checkpoints.
     #[arg(long)]
     pub checkpoint_every: Option<usize>,
@@ -614,6 +618,7 @@ fn run_train(cmd: &TrainCommand) -> anyhow::Result<()> {
             plan.steps = a.steps.unwrap_or(plan.steps);
             plan.batch = a.batch.unwrap_or(plan.batch);
             plan.optim.lr = a.lr.unwrap_or(plan.optim.lr);
+            plan.optim.decay = a.lr_decay_from.map(|from| [from, plan.steps]);
             plan.checkpoint_every = a.checkpoint_every.unwrap_or(plan.checkpoint_every).max(1);
             vae::train(&plan, &device, &mut on_event)
         }
@@ -643,6 +648,7 @@ fn run_train(cmd: &TrainCommand) -> anyhow::Result<()> {
                 plan.tasks = parse_task_weights(&a.tasks)?;
             }
             plan.optim.lr = a.lr.unwrap_or(plan.optim.lr);
+            plan.optim.decay = a.lr_decay_from.map(|from| [from, plan.steps]);
             plan.checkpoint_every = a.checkpoint_every.unwrap_or(plan.checkpoint_every).max(1);
             let (unet, clip) = match &a.base {
                 Some(base) => edit::base_configs(base)?,

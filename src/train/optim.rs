@@ -17,6 +17,10 @@ pub struct AdamWConfig {
     pub weight_decay: f64,
     /// Steps of linear learning-rate warmup from 0.
     pub warmup_steps: usize,
+    /// Cosine learning-rate decay `[from, to]`: the full rate until step `from`, then down to
+    /// 0 at step `to` (the end of the run). None: constant after the warmup.
+    #[serde(default)]
+    pub decay: Option<[usize; 2]>,
     /// Clip the global gradient norm to this (0 disables).
     pub max_grad_norm: f64,
     /// EMA decay (the official 0.9999); the effective decay ramps up as `(1+t)/(10+t)`.
@@ -32,6 +36,7 @@ impl Default for AdamWConfig {
             eps: 1e-8,
             weight_decay: 0.01,
             warmup_steps: 500,
+            decay: None,
             max_grad_norm: 1.0,
             ema_decay: 0.9999,
         }
@@ -239,11 +244,19 @@ impl AdamW {
     /// The learning rate at the current step.
     pub fn lr(&self) -> f64 {
         let w = self.cfg.warmup_steps;
-        if w == 0 || self.step >= w {
-            self.cfg.lr
+        let warm = if w == 0 || self.step >= w {
+            1.0
         } else {
-            self.cfg.lr * (self.step + 1) as f64 / w as f64
-        }
+            (self.step + 1) as f64 / w as f64
+        };
+        let decay = match self.cfg.decay {
+            Some([from, to]) if self.step >= from => {
+                let t = (self.step - from) as f64 / to.saturating_sub(from).max(1) as f64;
+                0.5 * (1.0 + (std::f64::consts::PI * t.min(1.0)).cos())
+            }
+            _ => 1.0,
+        };
+        self.cfg.lr * warm * decay
     }
 
     /// Applies one update from `grads`. Variables without a gradient are an error: every
@@ -449,6 +462,28 @@ mod tests {
                 assert!((p - q).abs() <= 2e-7 * q.abs().max(1e-3), "{p} vs {q}");
             }
         }
+        Ok(())
+    }
+
+    #[test]
+    fn cosine_decay_runs_from_the_full_rate_to_zero() -> Result<()> {
+        let var = Var::new(&[0.0f32; 2], &Device::Cpu)?;
+        let cfg = AdamWConfig {
+            lr: 2.0,
+            warmup_steps: 0,
+            decay: Some([10, 20]),
+            ..Default::default()
+        };
+        let mut opt = AdamW::new(vec![("w".into(), var)], cfg)?;
+        let mut at = |step| {
+            opt.step = step;
+            opt.lr()
+        };
+        assert_eq!(at(0), 2.0);
+        assert_eq!(at(10), 2.0, "the decay starts at its first step");
+        assert!((at(15) - 1.0).abs() < 1e-12, "half way: half the rate");
+        assert!(at(19) < 0.05 && at(19) > 0.0);
+        assert!(at(20).abs() < 1e-12 && at(25).abs() < 1e-12);
         Ok(())
     }
 
