@@ -14,7 +14,8 @@ RUNS=${RUNS:-runs}
 BIN=${BIN:-target/release/instructdiffusion}
 VAE_STEPS=${VAE_STEPS:-1500}       # encoder and decoder
 DECODER_STEPS=${DECODER_STEPS:-6000} # then the decoder alone (total step count)
-EDIT_STEPS=${EDIT_STEPS:-40000}
+DECAY_FROM=${DECAY_FROM:-38000}   # the edit step at which the learning rate starts to decay
+EDIT_STEPS=${EDIT_STEPS:-42000}   # ... to 0 here
 POOL=${POOL:-4096}
 POOL_LATER=${POOL_LATER:-16384}
 POOL_SWITCH=${POOL_SWITCH:-10250}  # the edit step at which the pool grew
@@ -50,4 +51,9 @@ wait
 # seeds), with both cores on the edit phase: the trainer runs one share of each batch per thread
 # on this narrow model (~1.6 -> 2.95 steps/s; the run had one thread until step 11750).
 CANDLE_NUM_THREADS=2 "$BIN" train edit --out "$RUNS/edit" --vae "$RUNS/vae/vae" \
-    --pool "$POOL_LATER" --batch 8 --lr 3e-4 --steps "$EDIT_STEPS" --checkpoint-every 250 --log-every 20
+    --pool "$POOL_LATER" --batch 8 --lr 3e-4 --steps "$DECAY_FROM" --checkpoint-every 250 --log-every 20
+
+# Phase 4: the learning rate decays (cosine) to 0 over the last steps.
+CANDLE_NUM_THREADS=2 "$BIN" train edit --out "$RUNS/edit" --vae "$RUNS/vae/vae" \
+    --pool "$POOL_LATER" --batch 8 --lr 3e-4 --steps "$EDIT_STEPS" --lr-decay-from "$DECAY_FROM" \
+    --checkpoint-every 250 --log-every 20
