@@ -117,6 +117,11 @@ pub struct TrainArgs {
     /// (everything else frozen; the merged model and the adapters alone are written).
     #[arg(long)]
     pub lora_rank: Option<usize>,
+    /// Phase `edit` with --base: the base folder's unet/config.json describes a grown
+    /// architecture (e.g. a DownBlock2D made a CrossAttnDownBlock2D): take the weights the base
+    /// has, start the new attention blocks as the identity, and train it all.
+    #[arg(long)]
+    pub grow: bool,
     /// Phase `edit`: what the UNet predicts, `epsilon` or `v` (default: v from scratch, the
     /// base's with --base; a run resumes only with the one it started with).
     #[arg(long)]
@@ -639,6 +644,10 @@ fn run_train(cmd: &TrainCommand) -> anyhow::Result<()> {
                 };
             }
             plan.base = a.base.clone();
+            if a.grow && a.base.is_none() {
+                anyhow::bail!("--grow grows a base model: pass --base");
+            }
+            plan.grow = a.grow;
             plan.data = a.data.clone();
             plan.lora_rank = a.lora_rank.unwrap_or(0);
             plan.steps = a.steps.unwrap_or(plan.steps);

@@ -562,3 +562,56 @@ fn decoder_only_keeps_the_encoder_exactly() {
     }
     assert!(same > 0 && moved > 0, "{same} frozen, {moved} trained");
 }
+
+/// `--grow`: a base whose UNet config gains cross-attention at its third level trains from the
+/// base's weights, the new transformer blocks start as the identity (their output projections
+/// at zero), and the grown model, as exported, computes what the base did.
+#[test]
+fn a_grown_architecture_starts_as_its_base() {
+    let tmp = tempdir();
+    let grown = tmp.path().join("grown");
+    copy_dir(&tiny().join("diffusers"), &grown);
+    let config = grown.join("unet/config.json");
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    json["down_block_types"][2] = "CrossAttnDownBlock2D".into();
+    json["up_block_types"][0] = "CrossAttnUpBlock2D".into();
+    std::fs::write(&config, json.to_string()).unwrap();
+
+    let (base, _, _, mut plan) = fine_tune_plan(&tmp.path().join("run"));
+    let (unet, clip) = edit::base_configs(&grown).unwrap();
+    plan.base = Some(grown.clone());
+    plan.pool = 4;
+    plan.steps = 1;
+    plan.checkpoint_every = 1;
+    plan.sample_edits = 0;
+    plan.optim.lr = 0.0;
+    plan.optim.warmup_steps = 0;
+    let never = std::sync::atomic::AtomicBool::new(false);
+    let err = edit::train(&plan, &unet, &clip, &Device::Cpu, &never, &mut |_| {}).unwrap_err();
+    assert!(err.to_string().contains("--grow"), "without --grow: {err}");
+
+    plan.grow = true;
+    edit::train(&plan, &unet, &clip, &Device::Cpu, &never, &mut |_| {}).unwrap();
+    let saved = state(&plan.out);
+    let new = &saved["param/unet.down_blocks.2.attentions.0.proj_out.weight"];
+    assert_eq!(max_diff(new, &new.zeros_like().unwrap()), 0.0);
+
+    let model = |dir: &Path| load::load(&ModelSource::Diffusers(dir.into()), Default::default());
+    let (before, after) = (
+        model(&base).unwrap(),
+        model(&plan.out.join("model")).unwrap(),
+    );
+    let x = Tensor::randn(0f32, 1.0, (1, 8, 8, 8), &Device::Cpu).unwrap();
+    let context = Tensor::randn(0f32, 1.0, (1, 77, 8), &Device::Cpu).unwrap();
+    let t = Tensor::new(&[500f32], &Device::Cpu).unwrap();
+    let (a, b) = (
+        before.unet.forward(&x, &t, &context).unwrap(),
+        after.unet.forward(&x, &t, &context).unwrap(),
+    );
+    let (diff, scale) = (max_diff(&a, &b), max_diff(&a, &a.zeros_like().unwrap()));
+    assert!(
+        diff <= 1e-3 * scale,
+        "the grown model computes what the base did: {diff} (outputs up to {scale})"
+    );
+}

@@ -41,6 +41,12 @@ pub struct EditPlan {
     /// scratch). Its configs replace the ones passed to [`train`].
     #[serde(default)]
     pub base: Option<PathBuf>,
+    /// With `base`: the architecture may add to the base's (its `unet/config.json` edited, e.g.
+    /// a `DownBlock2D` made a `CrossAttnDownBlock2D`). Weights the base has are taken, new ones
+    /// keep their initialisation, and the new transformer blocks' output projections start at
+    /// zero, so the grown model first computes exactly what the base did.
+    #[serde(default)]
+    pub grow: bool,
     /// A dataset folder (`metadata.jsonl`) to train on instead of the generator.
     #[serde(default)]
     pub data: Option<PathBuf>,
@@ -93,6 +99,7 @@ pub fn default_plan(out: PathBuf, vae: PathBuf) -> EditPlan {
         out,
         vae,
         base: None,
+        grow: false,
         data: None,
         steps: 40_000,
         batch: 8,
@@ -413,7 +420,8 @@ pub fn train(
             .into());
         }
     }
-    let mut opt = super::start(&varmap, plan.seed, &plan.optim, &ckpt, base.as_ref())?;
+    let grow = plan.grow && plan.lora_rank == 0;
+    let mut opt = super::start(&varmap, plan.seed, &plan.optim, &ckpt, base.as_ref(), grow)?;
     drop(base);
     let acp: Vec<f64> = alphas_cumprod(&SchedulerConfig::default());
     let spec = |source| PoolSpec {

@@ -268,13 +268,26 @@ pub fn start(
     cfg: &optim::AdamWConfig,
     ckpt: &checkpoint::Checkpoint,
     base: Option<&std::collections::HashMap<String, Tensor>>,
+    grow: bool,
 ) -> Result<optim::AdamW, TrainError> {
     init_weights(varmap, seed)?;
     if let Some(base) = base {
+        let mut taken = 0;
         for (name, var) in varmap.data().lock().expect("varmap lock").iter() {
-            let t = base.get(name).ok_or_else(|| {
-                anyhow::anyhow!("the base model has no weight '{name}': is it this kind of model?")
-            })?;
+            let Some(t) = base.get(name) else {
+                if !grow {
+                    return Err(anyhow::anyhow!(
+                        "the base model has no weight '{name}': is it this kind of model? (--grow trains an architecture grown from the base's)"
+                    )
+                    .into());
+                }
+                // A new transformer block adds `proj_out(...)` to its input: zero makes it
+                // the identity, so the grown model starts as the base.
+                if name.contains(".attentions.") && name.contains(".proj_out.") {
+                    var.set(&var.as_tensor().zeros_like()?)?;
+                }
+                continue;
+            };
             if t.dims() != var.dims() {
                 return Err(anyhow::anyhow!(
                     "the base model's '{name}' is {:?}, the model being trained needs {:?}",
@@ -284,6 +297,13 @@ pub fn start(
                 .into());
             }
             var.set(&t.to_dtype(var.dtype())?)?;
+            taken += 1;
+        }
+        if taken == 0 {
+            return Err(anyhow::anyhow!(
+                "the base model shares no weight with the model being trained"
+            )
+            .into());
         }
     }
     let mut opt = optim::AdamW::over(varmap, cfg.clone())?;

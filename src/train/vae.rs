@@ -164,7 +164,7 @@ pub fn train(
     let varmap = VarMap::new();
     let vae = AutoencoderKL::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, device))?;
     let ckpt = Checkpoint::new(&plan.out.join("checkpoint"));
-    let mut opt = super::start(&varmap, plan.seed, &plan.optim, &ckpt, None)?;
+    let mut opt = super::start(&varmap, plan.seed, &plan.optim, &ckpt, None, false)?;
     if plan.decoder_only {
         opt.freeze(is_encoder_weight)?;
     }
