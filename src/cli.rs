@@ -644,8 +644,10 @@ fn run_train(cmd: &TrainCommand) -> anyhow::Result<()> {
                 };
             }
             plan.base = a.base.clone();
-            if a.grow && a.base.is_none() {
-                anyhow::bail!("--grow grows a base model: pass --base");
+            if a.grow && (a.base.is_none() || a.lora_rank.is_some()) {
+                anyhow::bail!(
+                    "--grow fine-tunes a base model in full: pass --base, without --lora-rank"
+                );
             }
             plan.grow = a.grow;
             plan.data = a.data.clone();

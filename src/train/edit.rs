@@ -420,8 +420,14 @@ pub fn train(
             .into());
         }
     }
-    let grow = plan.grow && plan.lora_rank == 0;
-    let mut opt = super::start(&varmap, plan.seed, &plan.optim, &ckpt, base.as_ref(), grow)?;
+    let mut opt = super::start(
+        &varmap,
+        plan.seed,
+        &plan.optim,
+        &ckpt,
+        base.as_ref(),
+        plan.grow,
+    )?;
     drop(base);
     let acp: Vec<f64> = alphas_cumprod(&SchedulerConfig::default());
     let spec = |source| PoolSpec {
