@@ -563,6 +563,16 @@ fn run_synth(args: &SynthArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `--lr-decay-from FROM` as the optimizer's `[from, to]`, checked against the run's length.
+fn decay_until(from: Option<usize>, steps: usize) -> anyhow::Result<Option<[usize; 2]>> {
+    match from {
+        Some(from) if from >= steps => anyhow::bail!(
+            "--lr-decay-from {from} is not before --steps {steps}: the decay runs from that step to the last"
+        ),
+        other => Ok(other.map(|from| [from, steps])),
+    }
+}
+
 fn run_train(cmd: &TrainCommand) -> anyhow::Result<()> {
     use crate::train::{edit, vae, TrainEvent};
     let device = Device::Cpu;
@@ -623,7 +633,7 @@ fn run_train(cmd: &TrainCommand) -> anyhow::Result<()> {
             plan.steps = a.steps.unwrap_or(plan.steps);
             plan.batch = a.batch.unwrap_or(plan.batch);
             plan.optim.lr = a.lr.unwrap_or(plan.optim.lr);
-            plan.optim.decay = a.lr_decay_from.map(|from| [from, plan.steps]);
+            plan.optim.decay = decay_until(a.lr_decay_from, plan.steps)?;
             plan.checkpoint_every = a.checkpoint_every.unwrap_or(plan.checkpoint_every).max(1);
             vae::train(&plan, &device, &mut on_event)
         }
@@ -659,7 +669,7 @@ fn run_train(cmd: &TrainCommand) -> anyhow::Result<()> {
                 plan.tasks = parse_task_weights(&a.tasks)?;
             }
             plan.optim.lr = a.lr.unwrap_or(plan.optim.lr);
-            plan.optim.decay = a.lr_decay_from.map(|from| [from, plan.steps]);
+            plan.optim.decay = decay_until(a.lr_decay_from, plan.steps)?;
             plan.checkpoint_every = a.checkpoint_every.unwrap_or(plan.checkpoint_every).max(1);
             let (unet, clip) = match &a.base {
                 Some(base) => edit::base_configs(base)?,
