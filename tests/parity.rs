@@ -113,6 +113,25 @@ fn check_unet(model: &Model, g: &Goldens) {
     assert_close!(out, golden(g, "unet.out"), COMPONENT_TOL, "unet");
 }
 
+/// A UNet with diffusers' `only_cross_attention` in one block (its first attention attends to
+/// the text), loaded from its diffusers folder in a copy of the tiny model.
+#[test]
+fn only_cross_attention_unet_matches_diffusers() {
+    let fixture = fixtures().join("only-cross");
+    let tmp = tempdir();
+    let dir = tmp.path().join("model");
+    copy_dir(&tiny().join("diffusers"), &dir);
+    std::fs::remove_dir_all(dir.join("unet")).unwrap();
+    copy_dir(&fixture.join("unet"), &dir.join("unet"));
+    let model = instructdiffusion::model::load::load(
+        &instructdiffusion::model::load::ModelSource::Diffusers(dir),
+        Default::default(),
+    )
+    .unwrap();
+    assert_eq!(model.unet.config.only_cross_attention, [true, false, false]);
+    check_unet(&model, &goldens(&fixture));
+}
+
 /// Runs every sampler under both guidance formulas from the reference's initial noise (and
 /// its recorded ancestral noise) and compares the final latent and the decoded pixels with the
 /// reference's: InstructDiffusion's and InstructPix2Pix's `edit_cli.py` with k-diffusion.

@@ -154,6 +154,7 @@ fn micro_training_learns_and_exports_a_loadable_model() {
         layers_per_block: 1,
         attention_heads: vec![2, 2],
         cross_attention_dim: 8,
+        only_cross_attention: vec![false; 2],
         norm_num_groups: 4,
         norm_eps: 1e-5,
         use_linear_projection: false,

@@ -92,11 +92,14 @@ impl Module for FeedForward {
     }
 }
 
-/// Self-attention, cross-attention and feed-forward, each pre-normed and residual.
+/// Self-attention, cross-attention and feed-forward, each pre-normed and residual. With
+/// `only_cross_attention` (diffusers' flag) the first attention attends to the text instead of
+/// the image's own tokens: two cross-attentions, and no attention from every cell to every cell.
 #[derive(Debug, Clone)]
 pub struct BasicTransformerBlock {
     norm1: LayerNorm,
     attn1: CrossAttention,
+    only_cross_attention: bool,
     norm2: LayerNorm,
     attn2: CrossAttention,
     norm3: LayerNorm,
@@ -104,18 +107,23 @@ pub struct BasicTransformerBlock {
 }
 
 impl BasicTransformerBlock {
-    pub fn new(
-        dim: usize,
-        heads: usize,
-        dim_head: usize,
-        context_dim: usize,
-        slice: Option<usize>,
-        lora: Option<&LoraSpec>,
-        vb: VarBuilder,
-    ) -> Result<Self> {
+    /// A block of `cfg.channels` channels (its heads of `cfg.channels / cfg.heads`).
+    pub fn new(cfg: &Transformer2DConfig, vb: VarBuilder) -> Result<Self> {
+        let (dim, heads, context_dim) = (cfg.channels, cfg.heads, cfg.context_dim);
+        let (dim_head, slice, lora) = (dim / heads, cfg.attention_slice, cfg.lora.as_ref());
+        let attn1_context = cfg.only_cross_attention.then_some(context_dim);
         Ok(Self {
             norm1: LayerNorm::new(dim, 1e-5, vb.pp("norm1"))?,
-            attn1: CrossAttention::new(dim, None, heads, dim_head, slice, lora, vb.pp("attn1"))?,
+            attn1: CrossAttention::new(
+                dim,
+                attn1_context,
+                heads,
+                dim_head,
+                slice,
+                lora,
+                vb.pp("attn1"),
+            )?,
+            only_cross_attention: cfg.only_cross_attention,
             norm2: LayerNorm::new(dim, 1e-5, vb.pp("norm2"))?,
             attn2: CrossAttention::new(
                 dim,
@@ -133,7 +141,11 @@ impl BasicTransformerBlock {
 
     /// `xs`: `(b, n, dim)`; `context`: `(b, m, context_dim)`.
     pub fn forward(&self, xs: &Tensor, context: &Tensor) -> Result<Tensor> {
-        let xs = (self.attn1.forward(&self.norm1.forward(xs)?, None)? + xs)?;
+        let attn1_context = self.only_cross_attention.then_some(context);
+        let xs = (self
+            .attn1
+            .forward(&self.norm1.forward(xs)?, attn1_context)?
+            + xs)?;
         let xs = (self
             .attn2
             .forward(&self.norm2.forward(&xs)?, Some(context))?
@@ -154,6 +166,8 @@ pub struct Transformer2DConfig {
     pub attention_slice: Option<usize>,
     /// Adapters on the attention projections (training a LoRA).
     pub lora: Option<LoraSpec>,
+    /// The first attention attends to the text too (see [`BasicTransformerBlock`]).
+    pub only_cross_attention: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -184,15 +198,7 @@ impl Transformer2D {
         Ok(Self {
             norm: nn::group_norm(cfg.groups, c, 1e-6, vb.pp("norm"))?,
             proj_in: proj("proj_in")?,
-            block: BasicTransformerBlock::new(
-                c,
-                cfg.heads,
-                c / cfg.heads,
-                cfg.context_dim,
-                cfg.attention_slice,
-                cfg.lora.as_ref(),
-                vb.pp("transformer_blocks.0"),
-            )?,
+            block: BasicTransformerBlock::new(cfg, vb.pp("transformer_blocks.0"))?,
             proj_out: proj("proj_out")?,
         })
     }

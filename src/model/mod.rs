@@ -92,6 +92,9 @@ mod tests {
             layers_per_block: 1,
             attention_heads: vec![2, 2],
             cross_attention_dim: 8,
+            // The first block's attention in diffusers' `only_cross_attention` form, so that its
+            // gradients are checked too.
+            only_cross_attention: vec![true, false],
             norm_num_groups: 4,
             norm_eps: 1e-5,
             use_linear_projection: false,

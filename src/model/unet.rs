@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use super::embeddings::{TimestepEmbedding, Timesteps};
 use super::nn;
-use super::unet_blocks::{BlockShared, DownBlock, MidBlock, UpBlock, UpChannels};
+use super::unet_blocks::{BlockShared, DownBlock, Heads, MidBlock, UpBlock, UpChannels};
 
 /// One resolution level of the UNet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +34,9 @@ pub struct UNetConfig {
     /// Attention heads per down block (diffusers' `attention_head_dim` in SD 1.x configs).
     pub attention_heads: Vec<usize>,
     pub cross_attention_dim: usize,
+    /// Per down block (the up path mirrors it): the block's transformers attend to the text
+    /// twice and never over the image's own cells (diffusers' `only_cross_attention`).
+    pub only_cross_attention: Vec<bool>,
     pub norm_num_groups: usize,
     pub norm_eps: f64,
     pub use_linear_projection: bool,
@@ -55,6 +58,7 @@ impl UNetConfig {
             layers_per_block: 2,
             attention_heads: vec![8; 4],
             cross_attention_dim: 768,
+            only_cross_attention: vec![false; 4],
             norm_num_groups: 32,
             norm_eps: 1e-5,
             use_linear_projection: false,
@@ -76,6 +80,7 @@ impl UNetConfig {
             layers_per_block: 1,
             attention_heads: vec![4, 4, 4],
             cross_attention_dim: 64,
+            only_cross_attention: vec![false; 3],
             norm_num_groups: 8,
             norm_eps: 1e-5,
             use_linear_projection: false,
@@ -94,7 +99,7 @@ impl UNetConfig {
             BlockKind::Plain => "UpBlock2D",
             BlockKind::CrossAttn => "CrossAttnUpBlock2D",
         };
-        serde_json::json!({
+        let mut json = serde_json::json!({
             "_class_name": "UNet2DConditionModel",
             "act_fn": "silu",
             "attention_head_dim": self.attention_heads,
@@ -113,7 +118,11 @@ impl UNetConfig {
             "out_channels": self.out_channels,
             "up_block_types": self.up_blocks.iter().map(up).collect::<Vec<_>>(),
             "use_linear_projection": self.use_linear_projection,
-        })
+        });
+        if self.only_cross_attention.contains(&true) {
+            json["only_cross_attention"] = serde_json::json!(self.only_cross_attention);
+        }
+        json
     }
 
     /// Width of the time embedding (4x the first block's channels).
@@ -130,12 +139,15 @@ impl UNetConfig {
         if self.down_blocks.len() != n
             || self.up_blocks.len() != n
             || self.attention_heads.len() != n
+            || self.only_cross_attention.len() != n
         {
             return Err(format!(
-                "{n} block_out_channels but {} down blocks, {} up blocks, {} attention head counts",
+                "{n} block_out_channels but {} down blocks, {} up blocks, {} attention head \
+                 counts, {} only_cross_attention flags",
                 self.down_blocks.len(),
                 self.up_blocks.len(),
-                self.attention_heads.len()
+                self.attention_heads.len(),
+                self.only_cross_attention.len()
             ));
         }
         for (&c, &h) in self.block_out_channels.iter().zip(&self.attention_heads) {
@@ -267,11 +279,21 @@ impl TryFrom<UNetConfigJson> for UNetConfig {
         if j.center_input_sample {
             return Err(unsupported("center_input_sample", "true"));
         }
-        if let Some(v) = &j.only_cross_attention {
-            if v.as_bool() != Some(false) {
-                return Err(unsupported("only_cross_attention", &v.to_string()));
-            }
-        }
+        let only_cross_attention = match &j.only_cross_attention {
+            None => vec![false; n],
+            Some(serde_json::Value::Bool(b)) => vec![*b; n],
+            Some(serde_json::Value::Array(flags)) => flags
+                .iter()
+                .map(|f| f.as_bool())
+                .collect::<Option<Vec<bool>>>()
+                .ok_or_else(|| {
+                    unsupported(
+                        "only_cross_attention",
+                        &j.only_cross_attention.as_ref().unwrap().to_string(),
+                    )
+                })?,
+            Some(v) => return Err(unsupported("only_cross_attention", &v.to_string())),
+        };
         if let Some(t) = &j.transformer_layers_per_block {
             if t.per_block(n).iter().any(|&l| l != 1) {
                 return Err(unsupported("transformer_layers_per_block", "other than 1"));
@@ -315,6 +337,7 @@ impl TryFrom<UNetConfigJson> for UNetConfig {
             layers_per_block: j.layers_per_block,
             attention_heads: heads,
             cross_attention_dim: cross[0],
+            only_cross_attention,
             norm_num_groups: j.norm_num_groups,
             norm_eps: j.norm_eps,
             use_linear_projection: j.use_linear_projection,
@@ -369,7 +392,12 @@ impl UNet2DConditionModel {
             attention_slice,
             lora,
         };
-        let heads_if = |kind: BlockKind, h: usize| (kind == BlockKind::CrossAttn).then_some(h);
+        let heads_if = |kind: BlockKind, count: usize, only_cross_attention: bool| {
+            (kind == BlockKind::CrossAttn).then_some(Heads {
+                count,
+                only_cross_attention,
+            })
+        };
         let mut down_blocks = Vec::with_capacity(n);
         for i in 0..n {
             let cin = if i == 0 { ch[0] } else { ch[i - 1] };
@@ -377,7 +405,11 @@ impl UNet2DConditionModel {
                 cin,
                 ch[i],
                 cfg.layers_per_block,
-                heads_if(cfg.down_blocks[i], cfg.attention_heads[i]),
+                heads_if(
+                    cfg.down_blocks[i],
+                    cfg.attention_heads[i],
+                    cfg.only_cross_attention[i],
+                ),
                 i + 1 < n,
                 &shared,
                 vb.pp(format!("down_blocks.{i}")),
@@ -385,13 +417,14 @@ impl UNet2DConditionModel {
         }
         let mid_block = MidBlock::new(
             ch[n - 1],
-            cfg.attention_heads[n - 1],
+            Heads::usual(cfg.attention_heads[n - 1]),
             &shared,
             vb.pp("mid_block"),
         )?;
         let mut up_blocks = Vec::with_capacity(n);
         let rev: Vec<usize> = ch.iter().rev().copied().collect();
         let rev_heads: Vec<usize> = cfg.attention_heads.iter().rev().copied().collect();
+        let rev_only_cross: Vec<bool> = cfg.only_cross_attention.iter().rev().copied().collect();
         let mut output = rev[0];
         for i in 0..n {
             let channels = UpChannels {
@@ -403,7 +436,7 @@ impl UNet2DConditionModel {
             up_blocks.push(UpBlock::new(
                 channels,
                 cfg.layers_per_block + 1,
-                heads_if(cfg.up_blocks[i], rev_heads[i]),
+                heads_if(cfg.up_blocks[i], rev_heads[i], rev_only_cross[i]),
                 i + 1 < n,
                 &shared,
                 vb.pp(format!("up_blocks.{i}")),
@@ -543,7 +576,11 @@ mod tests {
 
     #[test]
     fn json_round_trips() {
-        for cfg in [UNetConfig::sd15_instruct(), UNetConfig::tiny()] {
+        let only_cross = UNetConfig {
+            only_cross_attention: vec![true, false, false],
+            ..UNetConfig::tiny()
+        };
+        for cfg in [UNetConfig::sd15_instruct(), UNetConfig::tiny(), only_cross] {
             let j: UNetConfigJson = serde_json::from_value(cfg.to_json()).expect("parses");
             assert_eq!(UNetConfig::try_from(j), Ok(cfg));
         }
@@ -558,5 +595,27 @@ mod tests {
         let j: UNetConfigJson = serde_json::from_str(json).expect("parses");
         let err = UNetConfig::try_from(j).unwrap_err();
         assert!(err.contains("class_embed_type 'timestep'"), "{err}");
+    }
+
+    /// diffusers writes `only_cross_attention` as one flag or one per down block.
+    #[test]
+    fn only_cross_attention_takes_a_flag_or_a_list() {
+        let parse = |v: &str| {
+            let json = format!(
+                r#"{{"in_channels": 4, "out_channels": 4, "block_out_channels": [32, 64],
+                "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+                "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+                "cross_attention_dim": 32, "only_cross_attention": {v}}}"#
+            );
+            let j: UNetConfigJson = serde_json::from_str(&json).expect("parses");
+            UNetConfig::try_from(j).map(|c| c.only_cross_attention)
+        };
+        assert_eq!(parse("true"), Ok(vec![true, true]));
+        assert_eq!(parse("false"), Ok(vec![false, false]));
+        assert_eq!(parse("[false, true]"), Ok(vec![false, true]));
+        let err = parse("[true]").unwrap_err();
+        assert!(err.contains("1 only_cross_attention flags"), "{err}");
+        let err = parse("\"yes\"").unwrap_err();
+        assert!(err.contains("only_cross_attention '\"yes\"'"), "{err}");
     }
 }

@@ -34,10 +34,11 @@ impl BlockShared {
         ResnetBlock2D::new(&cfg, vb)
     }
 
-    fn transformer(&self, channels: usize, heads: usize, vb: VarBuilder) -> Result<Transformer2D> {
+    fn transformer(&self, channels: usize, heads: Heads, vb: VarBuilder) -> Result<Transformer2D> {
         let cfg = Transformer2DConfig {
             channels,
-            heads,
+            heads: heads.count,
+            only_cross_attention: heads.only_cross_attention,
             context_dim: self.context_dim,
             groups: self.groups,
             use_linear_projection: self.use_linear_projection,
@@ -45,6 +46,24 @@ impl BlockShared {
             lora: self.lora.clone(),
         };
         Transformer2D::new(&cfg, vb)
+    }
+}
+
+/// The attention of a block: its head count and whether its first attention attends to the
+/// text instead of the image (diffusers' `only_cross_attention`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Heads {
+    pub count: usize,
+    pub only_cross_attention: bool,
+}
+
+impl Heads {
+    /// Self-attention then cross-attention, as in Stable Diffusion.
+    pub fn usual(count: usize) -> Self {
+        Self {
+            count,
+            only_cross_attention: false,
+        }
     }
 }
 
@@ -103,7 +122,7 @@ impl DownBlock {
         cin: usize,
         cout: usize,
         layers: usize,
-        heads: Option<usize>,
+        heads: Option<Heads>,
         add_downsample: bool,
         shared: &BlockShared,
         vb: VarBuilder,
@@ -168,7 +187,7 @@ pub struct MidBlock {
 impl MidBlock {
     pub fn new(
         channels: usize,
-        heads: usize,
+        heads: Heads,
         shared: &BlockShared,
         vb: VarBuilder,
     ) -> Result<Self> {
@@ -209,7 +228,7 @@ impl UpBlock {
     pub fn new(
         ch: UpChannels,
         layers: usize,
-        heads: Option<usize>,
+        heads: Option<Heads>,
         add_upsample: bool,
         shared: &BlockShared,
         vb: VarBuilder,

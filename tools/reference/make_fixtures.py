@@ -8,6 +8,7 @@ Run by hand, never in CI (PyTorch from PyPI is ~3 GB):
     python3 -m venv venv && venv/bin/pip install torch diffusers transformers safetensors pillow
     venv/bin/python tools/reference/make_fixtures.py            # tests/fixtures (small, committed)
     venv/bin/python tools/reference/make_fixtures.py --full DIR # SD 1.5-size, for the ignored test
+    venv/bin/python tools/reference/make_fixtures.py --only-cross # just tests/fixtures/only-cross
 
 Written with torch 2.15, diffusers 0.42.1, transformers 5.24.
 
@@ -182,6 +183,10 @@ def check_roundtrip(ldm, unet_sd, unet_cfg, vae_sd, vae_cfg):
 
 
 # ---------------------------------------------------------------- the official algorithm
+
+# Its first attention block (and the mirrored last one) attends to the text twice.
+ONLY_CROSS_UNET = dict(TINY_UNET, only_cross_attention=[True, False, False])
+
 
 def build(unet_cfg, vae_cfg, clip_cfg, seed):
     gen = torch.Generator().manual_seed(seed)
@@ -389,6 +394,28 @@ def tiny(out):
             print(f"{p.stat().st_size:>10}  {p.relative_to(ROOT)}")
 
 
+def only_cross(out):
+    """A UNet with diffusers' `only_cross_attention` in its first down block (and so the last up
+    block): its first attention attends to the text, not to the image. The UNet folder and the
+    golden output of one call; the test puts the folder in a copy of the tiny model."""
+    gen = torch.Generator().manual_seed(2)
+    torch.manual_seed(2)
+    unet = perturb_and_round(UNet2DConditionModel(**ONLY_CROSS_UNET), gen)
+    b = 3
+    sample = torch.randn((b, 8, 8, 8), generator=gen)
+    t = torch.tensor([999.0, 500.5, 1.25])
+    ctx = torch.randn((b, 77, ONLY_CROSS_UNET["cross_attention_dim"]), generator=gen)
+    g = {"unet.sample": sample, "unet.t": t, "unet.context": ctx,
+         "unet.out": unet(sample, t, encoder_hidden_states=ctx).sample}
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(out / "unet", ignore_errors=True)
+    unet.half().save_pretrained(out / "unet", safe_serialization=True)
+    save_file({k: v.contiguous() for k, v in g.items()}, str(out / "goldens.safetensors"))
+    for p in sorted(out.rglob("*")):
+        if p.is_file():
+            print(f"{p.stat().st_size:>10}  {p.relative_to(ROOT)}")
+
+
 def full(dir):
     """SD 1.5-size random models (a diffusers folder) and goldens at 256 px, for the ignored
     test `full_size_parity` (point INSTRUCTDIFFUSION_FULL_FIXTURES at DIR)."""
@@ -415,9 +442,14 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=pathlib.Path, default=ROOT / "tests/fixtures/tiny")
     ap.add_argument("--full", type=pathlib.Path)
+    ap.add_argument("--only-cross", action="store_true",
+                    help="write only tests/fixtures/only-cross (the only_cross_attention UNet)")
     a = ap.parse_args()
     torch.set_grad_enabled(False)
     if a.full:
         full(a.full)
+    elif a.only_cross:
+        only_cross(a.out.parent / "only-cross")
     else:
         tiny(a.out)
+        only_cross(a.out.parent / "only-cross")
