@@ -281,18 +281,12 @@ impl TryFrom<UNetConfigJson> for UNetConfig {
         }
         let only_cross_attention = match &j.only_cross_attention {
             None => vec![false; n],
-            Some(serde_json::Value::Bool(b)) => vec![*b; n],
-            Some(serde_json::Value::Array(flags)) => flags
-                .iter()
-                .map(|f| f.as_bool())
-                .collect::<Option<Vec<bool>>>()
-                .ok_or_else(|| {
-                    unsupported(
-                        "only_cross_attention",
-                        &j.only_cross_attention.as_ref().unwrap().to_string(),
-                    )
-                })?,
-            Some(v) => return Err(unsupported("only_cross_attention", &v.to_string())),
+            Some(v) => match v {
+                serde_json::Value::Bool(b) => Some(vec![*b; n]),
+                serde_json::Value::Array(flags) => flags.iter().map(|f| f.as_bool()).collect(),
+                _ => None,
+            }
+            .ok_or_else(|| unsupported("only_cross_attention", &v.to_string()))?,
         };
         if let Some(t) = &j.transformer_layers_per_block {
             if t.per_block(n).iter().any(|&l| l != 1) {
