@@ -322,6 +322,11 @@ pub struct EvalArgs {
     /// the VAE sets on every metric.
     #[arg(long)]
     pub autoencoder_only: bool,
+    /// Also keep every answer for the eye: DIR/TASK/NNN.png (source, target and answer side by
+    /// side) and DIR/samples.jsonl (each sample's seed, instruction, the phrase a segmentation
+    /// names, and its own score).
+    #[arg(long, value_name = "DIR", conflicts_with = "grid")]
+    pub samples_out: Option<PathBuf>,
     #[command(flatten)]
     pub sampling: SamplingArgs,
 }
@@ -897,6 +902,7 @@ fn run_eval(args: &EvalArgs) -> anyhow::Result<()> {
         model.source.clone()
     };
     let mut reports = vec![];
+    let mut lines = String::new();
     for point in &points {
         let mut plan = plan.clone();
         if let Some((t, i)) = point {
@@ -912,12 +918,17 @@ fn run_eval(args: &EvalArgs) -> anyhow::Result<()> {
                     crate::eval::edit_answer(&model, &plan.request_for(s.task, &model.defaults), s)
                 }
             },
-            |task, _| {
+            |x| {
                 bar.set_message(match point {
-                    Some((t, i)) => format!("{} at {t}/{i}", task.name()),
-                    None => task.name().to_string(),
+                    Some((t, i)) => format!("{} at {t}/{i}", x.task.name()),
+                    None => x.task.name().to_string(),
                 });
                 bar.inc(1);
+                if let Some(dir) = &args.samples_out {
+                    lines.push_str(&keep_sample(dir, x)?);
+                    lines.push('\n');
+                }
+                Ok(())
             },
         )?;
         bar.suspend(|| {
@@ -929,6 +940,11 @@ fn run_eval(args: &EvalArgs) -> anyhow::Result<()> {
         reports.push(report);
     }
     bar.finish_and_clear();
+    if let Some(dir) = &args.samples_out {
+        let path = dir.join("samples.jsonl");
+        imageio::write_atomic(&path, lines.as_bytes())?;
+        println!("answers: {} (sheets), {}", dir.display(), path.display());
+    }
     if let Some(path) = &args.json {
         // One report, or with --grid one per setting (an array, however many).
         let json = match reports.as_slice() {
@@ -955,6 +971,26 @@ fn run_eval(args: &EvalArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Writes `x`'s sheet under `dir` and returns its `samples.jsonl` line.
+fn keep_sample(dir: &Path, x: &crate::eval::Scored) -> anyhow::Result<String> {
+    let name = format!("{}/{:03}.png", x.task.name(), x.index);
+    let path = dir.join(&name);
+    std::fs::create_dir_all(path.parent().expect("has a folder"))
+        .with_context(|| format!("creating {}", dir.display()))?;
+    imageio::save(&crate::eval::sheet(x.sample, x.answer), &path, &[])?;
+    Ok(serde_json::json!({
+        "task": x.task.name(),
+        "index": x.index,
+        "seed": x.sample.seed,
+        "instruction": x.sample.instruction,
+        "phrase": x.sample.truth.phrase,
+        "measure": crate::eval::sample_measure(x.task),
+        "value": x.value,
+        "sheet": name,
+    })
+    .to_string())
 }
 
 fn run_annotate(args: &AnnotateArgs) -> anyhow::Result<()> {

@@ -94,13 +94,36 @@ pub fn samples(plan: &EvalPlan, task: Task) -> Vec<Sample> {
     }
 }
 
-/// Scores `answer(sample)` over the plan's samples. `answer` is the model's edit (or, for a
-/// check of the metrics themselves, the target).
+/// One sample's answer and its own score, as [`run`] reports each.
+pub struct Scored<'a> {
+    pub task: Task,
+    /// Position among the family's samples, from 1.
+    pub index: usize,
+    pub sample: &'a Sample,
+    pub answer: &'a RgbImage,
+    /// The family's measure for this sample alone ([`sample_measure`]).
+    pub value: f64,
+}
+
+/// What [`Scored::value`] measures for `task`: the IoU of the decoded mask (segmentation), the
+/// share of the asked keypoints found within 0.1 of the person's height, 1 or 0 (edits), the
+/// PSNR gain in dB (enhancement).
+pub fn sample_measure(task: Task) -> &'static str {
+    match task {
+        Task::ReferringSegmentation | Task::SemanticSegmentation => "IoU",
+        Task::Keypoints => "PCK@0.1",
+        Task::Remove | Task::Recolor | Task::Add | Task::Replace => "success",
+        Task::Denoise | Task::Deblur | Task::Watermark => "gain dB",
+    }
+}
+
+/// Scores `answer(sample)` over the plan's samples, calling `on_sample` after each. `answer` is
+/// the model's edit (or, for a check of the metrics themselves, the target).
 pub fn run(
     plan: &EvalPlan,
     model_name: &str,
     mut answer: impl FnMut(&Sample) -> anyhow::Result<RgbImage>,
-    mut progress: impl FnMut(Task, usize),
+    mut on_sample: impl FnMut(&Scored) -> anyhow::Result<()>,
 ) -> anyhow::Result<Report> {
     let t0 = std::time::Instant::now();
     let mut rows = vec![];
@@ -108,8 +131,14 @@ pub fn run(
         let mut acc = Acc::default();
         for (i, s) in samples(plan, task).iter().enumerate() {
             let pred = answer(s)?;
-            score(task, s, &pred, &mut acc);
-            progress(task, i + 1);
+            let value = score(task, s, &pred, &mut acc);
+            on_sample(&Scored {
+                task,
+                index: i + 1,
+                sample: s,
+                answer: &pred,
+                value,
+            })?;
         }
         rows.push(acc.row(task));
     }
@@ -205,7 +234,8 @@ fn union_mask(d: &Option<decode::Decoded>, len: usize) -> Vec<bool> {
     m
 }
 
-fn score(task: Task, s: &Sample, pred: &RgbImage, acc: &mut Acc) {
+/// Adds one answer to `acc` and returns its own score ([`sample_measure`]).
+fn score(task: Task, s: &Sample, pred: &RgbImage, acc: &mut Acc) -> f64 {
     acc.n += 1;
     let len = (s.input.width() * s.input.height()) as usize;
     match task {
@@ -221,15 +251,18 @@ fn score(task: Task, s: &Sample, pred: &RgbImage, acc: &mut Acc) {
             let (i, u) = truth.iter().zip(&got).fold((0u64, 0u64), |(i, u), (a, b)| {
                 (i + (*a && *b) as u64, u + (*a || *b) as u64)
             });
+            let iou = if u == 0 { 1.0 } else { i as f64 / u as f64 };
             acc.inter += i;
             acc.union += u;
-            acc.iou_sum += if u == 0 { 1.0 } else { i as f64 / u as f64 };
+            acc.iou_sum += iou;
+            iou
         }
         Task::Keypoints => {
             let decoded = parse::parse(&s.instruction)
                 .ok()
                 .and_then(|p| decode::decode(&s.input, pred, &p).ok());
             let scale = s.truth.object_size.unwrap_or(s.input.height() as f32) as f64;
+            let mut hits = 0;
             for k in &s.truth.keypoints {
                 acc.kp_total += 1;
                 let found = decoded
@@ -240,18 +273,41 @@ fn score(task: Task, s: &Sample, pred: &RgbImage, acc: &mut Acc) {
                         ((p.x - k.x as f64).powi(2) + (p.y - k.y as f64).powi(2)).sqrt() / scale;
                     acc.pck05 += (e <= 0.05) as usize;
                     acc.pck10 += (e <= 0.1) as usize;
+                    hits += (e <= 0.1) as usize;
                 }
             }
+            hits as f64 / s.truth.keypoints.len().max(1) as f64
         }
         Task::Denoise | Task::Deblur | Task::Watermark => {
             let p = psnr(pred, &s.target);
+            let gain = p - psnr(&s.input, &s.target);
             acc.psnr_sum += p;
-            acc.gain_sum += p - psnr(&s.input, &s.target);
+            acc.gain_sum += gain;
+            gain
         }
         Task::Remove | Task::Recolor | Task::Add | Task::Replace => {
-            acc.successes += edit_succeeded(&s.input, &s.target, pred) as usize;
+            let ok = edit_succeeded(&s.input, &s.target, pred);
+            acc.successes += ok as usize;
+            ok as u8 as f64
         }
     }
+}
+
+/// One sample for the eye: source, target and answer side by side (the answer at the source's
+/// size), 4 px apart on white.
+pub fn sheet(s: &Sample, answer: &RgbImage) -> RgbImage {
+    let (w, h) = s.input.dimensions();
+    let answer = if answer.dimensions() == (w, h) {
+        answer.clone()
+    } else {
+        crate::imageio::resize_exact(answer, w, h)
+    };
+    let gap = 4;
+    let mut out = RgbImage::from_pixel(3 * w + 2 * gap, h, image::Rgb([255, 255, 255]));
+    for (k, img) in [&s.input, &s.target, &answer].into_iter().enumerate() {
+        image::imageops::replace(&mut out, img, (k as u32 * (w + gap)) as i64, 0);
+    }
+    out
 }
 
 /// PSNR in dB (capped at 60 for identical images).
@@ -433,12 +489,39 @@ mod tests {
     #[test]
     fn targets_score_perfectly_and_sources_score_nothing() {
         let p = plan(6);
-        let oracle = run(&p, "oracle", |s| Ok(s.target.clone()), |_, _| {}).unwrap();
-        let idle = run(&p, "identity", |s| Ok(s.input.clone()), |_, _| {}).unwrap();
+        let mut each = vec![];
+        let oracle = run(
+            &p,
+            "oracle",
+            |s| Ok(s.target.clone()),
+            |x| {
+                each.push((x.task, x.index, x.value));
+                Ok(())
+            },
+        )
+        .unwrap();
+        let idle = run(&p, "identity", |s| Ok(s.input.clone()), |_| Ok(())).unwrap();
         let get = |r: &Report, task: Task, m: &str| {
             let row = r.rows.iter().find(|row| row.task == task.name()).unwrap();
             row.metrics.iter().find(|(k, _)| k == m).unwrap().1
         };
+        // Each sample is reported once, with its own score: the family's mean of them is the
+        // table's mean metric.
+        assert_eq!(each.len(), 6 * Task::ALL.len());
+        for task in Task::ALL {
+            let mine: Vec<&(Task, usize, f64)> = each.iter().filter(|e| e.0 == task).collect();
+            assert_eq!(
+                mine.iter().map(|e| e.1).collect::<Vec<_>>(),
+                [1, 2, 3, 4, 5, 6]
+            );
+            let mean = mine.iter().map(|e| e.2).sum::<f64>() / 6.0;
+            let table_mean = match sample_measure(task) {
+                "IoU" => get(&oracle, task, "mIoU"),
+                "PCK@0.1" => continue, // pooled over keypoints, not samples
+                m => get(&oracle, task, m),
+            };
+            assert!((mean - table_mean).abs() < 1e-9, "{}", task.name());
+        }
         eprintln!("{}\n{}", table(&oracle), table(&idle));
         assert!(get(&oracle, Task::ReferringSegmentation, "cIoU") > 0.9);
         assert!(get(&oracle, Task::SemanticSegmentation, "mIoU") > 0.9);
@@ -476,11 +559,22 @@ mod tests {
         assert_eq!((r.text_cfg, r.image_cfg), (Some(6.0), Some(0.5)));
         let r = tg.request_for(Task::Watermark, &d);
         assert_eq!((r.text_cfg, r.image_cfg), (Some(2.0), Some(1.5)));
-        let para = run(&pp, "oracle", |s| Ok(s.target.clone()), |_, _| {}).unwrap();
+        let para = run(&pp, "oracle", |s| Ok(s.target.clone()), |_| Ok(())).unwrap();
         assert!(get(&para, Task::ReferringSegmentation, "cIoU") > 0.9);
         assert!(get(&para, Task::SemanticSegmentation, "mIoU") > 0.9);
         assert!(get(&para, Task::Keypoints, "PCK@0.1") > 0.9);
         assert!(table(&para).contains("held-out instructions"));
+    }
+
+    #[test]
+    fn a_sheet_shows_source_target_and_answer_side_by_side() {
+        let s = &samples(&plan(1), Task::Recolor)[0];
+        let small = crate::imageio::resize_exact(&s.target, 64, 64);
+        let sheet = sheet(s, &small);
+        assert_eq!(sheet.dimensions(), (3 * 128 + 8, 128));
+        assert_eq!(sheet.get_pixel(5, 7), s.input.get_pixel(5, 7));
+        assert_eq!(sheet.get_pixel(132 + 5, 7), s.target.get_pixel(5, 7));
+        assert_eq!(sheet.get_pixel(130, 7), &image::Rgb([255, 255, 255]));
     }
 
     fn report(rows: &[(Task, &str, f64)]) -> Report {

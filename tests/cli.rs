@@ -630,6 +630,8 @@ fn eval_prints_and_writes_a_table_per_task() {
         "--task-guidance",
         "--json",
         &json.display().to_string(),
+        "--samples-out",
+        &tmp.path().join("answers").display().to_string(),
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let table = String::from_utf8_lossy(&o.stdout);
@@ -648,6 +650,37 @@ fn eval_prints_and_writes_a_table_per_task() {
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!(report["rows"].as_array().unwrap().len(), 4);
+    // Each answer kept for the eye, with its own score: one sample per family, so each line's
+    // value is its family's score in the report.
+    let answers = tmp.path().join("answers");
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(answers.join("samples.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 4);
+    for (line, row) in lines.iter().zip(report["rows"].as_array().unwrap()) {
+        assert_eq!(line["task"], row["task"]);
+        let sheet = image::open(answers.join(line["sheet"].as_str().unwrap())).unwrap();
+        assert_eq!((sheet.width(), sheet.height()), (3 * 128 + 8, 128));
+        let metric = match line["measure"].as_str().unwrap() {
+            "IoU" => "mIoU",
+            m => m,
+        };
+        let in_report = row["metrics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m[0] == metric)
+            .unwrap()[1]
+            .as_f64()
+            .unwrap();
+        assert!(
+            (line["value"].as_f64().unwrap() - in_report).abs() < 1e-9,
+            "{line}"
+        );
+    }
+    assert!(lines[3]["phrase"].as_str().unwrap().starts_with("the "));
     fails_with(
         &[
             "eval",
