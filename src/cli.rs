@@ -122,6 +122,16 @@ pub struct TrainArgs {
     /// has, start the new attention blocks as the identity, and train it all.
     #[arg(long)]
     pub grow: bool,
+    /// Phase `edit` from scratch: the UNet's architecture, a diffusers UNet2DConditionModel
+    /// config.json (default: the built-in model's). It takes the noisy and the source latents
+    /// (in_channels twice the VAE's latent channels); a run keeps the architecture it started with.
+    #[arg(long, value_name = "CONFIG_JSON", conflicts_with = "base")]
+    pub unet_config: Option<PathBuf>,
+    /// Phase `edit` from scratch: the text encoder's architecture, a transformers CLIPTextModel
+    /// config.json (default: the built-in model's; its hidden_size is the UNet's
+    /// cross_attention_dim).
+    #[arg(long, value_name = "CONFIG_JSON", conflicts_with = "base")]
+    pub text_encoder_config: Option<PathBuf>,
     /// Phase `edit`: what the UNet predicts, `epsilon` or `v` (default: v from scratch, the
     /// base's with --base; a run resumes only with the one it started with).
     #[arg(long)]
@@ -678,10 +688,11 @@ fn run_train(cmd: &TrainCommand) -> anyhow::Result<()> {
             plan.checkpoint_every = a.checkpoint_every.unwrap_or(plan.checkpoint_every).max(1);
             let (unet, clip) = match &a.base {
                 Some(base) => edit::base_configs(base)?,
-                None => (
-                    crate::model::unet::UNetConfig::tiny(),
-                    crate::model::clip::ClipConfig::tiny(),
-                ),
+                None => edit::scratch_configs(
+                    &a.out,
+                    a.unet_config.as_deref(),
+                    a.text_encoder_config.as_deref(),
+                )?,
             };
             let never = std::sync::atomic::AtomicBool::new(false);
             edit::train(&plan, &unet, &clip, &device, &never, &mut on_event)

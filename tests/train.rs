@@ -171,7 +171,16 @@ fn micro_training_learns_and_exports_a_loadable_model() {
         layer_norm_eps: 1e-5,
         activation: Activation::QuickGelu,
     };
-    let mut eplan = edit::default_plan(tmp.path().join("edit"), vae_out.join("vae"));
+    // A run from scratch takes its architecture from config.json files and records it.
+    let configs = tmp.path().join("configs");
+    std::fs::create_dir_all(&configs).unwrap();
+    let (unet_file, clip_file) = (configs.join("unet.json"), configs.join("clip.json"));
+    std::fs::write(&unet_file, unet.to_json().to_string()).unwrap();
+    std::fs::write(&clip_file, clip.to_json().to_string()).unwrap();
+    let edit_dir = tmp.path().join("edit");
+    let (u, c) = edit::scratch_configs(&edit_dir, Some(&unet_file), Some(&clip_file)).unwrap();
+    assert!(u == unet && c == clip);
+    let mut eplan = edit::default_plan(edit_dir.clone(), vae_out.join("vae"));
     eplan.steps = 40;
     eplan.batch = 2;
     eplan.size = 32;
@@ -229,6 +238,27 @@ fn micro_training_learns_and_exports_a_loadable_model() {
     let (first, last) = (mean(&losses[..8]), mean(&losses[losses.len() - 8..]));
     eprintln!("edit loss {first:.4} -> {last:.4}");
     assert!(last < 0.8 * first, "edit loss {first:.4} -> {last:.4}");
+
+    // Once it has a checkpoint, the run resumes with the architecture it started with, and
+    // refuses another one.
+    let (u, c) = edit::scratch_configs(&edit_dir, None, None).unwrap();
+    assert!(u == unet && c == clip, "not the built-in default");
+    std::fs::write(&unet_file, UNetConfig::tiny().to_json().to_string()).unwrap();
+    let err = edit::scratch_configs(&edit_dir, Some(&unet_file), None).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("started with another architecture"),
+        "{err}"
+    );
+    // A UNet that does not fit the VAE or the text encoder is refused, naming the number to set.
+    let err = edit::check_fit(&UNetConfig::tiny(), &clip, 4).unwrap_err();
+    assert!(err.to_string().contains("(in_channels 8)"), "{err}");
+    let err = edit::check_fit(&unet, &ClipConfig::tiny(), 4).unwrap_err();
+    assert!(
+        err.to_string().contains("cross_attention_dim is 8"),
+        "{err}"
+    );
+    edit::check_fit(&unet, &clip, 4).unwrap();
 
     pool_is_reused_and_rebuilt_for_another_vae(&eplan);
     // The run predicts epsilon; resuming it as a v run is refused.

@@ -311,23 +311,102 @@ pub fn export_model(
 
 /// The UNet and text-encoder configs of a diffusers folder (a fine-tune's base).
 pub fn base_configs(dir: &Path) -> anyhow::Result<(UNetConfig, ClipConfig)> {
-    let read = |f: &str| -> anyhow::Result<String> {
-        let p = dir.join(f);
-        std::fs::read_to_string(&p).map_err(|e| {
-            anyhow::anyhow!(
-                "reading '{}': {e} (a fine-tune's base must be a diffusers folder)",
-                p.display()
-            )
-        })
-    };
-    let unet: crate::model::unet::UNetConfigJson =
-        serde_json::from_str(&read("unet/config.json")?)?;
-    let clip: crate::model::clip::ClipConfigJson =
-        serde_json::from_str(&read("text_encoder/config.json")?)?;
+    let hint = "a fine-tune's base must be a diffusers folder";
     Ok((
-        UNetConfig::try_from(unet).map_err(anyhow::Error::msg)?,
-        ClipConfig::try_from(clip).map_err(anyhow::Error::msg)?,
+        read_unet_config(&dir.join("unet/config.json"), hint)?,
+        read_clip_config(&dir.join("text_encoder/config.json"), hint)?,
     ))
+}
+
+fn read_config<T: serde::de::DeserializeOwned>(path: &Path, hint: &str) -> anyhow::Result<T> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("reading '{}': {e} ({hint})", path.display()))?;
+    serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("'{}': {e} ({hint})", path.display()))
+}
+
+/// A diffusers `UNet2DConditionModel` config.json.
+fn read_unet_config(path: &Path, hint: &str) -> anyhow::Result<UNetConfig> {
+    let json: crate::model::unet::UNetConfigJson = read_config(path, hint)?;
+    UNetConfig::try_from(json).map_err(|e| anyhow::anyhow!("'{}': {e}", path.display()))
+}
+
+/// A transformers `CLIPTextModel` config.json.
+fn read_clip_config(path: &Path, hint: &str) -> anyhow::Result<ClipConfig> {
+    let json: crate::model::clip::ClipConfigJson = read_config(path, hint)?;
+    ClipConfig::try_from(json).map_err(|e| anyhow::anyhow!("'{}': {e}", path.display()))
+}
+
+/// The architecture of a run from scratch in `out`: once the run has a checkpoint, the one it
+/// started with (kept in `out/architecture/`, so a resume needs no flags and a different one is
+/// refused); before that, `unet` and `text_encoder` (config.json files) where given, else the
+/// built-in model's, recorded there for the resumes.
+pub fn scratch_configs(
+    out: &Path,
+    unet: Option<&Path>,
+    text_encoder: Option<&Path>,
+) -> anyhow::Result<(UNetConfig, ClipConfig)> {
+    let hint = "a diffusers UNet2DConditionModel / transformers CLIPTextModel config.json";
+    let given = (
+        unet.map(|p| read_unet_config(p, hint))
+            .transpose()?
+            .unwrap_or_else(UNetConfig::tiny),
+        text_encoder
+            .map(|p| read_clip_config(p, hint))
+            .transpose()?
+            .unwrap_or_else(ClipConfig::tiny),
+    );
+    let dir = out.join("architecture");
+    let (unet_file, clip_file) = (dir.join("unet.json"), dir.join("text_encoder.json"));
+    if Checkpoint::new(&out.join("checkpoint")).exists() && unet_file.exists() {
+        let hint = "written when the run started";
+        let started = (
+            read_unet_config(&unet_file, hint)?,
+            read_clip_config(&clip_file, hint)?,
+        );
+        let differs = |flag: Option<&Path>, same: bool| flag.is_some() && !same;
+        if differs(unet, given.0 == started.0) || differs(text_encoder, given.1 == started.1) {
+            anyhow::bail!(
+                "the run in '{}' started with another architecture (its '{}'): resume it without \
+                 --unet-config / --text-encoder-config, or start a new run folder",
+                out.display(),
+                dir.display()
+            );
+        }
+        return Ok(started);
+    }
+    std::fs::create_dir_all(&dir)?;
+    let pretty = |v: serde_json::Value| serde_json::to_string_pretty(&v).map(|s| s + "\n");
+    crate::imageio::write_atomic(&unet_file, pretty(given.0.to_json())?.as_bytes())?;
+    crate::imageio::write_atomic(&clip_file, pretty(given.1.to_json())?.as_bytes())?;
+    Ok(given)
+}
+
+/// Refuses a UNet that cannot work with this VAE and text encoder, saying which number to set.
+pub fn check_fit(
+    unet: &UNetConfig,
+    clip: &ClipConfig,
+    latent_channels: usize,
+) -> anyhow::Result<()> {
+    let l = latent_channels;
+    if unet.in_channels != 2 * l || unet.out_channels != l {
+        anyhow::bail!(
+            "the UNet takes {} channels in and gives {} out, but this VAE's latents have {l}: an \
+             instruction-editing UNet takes the noisy and the source latents (in_channels {}) and \
+             predicts one latent (out_channels {l})",
+            unet.in_channels,
+            unet.out_channels,
+            2 * l
+        );
+    }
+    if unet.cross_attention_dim != clip.hidden_size {
+        anyhow::bail!(
+            "the UNet's cross_attention_dim is {} but the text encoder's hidden_size is {}: they \
+             must be equal",
+            unet.cross_attention_dim,
+            clip.hidden_size
+        );
+    }
+    Ok(())
 }
 
 /// What a diffusers folder's UNet predicts (its scheduler config; epsilon when absent): a
@@ -381,6 +460,7 @@ pub fn train(
     on_event: &mut dyn FnMut(&TrainEvent),
 ) -> Result<(), TrainError> {
     let vae = super::vae::load_frozen(&plan.vae, device)?;
+    check_fit(unet_cfg, clip_cfg, vae.config.latent_channels)?;
     let latent_rgb = super::vae::preview_factors(&vae, plan.size, device)?;
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
