@@ -128,7 +128,9 @@ pub fn resize_exact(img: &RgbImage, w: u32, h: u32) -> RgbImage {
 
 /// Writes `bytes` to `path` atomically: a temporary file in the same folder, flushed and
 /// synced, then renamed over `path`. On any failure (a full disk included) `path` is untouched
-/// and the temporary file is removed.
+/// and the temporary file is removed. The file gets the permissions a plain `File::create`
+/// would give it (0666 less the umask; a temporary file's own are 0600, owner only), or, when it
+/// replaces a file, that file's.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ImageError> {
     let err = |msg: String| ImageError::Write {
         path: path.to_path_buf(),
@@ -138,16 +140,25 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ImageError> {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".instructdiffusion-")
-        .suffix(".tmp")
-        .tempfile_in(&dir)
-        .map_err(|e| {
-            err(format!(
-                "creating a temporary file in '{}': {e}",
-                dir.display()
-            ))
-        })?;
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(".instructdiffusion-").suffix(".tmp");
+    #[cfg(unix)]
+    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
+    let mut tmp = builder.tempfile_in(&dir).map_err(|e| {
+        err(format!(
+            "creating a temporary file in '{}': {e}",
+            dir.display()
+        ))
+    })?;
+    if let Ok(meta) = std::fs::metadata(path) {
+        tmp.as_file()
+            .set_permissions(meta.permissions())
+            .map_err(|e| {
+                err(format!(
+                    "keeping the permissions of the file it replaces: {e}"
+                ))
+            })?;
+    }
     tmp.write_all(bytes)
         .and_then(|_| tmp.as_file().sync_all())
         .map_err(|e| err(format!("{e} (is the disk full?)")))?;
@@ -240,6 +251,26 @@ mod tests {
         let out = fit(&img, 64, 64);
         assert_eq!(out.dimensions(), (64, 64));
         assert!(out.pixels().all(|p| p[0] < 10));
+    }
+
+    #[test]
+    /// Written files are readable as a plain `File::create` leaves them (not the temporary
+    /// file's owner-only 0600), and a replaced file keeps its permissions.
+    #[cfg(unix)]
+    #[test]
+    fn written_files_get_ordinary_permissions() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let plain = dir.path().join("plain");
+        std::fs::File::create(&plain).unwrap();
+        let ours = dir.path().join("ours.png");
+        write_atomic(&ours, b"one").unwrap();
+        assert_eq!(mode(&ours), mode(&plain));
+        std::fs::set_permissions(&ours, std::fs::Permissions::from_mode(0o640)).unwrap();
+        write_atomic(&ours, b"two").unwrap();
+        assert_eq!(mode(&ours), 0o640);
+        assert_eq!(std::fs::read(&ours).unwrap(), b"two");
     }
 
     #[test]
