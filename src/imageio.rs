@@ -253,7 +253,6 @@ mod tests {
         assert!(out.pixels().all(|p| p[0] < 10));
     }
 
-    #[test]
     /// Written files are readable as a plain `File::create` leaves them (not the temporary
     /// file's owner-only 0600), and a replaced file keeps its permissions.
     #[cfg(unix)]
