@@ -594,6 +594,36 @@ fn run_train(cmd: &TrainCommand) -> anyhow::Result<()> {
     let args = match cmd {
         TrainCommand::Vae(a) | TrainCommand::Edit(a) => a,
     };
+    // The two phases share their flags; one meant for the other phase would do nothing.
+    let (phase, other, foreign) = match cmd {
+        TrainCommand::Vae(a) => (
+            "vae",
+            "edit",
+            vec![
+                ("--vae", a.vae.is_some()),
+                ("--base", a.base.is_some()),
+                ("--lora-rank", a.lora_rank.is_some()),
+                ("--grow", a.grow),
+                ("--unet-config", a.unet_config.is_some()),
+                ("--text-encoder-config", a.text_encoder_config.is_some()),
+                ("--prediction", a.prediction.is_some()),
+                ("--data", a.data.is_some()),
+                ("--pool", a.pool.is_some()),
+                ("--tasks", !a.tasks.is_empty()),
+            ],
+        ),
+        TrainCommand::Edit(a) => (
+            "edit",
+            "vae",
+            vec![
+                ("--crop", a.crop.is_some()),
+                ("--decoder-only", a.decoder_only),
+            ],
+        ),
+    };
+    if let Some((flag, _)) = foreign.iter().find(|(_, given)| *given) {
+        anyhow::bail!("{flag} is for `train {other}`, not `train {phase}`");
+    }
     let log_every = args.log_every.max(1);
     let mut on_event = |e: &TrainEvent| match e {
         TrainEvent::Step {

@@ -524,6 +524,15 @@ fn train_task_weights_are_checked() {
         &["train", "edit", "--out", out, "--tasks", "keypoints=0"],
         "'keypoints=0': the weight after '=' must be a positive number",
     );
+    // A flag of the other phase would do nothing: refused, naming its phase.
+    fails_with(
+        &["train", "vae", "--out", out, "--unet-config", "u.json"],
+        "--unet-config is for `train edit`, not `train vae`",
+    );
+    fails_with(
+        &["train", "edit", "--out", out, "--crop", "64"],
+        "--crop is for `train vae`, not `train edit`",
+    );
     assert!(!tmp.path().join("run").exists());
 }
 
