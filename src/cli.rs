@@ -168,6 +168,12 @@ pub struct TrainArgs {
     /// Print a progress line every this many steps.
     #[arg(long, default_value_t = 10)]
     pub log_every: usize,
+    /// Phase `edit`: min-SNR loss weighting's gamma (default 5): each timestep's loss weighted
+    /// as min(SNR, gamma) on the clean latent, which all but ignores the noisiest timesteps;
+    /// 0 trains on the prediction type's plain loss (for v-prediction, every timestep's
+    /// clean-latent error weighted by at least 1). A resumed run may change it.
+    #[arg(long)]
+    pub min_snr_gamma: Option<f64>,
     /// Phase `edit` on the generator: draw only these task families, comma-separated, each
     /// `name` or `name=weight` (e.g. referring_segmentation=2,keypoints); default: all, with
     /// the built-in recipe's weights. A new set needs a new run folder (its pool differs).
@@ -328,6 +334,11 @@ pub struct EvalArgs {
     /// instructdiffusion.json, where the editor's task picker and `eval --task-guidance` read it.
     #[arg(long, requires = "grid")]
     pub save_guidance: bool,
+    /// Score samples the model was trained on instead of held-out ones: each family's among
+    /// the first N of the trainer's generated pool (`train edit --pool N`). Far above the
+    /// held-out score: the network memorises; the same: it cannot fit even what it saw.
+    #[arg(long, value_name = "N")]
+    pub trained_on: Option<usize>,
     /// Score the targets passed through the model's autoencoder alone (no UNet): the ceiling
     /// the VAE sets on every metric.
     #[arg(long)]
@@ -610,6 +621,7 @@ fn run_train(cmd: &TrainCommand) -> anyhow::Result<()> {
                 ("--data", a.data.is_some()),
                 ("--pool", a.pool.is_some()),
                 ("--tasks", !a.tasks.is_empty()),
+                ("--min-snr-gamma", a.min_snr_gamma.is_some()),
             ],
         ),
         TrainCommand::Edit(a) => (
@@ -710,6 +722,12 @@ fn run_train(cmd: &TrainCommand) -> anyhow::Result<()> {
             plan.steps = a.steps.unwrap_or(plan.steps);
             plan.batch = a.batch.unwrap_or(plan.batch);
             plan.pool = a.pool.unwrap_or(plan.pool);
+            plan.min_snr_gamma = match a.min_snr_gamma {
+                Some(g) if !g.is_finite() || g < 0.0 => {
+                    anyhow::bail!("--min-snr-gamma is 0 (off) or a positive number, not {g}")
+                }
+                g => g.unwrap_or(plan.min_snr_gamma),
+            };
             if !a.tasks.is_empty() {
                 plan.tasks = parse_task_weights(&a.tasks)?;
             }
@@ -924,6 +942,7 @@ fn run_eval(args: &EvalArgs) -> anyhow::Result<()> {
         request: request.clone(),
         paraphrased: args.paraphrased,
         task_guidance: args.task_guidance,
+        trained_on: args.trained_on,
     };
     let points: Vec<Option<(f64, f64)>> = if args.grid.is_empty() {
         vec![None]

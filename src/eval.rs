@@ -43,6 +43,11 @@ pub struct EvalPlan {
     /// Each family with the model's guidance for it ([`SamplingDefaults::guidance_for`]: its
     /// measured table, else the official recipe) instead of the request's.
     pub task_guidance: bool,
+    /// Score samples the trainer drew instead of held-out ones: those among the first N of a
+    /// `train edit --pool N` pool (the trainer's default seed) of each family. A score well
+    /// above the held-out one means the network memorises; the same score means it cannot fit
+    /// even what it saw.
+    pub trained_on: Option<usize>,
 }
 
 impl EvalPlan {
@@ -72,6 +77,9 @@ pub struct Report {
     pub paraphrased: bool,
     /// Each family with its official guidance recipe.
     pub task_guidance: bool,
+    /// Scored on samples of a training pool this size ([`EvalPlan::trained_on`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trained_on: Option<usize>,
     pub size: u32,
     pub steps: Option<usize>,
     pub rows: Vec<Row>,
@@ -82,10 +90,16 @@ pub struct Report {
 pub fn samples(plan: &EvalPlan, task: Task) -> Vec<Sample> {
     let k = Task::ALL.iter().position(|t| *t == task).unwrap_or(0) as u64;
     let weights = TaskWeights(vec![(task, 1.0)]);
-    let make = || {
-        (0..plan.per_task as u64)
+    let make = || match plan.trained_on {
+        // The pool's seeds, drawn with the recipe's task weights: keep this family's.
+        Some(n) => crate::train::pool::generator_seeds(crate::train::edit::DEFAULT_SEED, n)
+            .map(|seed| generate(seed, plan.size, &TaskWeights::default()))
+            .filter(|s| s.task == task)
+            .take(plan.per_task)
+            .collect(),
+        None => (0..plan.per_task as u64)
             .map(|i| generate(EVAL_FIRST_SEED + k * 1_000_000 + i, plan.size, &weights))
-            .collect()
+            .collect(),
     };
     if plan.paraphrased {
         crate::tasks::with_paraphrases(make)
@@ -145,6 +159,7 @@ pub fn run(
         model: model_name.to_string(),
         paraphrased: plan.paraphrased,
         task_guidance: plan.task_guidance,
+        trained_on: plan.trained_on,
         size: plan.size,
         steps: plan.request.steps,
         rows,
@@ -424,10 +439,12 @@ pub fn grid_table(grid: &[((f64, f64), Report)]) -> String {
 /// The report as a table.
 pub fn table(r: &Report) -> String {
     let mut s = format!(
-        "model: {}, {} px, {} steps, {} instructions, {} guidance, {:.0} s\n{:<24} {:>7}  metrics\n",
+        "model: {}, {} px, {} steps, {} scenes, {} instructions, {} guidance, {:.0} s\n{:<24} {:>7}  metrics\n",
         r.model,
         r.size,
         r.steps.map_or("default".into(), |n| n.to_string()),
+        r.trained_on
+            .map_or("held-out".into(), |n| format!("trained-on (pool of {n})")),
         if r.paraphrased {
             "held-out"
         } else {
@@ -468,6 +485,7 @@ mod tests {
             size: 128,
             tasks: Task::ALL.to_vec(),
             paraphrased: false,
+            trained_on: None,
             task_guidance: false,
             request: EditRequest {
                 prompt: String::new(),
@@ -535,6 +553,22 @@ mod tests {
         assert_eq!(get(&idle, Task::Keypoints, "PCK@0.1"), 0.0);
         // Eval seeds are not training seeds.
         assert!(samples(&p, Task::Keypoints)[0].seed > HELD_OUT_FIRST_SEED);
+        // ... unless asked for the trainer's own: this family's samples of its pool, in order.
+        let tp = EvalPlan {
+            trained_on: Some(64),
+            ..p.clone()
+        };
+        let pool: Vec<u64> =
+            crate::train::pool::generator_seeds(crate::train::edit::DEFAULT_SEED, 64).collect();
+        let seen = samples(&tp, Task::Remove);
+        assert!(!seen.is_empty() && seen.len() <= p.per_task);
+        assert!(seen
+            .iter()
+            .all(|s| s.task == Task::Remove && pool.contains(&s.seed)));
+        assert!(seen.windows(2).all(|w| {
+            let at = |x: u64| pool.iter().position(|&y| y == x);
+            at(w[0].seed) < at(w[1].seed)
+        }));
         // Held-out phrasings: the same scenes, other words, still decoded.
         let pp = EvalPlan {
             paraphrased: true,
@@ -581,6 +615,7 @@ mod tests {
             model: "m".into(),
             paraphrased: false,
             task_guidance: false,
+            trained_on: None,
             size: 128,
             steps: None,
             rows: rows

@@ -533,6 +533,14 @@ fn train_task_weights_are_checked() {
         &["train", "edit", "--out", out, "--crop", "64"],
         "--crop is for `train vae`, not `train edit`",
     );
+    fails_with(
+        &["train", "vae", "--out", out, "--min-snr-gamma", "0"],
+        "--min-snr-gamma is for `train edit`, not `train vae`",
+    );
+    fails_with(
+        &["train", "edit", "--out", out, "--min-snr-gamma=-1"],
+        "--min-snr-gamma is 0 (off) or a positive number, not -1",
+    );
     assert!(!tmp.path().join("run").exists());
 }
 

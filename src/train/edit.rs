@@ -93,6 +93,10 @@ fn epsilon() -> PredictionType {
     PredictionType::Epsilon
 }
 
+/// The seed of the trainer's sample stream: its pool is
+/// [`super::sample_seed`]`(DEFAULT_SEED, 0, 1, k)` for k in 0..pool.
+pub const DEFAULT_SEED: u64 = 2;
+
 /// The default plan for the built-in model.
 pub fn default_plan(out: PathBuf, vae: PathBuf) -> EditPlan {
     EditPlan {
@@ -104,7 +108,7 @@ pub fn default_plan(out: PathBuf, vae: PathBuf) -> EditPlan {
         steps: 40_000,
         batch: 8,
         size: 128,
-        seed: 2,
+        seed: DEFAULT_SEED,
         optim: AdamWConfig {
             lr: 2e-4,
             warmup_steps: 500,

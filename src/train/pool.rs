@@ -221,6 +221,11 @@ pub fn change_map(src: &Tensor, tgt: &Tensor, f: usize) -> candle_core::Result<T
 
 /// Loads the pool of `spec`, first building (or rebuilding) the chunks it lacks;
 /// `on_progress(done, total)` after each chunk.
+/// The seeds of a generated pool of `samples` from the trainer's seed `seed`, in pool order.
+pub fn generator_seeds(seed: u64, samples: usize) -> impl Iterator<Item = u64> {
+    (0..samples).map(move |k| sample_seed(seed, 0, 1, k))
+}
+
 pub fn build_or_load(
     spec: &PoolSpec,
     vae: &AutoencoderKL,
@@ -234,9 +239,7 @@ pub fn build_or_load(
             samples,
             tasks,
         } => (
-            (0..*samples)
-                .map(|k| Item::Seed(sample_seed(*seed, 0, 1, k)))
-                .collect(),
+            generator_seeds(*seed, *samples).map(Item::Seed).collect(),
             PathBuf::new(),
             (*tasks).clone(),
         ),
