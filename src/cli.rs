@@ -657,14 +657,14 @@ fn run_train(cmd: &TrainCommand) -> anyhow::Result<()> {
         TrainEvent::Checkpoint { step, dir } => {
             eprintln!("checkpoint at step {step} in '{}'", dir.display())
         }
-        TrainEvent::Instructions {
-            step,
-            matched,
-            mismatched,
-        } => eprintln!(
-            "instruction probe at step {step}: changed-cell error {matched:.4} with the \
-             sample's own instruction, {mismatched:.4} with another's (ratio {:.2})",
-            mismatched / matched.max(1e-12)
+        TrainEvent::Instructions { step, probe } => eprintln!(
+            "instruction probe at step {step}: changed-cell error {:.4} with the \
+             sample's own instruction, {:.4} with another's (ratio {:.2}); from pure noise \
+             {:.3} of no edit's",
+            probe.matched,
+            probe.mismatched,
+            probe.mismatched / probe.matched.max(1e-12),
+            probe.from_noise
         ),
         TrainEvent::Samples { step, path } => {
             eprintln!("samples at step {step}: '{}'", path.display())

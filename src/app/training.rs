@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use eframe::egui;
 
 use super::labelled_row as field;
+use crate::train::edit::ProbeResult;
 use crate::train::TrainEvent;
 use crate::worker::TrainJob;
 
@@ -64,8 +65,8 @@ pub struct TrainingPanel {
     pub warning: Option<String>,
     /// The newest sample sheet (source | target | result rows).
     pub sheet: Option<PathBuf>,
-    /// The newest instruction probe: `(step, error with the own instruction, with another's)`.
-    pub instructions: Option<(usize, f64, f64)>,
+    /// The newest instruction probe and its step.
+    pub instructions: Option<(usize, ProbeResult)>,
     sheet_tex: Option<(PathBuf, egui::TextureHandle)>,
     /// `(run folder, running, when checked, holds a checkpoint)`: the disk is asked again when
     /// the folder or the run state changes, or after a second, not on every frame.
@@ -185,11 +186,7 @@ impl TrainingPanel {
                 }
             }
             TrainEvent::Samples { path, .. } => self.sheet = Some(path.clone()),
-            TrainEvent::Instructions {
-                step,
-                matched,
-                mismatched,
-            } => self.instructions = Some((*step, *matched, *mismatched)),
+            TrainEvent::Instructions { step, probe } => self.instructions = Some((*step, *probe)),
             TrainEvent::Skipped { count, first } => {
                 self.warning = Some(format!(
                     "{count} dataset line(s) left out; the first: {first}"
@@ -392,11 +389,17 @@ impl TrainingPanel {
         if let Some([_, last]) = self.losses.last() {
             ui.label(format!("loss {last:.4}"));
         }
-        if let Some((step, matched, mismatched)) = self.instructions {
+        if let Some((step, p)) = self.instructions {
             ui.label(format!(
                 "instruction probe (step {step}): a wrong instruction makes the edit's error {:.2}x (1.00: instructions ignored)",
-                mismatched / matched.max(1e-12)
-            ));
+                p.mismatched / p.matched.max(1e-12)
+            ))
+            .on_hover_text("Over the pixels the held-out edits change, at noise levels spread over the schedule.");
+            ui.label(format!(
+                "from pure noise: error {:.2} of no edit's (0: the edit decided by the instruction alone; 1: not at all)",
+                p.from_noise
+            ))
+            .on_hover_text("A model that grounds the words predicts the edit before the noisy image shows it; sampling decides where the edit goes in its first, noisiest steps.");
         }
         egui_plot::Plot::new("loss-plot")
             .height(140.0)

@@ -643,7 +643,7 @@ pub fn train(
             if let Some(probe) = &probe {
                 // The exported (EMA) weights: the model a user gets, steadier than the live ones.
                 let vb = VarBuilder::from_tensors(weights, DType::F32, device);
-                let (matched, mismatched) = probe.measure(
+                let probe = probe.measure(
                     &UNet2DConditionModel::new(unet_cfg, None, vb.pp("unet"))?,
                     &ClipTextModel::new(clip_cfg, vb.pp("text_encoder").pp("text_model"))?,
                     &tokenizer,
@@ -651,8 +651,7 @@ pub fn train(
                 )?;
                 on_event(&TrainEvent::Instructions {
                     step: opt.step,
-                    matched,
-                    mismatched,
+                    probe,
                 });
             }
             if plan.sample_edits > 0 {
@@ -699,11 +698,29 @@ struct Probe {
     source: Tensor,
     target: Tensor,
     changed: Tensor,
-    noisy: Tensor,
+    /// The noise every noisy latent is made with.
+    eps: Tensor,
     a: Tensor,
     b: Tensor,
     t: Tensor,
+    /// The error of "no edit" (the source latent as the answer) over the changed cells.
+    no_edit: f64,
     prompts: Vec<String>,
+}
+
+/// What the probe measures with the model of one checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ProbeResult {
+    /// The error of the clean-latent estimate over the changed cells (timesteps spread over
+    /// the schedule) with each sample's own instruction.
+    pub matched: f64,
+    /// The same with the next sample's instruction.
+    pub mismatched: f64,
+    /// The error with the own instruction at the noisiest timestep, relative to "no edit":
+    /// 1 when nothing of the edit is predicted from noise, 0 when all of it is (the edit is
+    /// fixed by the source and the instruction, so a model that grounds the words needs no
+    /// hint from the noisy latent).
+    pub from_noise: f64,
 }
 
 impl Probe {
@@ -720,32 +737,34 @@ impl Probe {
         let acp = alphas_cumprod(&SchedulerConfig::default());
         let ts: Vec<usize> = (0..n).map(|i| 100 + i * 800 / (n - 1)).collect();
         let col = |v: Vec<f32>| Tensor::from_vec(v, (n, 1, 1, 1), device);
-        let a = col(ts.iter().map(|&t| acp[t].sqrt() as f32).collect())?;
-        let b = col(ts.iter().map(|&t| (1.0 - acp[t]).sqrt() as f32).collect())?;
-        let eps = SeededNoise::new(PROBE_FIRST as u64).sample(target.shape(), device)?;
+        let source = vae.encode_mean(&src)?;
+        let changed = change_map(&src, &tgt, vae.config.downscale())?;
+        let no_edit = changed_error(&(&source * vae.config.scaling_factor)?, &target, &changed)?;
         Ok(Some(Self {
-            changed: change_map(&src, &tgt, vae.config.downscale())?,
-            source: vae.encode_mean(&src)?,
-            noisy: (target.broadcast_mul(&a)? + eps.broadcast_mul(&b)?)?,
+            a: col(ts.iter().map(|&t| acp[t].sqrt() as f32).collect())?,
+            b: col(ts.iter().map(|&t| (1.0 - acp[t]).sqrt() as f32).collect())?,
+            eps: SeededNoise::new(PROBE_FIRST as u64).sample(target.shape(), device)?,
+            changed,
+            source,
             target,
-            a,
-            b,
             t: Tensor::from_vec(ts.iter().map(|&t| t as f32).collect(), n, device)?,
+            no_edit,
             prompts: examples.into_iter().map(|e| e.2).collect(),
         }))
     }
 
-    /// The mean squared error of the predicted clean latent over the cells the edits change,
-    /// with each sample's own instruction and with the next sample's.
+    /// The errors of the model's clean-latent estimates over the cells the edits change
+    /// ([`ProbeResult`]).
     fn measure(
         &self,
         unet: &UNet2DConditionModel,
         clip: &ClipTextModel,
         tokenizer: &ClipTokenizer,
         prediction: PredictionType,
-    ) -> anyhow::Result<(f64, f64)> {
+    ) -> anyhow::Result<ProbeResult> {
         let n = self.prompts.len();
-        let error = |offset: usize| -> anyhow::Result<f64> {
+        let device = self.t.device();
+        let text = |offset: usize| -> anyhow::Result<Tensor> {
             let mut ids = Vec::new();
             for i in 0..n {
                 ids.extend(
@@ -755,25 +774,45 @@ impl Probe {
                 );
             }
             let len = ids.len() / n;
-            let ids = Tensor::from_vec(ids, (n, len), self.t.device())?;
-            let text = clip.forward(&ids)?.detach();
-            let input = Tensor::cat(&[&self.noisy, &self.source], 1)?;
-            let out = unet.forward(&input, &self.t, &text)?.detach();
-            let x0 = match prediction {
-                PredictionType::Epsilon => {
-                    (&self.noisy - out.broadcast_mul(&self.b)?)?.broadcast_div(&self.a)?
-                }
-                PredictionType::VPrediction => {
-                    (self.noisy.broadcast_mul(&self.a)? - out.broadcast_mul(&self.b)?)?
-                }
-            };
-            let err = (x0 - &self.target)?.sqr()?.broadcast_mul(&self.changed)?;
-            let cells = (self.changed.sum_all()?.to_scalar::<f32>()? as f64).max(1.0);
-            let channels = self.target.dim(1)? as f64;
-            Ok(err.sum_all()?.to_scalar::<f32>()? as f64 / (cells * channels))
+            Ok(clip
+                .forward(&Tensor::from_vec(ids, (n, len), device)?)?
+                .detach())
         };
-        Ok((error(0)?, error(1)?))
+        let error = |text: &Tensor, a: &Tensor, b: &Tensor, t: &Tensor| -> anyhow::Result<f64> {
+            let noisy = (self.target.broadcast_mul(a)? + self.eps.broadcast_mul(b)?)?;
+            let input = Tensor::cat(&[&noisy, &self.source], 1)?;
+            let out = unet.forward(&input, t, text)?.detach();
+            let x0 = match prediction {
+                PredictionType::Epsilon => (&noisy - out.broadcast_mul(b)?)?.broadcast_div(a)?,
+                PredictionType::VPrediction => (noisy.broadcast_mul(a)? - out.broadcast_mul(b)?)?,
+            };
+            changed_error(&x0, &self.target, &self.changed)
+        };
+        let (own, other) = (text(0)?, text(1)?);
+        // The noisiest timestep of the schedule, for every sample.
+        let schedule = alphas_cumprod(&SchedulerConfig::default());
+        let (last, acp) = (schedule.len() - 1, schedule[schedule.len() - 1]);
+        let fill = |v: f64| Tensor::full(v as f32, (n, 1, 1, 1), device);
+        let from_noise = error(
+            &own,
+            &fill(acp.sqrt())?,
+            &fill((1.0 - acp).sqrt())?,
+            &Tensor::full(last as f32, n, device)?,
+        )?;
+        Ok(ProbeResult {
+            matched: error(&own, &self.a, &self.b, &self.t)?,
+            mismatched: error(&other, &self.a, &self.b, &self.t)?,
+            from_noise: from_noise / self.no_edit.max(1e-12),
+        })
     }
+}
+
+/// The mean squared difference of two latents over the changed cells (per cell and channel).
+fn changed_error(x: &Tensor, target: &Tensor, changed: &Tensor) -> anyhow::Result<f64> {
+    let err = (x - target)?.sqr()?.broadcast_mul(changed)?;
+    let cells = (changed.sum_all()?.to_scalar::<f32>()? as f64).max(1.0);
+    let channels = target.dim(1)? as f64;
+    Ok(err.sum_all()?.to_scalar::<f32>()? as f64 / (cells * channels))
 }
 
 /// Edits `plan.sample_edits` held-out samples with the model just saved (20 steps, its default
@@ -857,35 +896,52 @@ mod tests {
                 .unwrap()
         };
         let col = |v: [f32; 3]| Tensor::from_vec(v.to_vec(), (n, 1, 1, 1), &dev).unwrap();
-        let probe = Probe {
+        let probe_at = |a: [f32; 3], b: [f32; 3], t: [f32; 3]| Probe {
             source: noise(1),
             target: noise(2),
             changed: Tensor::ones((n, 1, 8, 8), DType::F32, &dev).unwrap(),
-            noisy: noise(3),
-            a: col([0.9, 0.6, 0.3]),
-            b: col([0.43, 0.8, 0.95]),
-            t: Tensor::new(&[100f32, 500., 900.], &dev).unwrap(),
+            eps: noise(3),
+            a: col(a),
+            b: col(b),
+            t: Tensor::new(&t, &dev).unwrap(),
+            no_edit: 2.0,
             prompts: vec![
                 "paint the red circle blue".into(),
                 "remove the star".into(),
                 "place a green dot on the left knee".into(),
             ],
         };
+        let probe = probe_at([0.9, 0.6, 0.3], [0.43, 0.8, 0.95], [100., 500., 900.]);
         let tok = ClipTokenizer::bundled(77);
-        let (own, other) = probe
+        let r = probe
             .measure(&unet, &clip, &tok, PredictionType::VPrediction)
             .unwrap();
+        let (own, other) = (r.matched, r.mismatched);
         assert!(own.is_finite() && own > 0.0 && other > 0.0);
         assert!((own - other).abs() > 1e-6 * own, "{own} vs {other}");
+        // From pure noise: the own instruction's error at the schedule's last timestep, over
+        // the error of no edit; the same as the spread probe gives with every sample there.
+        let acp = alphas_cumprod(&SchedulerConfig::default())[999];
+        let (a, b) = (acp.sqrt() as f32, (1.0 - acp).sqrt() as f32);
+        let last = probe_at([a; 3], [b; 3], [999.; 3])
+            .measure(&unet, &clip, &tok, PredictionType::VPrediction)
+            .unwrap();
+        let expected = last.matched / 2.0;
+        assert!(
+            (r.from_noise - expected).abs() < 1e-5 * expected,
+            "{} vs {expected}",
+            r.from_noise
+        );
         // Text embeddings of zeros, whatever the prompt: nothing to tell the prompts apart.
         for part in ["weight", "bias"] {
             let name = format!("clip.final_layer_norm.{part}");
             let zeros = varmap.data().lock().unwrap()[&name].zeros_like().unwrap();
             varmap.set_one(&name, zeros).unwrap();
         }
-        let (own, other) = probe
+        let r = probe
             .measure(&unet, &clip, &tok, PredictionType::Epsilon)
             .unwrap();
+        let (own, other) = (r.matched, r.mismatched);
         assert_eq!(own, other);
     }
 }

@@ -40,12 +40,11 @@ pub enum TrainEvent {
     },
     /// How much the model relies on the instruction, measured at each checkpoint on fixed
     /// held-out samples: the error of its clean-latent estimate over the cells the edits
-    /// change, with each sample's own instruction (`matched`) and with another sample's
-    /// (`mismatched`). While the text is ignored the two are equal.
+    /// change, with each sample's own instruction and with another sample's (while the text
+    /// is ignored the two are equal), and how much of the edit it predicts from pure noise.
     Instructions {
         step: usize,
-        matched: f64,
-        mismatched: f64,
+        probe: edit::ProbeResult,
     },
     /// Building the sample pool: `done` of `total` chunks ready.
     Pool {
