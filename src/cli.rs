@@ -930,6 +930,9 @@ fn run_eval(args: &EvalArgs) -> anyhow::Result<()> {
             .map(|n| parse_task(n))
             .collect::<anyhow::Result<Vec<_>>>()?
     };
+    if args.trained_on == Some(0) {
+        anyhow::bail!("--trained-on N takes the pool's size, at least 1");
+    }
     if args.per_task == 0 || args.size < 64 {
         anyhow::bail!("--per-task must be at least 1 and --size at least 64");
     }

@@ -142,7 +142,15 @@ pub fn run(
     let mut rows = vec![];
     for &task in &plan.tasks {
         let mut acc = Acc::default();
-        for (i, s) in samples(plan, task).iter().enumerate() {
+        let samples = samples(plan, task);
+        if let (Some(n), true) = (plan.trained_on, samples.is_empty()) {
+            anyhow::bail!(
+                "the first {n} samples of the trainer's pool hold no {} sample: pass a larger \
+                 --trained-on (the pool's size, e.g. 16384 for the built-in recipe's)",
+                task.name()
+            );
+        }
+        for (i, s) in samples.iter().enumerate() {
             let pred = answer(s)?;
             let value = score(task, s, &pred, &mut acc);
             on_sample(&Scored {

@@ -626,6 +626,68 @@ fn eval_grid_saves_each_familys_best_guidance_in_the_model() {
     fails_with(&["eval", "--model", &m, "--save-guidance"], "--grid");
 }
 
+/// `eval --trained-on N` scores samples of the trainer's own pool: seeds below the held-out
+/// range, named in the table; a pool too small to hold a family is refused, not scored 0.
+#[test]
+fn eval_trained_on_scores_the_trainers_own_samples() {
+    let tmp = tempdir();
+    let json = tmp.path().join("eval.json");
+    let answers = tmp.path().join("answers");
+    let o = run_bin(&[
+        "eval",
+        "--model",
+        &tiny_model(),
+        "--per-task",
+        "2",
+        "--tasks",
+        "remove",
+        "--steps",
+        "1",
+        "--seed",
+        "3",
+        "--trained-on",
+        "64",
+        "--json",
+        &json.display().to_string(),
+        "--samples-out",
+        &answers.display().to_string(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let table = String::from_utf8_lossy(&o.stdout);
+    assert!(table.contains("trained-on (pool of 64) scenes"), "{table}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report["trained_on"], 64);
+    assert_eq!(report["rows"][0]["samples"], 2);
+    for line in std::fs::read_to_string(answers.join("samples.jsonl"))
+        .unwrap()
+        .lines()
+    {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert!(
+            v["seed"].as_u64().unwrap() < 1 << 40,
+            "a training seed: {v}"
+        );
+    }
+    let m = tiny_model();
+    fails_with(
+        &["eval", "--model", &m, "--trained-on", "0"],
+        "--trained-on N takes the pool's size, at least 1",
+    );
+    fails_with(
+        &[
+            "eval",
+            "--model",
+            &m,
+            "--tasks",
+            "keypoints,remove",
+            "--trained-on",
+            "1",
+        ],
+        "samples of the trainer's pool hold no",
+    );
+}
+
 #[test]
 fn eval_prints_and_writes_a_table_per_task() {
     let tmp = tempdir();

@@ -226,7 +226,11 @@ fn micro_training_learns_and_exports_a_loadable_model() {
     // A model 40 steps old predicts none of an edit from pure noise: no better than "no edit"
     // (1; an epsilon model's clean-latent estimate there divides by sqrt(acp) = 0.07, so far
     // worse), and finite (the no-edit error of the probe's samples is not 0).
-    assert!(p.from_noise.is_finite() && p.from_noise > 1.0, "{}", p.from_noise);
+    assert!(
+        p.from_noise.is_finite() && p.from_noise > 1.0,
+        "{}",
+        p.from_noise
+    );
     let sheet = image::open(&sheets[0]).unwrap();
     assert_eq!(
         (sheet.width(), sheet.height()),
