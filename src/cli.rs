@@ -168,6 +168,9 @@ pub struct TrainArgs {
     /// Print a progress line every this many steps.
     #[arg(long, default_value_t = 10)]
     pub log_every: usize,
+    /// cpu, cuda or metal (a build with that cargo feature): where the networks train.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
     /// Phase `edit`: min-SNR loss weighting's gamma (default 5): each timestep's loss weighted
     /// as min(SNR, gamma) on the clean latent, which all but ignores the noisiest timesteps;
     /// 0 trains on the prediction type's plain loss (for v-prediction, every timestep's
@@ -601,7 +604,6 @@ fn decay_until(from: Option<usize>, steps: usize) -> anyhow::Result<Option<[usiz
 
 fn run_train(cmd: &TrainCommand) -> anyhow::Result<()> {
     use crate::train::{edit, vae, TrainEvent};
-    let device = Device::Cpu;
     let args = match cmd {
         TrainCommand::Vae(a) | TrainCommand::Edit(a) => a,
     };
@@ -636,6 +638,7 @@ fn run_train(cmd: &TrainCommand) -> anyhow::Result<()> {
     if let Some((flag, _)) = foreign.iter().find(|(_, given)| *given) {
         anyhow::bail!("{flag} is for `train {other}`, not `train {phase}`");
     }
+    let device = crate::support::parse_device(&args.device)?;
     let log_every = args.log_every.max(1);
     let mut on_event = |e: &TrainEvent| match e {
         TrainEvent::Step {

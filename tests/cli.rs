@@ -541,6 +541,12 @@ fn train_task_weights_are_checked() {
         &["train", "edit", "--out", out, "--min-snr-gamma=-1"],
         "--min-snr-gamma is 0 (off) or a positive number, not -1",
     );
+    // This build has no GPU backend: said before anything is written.
+    #[cfg(not(feature = "cuda"))]
+    fails_with(
+        &["train", "edit", "--out", out, "--device", "cuda"],
+        "opening CUDA device 0 (built with --features cuda?)",
+    );
     assert!(!tmp.path().join("run").exists());
 }
 

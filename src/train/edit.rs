@@ -545,7 +545,8 @@ pub fn train(
         }
     };
     let probe = Probe::new(plan, &vae, device)?;
-    let split = crate::model::nn::splits_batches(&unet_cfg.block_out_channels);
+    // One share per CPU thread for a narrow network; a GPU takes the batch whole.
+    let split = crate::model::nn::splits_batches(&unet_cfg.block_out_channels) && device.is_cpu();
     let mut run = Run::new(opt.step);
     while opt.step < plan.steps {
         let step = opt.step;
