@@ -899,10 +899,13 @@ fn parse_guidance_pair(s: &str) -> Result<(f64, f64), String> {
     Ok((t, i))
 }
 
-/// Writes `table` into a model folder's `instructdiffusion.json`, keeping the rest of it.
+/// Writes the best settings of the `evaluated` families (`table`; one left out of it keeps the
+/// official recipe) into a model folder's `instructdiffusion.json`, keeping the rest of it,
+/// other families' recorded settings included.
 fn save_task_guidance(
     spec: &str,
     model: &load::Model,
+    evaluated: &[crate::tasks::Task],
     table: &std::collections::BTreeMap<crate::tasks::Task, [f64; 2]>,
 ) -> anyhow::Result<PathBuf> {
     let dir = match ModelSource::parse(spec)? {
@@ -914,7 +917,12 @@ fn save_task_guidance(
         ),
     };
     let mut defaults = model.defaults.clone();
-    defaults.task_guidance = table.clone();
+    for task in evaluated {
+        match table.get(task) {
+            Some(best) => defaults.task_guidance.insert(*task, *best),
+            None => defaults.task_guidance.remove(task),
+        };
+    }
     let path = dir.join(crate::model::meta::DEFAULTS_FILE);
     let mut json = serde_json::to_string_pretty(&defaults)?;
     json.push('\n');
@@ -1028,7 +1036,7 @@ fn run_eval(args: &EvalArgs) -> anyhow::Result<()> {
         );
         if args.save_guidance {
             let best = crate::eval::best_guidance(&grid);
-            let path = save_task_guidance(&args.model.model, &model, &best)?;
+            let path = save_task_guidance(&args.model.model, &model, &plan.tasks, &best)?;
             println!(
                 "saved {} families' guidance to {}",
                 best.len(),

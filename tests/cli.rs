@@ -587,7 +587,8 @@ fn eval_grid_saves_each_familys_best_guidance_in_the_model() {
     util::copy_dir(&tiny().join("diffusers"), &model);
     std::fs::write(
         model.join("instructdiffusion.json"),
-        r#"{"guidance": "instructdiffusion", "steps": 7, "resolution": 128}"#,
+        r#"{"guidance": "instructdiffusion", "steps": 7, "resolution": 128,
+            "task_guidance": {"keypoints": [3.0, 1.0]}}"#,
     )
     .unwrap();
     let m = model.display().to_string();
@@ -624,9 +625,10 @@ fn eval_grid_saves_each_familys_best_guidance_in_the_model() {
         .expect("denoise recorded");
     let pair = (denoise[0].as_f64().unwrap(), denoise[1].as_f64().unwrap());
     assert!(pair == (1.0, 1.25) || pair == (5.0, 1.25), "{pair:?}");
-    assert!(
-        saved["task_guidance"].get("keypoints").is_none(),
-        "not evaluated, not recorded"
+    assert_eq!(
+        saved["task_guidance"]["keypoints"],
+        serde_json::json!([3.0, 1.0]),
+        "not evaluated, kept as recorded"
     );
     fails_with(&["eval", "--model", &m, "--grid", "5"], "not TEXT:IMAGE");
     fails_with(&["eval", "--model", &m, "--save-guidance"], "--grid");

@@ -338,6 +338,24 @@ fn pool_is_reused_and_rebuilt_for_another_vae(eplan: &edit::EditPlan) {
         written,
         "a pool from the same VAE is loaded, not rebuilt"
     );
+    // A chunk made by an older generator (version 1 keyed its samples by the bare seed) is
+    // made anew: the same seed now gives another sample.
+    let read = || -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(&meta).unwrap()).unwrap()
+    };
+    let version = format!(" v{}", instructdiffusion::data::sample::GENERATOR_VERSION);
+    let mut old = read();
+    for k in old["keys"].as_array_mut().unwrap() {
+        assert!(k.as_str().unwrap().ends_with(&version), "{k}");
+        *k = k.as_str().unwrap().split(' ').next().unwrap().into();
+    }
+    std::fs::write(&meta, old.to_string()).unwrap();
+    build_or_load(&spec, &vae, &Device::Cpu, &mut |_, _| {}).unwrap();
+    assert!(read()["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|k| k.as_str().unwrap().ends_with(&version)));
     // A retrained decoder keeps the fingerprint (the latents stay valid); another encoder
     // changes it.
     let other = eplan.out.join("other-vae");

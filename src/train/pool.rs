@@ -93,7 +93,12 @@ enum Item {
 impl Item {
     fn key(&self, root: &Path) -> String {
         match self {
-            Item::Seed(s) => s.to_string(),
+            // The generator's version too: a sample of the same seed from another version of
+            // the generator is another sample.
+            Item::Seed(s) => match crate::data::sample::GENERATOR_VERSION {
+                1 => s.to_string(),
+                v => format!("{s} v{v}"),
+            },
             Item::Line(r) => {
                 let stamp = |f: &str| {
                     std::fs::metadata(root.join(f))
