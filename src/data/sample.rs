@@ -5,6 +5,7 @@
 //! - segmentation: the source blended 50/50 with the mask colour inside the mask; a semantic
 //!   request for an absent kind (20%) leaves the image unchanged;
 //! - keypoints: opaque discs (radius 10 px at 256 px), one colour per keypoint, 1-5 per sample;
+//! - an overlay or disc colour always shows over what it covers ([`MIN_CONTRAST`]);
 //! - editing: the scene re-rendered without / recoloured / with an added / a replaced object;
 //! - enhancement: the clean scene is the target; noise, blur or a watermark make the source.
 
