@@ -12,6 +12,7 @@
 set -eu
 RUNS=${RUNS:-runs}
 BIN=${BIN:-target/release/instructdiffusion}
+DEVICE=${DEVICE:-cpu}              # cuda with a binary built with --features cuda
 VAE_STEPS=${VAE_STEPS:-1500}       # encoder and decoder
 DECODER_STEPS=${DECODER_STEPS:-6000} # then the decoder alone (total step count)
 DECAY_FROM=${DECAY_FROM:-38000}   # the edit step at which the learning rate starts to decay
@@ -34,26 +35,26 @@ if [ "${1:-}" = ship ]; then
 fi
 
 # Phase 1: the autoencoder (one thread is fastest for its small tensors).
-CANDLE_NUM_THREADS=1 "$BIN" train vae --out "$RUNS/vae" --batch 8 --crop 64 \
+CANDLE_NUM_THREADS=1 "$BIN" train vae --device "$DEVICE" --out "$RUNS/vae" --batch 8 --crop 64 \
     --steps "$VAE_STEPS" --checkpoint-every 100 --log-every 20
 
 # Phase 2, on the two cores at once: the decoder alone goes on sharpening (the encoder is frozen,
 # so the latents stay valid), while the UNet + text encoder train on a pool of generated samples
 # encoded once (v-prediction, min-SNR weighting: the trainer's defaults). Each edit checkpoint
 # copies the VAE as it is then.
-CANDLE_NUM_THREADS=1 "$BIN" train vae --out "$RUNS/vae" --batch 8 --crop 64 --decoder-only \
+CANDLE_NUM_THREADS=1 "$BIN" train vae --device "$DEVICE" --out "$RUNS/vae" --batch 8 --crop 64 --decoder-only \
     --steps "$DECODER_STEPS" --checkpoint-every 100 --log-every 20 &
-CANDLE_NUM_THREADS=1 "$BIN" train edit --out "$RUNS/edit" --vae "$RUNS/vae/vae" \
+CANDLE_NUM_THREADS=1 "$BIN" train edit --device "$DEVICE" --out "$RUNS/edit" --vae "$RUNS/vae/vae" \
     --pool "$POOL" --batch 8 --lr 3e-4 --steps "$POOL_SWITCH" --checkpoint-every 250 --log-every 20
 wait
 
 # Phase 3 (from step 10250): the pool grown to 16384 samples (the first 4096 are kept: the same
 # seeds), with both cores on the edit phase: the trainer runs one share of each batch per thread
 # on this narrow model (~1.6 -> 2.95 steps/s; the run had one thread until step 11750).
-CANDLE_NUM_THREADS=2 "$BIN" train edit --out "$RUNS/edit" --vae "$RUNS/vae/vae" \
+CANDLE_NUM_THREADS=2 "$BIN" train edit --device "$DEVICE" --out "$RUNS/edit" --vae "$RUNS/vae/vae" \
     --pool "$POOL_LATER" --batch 8 --lr 3e-4 --steps "$DECAY_FROM" --checkpoint-every 250 --log-every 20
 
 # Phase 4: the learning rate decays (cosine) to 0 over the last steps.
-CANDLE_NUM_THREADS=2 "$BIN" train edit --out "$RUNS/edit" --vae "$RUNS/vae/vae" \
+CANDLE_NUM_THREADS=2 "$BIN" train edit --device "$DEVICE" --out "$RUNS/edit" --vae "$RUNS/vae/vae" \
     --pool "$POOL_LATER" --batch 8 --lr 3e-4 --steps "$EDIT_STEPS" --lr-decay-from "$DECAY_FROM" \
     --checkpoint-every 250 --log-every 20
