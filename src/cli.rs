@@ -171,6 +171,12 @@ pub struct TrainArgs {
     /// cpu, cuda or metal (a build with that cargo feature): where the networks train.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Phase `edit`: rescale the noise schedule to zero terminal SNR (diffusers'
+    /// `rescale_betas_zero_snr`): the last timestep trains on pure noise, which is what
+    /// sampling's first step sees (use with --min-snr-gamma 0, which gives that timestep its
+    /// weight). Default: the base model's setting with --base, else off; a run keeps it.
+    #[arg(long)]
+    pub zero_terminal_snr: bool,
     /// Phase `edit`: min-SNR loss weighting's gamma (default 5): each timestep's loss weighted
     /// as min(SNR, gamma) on the clean latent, which all but ignores the noisiest timesteps;
     /// 0 trains on the prediction type's plain loss (for v-prediction, every timestep's
@@ -624,6 +630,7 @@ fn run_train(cmd: &TrainCommand) -> anyhow::Result<()> {
                 ("--pool", a.pool.is_some()),
                 ("--tasks", !a.tasks.is_empty()),
                 ("--min-snr-gamma", a.min_snr_gamma.is_some()),
+                ("--zero-terminal-snr", a.zero_terminal_snr),
             ],
         ),
         TrainCommand::Edit(a) => (
@@ -704,8 +711,11 @@ fn run_train(cmd: &TrainCommand) -> anyhow::Result<()> {
             });
             let mut plan = edit::default_plan(a.out.clone(), vae_dir);
             if let Some(base) = &a.base {
-                plan.prediction = edit::base_prediction(base);
+                let sched = edit::base_scheduler(base);
+                plan.prediction = sched.prediction_type;
+                plan.zero_terminal_snr = sched.rescale_betas_zero_snr;
             }
+            plan.zero_terminal_snr |= a.zero_terminal_snr;
             if let Some(p) = &a.prediction {
                 plan.prediction = match p.as_str() {
                     "epsilon" | "eps" => crate::model::meta::PredictionType::Epsilon,

@@ -86,7 +86,9 @@ impl TrainJob {
         plan.size = self
             .size
             .unwrap_or_else(|| defaults.map_or(512, |d| d.resolution as u32));
-        plan.prediction = crate::train::edit::base_prediction(&dir);
+        let sched = crate::train::edit::base_scheduler(&dir);
+        plan.prediction = sched.prediction_type;
+        plan.zero_terminal_snr = sched.rescale_betas_zero_snr;
         plan.base = Some(dir);
         plan.data = self.data.clone();
         plan.lora_rank = self.lora_rank;

@@ -169,6 +169,51 @@ fn results_come_back_at_the_input_size_and_the_source_is_untouched() {
     );
 }
 
+/// A model whose scheduler config asks for zero terminal SNR (diffusers'
+/// `rescale_betas_zero_snr`) is sampled on that schedule: it edits, and not as the same
+/// model without the flag does.
+#[test]
+fn a_zero_terminal_snr_schedule_is_read_and_sampled() {
+    let tmp = tempdir();
+    let edit = |zero_snr: bool| {
+        let model = tmp.path().join(format!("model-{zero_snr}"));
+        util::copy_dir(&tiny().join("diffusers"), &model);
+        std::fs::write(
+            model.join("scheduler/scheduler_config.json"),
+            serde_json::json!({
+                "_class_name": "EulerDiscreteScheduler", "beta_start": 0.00085,
+                "beta_end": 0.012, "beta_schedule": "scaled_linear",
+                "prediction_type": "v_prediction", "rescale_betas_zero_snr": zero_snr
+            })
+            .to_string(),
+        )
+        .unwrap();
+        let out = tmp.path().join(format!("out-{zero_snr}.png"));
+        let o = run_bin(&[
+            "edit",
+            "--model",
+            model.to_str().unwrap(),
+            "--image",
+            &input(),
+            "--prompt",
+            PROMPT,
+            "--steps",
+            "3",
+            "--sampler",
+            "euler",
+            "--resolution",
+            "64",
+            "--seed",
+            "5",
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        image::open(&out).unwrap().to_rgb8().into_raw()
+    };
+    assert_ne!(edit(true), edit(false));
+}
+
 #[test]
 fn same_seed_same_result_other_seed_other_result() {
     let tmp = tempdir();

@@ -48,6 +48,13 @@ sched = json.load(open(f"{m}/scheduler/scheduler_config.json"))
 v_pred = sched.get("prediction_type", "epsilon") == "v_prediction"
 betas = torch.linspace(sched["beta_start"] ** 0.5, sched["beta_end"] ** 0.5, sched["num_train_timesteps"]) ** 2
 acp = torch.cumprod(1 - betas, 0)
+if sched.get("rescale_betas_zero_snr", False):
+    # Zero terminal SNR (diffusers' rescale_zero_terminal_snr), with the Euler schedulers'
+    # stand-in for the last, zero value.
+    root = acp.sqrt()
+    root = (root - root[-1]) * root[0] / (root[0] - root[-1])
+    acp = root ** 2
+    acp[-1] = 2.0 ** -24
 
 rows = [json.loads(l) for l in open(f"{args.data}/metadata.jsonl")]
 families = args.tasks.split(",") if args.tasks else sorted({r["task"] for r in rows})
@@ -79,10 +86,14 @@ def probe(family):
     err = lambda x: ((x - zt) ** 2 * changed).sum() / changed.sum().clamp(min=1)
     none = err(zs * sf)
     print(f"{family}: {len(rs)} samples")
-    print("     t      SNR  own / no-edit  other / own")
-    for t in [999, 950, 900, 800, 700, 500, 300, 100]:
+    print("         t      SNR  own / no-edit  other / own")
+    # "999 pure": what sampling's first step sees, noise alone (training's t = 999 still holds
+    # sqrt(acp) = 0.07 of the target; a model that leans on that leak fails here).
+    for t in ["999 pure", 999, 950, 900, 800, 700, 500, 300, 100]:
+        pure = t == "999 pure"
+        t = 999 if pure else t
         a, b = acp[t].sqrt(), (1 - acp[t]).sqrt()
-        noisy = a * zt + b * eps
+        noisy = b * eps if pure else a * zt + b * eps
         inp = torch.cat([noisy, zs], 1)
         tt = torch.full((len(rs),), t)
 
@@ -92,7 +103,8 @@ def probe(family):
 
         e_own, e_other = err(x0(own)), err(x0(other))
         snr = acp[t] / (1 - acp[t])
-        print(f"  {t:4d}  {snr:7.4f}  {e_own / none:13.3f}  {e_other / e_own:11.2f}")
+        label = "999 pure" if pure else f"{t:8d}"
+        print(f"  {label}  {snr:7.4f}  {e_own / none:13.3f}  {e_other / e_own:11.2f}")
 
 
 for fam in families:

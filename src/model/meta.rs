@@ -74,6 +74,12 @@ pub struct SchedulerConfig {
     pub beta_schedule: BetaSchedule,
     #[serde(default = "epsilon")]
     pub prediction_type: PredictionType,
+    /// The schedule rescaled to zero terminal SNR (Lin et al., 2024; diffusers'
+    /// `rescale_betas_zero_snr`): the last training timestep is pure noise, as the first
+    /// sampling step is. Its sigma is infinite; samplers start from diffusers' stand-in,
+    /// `alphas_cumprod = 2^-24` (sigma ~4096).
+    #[serde(default)]
+    pub rescale_betas_zero_snr: bool,
 }
 
 fn train_steps() -> usize {
@@ -101,6 +107,7 @@ impl Default for SchedulerConfig {
             beta_end: 0.012,
             beta_schedule: BetaSchedule::ScaledLinear,
             prediction_type: PredictionType::Epsilon,
+            rescale_betas_zero_snr: false,
         }
     }
 }

@@ -24,14 +24,33 @@ pub fn alphas_cumprod(cfg: &SchedulerConfig) -> Vec<f64> {
         })
         .collect();
     let mut acp = 1.0;
-    betas
+    let acps: Vec<f64> = betas
         .iter()
         .map(|b| {
             acp *= 1.0 - b;
             acp
         })
+        .collect();
+    if cfg.rescale_betas_zero_snr {
+        rescale_zero_terminal_snr(&acps)
+    } else {
+        acps
+    }
+}
+
+/// `alphas_cumprod` rescaled to zero terminal SNR (diffusers' `rescale_zero_terminal_snr`):
+/// `sqrt(acp)` shifted so that its last value is 0 and scaled so that its first is kept. (The
+/// diffusers function returns betas; their cumulative product is these values.)
+fn rescale_zero_terminal_snr(acp: &[f64]) -> Vec<f64> {
+    let (first, last) = (acp[0].sqrt(), acp[acp.len() - 1].sqrt());
+    acp.iter()
+        .map(|a| ((a.sqrt() - last) * first / (first - last)).powi(2))
         .collect()
 }
+
+/// What diffusers' Euler schedulers put in place of a zero `alphas_cumprod` for a finite
+/// sigma.
+pub const ZERO_SNR_STAND_IN: f64 = 1.0 / (1u64 << 24) as f64;
 
 /// The training noise levels `sigma_t = sqrt((1 - acp_t) / acp_t)` and the maps between
 /// continuous sigma and fractional timestep.
@@ -45,6 +64,7 @@ impl DiscreteSchedule {
     pub fn new(cfg: &SchedulerConfig) -> Self {
         let sigmas: Vec<f64> = alphas_cumprod(cfg)
             .into_iter()
+            .map(|a| if a > 0.0 { a } else { ZERO_SNR_STAND_IN })
             .map(|a| ((1.0 - a) / a).sqrt())
             .collect();
         let log_sigmas = sigmas.iter().map(|s| s.ln()).collect();
@@ -126,6 +146,44 @@ mod tests {
 
     fn sd() -> DiscreteSchedule {
         DiscreteSchedule::new(&SchedulerConfig::default())
+    }
+
+    /// SD 1.x's betas rescaled to zero terminal SNR, against diffusers' own values
+    /// (`tools/reference/zero_snr_fixture.py`, f32 there): the cumulative alphas, and the
+    /// training sigmas with the Euler schedulers' stand-in for the last, infinite one.
+    #[test]
+    fn zero_terminal_snr_matches_diffusers() {
+        let golden: serde_json::Value =
+            serde_json::from_str(include_str!("../../tests/fixtures/schedule/zero_snr.json"))
+                .unwrap();
+        let cfg = SchedulerConfig {
+            rescale_betas_zero_snr: true,
+            ..SchedulerConfig::default()
+        };
+        let (acp, sched) = (alphas_cumprod(&cfg), DiscreteSchedule::new(&cfg));
+        let get = |k: &str| -> Vec<f64> {
+            golden[k]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .collect()
+        };
+        let ts = golden["timesteps"].as_array().unwrap();
+        for (i, t) in ts.iter().enumerate() {
+            let t = t.as_u64().unwrap() as usize;
+            let (want_acp, want_sigma) = (get("alphas_cumprod")[i], get("sigmas")[i]);
+            assert!(
+                (acp[t] - want_acp).abs() <= 1e-6 * want_acp.max(1e-3),
+                "acp[{t}] {} vs {want_acp}",
+                acp[t]
+            );
+            let rel = (sched.sigmas[t] - want_sigma).abs() / want_sigma;
+            assert!(rel < 1e-4, "sigma[{t}] {} vs {want_sigma}", sched.sigmas[t]);
+        }
+        assert_eq!(acp[999], 0.0, "pure noise at the last timestep");
+        // The schedule is SD's at its start, as the rescaling keeps the first value.
+        assert_eq!(acp[0], alphas_cumprod(&SchedulerConfig::default())[0]);
     }
 
     /// SD 1.x's well-known extremes: sigma_min ~0.0292, sigma_max ~14.6146.

@@ -29,7 +29,7 @@ use crate::model::meta::{PredictionType, SamplingDefaults, SchedulerConfig, DEFA
 use crate::model::unet::{UNet2DConditionModel, UNetConfig};
 use crate::model::vae::AutoencoderKL;
 use crate::sample::noise::{NoiseSource, SeededNoise};
-use crate::sample::schedule::alphas_cumprod;
+use crate::sample::schedule::{alphas_cumprod, ZERO_SNR_STAND_IN};
 
 /// An edit-model training run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -66,6 +66,13 @@ pub struct EditPlan {
     /// Written into the exported scheduler config; a run keeps the one it started with.
     #[serde(default = "epsilon")]
     pub prediction: PredictionType,
+    /// The noise schedule rescaled to zero terminal SNR ([`SchedulerConfig`]'s
+    /// `rescale_betas_zero_snr`): the last timestep trains on pure noise, as sampling's first
+    /// step sees, instead of noise holding 7% of the target. Written into the exported
+    /// scheduler config; a run keeps the one it started with. Min-SNR weighting gives that
+    /// timestep no weight (its SNR is 0): use it with `min_snr_gamma` 0.
+    #[serde(default)]
+    pub zero_terminal_snr: bool,
     /// Min-SNR loss weighting (Hang et al., 2023): each timestep's loss weighted by
     /// `min(SNR, gamma) / SNR` (epsilon) or `/ (SNR + 1)` (v); 0 disables.
     #[serde(default)]
@@ -91,6 +98,17 @@ struct Meta {
 
 fn epsilon() -> PredictionType {
     PredictionType::Epsilon
+}
+
+impl EditPlan {
+    /// The training noise schedule: SD 1.x's, with this plan's prediction type and terminal SNR.
+    pub fn scheduler(&self) -> SchedulerConfig {
+        SchedulerConfig {
+            prediction_type: self.prediction,
+            rescale_betas_zero_snr: self.zero_terminal_snr,
+            ..SchedulerConfig::default()
+        }
+    }
 }
 
 /// The seed of the trainer's sample stream: its pool is
@@ -119,6 +137,7 @@ pub fn default_plan(out: PathBuf, vae: PathBuf) -> EditPlan {
         sample_edits: 4,
         change_weight: 4.0,
         prediction: PredictionType::VPrediction,
+        zero_terminal_snr: false,
         min_snr_gamma: 5.0,
         lora_rank: 0,
         pool: 20_000,
@@ -280,7 +299,8 @@ pub fn export_model(
         &serde_json::json!({
             "_class_name": "EulerAncestralDiscreteScheduler",
             "num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
-            "beta_schedule": "scaled_linear", "prediction_type": plan.prediction
+            "beta_schedule": "scaled_linear", "prediction_type": plan.prediction,
+            "rescale_betas_zero_snr": plan.zero_terminal_snr
         }),
     )?;
     write_json(
@@ -413,13 +433,13 @@ pub fn check_fit(
     Ok(())
 }
 
-/// What a diffusers folder's UNet predicts (its scheduler config; epsilon when absent): a
-/// fine-tune must keep it.
-pub fn base_prediction(dir: &Path) -> PredictionType {
+/// A diffusers folder's noise schedule (its scheduler config; SD 1.x's, epsilon, when absent):
+/// a fine-tune keeps what its UNet predicts and where its schedule ends.
+pub fn base_scheduler(dir: &Path) -> SchedulerConfig {
     std::fs::read_to_string(dir.join("scheduler/scheduler_config.json"))
         .ok()
         .and_then(|s| serde_json::from_str::<SchedulerConfig>(&s).ok())
-        .map_or(PredictionType::Epsilon, |c| c.prediction_type)
+        .unwrap_or_default()
 }
 
 /// The UNet and text-encoder weights of a diffusers folder, named as the trainer names its
@@ -503,6 +523,19 @@ pub fn train(
             )
             .into());
         }
+        if meta.plan.zero_terminal_snr != plan.zero_terminal_snr {
+            return Err(anyhow::anyhow!(
+                "the run in '{}' trains with zero terminal SNR {}; resume it the same way \
+                 (--zero-terminal-snr) or start a new run folder",
+                plan.out.display(),
+                if meta.plan.zero_terminal_snr {
+                    "on"
+                } else {
+                    "off"
+                }
+            )
+            .into());
+        }
     }
     let mut opt = super::start(
         &varmap,
@@ -513,7 +546,7 @@ pub fn train(
         plan.grow,
     )?;
     drop(base);
-    let acp: Vec<f64> = alphas_cumprod(&SchedulerConfig::default());
+    let acp: Vec<f64> = alphas_cumprod(&plan.scheduler());
     let spec = |source| PoolSpec {
         dir: plan.out.join("pool"),
         source,
@@ -706,6 +739,11 @@ struct Probe {
     t: Tensor,
     /// The error of "no edit" (the source latent as the answer) over the changed cells.
     no_edit: f64,
+    /// `alphas_cumprod` of the schedule's last timestep (diffusers' stand-in 2^-24 for a
+    /// zero-terminal-SNR schedule's 0), where the pure-noise reading is taken.
+    last_acp: f64,
+    /// The schedule's number of training timesteps.
+    timesteps: usize,
     prompts: Vec<String>,
 }
 
@@ -735,7 +773,7 @@ impl Probe {
         let tgt = images_to_tensor(&examples.iter().map(|e| &e.1).collect::<Vec<_>>(), device)?;
         let target = (vae.encode_mean(&tgt)? * vae.config.scaling_factor)?;
         // Timesteps spread over the schedule, the same every time.
-        let acp = alphas_cumprod(&SchedulerConfig::default());
+        let acp = alphas_cumprod(&plan.scheduler());
         let ts: Vec<usize> = (0..n).map(|i| 100 + i * 800 / (n - 1)).collect();
         let col = |v: Vec<f32>| Tensor::from_vec(v, (n, 1, 1, 1), device);
         let source = vae.encode_mean(&src)?;
@@ -750,6 +788,8 @@ impl Probe {
             target,
             t: Tensor::from_vec(ts.iter().map(|&t| t as f32).collect(), n, device)?,
             no_edit,
+            last_acp: acp[acp.len() - 1].max(ZERO_SNR_STAND_IN),
+            timesteps: acp.len(),
             prompts: examples.into_iter().map(|e| e.2).collect(),
         }))
     }
@@ -779,8 +819,14 @@ impl Probe {
                 .forward(&Tensor::from_vec(ids, (n, len), device)?)?
                 .detach())
         };
-        let error = |text: &Tensor, a: &Tensor, b: &Tensor, t: &Tensor| -> anyhow::Result<f64> {
-            let noisy = (self.target.broadcast_mul(a)? + self.eps.broadcast_mul(b)?)?;
+        // `a` scales the target into the noisy latent, `leak` of it (0: pure noise).
+        let error = |text: &Tensor,
+                     a: &Tensor,
+                     b: &Tensor,
+                     t: &Tensor,
+                     leak: f64|
+         -> anyhow::Result<f64> {
+            let noisy = ((self.target.broadcast_mul(a)? * leak)? + self.eps.broadcast_mul(b)?)?;
             let input = Tensor::cat(&[&noisy, &self.source], 1)?;
             let out = unet.forward(&input, t, text)?.detach();
             let x0 = match prediction {
@@ -790,19 +836,20 @@ impl Probe {
             changed_error(&x0, &self.target, &self.changed)
         };
         let (own, other) = (text(0)?, text(1)?);
-        // The noisiest timestep of the schedule, for every sample.
-        let schedule = alphas_cumprod(&SchedulerConfig::default());
-        let (last, acp) = (schedule.len() - 1, schedule[schedule.len() - 1]);
+        // What sampling's first step sees: the last timestep, and noise alone (a training
+        // sample there still holds sqrt(acp) of the target unless the schedule ends at zero
+        // SNR).
         let fill = |v: f64| Tensor::full(v as f32, (n, 1, 1, 1), device);
         let from_noise = error(
             &own,
-            &fill(acp.sqrt())?,
-            &fill((1.0 - acp).sqrt())?,
-            &Tensor::full(last as f32, n, device)?,
+            &fill(self.last_acp.sqrt())?,
+            &fill((1.0 - self.last_acp).sqrt())?,
+            &Tensor::full((self.timesteps - 1) as f32, n, device)?,
+            0.0,
         )?;
         Ok(ProbeResult {
-            matched: error(&own, &self.a, &self.b, &self.t)?,
-            mismatched: error(&other, &self.a, &self.b, &self.t)?,
+            matched: error(&own, &self.a, &self.b, &self.t, 1.0)?,
+            mismatched: error(&other, &self.a, &self.b, &self.t, 1.0)?,
             from_noise: from_noise / self.no_edit.max(1e-12),
         })
     }
@@ -906,6 +953,8 @@ mod tests {
             b: col(b),
             t: Tensor::new(&t, &dev).unwrap(),
             no_edit: 2.0,
+            last_acp: alphas_cumprod(&SchedulerConfig::default())[999],
+            timesteps: 1000,
             prompts: vec![
                 "paint the red circle blue".into(),
                 "remove the star".into(),
@@ -920,16 +969,31 @@ mod tests {
         let (own, other) = (r.matched, r.mismatched);
         assert!(own.is_finite() && own > 0.0 && other > 0.0);
         assert!((own - other).abs() > 1e-6 * own, "{own} vs {other}");
-        // From pure noise: the own instruction's error at the schedule's last timestep, over
-        // the error of no edit; the same as the spread probe gives with every sample there.
-        let acp = alphas_cumprod(&SchedulerConfig::default())[999];
-        let (a, b) = (acp.sqrt() as f32, (1.0 - acp).sqrt() as f32);
-        let last = probe_at([a; 3], [b; 3], [999.; 3])
+        // From pure noise, on a zero-terminal-SNR schedule (the stand-in acp 2^-24): the input
+        // is the noise alone and a v-prediction's clean estimate is -v there, so the reading is
+        // the error of -v against the target over the error of no edit.
+        let probe = Probe {
+            last_acp: ZERO_SNR_STAND_IN,
+            ..probe_at([0.9, 0.6, 0.3], [0.43, 0.8, 0.95], [100., 500., 900.])
+        };
+        let r = probe
             .measure(&unet, &clip, &tok, PredictionType::VPrediction)
             .unwrap();
-        let expected = last.matched / 2.0;
+        let mut ids = Vec::new();
+        for p in &probe.prompts {
+            ids.extend(tok.encode(p).unwrap());
+        }
+        let text = clip
+            .forward(&Tensor::from_vec(ids, (n, 77), &dev).unwrap())
+            .unwrap();
+        let input = Tensor::cat(&[&probe.eps, &probe.source], 1).unwrap();
+        let v = unet
+            .forward(&input, &Tensor::new(&[999f32; 3], &dev).unwrap(), &text)
+            .unwrap();
+        let expected = changed_error(&v.neg().unwrap(), &probe.target, &probe.changed).unwrap()
+            / probe.no_edit;
         assert!(
-            (r.from_noise - expected).abs() < 1e-5 * expected,
+            (r.from_noise - expected).abs() < 1e-3 * expected,
             "{} vs {expected}",
             r.from_noise
         );
