@@ -7,7 +7,10 @@ noised target. A model that has not learnt which object the words pick out predi
 the noisy latent already shows it (t <= 700 or so); sampling then commits to a guess in its first
 steps. This prints, per timestep, the error of the predicted clean latent over the changed cells
 relative to the error of "no edit" (the source latent) there, and the error with another sample's
-instruction relative to the sample's own (1.0: the instruction is ignored).
+instruction relative to the sample's own (1.0: the instruction is ignored). The first row,
+"999 pure", takes the noise alone as input, as sampling's first step does: on SD's schedule a
+training sample at t = 999 still holds sqrt(acp) = 7% of the target, which a model can lean on.
+A model whose scheduler config has `rescale_betas_zero_snr` is probed on that schedule.
 
     instructdiffusion data synth --out /tmp/probe --count 240 --first-seed 1099516627776
     tools/timestep_probe.py models/builtin /tmp/probe [--tasks keypoints,referring_segmentation]
