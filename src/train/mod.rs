@@ -367,7 +367,12 @@ mod tests {
             .build()
             .expect("pool");
         let (split, g_split) = pool.install(|| backward_in_shares(5, true, loss))?;
-        assert!((whole - split).abs() < 1e-6, "{whole} vs {split}");
+        // The same sums in another order, in f32: equal to rounding, relative to their size
+        // (the inputs are random, the loss anywhere from 0.1 to 50).
+        assert!(
+            (whole - split).abs() < 1e-6 * whole.abs().max(1.0),
+            "{whole} vs {split}"
+        );
         let (a, b) = (
             g_whole.get(w.as_tensor()).expect("grad"),
             g_split.get(w.as_tensor()).expect("grad"),
