@@ -131,7 +131,7 @@ log "timing: the built-in model on cuda f32"
 "$BIN" bench --model builtin --device cuda --resolution 128 --repeats 5 --edit-steps 20 2>&1 | tail -8
 log "training on cuda: the built-in model fine-tuned ${TRAIN_STEPS:=300} steps (batch 32, a pool of 512)"
 # The trainer's generic layers (gradient-checked on the CPU in f64) on the GPU: steps/s, a finite
-# loss, the instruction probe near the built-in model's (ratio ~4.8, from pure noise ~0.48).
+# loss, the instruction probe near the built-in model's (ratio ~4.1, from pure noise ~0.64).
 rm -rf "$OUT/train-cuda"
 "$BIN" train edit --device cuda --out "$OUT/train-cuda" --base models/builtin --pool 512 --batch 32 \
     --lr 1e-4 --steps "$TRAIN_STEPS" --checkpoint-every "$TRAIN_STEPS" --log-every 50 2>&1 |
