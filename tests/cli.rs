@@ -565,27 +565,33 @@ fn train_task_weights_are_checked() {
         ],
         "unknown task 'segmentation'; the families are: referring_segmentation",
     );
-    fails_with(
-        &["train", "edit", "--out", out, "--tasks", "keypoints=0"],
-        "'keypoints=0': the weight after '=' must be a positive number",
-    );
-    // A flag of the other phase would do nothing: refused, naming its phase.
-    fails_with(
-        &["train", "vae", "--out", out, "--unet-config", "u.json"],
-        "--unet-config is for `train edit`, not `train vae`",
-    );
-    fails_with(
-        &["train", "edit", "--out", out, "--crop", "64"],
-        "--crop is for `train vae`, not `train edit`",
-    );
-    fails_with(
-        &["train", "vae", "--out", out, "--min-snr-gamma", "0"],
-        "--min-snr-gamma is for `train edit`, not `train vae`",
-    );
-    fails_with(
-        &["train", "edit", "--out", out, "--min-snr-gamma=-1"],
-        "--min-snr-gamma is 0 (off) or a positive number, not -1",
-    );
+    // A bad weight or gamma, and a flag of the other phase (it would do nothing, so it is
+    // refused, naming its phase).
+    let refused: [(&[&str], &str); 5] = [
+        (
+            &["train", "edit", "--out", out, "--tasks", "keypoints=0"],
+            "'keypoints=0': the weight after '=' must be a positive number",
+        ),
+        (
+            &["train", "vae", "--out", out, "--unet-config", "u.json"],
+            "--unet-config is for `train edit`, not `train vae`",
+        ),
+        (
+            &["train", "edit", "--out", out, "--crop", "64"],
+            "--crop is for `train vae`, not `train edit`",
+        ),
+        (
+            &["train", "vae", "--out", out, "--min-snr-gamma", "0"],
+            "--min-snr-gamma is for `train edit`, not `train vae`",
+        ),
+        (
+            &["train", "edit", "--out", out, "--min-snr-gamma=-1"],
+            "--min-snr-gamma is 0 (off) or a positive number, not -1",
+        ),
+    ];
+    for (args, needle) in refused {
+        fails_with(args, needle);
+    }
     // This build has no GPU backend: said before anything is written.
     #[cfg(not(feature = "cuda"))]
     fails_with(
