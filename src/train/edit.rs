@@ -755,7 +755,8 @@ pub struct ProbeResult {
     pub matched: f64,
     /// The same with the next sample's instruction.
     pub mismatched: f64,
-    /// The error with the own instruction at the noisiest timestep, relative to "no edit":
+    /// The error with the own instruction at the schedule's last timestep with the noise alone
+    /// as input (what sampling's first step sees), relative to "no edit":
     /// 1 when nothing of the edit is predicted from noise, 0 when all of it is (the edit is
     /// fixed by the source and the instruction, so a model that grounds the words needs no
     /// hint from the noisy latent).
