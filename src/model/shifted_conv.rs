@@ -263,7 +263,7 @@ impl CustomOp3 for ShiftedConv {
         &self,
         x: &Tensor,
         weight: &Tensor,
-        _bias: &Tensor,
+        bias: &Tensor,
         _res: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
@@ -271,18 +271,31 @@ impl CustomOp3 for ShiftedConv {
         let k = weight.dim(2)?;
         let dy = dy.detach().contiguous()?;
         // The input's gradient is the same-size convolution of `dy` with the kernels
-        // transposed (in <-> out) and turned half a turn.
-        let rev = Tensor::from_vec((0..k as u32).rev().collect::<Vec<_>>(), k, weight.device())?;
-        let turned = weight
-            .detach()
-            .index_select(&rev, 2)?
-            .index_select(&rev, 3)?
-            .transpose(0, 1)?;
-        let zero = Tensor::zeros(c, dy.dtype(), dy.device())?;
-        let dx = conv_same(&dy, &turned, &zero)?;
-        let dw = x.detach().apply_op2_no_bwd(&dy, &WeightGrad { k })?;
-        let db = dy.sum((0, 2, 3))?;
-        Ok((Some(dx), Some(dw), Some(db)))
+        // transposed (in <-> out) and turned half a turn; not computed for an input no
+        // gradient flows to (a UNet's first convolution reads the latents).
+        let dx = if x.track_op() {
+            let rev =
+                Tensor::from_vec((0..k as u32).rev().collect::<Vec<_>>(), k, weight.device())?;
+            let turned = weight
+                .detach()
+                .index_select(&rev, 2)?
+                .index_select(&rev, 3)?
+                .transpose(0, 1)?;
+            let zero = Tensor::zeros(c, dy.dtype(), dy.device())?;
+            Some(conv_same(&dy, &turned, &zero)?)
+        } else {
+            None
+        };
+        // Frozen kernels (a LoRA fine-tune) take no gradient either.
+        let dw = match weight.track_op() {
+            true => Some(x.detach().apply_op2_no_bwd(&dy, &WeightGrad { k })?),
+            false => None,
+        };
+        let db = match bias.track_op() {
+            true => Some(dy.sum((0, 2, 3))?),
+            false => None,
+        };
+        Ok((dx, dw, db))
     }
 }
 
@@ -405,6 +418,25 @@ mod tests {
                 (b, c, o, h, w, k)
             );
         }
+    }
+
+    /// Only what is tracked gets a gradient (an input of latents, frozen kernels), and it is
+    /// still right.
+    #[test]
+    fn untracked_parts_take_no_gradient() {
+        let dev = Device::Cpu;
+        let (b, c, o, h, w) = (2, 3, 4, 6, 5);
+        let x = Tensor::randn(0f32, 1.0, (b, c, h, w), &dev).unwrap();
+        let wt = Tensor::randn(0f32, 1.0, (o, c, 3, 3), &dev).unwrap();
+        let bias = candle_core::Var::randn(0f32, 1.0, o, &dev).unwrap();
+        let mix = Tensor::randn(0f32, 1.0, (b, o, h, w), &dev).unwrap();
+        let y = conv_same(&x, &wt, bias.as_tensor()).unwrap();
+        let grads = (y * &mix).unwrap().sum_all().unwrap().backward().unwrap();
+        assert!(grads.get(&x).is_none() && grads.get(&wt).is_none());
+        let db = grads.get(bias.as_tensor()).unwrap();
+        let want = mix.sum((0, 2, 3)).unwrap();
+        let diff = (db - want).unwrap().abs().unwrap().max_all().unwrap();
+        assert!(diff.to_scalar::<f32>().unwrap() < 1e-4);
     }
 
     /// The gradients of input, kernels and bias equal candle's convolution's.
