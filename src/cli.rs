@@ -132,6 +132,11 @@ pub struct TrainArgs {
     /// cross_attention_dim).
     #[arg(long, value_name = "CONFIG_JSON", conflicts_with = "base")]
     pub text_encoder_config: Option<PathBuf>,
+    /// Phase `edit` from scratch: start the text encoder from this diffusers folder's trained
+    /// one (its weights and config; e.g. `models/builtin`) and the UNet from scratch, so a new
+    /// UNet (--unet-config) learns to read an encoder that already tells instructions apart.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["base", "text_encoder_config"])]
+    pub text_encoder_from: Option<PathBuf>,
     /// Phase `edit`: what the UNet predicts, `epsilon` or `v` (default: v from scratch, the
     /// base's with --base; a run resumes only with the one it started with).
     #[arg(long)]
@@ -625,6 +630,7 @@ fn run_train(cmd: &TrainCommand) -> anyhow::Result<()> {
                 ("--grow", a.grow),
                 ("--unet-config", a.unet_config.is_some()),
                 ("--text-encoder-config", a.text_encoder_config.is_some()),
+                ("--text-encoder-from", a.text_encoder_from.is_some()),
                 ("--prediction", a.prediction.is_some()),
                 ("--data", a.data.is_some()),
                 ("--pool", a.pool.is_some()),
@@ -730,6 +736,7 @@ fn run_train(cmd: &TrainCommand) -> anyhow::Result<()> {
                 );
             }
             plan.grow = a.grow;
+            plan.text_encoder_from = a.text_encoder_from.clone();
             plan.data = a.data.clone();
             plan.lora_rank = a.lora_rank.unwrap_or(0);
             plan.steps = a.steps.unwrap_or(plan.steps);
@@ -749,11 +756,15 @@ fn run_train(cmd: &TrainCommand) -> anyhow::Result<()> {
             plan.checkpoint_every = a.checkpoint_every.unwrap_or(plan.checkpoint_every).max(1);
             let (unet, clip) = match &a.base {
                 Some(base) => edit::base_configs(base)?,
-                None => edit::scratch_configs(
-                    &a.out,
-                    a.unet_config.as_deref(),
-                    a.text_encoder_config.as_deref(),
-                )?,
+                None => {
+                    let from = a.text_encoder_from.as_ref();
+                    let clip_config = from.map(|dir| dir.join("text_encoder/config.json"));
+                    edit::scratch_configs(
+                        &a.out,
+                        a.unet_config.as_deref(),
+                        a.text_encoder_config.as_deref().or(clip_config.as_deref()),
+                    )?
+                }
             };
             let never = std::sync::atomic::AtomicBool::new(false);
             edit::train(&plan, &unet, &clip, &device, &never, &mut on_event)

@@ -567,7 +567,7 @@ fn train_task_weights_are_checked() {
     );
     // A bad weight or gamma, and a flag of the other phase (it would do nothing, so it is
     // refused, naming its phase).
-    let refused: [(&[&str], &str); 5] = [
+    let refused: [(&[&str], &str); 6] = [
         (
             &["train", "edit", "--out", out, "--tasks", "keypoints=0"],
             "'keypoints=0': the weight after '=' must be a positive number",
@@ -587,6 +587,19 @@ fn train_task_weights_are_checked() {
         (
             &["train", "edit", "--out", out, "--min-snr-gamma=-1"],
             "--min-snr-gamma is 0 (off) or a positive number, not -1",
+        ),
+        (
+            &[
+                "train",
+                "edit",
+                "--out",
+                out,
+                "--base",
+                "b",
+                "--text-encoder-from",
+                "b",
+            ],
+            "the argument '--base <BASE>' cannot be used with '--text-encoder-from <DIR>'",
         ),
     ];
     for (args, needle) in refused {

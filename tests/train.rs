@@ -668,3 +668,43 @@ fn a_grown_architecture_starts_as_its_base() {
         "the grown model computes what the base did: {diff} (outputs up to {scale})"
     );
 }
+
+/// `--text-encoder-from`: a run from scratch takes the text encoder of a trained folder as it
+/// is, and starts its UNet afresh.
+#[test]
+fn a_scratch_unet_can_start_from_a_trained_text_encoder() {
+    let tmp = tempdir();
+    let (base, unet, clip, mut plan) = fine_tune_plan(&tmp.path().join("run"));
+    plan.base = None;
+    plan.text_encoder_from = Some(base.clone());
+    plan.pool = 4;
+    plan.steps = 1;
+    plan.checkpoint_every = 1;
+    plan.sample_edits = 0;
+    plan.optim.lr = 0.0;
+    plan.optim.warmup_steps = 0;
+    let never = std::sync::atomic::AtomicBool::new(false);
+    edit::train(&plan, &unet, &clip, &Device::Cpu, &never, &mut |_| {}).unwrap();
+    let saved = state(&plan.out);
+    let weights =
+        |file: &str| candle_core::safetensors::load(base.join(file), &Device::Cpu).unwrap();
+    let text_encoder = weights("text_encoder/model.safetensors");
+    assert!(!text_encoder.is_empty());
+    for (k, w) in &text_encoder {
+        let name = match k.starts_with("text_model.") {
+            true => format!("param/text_encoder.{k}"),
+            false => format!("param/text_encoder.text_model.{k}"),
+        };
+        assert_eq!(max_diff(&saved[&name], w), 0.0, "'{k}' is the trained one");
+    }
+    let base_unet = weights("unet/diffusion_pytorch_model.safetensors");
+    let fresh = base_unet
+        .iter()
+        .filter(|(k, w)| max_diff(&saved[&format!("param/unet.{k}")], w) > 0.0)
+        .count();
+    assert!(
+        fresh > base_unet.len() / 2,
+        "the UNet starts afresh: {fresh} of {} weights differ from the folder's",
+        base_unet.len()
+    );
+}

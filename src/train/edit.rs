@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use super::checkpoint::{save_weights, Checkpoint};
 use super::optim::{AdamW, AdamWConfig};
 use super::pool::{build_or_load, change_map, Pool, PoolSource, PoolSpec};
-use super::{images_to_tensor, sample_seed, step_seed, Run, TrainError, TrainEvent};
+use super::{images_to_tensor, sample_seed, step_seed, Missing, Run, TrainError, TrainEvent};
 use crate::data::sample::{generate, TaskWeights};
 use crate::model::clip::{ClipConfig, ClipTextModel, ClipTokenizer};
 use crate::model::lora::LoraSpec;
@@ -47,6 +47,11 @@ pub struct EditPlan {
     /// zero, so the grown model first computes exactly what the base did.
     #[serde(default)]
     pub grow: bool,
+    /// From scratch (no `base`): the text encoder starts from this diffusers folder's trained
+    /// one (weights and config), the UNet from its initialisation, e.g. a new UNet
+    /// architecture learning to read an encoder that already tells instructions apart.
+    #[serde(default)]
+    pub text_encoder_from: Option<PathBuf>,
     /// A dataset folder (`metadata.jsonl`) to train on instead of the generator.
     #[serde(default)]
     pub data: Option<PathBuf>,
@@ -122,6 +127,7 @@ pub fn default_plan(out: PathBuf, vae: PathBuf) -> EditPlan {
         vae,
         base: None,
         grow: false,
+        text_encoder_from: None,
         data: None,
         steps: 40_000,
         batch: 8,
@@ -445,31 +451,50 @@ pub fn base_scheduler(dir: &Path) -> SchedulerConfig {
 /// The UNet and text-encoder weights of a diffusers folder, named as the trainer names its
 /// variables (`unet.*`, `text_encoder.*`).
 fn base_weights(dir: &Path, device: &Device) -> anyhow::Result<HashMap<String, Tensor>> {
-    let mut all = HashMap::new();
-    for (prefix, file) in [
-        ("unet.", "unet/diffusion_pytorch_model.safetensors"),
-        ("text_encoder.", "text_encoder/model.safetensors"),
-    ] {
-        let p = dir.join(file);
-        let tensors = candle_core::safetensors::load(&p, device).map_err(|e| {
-            anyhow::anyhow!(
-                "reading '{}': {}",
-                p.display(),
-                crate::model::load::error_message(&e)
-            )
-        })?;
-        // transformers 5 saves the text encoder without the `text_model.` prefix of 4.x.
-        let inner = |k: &str| match prefix {
-            "text_encoder." if !k.starts_with("text_model.") => format!("text_model.{k}"),
-            _ => k.to_string(),
-        };
-        all.extend(
-            tensors
-                .into_iter()
-                .map(|(k, v)| (format!("{prefix}{}", inner(&k)), v)),
-        );
-    }
+    let mut all = text_encoder_weights(dir, device)?;
+    all.extend(weights_of(
+        dir,
+        "unet.",
+        "unet/diffusion_pytorch_model.safetensors",
+        device,
+    )?);
     Ok(all)
+}
+
+/// The text encoder's weights of a diffusers folder, named as the trainer's variables.
+fn text_encoder_weights(dir: &Path, device: &Device) -> anyhow::Result<HashMap<String, Tensor>> {
+    weights_of(
+        dir,
+        "text_encoder.",
+        "text_encoder/model.safetensors",
+        device,
+    )
+}
+
+/// The weights of `dir/file`, each name behind `prefix` ("unet." or "text_encoder.").
+fn weights_of(
+    dir: &Path,
+    prefix: &str,
+    file: &str,
+    device: &Device,
+) -> anyhow::Result<HashMap<String, Tensor>> {
+    let p = dir.join(file);
+    let tensors = candle_core::safetensors::load(&p, device).map_err(|e| {
+        anyhow::anyhow!(
+            "reading '{}': {}",
+            p.display(),
+            crate::model::load::error_message(&e)
+        )
+    })?;
+    // transformers 5 saves the text encoder without the `text_model.` prefix of 4.x.
+    let inner = |k: &str| match prefix {
+        "text_encoder." if !k.starts_with("text_model.") => format!("text_model.{k}"),
+        _ => k.to_string(),
+    };
+    Ok(tensors
+        .into_iter()
+        .map(|(k, v)| (format!("{prefix}{}", inner(&k)), v))
+        .collect())
 }
 
 /// Trains (or resumes) the UNet and text encoder of `plan`. Setting `stop` ends the run after
@@ -510,9 +535,19 @@ pub fn train(
         (unet, clip, None)
     };
     let tokenizer = ClipTokenizer::bundled(clip_cfg.max_position_embeddings);
-    let base = match &plan.base {
-        Some(dir) if frozen.is_none() && !ckpt.exists() => Some(base_weights(dir, device)?),
-        _ => None,
+    let (base, missing) = match (&plan.base, &plan.text_encoder_from) {
+        (Some(dir), _) if frozen.is_none() && !ckpt.exists() => {
+            let missing = if plan.grow {
+                Missing::Grow
+            } else {
+                Missing::Refuse
+            };
+            (Some(base_weights(dir, device)?), missing)
+        }
+        (None, Some(dir)) if !ckpt.exists() => {
+            (Some(text_encoder_weights(dir, device)?), Missing::Fresh)
+        }
+        _ => (None, Missing::Refuse),
     };
     if let Some(meta) = ckpt.exists().then(|| ckpt.meta::<Meta>()).transpose()? {
         if meta.plan.prediction != plan.prediction {
@@ -543,7 +578,7 @@ pub fn train(
         &plan.optim,
         &ckpt,
         base.as_ref(),
-        plan.grow,
+        missing,
     )?;
     drop(base);
     let acp: Vec<f64> = alphas_cumprod(&plan.scheduler());

@@ -259,31 +259,50 @@ pub fn init_weights(varmap: &candle_nn::VarMap, seed: u64) -> candle_core::Resul
     Ok(())
 }
 
-/// Seeds the variables of `varmap` (or sets them from `base`, which must hold every one),
-/// builds the optimizer over them, and restores the last checkpoint in `ckpt` when there is one.
+/// What [`start`] does with a weight of the model being trained that its base lacks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Missing {
+    /// Refuses the base: a fine-tune needs every weight.
+    Refuse,
+    /// Keeps the initialisation, with a new transformer block's output projection at zero, so
+    /// the grown model starts as the base (`--grow`).
+    Grow,
+    /// Keeps the initialisation: the base gives only part of the model
+    /// (`--text-encoder-from`).
+    Fresh,
+}
+
+/// Seeds the variables of `varmap` (or sets them from `base`; `missing` says what happens to
+/// those it lacks), builds the optimizer over them, and restores the last checkpoint in `ckpt`
+/// when there is one.
 pub fn start(
     varmap: &candle_nn::VarMap,
     seed: u64,
     cfg: &optim::AdamWConfig,
     ckpt: &checkpoint::Checkpoint,
     base: Option<&std::collections::HashMap<String, Tensor>>,
-    grow: bool,
+    missing: Missing,
 ) -> Result<optim::AdamW, TrainError> {
     init_weights(varmap, seed)?;
     if let Some(base) = base {
         let mut taken = 0;
         for (name, var) in varmap.data().lock().expect("varmap lock").iter() {
             let Some(t) = base.get(name) else {
-                if !grow {
-                    return Err(anyhow::anyhow!(
-                        "the base model has no weight '{name}': is it this kind of model? (--grow trains an architecture grown from the base's)"
-                    )
-                    .into());
-                }
-                // A new transformer block adds `proj_out(...)` to its input: zero makes it
-                // the identity, so the grown model starts as the base.
-                if name.contains(".attentions.") && name.contains(".proj_out.") {
-                    var.set(&var.as_tensor().zeros_like()?)?;
+                match missing {
+                    Missing::Refuse => {
+                        return Err(anyhow::anyhow!(
+                            "the base model has no weight '{name}': is it this kind of model? (--grow trains an architecture grown from the base's)"
+                        )
+                        .into())
+                    }
+                    // A new transformer block adds `proj_out(...)` to its input: zero makes it
+                    // the identity, so the grown model starts as the base.
+                    Missing::Grow
+                        if name.contains(".attentions.") && name.contains(".proj_out.") =>
+                    {
+                        var.set(&var.as_tensor().zeros_like()?)?
+                    }
+                    Missing::Grow | Missing::Fresh => {}
                 }
                 continue;
             };

@@ -164,7 +164,14 @@ pub fn train(
     let varmap = VarMap::new();
     let vae = AutoencoderKL::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, device))?;
     let ckpt = Checkpoint::new(&plan.out.join("checkpoint"));
-    let mut opt = super::start(&varmap, plan.seed, &plan.optim, &ckpt, None, false)?;
+    let mut opt = super::start(
+        &varmap,
+        plan.seed,
+        &plan.optim,
+        &ckpt,
+        None,
+        super::Missing::Refuse,
+    )?;
     if plan.decoder_only {
         opt.freeze(is_encoder_weight)?;
     }
