@@ -79,6 +79,25 @@ mod tests {
         Ok(())
     }
 
+    /// The vendored candle computes no gradient product for a matrix product's untracked
+    /// operand (PATCHES.md); the tracked one's gradient is unchanged.
+    #[test]
+    fn a_frozen_operand_of_a_product_gets_no_gradient() -> candle_core::Result<()> {
+        let dev = candle_core::Device::Cpu;
+        let x = candle_core::Var::randn(0f32, 1.0, (2, 3, 4), &dev)?;
+        let frozen = Tensor::randn(0f32, 1.0, (2, 4, 5), &dev)?;
+        let mix = Tensor::randn(0f32, 1.0, (2, 3, 5), &dev)?;
+        let grads = (x.matmul(&frozen)? * &mix)?.sum_all()?.backward()?;
+        assert!(grads.get(&frozen).is_none());
+        // d/dx sum(mix * (x @ w)) = mix @ w^T.
+        let want = mix.matmul(&frozen.t()?)?;
+        let diff = (grads.get(&x).expect("x tracks") - want)?
+            .abs()?
+            .max_all()?;
+        assert!(diff.to_scalar::<f32>()? < 1e-5);
+        Ok(())
+    }
+
     #[test]
     fn unet_vae_and_text_encoder_train_end_to_end() -> candle_core::Result<()> {
         all_networks_get_gradients(DType::F32)
