@@ -3,7 +3,7 @@
 # Every phase resumes from its last checkpoint when run again, so this script can be
 # killed and restarted at any time. RUNS defaults to ./runs.
 #
-#   tools/train_builtin.sh            # train (or resume) both phases
+#   tools/train_builtin.sh            # train (or resume) every phase
 #   tools/train_builtin.sh ship       # copy the trained model into models/builtin
 #
 # After shipping, measure and record this model's guidance per task family (its card's table):
@@ -20,11 +20,14 @@ EDIT_STEPS=${EDIT_STEPS:-42000}   # ... to 0 here
 POOL=${POOL:-4096}
 POOL_LATER=${POOL_LATER:-16384}
 POOL_SWITCH=${POOL_SWITCH:-10250}  # the edit step at which the pool grew
+ZSNR_SWITCH=${ZSNR_SWITCH:-2000}   # zero-terminal-SNR fine-tune: its pool grows here
+ZSNR_DECAY_FROM=${ZSNR_DECAY_FROM:-9000}
+ZSNR_STEPS=${ZSNR_STEPS:-12000}
 
 if [ "${1:-}" = ship ]; then
     # The model folder (EMA weights, f16) with the tokenizer files and the model card kept.
     rm -rf models/builtin.new
-    cp -r "$RUNS/edit/model" models/builtin.new
+    cp -r "$RUNS/zsnr/model" models/builtin.new
     cp models/builtin/tokenizer/* models/builtin.new/tokenizer/
     cp models/builtin/README.md models/builtin.new/ 2>/dev/null || true
     mv models/builtin models/builtin.old
@@ -58,3 +61,16 @@ CANDLE_NUM_THREADS=2 "$BIN" train edit --device "$DEVICE" --out "$RUNS/edit" --v
 CANDLE_NUM_THREADS=2 "$BIN" train edit --device "$DEVICE" --out "$RUNS/edit" --vae "$RUNS/vae/vae" \
     --pool "$POOL_LATER" --batch 8 --lr 3e-4 --steps "$EDIT_STEPS" --lr-decay-from "$DECAY_FROM" \
     --checkpoint-every 250 --log-every 20
+
+# Phase 5: a fine-tune of that model on the noise schedule rescaled to zero terminal SNR (its
+# last timestep trains on noise alone, as sampling's first step sees), with the plain v loss
+# (min-SNR gives that timestep no weight): 2,000 steps on a fresh pool of 4096 version-2 samples,
+# then the pool grown to 16384 (the first 4096 kept), the rate decaying to 0 from step 9000.
+for phase in "$POOL $ZSNR_SWITCH" "$POOL_LATER $ZSNR_STEPS"; do
+    set -- $phase
+    decay=""
+    [ "$2" = "$ZSNR_STEPS" ] && decay="--lr-decay-from $ZSNR_DECAY_FROM"
+    CANDLE_NUM_THREADS=2 "$BIN" train edit --device "$DEVICE" --out "$RUNS/zsnr" --base "$RUNS/edit/model" \
+        --zero-terminal-snr --min-snr-gamma 0 --pool "$1" --batch 8 --lr 1.5e-4 --steps "$2" $decay \
+        --checkpoint-every 500 --log-every 50
+done
