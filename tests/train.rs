@@ -616,6 +616,17 @@ fn decoder_only_keeps_the_encoder_exactly() {
     assert!(same > 0 && moved > 0, "{same} frozen, {moved} trained");
 }
 
+/// One step at rate 0 from a pool of 4, a checkpoint after it: the run starts and saves its
+/// weights as they were set, unchanged.
+fn frozen_single_step(plan: &mut edit::EditPlan) {
+    plan.pool = 4;
+    plan.steps = 1;
+    plan.checkpoint_every = 1;
+    plan.sample_edits = 0;
+    plan.optim.lr = 0.0;
+    plan.optim.warmup_steps = 0;
+}
+
 /// `--grow`: a base whose UNet config gains cross-attention at its third level trains from the
 /// base's weights, the new transformer blocks start as the identity (their output projections
 /// at zero), and the grown model, as exported, computes what the base did.
@@ -634,12 +645,7 @@ fn a_grown_architecture_starts_as_its_base() {
     let (base, _, _, mut plan) = fine_tune_plan(&tmp.path().join("run"));
     let (unet, clip) = edit::base_configs(&grown).unwrap();
     plan.base = Some(grown.clone());
-    plan.pool = 4;
-    plan.steps = 1;
-    plan.checkpoint_every = 1;
-    plan.sample_edits = 0;
-    plan.optim.lr = 0.0;
-    plan.optim.warmup_steps = 0;
+    frozen_single_step(&mut plan);
     let never = std::sync::atomic::AtomicBool::new(false);
     let err = edit::train(&plan, &unet, &clip, &Device::Cpu, &never, &mut |_| {}).unwrap_err();
     assert!(err.to_string().contains("--grow"), "without --grow: {err}");
@@ -677,12 +683,7 @@ fn a_scratch_unet_can_start_from_a_trained_text_encoder() {
     let (base, unet, clip, mut plan) = fine_tune_plan(&tmp.path().join("run"));
     plan.base = None;
     plan.text_encoder_from = Some(base.clone());
-    plan.pool = 4;
-    plan.steps = 1;
-    plan.checkpoint_every = 1;
-    plan.sample_edits = 0;
-    plan.optim.lr = 0.0;
-    plan.optim.warmup_steps = 0;
+    frozen_single_step(&mut plan);
     let never = std::sync::atomic::AtomicBool::new(false);
     edit::train(&plan, &unet, &clip, &Device::Cpu, &never, &mut |_| {}).unwrap();
     let saved = state(&plan.out);
