@@ -444,6 +444,18 @@ pub fn grid_table(grid: &[((f64, f64), Report)]) -> String {
     s
 }
 
+/// The Wilson score interval (95%) of a success rate `p` over `n` samples: where the true
+/// rate lies, given the count (20 samples at 0.80 allow 0.58-0.92).
+pub fn wilson_interval(p: f64, n: usize) -> (f64, f64) {
+    if n == 0 {
+        return (0.0, 1.0);
+    }
+    let (n, z2) = (n as f64, 1.96f64 * 1.96);
+    let centre = (p + z2 / (2.0 * n)) / (1.0 + z2 / n);
+    let half = (z2 * (p * (1.0 - p) / n + z2 / (4.0 * n * n))).sqrt() / (1.0 + z2 / n);
+    ((centre - half).max(0.0), (centre + half).min(1.0))
+}
+
 /// The report as a table.
 pub fn table(r: &Report) -> String {
     let mut s = format!(
@@ -471,7 +483,14 @@ pub fn table(r: &Report) -> String {
         let m: Vec<String> = row
             .metrics
             .iter()
-            .map(|(k, v)| format!("{k} {v:.3}"))
+            .map(|(k, v)| match k.as_str() {
+                // A rate over a few samples says little alone: its 95% interval beside it.
+                "success" => {
+                    let (lo, hi) = wilson_interval(*v, row.samples);
+                    format!("{k} {v:.3} (95% {lo:.2}-{hi:.2})")
+                }
+                _ => format!("{k} {v:.3}"),
+            })
             .collect();
         s.push_str(&format!(
             "{:<24} {:>7}  {}\n",
@@ -486,6 +505,17 @@ pub fn table(r: &Report) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Wilson intervals as statistics tables give them.
+    #[test]
+    fn success_rates_come_with_their_interval() {
+        let round = |(lo, hi): (f64, f64)| ((lo * 100.0).round(), (hi * 100.0).round());
+        assert_eq!(round(wilson_interval(0.8, 20)), (58.0, 92.0));
+        assert_eq!(round(wilson_interval(0.58, 50)), (44.0, 71.0));
+        assert_eq!(round(wilson_interval(0.0, 10)), (0.0, 28.0));
+        assert_eq!(round(wilson_interval(1.0, 10)), (72.0, 100.0));
+        assert_eq!(wilson_interval(0.5, 0), (0.0, 1.0));
+    }
 
     fn plan(n: usize) -> EvalPlan {
         EvalPlan {
@@ -605,6 +635,14 @@ mod tests {
         assert!(get(&para, Task::SemanticSegmentation, "mIoU") > 0.9);
         assert!(get(&para, Task::Keypoints, "PCK@0.1") > 0.9);
         assert!(table(&para).contains("held-out instructions"));
+        let n = para
+            .rows
+            .iter()
+            .find(|r| r.task == "remove")
+            .unwrap()
+            .samples;
+        let lo = wilson_interval(1.0, n).0;
+        assert!(table(&para).contains(&format!("success 1.000 (95% {lo:.2}-1.00)")));
     }
 
     #[test]
