@@ -48,13 +48,7 @@ mkdir -p "$OUT"
 cd "$here" || exit 1
 log() { echo "== $*"; }
 
-# The CUDA libraries the binary opens at run time (cuBLAS, NVRTC, cuRAND, cuDNN, the runtime): the
-# toolkit's, else PyTorch's wheels'.
-libs=$(find /usr/local/cuda*/lib64 /opt /usr/lib/python3* /usr/local/lib/python3* \
-    \( -name 'libcublas.so*' -o -name 'libnvrtc.so*' -o -name 'libcurand.so*' -o -name 'libcudart.so*' \
-    -o -name 'libcudnn.so*' \) \
-    2>/dev/null | xargs -r -n1 dirname | sort -u | tr '\n' ':')
-export LD_LIBRARY_PATH="${libs}${LD_LIBRARY_PATH:-}"
+. "$here/tools/cuda_libs.sh"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import torch, diffusers; print('torch', torch.__version__, 'diffusers', diffusers.__version__)" | tee -a "$OUT/gpu.txt"
 
