@@ -79,6 +79,48 @@ mod tests {
         Ok(())
     }
 
+    /// The vendored candle takes a stride-1 convolution's input gradient as a convolution with
+    /// the flipped, transposed kernel (PATCHES.md); it must equal the transposed convolution it
+    /// replaces, for any padding and dilation, and strided convolutions keep the latter.
+    #[test]
+    fn a_convolution_input_gradient_matches_the_transposed_convolution() -> candle_core::Result<()>
+    {
+        let dev = candle_core::Device::Cpu;
+        // (kernel, padding, stride, dilation)
+        for (k, p, s, d) in [
+            (3, 1, 1, 1),
+            (1, 0, 1, 1),
+            (3, 0, 1, 1),
+            (5, 2, 1, 1),
+            (3, 2, 1, 2),
+            (3, 1, 2, 1),
+        ] {
+            // Upstream's strided path takes one output padding from the height: square there.
+            let width = if s == 1 { 8 } else { 9 };
+            let x = candle_core::Var::randn(0f64, 1.0, (2, 3, 9, width), &dev)?;
+            let w = Tensor::randn(0f64, 1.0, (4, 3, k, k), &dev)?;
+            let y = x.conv2d(&w, p, s, d, 1)?;
+            let mix = Tensor::randn(0f64, 1.0, y.shape(), &dev)?;
+            let grads = (y * &mix)?.sum_all()?.backward()?;
+            let out_h = (mix.dim(2)? - 1) * s + d * (k - 1) + 1 - 2 * p;
+            let out_w = (mix.dim(3)? - 1) * s + d * (k - 1) + 1 - 2 * p;
+            assert_eq!(
+                9 - out_h,
+                width - out_w,
+                "one output padding for both sides"
+            );
+            let want = mix.conv_transpose2d(&w, p, 9 - out_h, s, d)?;
+            let got = grads.get(&x).expect("x tracks");
+            assert_eq!(got.dims(), want.dims());
+            let diff = (got - want)?.abs()?.max_all()?.to_scalar::<f64>()?;
+            assert!(
+                diff < 1e-10,
+                "k {k} padding {p} stride {s} dilation {d}: off by {diff}"
+            );
+        }
+        Ok(())
+    }
+
     /// The vendored candle computes no gradient product for a matrix product's untracked
     /// operand (PATCHES.md); the tracked one's gradient is unchanged.
     #[test]

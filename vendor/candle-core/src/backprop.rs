@@ -275,13 +275,30 @@ impl Tensor {
                         let out_size =
                             (grad_h - 1) * stride + dilation * (k_h - 1) + 1 - 2 * padding;
                         let out_padding = arg.dim(2)? - out_size;
-                        let grad_arg = grad.conv_transpose2d(
-                            kernel,
-                            *padding,
-                            out_padding,
-                            *stride,
-                            *dilation,
-                        )?;
+                        let k_w = kernel.dim(3)?;
+                        let reach = dilation * (k_h - 1);
+                        // Patched: at stride 1 the input gradient is a plain convolution of the
+                        // output gradient with the kernel transposed (in <-> out) and flipped,
+                        // padded by `reach - padding`, the product path every backend has fast
+                        // (im2col + a matrix product); the CUDA `conv_transpose2d` kernel is a
+                        // naive loop per output element. Same sums, so the same gradient.
+                        let grad_arg = if *stride == 1 && k_w == k_h && *padding <= reach {
+                            let flip = |t: &Tensor, dim: usize| -> Result<Tensor> {
+                                let n = t.dim(dim)?;
+                                let rev: Vec<u32> = (0..n as u32).rev().collect();
+                                t.index_select(&Tensor::new(rev, t.device())?, dim)
+                            };
+                            let flipped = flip(&flip(&kernel.transpose(0, 1)?.contiguous()?, 2)?, 3)?;
+                            grad.conv2d(&flipped, reach - *padding, 1, *dilation, 1)?
+                        } else {
+                            grad.conv_transpose2d(
+                                kernel,
+                                *padding,
+                                out_padding,
+                                *stride,
+                                *dilation,
+                            )?
+                        };
                         grads.accumulate(arg, &grad_arg)?;
 
                         let grad_kernel = arg
