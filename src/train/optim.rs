@@ -263,6 +263,10 @@ impl AdamW {
     /// parameter that is not frozen is expected to train.
     pub fn step(&mut self, grads: &GradStore) -> Result<StepInfo> {
         let mut sq = 0f64;
+        // Elsewhere than the CPU in f32, each variable's sum stays on its device and one
+        // read at the end brings the total back: a read per variable would wait for the
+        // device hundreds of times a step.
+        let mut on_device = Vec::new();
         let mut gs = Vec::with_capacity(self.slots.len());
         for (name, s) in &self.slots {
             if s.frozen {
@@ -272,15 +276,16 @@ impl AdamW {
             let g = grads
                 .get(s.var.as_tensor())
                 .ok_or_else(|| candle_core::Error::Msg(format!("no gradient for '{name}'")))?;
-            sq += match cpu_f32(g, sum_of_squares) {
-                Some(v) => v,
-                None => g
-                    .sqr()?
-                    .sum_all()?
-                    .to_dtype(DType::F64)?
-                    .to_scalar::<f64>()?,
-            };
+            match cpu_f32(g, sum_of_squares) {
+                Some(v) => sq += v,
+                None => on_device.push(g.sqr()?.sum_all()?.to_dtype(DType::F64)?),
+            }
             gs.push(Some(g.detach()));
+        }
+        if !on_device.is_empty() {
+            sq += Tensor::stack(&on_device, 0)?
+                .sum_all()?
+                .to_scalar::<f64>()?;
         }
         let norm = sq.sqrt();
         let scale = if self.cfg.max_grad_norm > 0.0 && norm > self.cfg.max_grad_norm {
@@ -323,19 +328,18 @@ impl AdamW {
     /// Whether every weight is finite (a step with a huge learning rate can overflow them even
     /// when the loss that produced it was finite).
     pub fn all_finite(&self) -> Result<bool> {
-        for (_, s) in &self.slots {
-            let total: f64 = s
-                .var
-                .as_tensor()
-                .abs()?
-                .sum_all()?
-                .to_dtype(DType::F64)?
-                .to_scalar()?;
-            if !total.is_finite() {
-                return Ok(false);
-            }
+        // One read of the device for all the variables (a NaN or infinity anywhere makes the
+        // sum of the absolute sums one too).
+        let sums = self
+            .slots
+            .iter()
+            .map(|(_, s)| s.var.as_tensor().abs()?.sum_all()?.to_dtype(DType::F64))
+            .collect::<Result<Vec<_>>>()?;
+        if sums.is_empty() {
+            return Ok(true);
         }
-        Ok(true)
+        let total: f64 = Tensor::stack(&sums, 0)?.sum_all()?.to_scalar()?;
+        Ok(total.is_finite())
     }
 
     /// Every piece of state as named tensors: `param/`, `m/`, `v/`, `ema/` + the name.
@@ -462,6 +466,34 @@ mod tests {
                 assert!((p - q).abs() <= 2e-7 * q.abs().max(1e-3), "{p} vs {q}");
             }
         }
+        Ok(())
+    }
+
+    /// The gradient norm summed on the device (every path but the CPU in f32; f64 here) is the
+    /// norm over all variables, and a non-finite weight anywhere is caught.
+    #[test]
+    fn device_side_norm_and_finiteness_cover_every_variable() -> Result<()> {
+        let dev = Device::Cpu;
+        let a = Var::new(&[1.0f64, 2.0], &dev)?;
+        let b = Var::new(&[[0.5f64], [-1.0]], &dev)?;
+        let cfg = AdamWConfig {
+            lr: 1e-3,
+            warmup_steps: 0,
+            max_grad_norm: 0.0,
+            ..Default::default()
+        };
+        let mut opt = AdamW::new(vec![("a".into(), a.clone()), ("b".into(), b.clone())], cfg)?;
+        // Gradients 3, 3 for a and 4, 4 for b: norm sqrt(9 + 9 + 16 + 16).
+        let loss = ((a.as_tensor() * 3.0)?.sum_all()? + (b.as_tensor() * 4.0)?.sum_all()?)?;
+        let info = opt.step(&loss.backward()?)?;
+        assert!(
+            (info.grad_norm - 50f64.sqrt()).abs() < 1e-12,
+            "{}",
+            info.grad_norm
+        );
+        assert!(opt.all_finite()?);
+        b.set(&Tensor::new(&[[0.5f64], [f64::NAN]], &dev)?)?;
+        assert!(!opt.all_finite()?, "a NaN in the second variable");
         Ok(())
     }
 
