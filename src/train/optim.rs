@@ -111,7 +111,7 @@ fn tensor_update(s: &mut Slot, g: &Tensor, h: &Scalars) -> Result<()> {
 
 /// The whole update of one variable (moments, weight, EMA) in one pass over its elements, for
 /// contiguous f32 tensors on the CPU; the same arithmetic, in the same order, as
-/// [`tensor_update`], which takes 17 passes and as many fresh buffers per variable (a
+/// [`tensor_update`], which takes 19 passes and as many fresh buffers per variable (a
 /// visible share of a small model's training step). Returns false where it does not apply.
 fn fused_update(s: &mut Slot, g: &Tensor, h: &Scalars) -> Result<bool> {
     // Each scalar rounded to f32 once, as candle's scalar operations round them (`x / c` is
