@@ -288,7 +288,8 @@ impl Tensor {
                                 let rev: Vec<u32> = (0..n as u32).rev().collect();
                                 t.index_select(&Tensor::new(rev, t.device())?, dim)
                             };
-                            let flipped = flip(&flip(&kernel.transpose(0, 1)?.contiguous()?, 2)?, 3)?;
+                            let flipped =
+                                flip(&flip(&kernel.transpose(0, 1)?.contiguous()?, 2)?, 3)?;
                             grad.conv2d(&flipped, reach - *padding, 1, *dilation, 1)?
                         } else {
                             grad.conv_transpose2d(
@@ -517,9 +518,7 @@ impl Tensor {
                         let sum_grad = grads.or_insert(arg)?;
                         *sum_grad = sum_grad.add(&grad.to_dtype(arg.dtype())?)?
                     }
-                    Op::Copy(arg) => {
-                        grads.accumulate(arg, &grad)?
-                    }
+                    Op::Copy(arg) => grads.accumulate(arg, &grad)?,
                     Op::Affine { arg, mul, .. } => {
                         let arg_grad = grad.affine(*mul, 0.)?;
                         grads.accumulate(arg, &arg_grad)?
@@ -754,7 +753,11 @@ impl GradStore {
             }
             Entry::Vacant(entry) => {
                 if grad.shape() != tensor.shape() {
-                    crate::bail!("gradient shape {:?} differs from {:?}", grad.shape(), tensor.shape());
+                    crate::bail!(
+                        "gradient shape {:?} differs from {:?}",
+                        grad.shape(),
+                        tensor.shape()
+                    );
                 }
                 entry.insert(grad.to_dtype(tensor.dtype())?.contiguous()?);
             }
@@ -771,7 +774,11 @@ impl GradStore {
             }
             Entry::Vacant(entry) => {
                 if grad.shape() != tensor.shape() {
-                    crate::bail!("gradient shape {:?} differs from {:?}", grad.shape(), tensor.shape());
+                    crate::bail!(
+                        "gradient shape {:?} differs from {:?}",
+                        grad.shape(),
+                        tensor.shape()
+                    );
                 }
                 entry.insert(grad.neg()?.to_dtype(tensor.dtype())?.contiguous()?);
             }
