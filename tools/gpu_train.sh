@@ -9,7 +9,9 @@
 #
 #   BIN=.dev/instructdiffusion OUT=/tmp/gt BUDGET_S=480 tools/gpu_train.sh \
 #       --unet-config tools/arch/unet-deepmid.json --text-encoder-from models/builtin ...
-#   cat OUT/model.tar.part-* | tar -x -C DIR   # here, afterwards: DIR/model is the diffusers folder
+#   cat OUT/model.tar.part-* | tar -x -C DIR   # here, afterwards: DIR/model is the diffusers
+#                                              # folder, less the VAE and tokenizer it trained with
+#                                              # (copy them in, e.g. from models/builtin)
 #
 # The arguments go to `train edit` as they are (architecture, schedule, batch, lr, pool); --steps,
 # --lr-decay-from, --checkpoint-every and --log-every are this script's (DEVICE, default cuda,
@@ -35,12 +37,15 @@ t0 = $start
 for line in sys.stdin:
     print(f'{time.time() - t0:7.1f} {line}', end='', flush=True)
 "; }
-train() { # train ARGS...
-    "$BIN" train edit --device "$DEVICE" --out "$RUN" "$@" 2>&1 | stamp | tee -a "$OUT/train.log"
+train() { # train SECONDS ARGS... (0 seconds: no limit)
+    limit=$1
+    shift
+    timeout "$limit" "$BIN" train edit --device "$DEVICE" --out "$RUN" "$@" 2>&1 | stamp |
+        tee -a "$OUT/train.log"
 }
 
 echo "== first stretch: $FIRST steps (the pool, the kernels' first use, the pace)"
-train "$@" --steps "$FIRST" --checkpoint-every "$FIRST" --log-every 20
+train 0 "$@" --steps "$FIRST" --checkpoint-every "$FIRST" --log-every $((FIRST > 4 ? FIRST / 5 : 1))
 # The pace between the first and the last progress line that report a step.
 steps=$(python3 - "$OUT/train.log" "$start" "$BUDGET_S" "$FIRST" <<'EOF'
 import re, sys, time
@@ -62,9 +67,8 @@ echo "== the run: to step $steps"
 if [ "$steps" -gt "$FIRST" ]; then
     decay=$((FIRST + (steps - FIRST) * 3 / 4))
     every=$(((steps - FIRST) / 6 + 1))
-    left=$((BUDGET_S - $(date +%s) + start - 15))
-    timeout "$left" "$BIN" train edit --device "$DEVICE" --out "$RUN" "$@" --steps "$steps" \
-        --lr-decay-from "$decay" --checkpoint-every "$every" --log-every 100 2>&1 | stamp | tee -a "$OUT/train.log"
+    train $((BUDGET_S - $(date +%s) + start - 15)) "$@" --steps "$steps" \
+        --lr-decay-from "$decay" --checkpoint-every "$every" --log-every 100
 fi
 echo "== packing $RUN/model"
 tar -C "$RUN" --exclude model/vae --exclude model/tokenizer -cf - model |
