@@ -193,6 +193,10 @@ pub struct TrainArgs {
     /// the built-in recipe's weights. A new set needs a new run folder (its pool differs).
     #[arg(long, value_delimiter = ',')]
     pub tasks: Vec<String>,
+    /// Phase `edit`: time each step's phases (batch, forward and backward, update), waiting
+    /// for the device between them, and print their means with the progress lines.
+    #[arg(long)]
+    pub timing: bool,
 }
 
 #[derive(Subcommand)]
@@ -637,6 +641,7 @@ fn run_train(cmd: &TrainCommand) -> anyhow::Result<()> {
                 ("--tasks", !a.tasks.is_empty()),
                 ("--min-snr-gamma", a.min_snr_gamma.is_some()),
                 ("--zero-terminal-snr", a.zero_terminal_snr),
+                ("--timing", a.timing),
             ],
         ),
         TrainCommand::Edit(a) => (
@@ -689,6 +694,23 @@ fn run_train(cmd: &TrainCommand) -> anyhow::Result<()> {
             eprintln!("warning: {count} dataset line(s) left out, the first: {first}")
         }
         TrainEvent::Stopped { step } => eprintln!("stopped at step {step} (run again to resume)"),
+        TrainEvent::Phases {
+            step,
+            steps,
+            batch_s,
+            passes_s,
+            update_s,
+        } => {
+            if step % log_every == 0 {
+                eprintln!(
+                    "  mean step time over {steps} steps: batch {:.1} ms, forward and backward \
+                     {:.1} ms, update {:.1} ms",
+                    batch_s * 1e3,
+                    passes_s * 1e3,
+                    update_s * 1e3
+                )
+            }
+        }
         TrainEvent::Pool { done, total } => {
             eprintln!(
                 "sample pool: {done}/{total} chunks of {} samples ready",
@@ -737,6 +759,7 @@ fn run_train(cmd: &TrainCommand) -> anyhow::Result<()> {
             }
             plan.grow = a.grow;
             plan.text_encoder_from = a.text_encoder_from.clone();
+            plan.timing = a.timing;
             plan.data = a.data.clone();
             plan.lora_rank = a.lora_rank.unwrap_or(0);
             plan.steps = a.steps.unwrap_or(plan.steps);

@@ -567,7 +567,7 @@ fn train_task_weights_are_checked() {
     );
     // A bad weight or gamma, and a flag of the other phase (it would do nothing, so it is
     // refused, naming its phase).
-    let refused: [(&[&str], &str); 6] = [
+    let refused: [(&[&str], &str); 7] = [
         (
             &["train", "edit", "--out", out, "--tasks", "keypoints=0"],
             "'keypoints=0': the weight after '=' must be a positive number",
@@ -583,6 +583,10 @@ fn train_task_weights_are_checked() {
         (
             &["train", "vae", "--out", out, "--min-snr-gamma", "0"],
             "--min-snr-gamma is for `train edit`, not `train vae`",
+        ),
+        (
+            &["train", "vae", "--out", out, "--timing"],
+            "--timing is for `train edit`, not `train vae`",
         ),
         (
             &["train", "edit", "--out", out, "--min-snr-gamma=-1"],

@@ -518,6 +518,60 @@ fn fine_tune_on_a_dataset_folder_stops_and_resumes() {
     .expect("the fine-tuned folder loads");
 }
 
+/// With timing on, each step after the first reports the mean time of its phases, which are
+/// positive and fit in the run's wall time; with it off, nothing is timed.
+#[test]
+fn timing_reports_where_the_step_time_goes() {
+    let tmp = tempdir();
+    for timing in [true, false] {
+        let (_, unet, clip, mut plan) = fine_tune_plan(&tmp.path().join(format!("t{timing}")));
+        plan.steps = 4;
+        plan.pool = 0;
+        plan.checkpoint_every = 100;
+        plan.timing = timing;
+        let mut phases = Vec::new();
+        let start = std::time::Instant::now();
+        edit::train(
+            &plan,
+            &unet,
+            &clip,
+            &Device::Cpu,
+            &Default::default(),
+            &mut |e| {
+                if let TrainEvent::Phases {
+                    step,
+                    steps,
+                    batch_s,
+                    passes_s,
+                    update_s,
+                } = e
+                {
+                    phases.push((*step, *steps, [*batch_s, *passes_s, *update_s]));
+                }
+            },
+        )
+        .unwrap();
+        let wall = start.elapsed().as_secs_f64();
+        if !timing {
+            assert!(phases.is_empty(), "{phases:?}");
+            continue;
+        }
+        let counted: Vec<_> = phases
+            .iter()
+            .map(|(step, steps, _)| (*step, *steps))
+            .collect();
+        assert_eq!(
+            counted,
+            vec![(2, 1), (3, 2), (4, 3)],
+            "the first step left out"
+        );
+        let (_, steps, means) = phases[2];
+        assert!(means.iter().all(|m| *m > 0.0), "{means:?}");
+        let timed = means.iter().sum::<f64>() * steps as f64;
+        assert!(timed < wall, "{timed} s timed in a {wall} s run");
+    }
+}
+
 /// A LoRA fine-tune trains only the adapters (the checkpoint holds nothing else), writes them
 /// alone in diffusers' naming, and exports the base with them merged: the attention
 /// projections change, every other weight is the base's.

@@ -45,7 +45,8 @@ train() { # train SECONDS ARGS... (0 seconds: no limit)
 }
 
 echo "== first stretch: $FIRST steps (the pool, the kernels' first use, the pace)"
-train 0 "$@" --steps "$FIRST" --checkpoint-every "$FIRST" --log-every $((FIRST > 4 ? FIRST / 5 : 1))
+train 0 "$@" --steps "$FIRST" --checkpoint-every "$FIRST" --log-every $((FIRST > 4 ? FIRST / 5 : 1)) \
+    --timing
 # The pace between the first and the last progress line that report a step.
 steps=$(python3 - "$OUT/train.log" "$start" "$BUDGET_S" "$FIRST" <<'EOF'
 import re, sys, time

@@ -192,7 +192,9 @@ impl TrainingPanel {
                     "{count} dataset line(s) left out; the first: {first}"
                 ))
             }
-            TrainEvent::Checkpoint { .. } | TrainEvent::Stopped { .. } => {}
+            TrainEvent::Checkpoint { .. }
+            | TrainEvent::Stopped { .. }
+            | TrainEvent::Phases { .. } => {}
         }
     }
 

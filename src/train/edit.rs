@@ -93,6 +93,10 @@ pub struct EditPlan {
     pub text_dropout: f64,
     pub image_dropout: f64,
     pub tasks: TaskWeights,
+    /// Time each step's phases, waiting for the device between them, and report their means
+    /// ([`TrainEvent::Phases`]): where a GPU step's time goes, without a profiler.
+    #[serde(default)]
+    pub timing: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -150,6 +154,7 @@ pub fn default_plan(out: PathBuf, vae: PathBuf) -> EditPlan {
         text_dropout: 0.075,
         image_dropout: 0.075,
         tasks: TaskWeights::default(),
+        timing: false,
     }
 }
 
@@ -616,8 +621,10 @@ pub fn train(
     // One share per CPU thread for a narrow network; a GPU takes the batch whole.
     let split = crate::model::nn::splits_batches(&unet_cfg.block_out_channels) && device.is_cpu();
     let mut run = Run::new(opt.step);
+    let mut phases = super::Phases::default();
     while opt.step < plan.steps {
         let step = opt.step;
+        let started = std::time::Instant::now();
         let mut rng = ChaCha8Rng::seed_from_u64(step_seed(plan.seed, step));
         let batch = match &pool {
             Some(pool) => draw(pool, plan.batch, &mut rng, device)?,
@@ -669,6 +676,7 @@ pub fn train(
                 Some(w) => w.mean_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?,
                 None => 1.0,
             };
+        let batch_ready = phases.mark(plan.timing, device)?;
         let (loss, grads) = super::backward_in_shares(n, split, |r| {
             let share = |x: &Tensor| x.narrow(0, r.start, r.len());
             let text = clip.forward(&share(&ids)?)?;
@@ -682,7 +690,11 @@ pub fn train(
             };
             err.sum_all()? / norm
         })?;
+        let passes_done = phases.mark(plan.timing, device)?;
         run.optimize(&mut opt, loss, &grads, plan.steps, &ckpt.dir, on_event)?;
+        if let Some(event) = phases.add(opt.step, started, batch_ready, passes_done, device)? {
+            on_event(&event);
+        }
         let stopping = stop.load(Ordering::SeqCst);
         if stopping || opt.step % plan.checkpoint_every == 0 || opt.step == plan.steps {
             ckpt.save(

@@ -61,6 +61,78 @@ pub enum TrainEvent {
     Stopped {
         step: usize,
     },
+    /// With timing on: the mean seconds per step, over the `steps` steps before `step` (the
+    /// run's first step, which loads and compiles, left out), spent drawing and preparing the
+    /// batch, in the forward and backward passes, and in the optimizer's update and checks.
+    Phases {
+        step: usize,
+        steps: usize,
+        batch_s: f64,
+        passes_s: f64,
+        update_s: f64,
+    },
+}
+
+/// The running sums behind [`TrainEvent::Phases`].
+#[derive(Default)]
+pub struct Phases {
+    steps: usize,
+    sums: [f64; 3],
+    skipped_first: bool,
+}
+
+impl Phases {
+    /// The time now, after waiting for `device` to finish its queued work when `on`; None
+    /// when timing is off.
+    pub fn mark(
+        &self,
+        on: bool,
+        device: &candle_core::Device,
+    ) -> candle_core::Result<Option<Instant>> {
+        if !on {
+            return Ok(None);
+        }
+        device.synchronize()?;
+        Ok(Some(Instant::now()))
+    }
+
+    /// Adds one step (started at `start`, its batch ready and its passes done at the marks)
+    /// and returns the event with the means so far; None when timing is off.
+    pub fn add(
+        &mut self,
+        step: usize,
+        start: Instant,
+        batch_ready: Option<Instant>,
+        passes_done: Option<Instant>,
+        device: &candle_core::Device,
+    ) -> candle_core::Result<Option<TrainEvent>> {
+        let (Some(batch_ready), Some(passes_done)) = (batch_ready, passes_done) else {
+            return Ok(None);
+        };
+        device.synchronize()?;
+        let end = Instant::now();
+        if !self.skipped_first {
+            self.skipped_first = true;
+            return Ok(None);
+        }
+        let spans = [
+            (start, batch_ready),
+            (batch_ready, passes_done),
+            (passes_done, end),
+        ];
+        for (sum, (a, b)) in self.sums.iter_mut().zip(spans) {
+            *sum += (b - a).as_secs_f64();
+        }
+        self.steps += 1;
+        let mean = |i: usize| self.sums[i] / self.steps as f64;
+        Ok(Some(TrainEvent::Phases {
+            step,
+            steps: self.steps,
+            batch_s: mean(0),
+            passes_s: mean(1),
+            update_s: mean(2),
+        }))
+    }
 }
 
 /// Why a run stopped early.
