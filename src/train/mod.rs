@@ -61,9 +61,10 @@ pub enum TrainEvent {
     Stopped {
         step: usize,
     },
-    /// With timing on: the mean seconds per step, over the `steps` steps before `step` (the
-    /// run's first step, which loads and compiles, left out), spent drawing and preparing the
-    /// batch, in the forward and backward passes, and in the optimizer's update and checks.
+    /// With timing on: the mean seconds per step, over the `steps` steps up to `step` (the
+    /// run's first step, which loads and compiles, left out; checkpoints and sample sheets are
+    /// outside every phase), spent drawing and preparing the batch, in the forward and backward
+    /// passes, and in the optimizer's update and checks.
     Phases {
         step: usize,
         steps: usize,
