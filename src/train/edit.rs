@@ -621,7 +621,7 @@ pub fn train(
     // One share per CPU thread for a narrow network; a GPU takes the batch whole.
     let split = crate::model::nn::splits_batches(&unet_cfg.block_out_channels) && device.is_cpu();
     let mut run = Run::new(opt.step);
-    let mut phases = super::Phases::default();
+    let mut phases = super::Phases::new(plan.timing);
     while opt.step < plan.steps {
         let step = opt.step;
         let started = std::time::Instant::now();
@@ -676,7 +676,7 @@ pub fn train(
                 Some(w) => w.mean_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?,
                 None => 1.0,
             };
-        let batch_ready = phases.mark(plan.timing, device)?;
+        let batch_ready = phases.mark(device)?;
         let (loss, grads) = super::backward_in_shares(n, split, |r| {
             let share = |x: &Tensor| x.narrow(0, r.start, r.len());
             let text = clip.forward(&share(&ids)?)?;
@@ -690,7 +690,7 @@ pub fn train(
             };
             err.sum_all()? / norm
         })?;
-        let passes_done = phases.mark(plan.timing, device)?;
+        let passes_done = phases.mark(device)?;
         run.optimize(&mut opt, loss, &grads, plan.steps, &ckpt.dir, on_event)?;
         if let Some(event) = phases.add(opt.step, started, batch_ready, passes_done, device)? {
             on_event(&event);

@@ -75,22 +75,28 @@ pub enum TrainEvent {
 }
 
 /// The running sums behind [`TrainEvent::Phases`].
-#[derive(Default)]
 pub struct Phases {
+    on: bool,
     steps: usize,
     sums: [f64; 3],
     skipped_first: bool,
 }
 
 impl Phases {
-    /// The time now, after waiting for `device` to finish its queued work when `on`; None
-    /// when timing is off.
-    pub fn mark(
-        &self,
-        on: bool,
-        device: &candle_core::Device,
-    ) -> candle_core::Result<Option<Instant>> {
-        if !on {
+    /// Timing on or off (off: no waits, no events).
+    pub fn new(on: bool) -> Self {
+        Self {
+            on,
+            steps: 0,
+            sums: [0.0; 3],
+            skipped_first: false,
+        }
+    }
+
+    /// The time now, after waiting for `device` to finish its queued work; None when timing
+    /// is off.
+    pub fn mark(&self, device: &candle_core::Device) -> candle_core::Result<Option<Instant>> {
+        if !self.on {
             return Ok(None);
         }
         device.synchronize()?;
