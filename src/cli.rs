@@ -349,7 +349,8 @@ pub struct EvalArgs {
           conflicts_with_all = ["text_cfg", "image_cfg", "task_guidance"])]
     pub grid: Vec<(f64, f64)>,
     /// With --grid: record each family's best setting in the model folder's
-    /// instructdiffusion.json, where the editor's task picker and `eval --task-guidance` read it.
+    /// instructdiffusion.json, where the editor's task picker and `eval --task-guidance` read it,
+    /// with the guidance rescale the grid ran at as the model's default.
     #[arg(long, requires = "grid")]
     pub save_guidance: bool,
     /// Score samples the model was trained on instead of held-out ones: each family's among
@@ -382,6 +383,12 @@ pub struct SamplingArgs {
     /// Image guidance scale (default: the model's).
     #[arg(long)]
     pub image_cfg: Option<f64>,
+    /// Guidance rescale, 0 (off) to 1 (Lin et al., 2024; diffusers' `guidance_rescale`, the
+    /// "CFG rescale" of other UIs; 0.7 in the paper): pulls the guided prediction back to the
+    /// spread of the fully conditioned one, against over-saturation at strong guidance
+    /// (default: the model's, else 0).
+    #[arg(long)]
+    pub guidance_rescale: Option<f64>,
     /// euler-a (default), euler, heun or dpmpp-2m.
     #[arg(long)]
     pub sampler: Option<Sampler>,
@@ -406,6 +413,7 @@ impl SamplingArgs {
             steps: self.steps,
             text_cfg: self.text_cfg,
             image_cfg: self.image_cfg,
+            guidance_rescale: self.guidance_rescale,
             sampler: self.sampler,
             guidance: self.guidance,
             seed: self.seed,
@@ -537,7 +545,7 @@ fn run_edit(args: &EditArgs) -> anyhow::Result<()> {
         );
     }
     let (mw, mh) = edited.model_size;
-    let parameters = format!(
+    let mut parameters = format!(
         "{}\nSteps: {}, Sampler: {}, CFG scale: {}, Image CFG scale: {}, Seed: {}, Size: {}x{}, Model: {}, Guidance: {}",
         plan.prompt,
         plan.steps,
@@ -550,6 +558,10 @@ fn run_edit(args: &EditArgs) -> anyhow::Result<()> {
         model.source,
         plan.guidance.name()
     );
+    if plan.guidance_rescale > 0.0 {
+        // The key the CFG-rescale extension for AUTOMATIC1111 writes.
+        parameters.push_str(&format!(", CFG Rescale: {}", plan.guidance_rescale));
+    }
     let settings = json!({ "plan": plan, "model": model.source, "model_size": [mw, mh] });
     imageio::save(
         &edited.image,
@@ -951,6 +963,7 @@ fn save_task_guidance(
     model: &load::Model,
     evaluated: &[crate::tasks::Task],
     table: &std::collections::BTreeMap<crate::tasks::Task, [f64; 2]>,
+    rescale: f64,
 ) -> anyhow::Result<PathBuf> {
     let dir = match ModelSource::parse(spec)? {
         ModelSource::Diffusers(dir) => dir,
@@ -961,6 +974,8 @@ fn save_task_guidance(
         ),
     };
     let mut defaults = model.defaults.clone();
+    // The table holds for the rescale it was measured with.
+    defaults.guidance_rescale = rescale;
     for task in evaluated {
         match table.get(task) {
             Some(best) => defaults.task_guidance.insert(*task, *best),
@@ -992,7 +1007,12 @@ fn run_eval(args: &EvalArgs) -> anyhow::Result<()> {
         anyhow::bail!("--per-task must be at least 1 and --size at least 64");
     }
     let model = load_model(&args.model)?;
-    let request = args.sampling.request("");
+    let mut request = args.sampling.request("");
+    // The report names the rescale a model's defaults bring, as one asked for.
+    let rescale = model.defaults.guidance_rescale;
+    if request.guidance_rescale.is_none() && rescale > 0.0 {
+        request.guidance_rescale = Some(rescale);
+    }
     let plan = crate::eval::EvalPlan {
         per_task: args.per_task,
         size: args.size,
@@ -1080,7 +1100,8 @@ fn run_eval(args: &EvalArgs) -> anyhow::Result<()> {
         );
         if args.save_guidance {
             let best = crate::eval::best_guidance(&grid);
-            let path = save_task_guidance(&args.model.model, &model, &plan.tasks, &best)?;
+            let rescale = plan.request.guidance_rescale.unwrap_or(0.0);
+            let path = save_task_guidance(&args.model.model, &model, &plan.tasks, &best, rescale)?;
             println!(
                 "saved {} families' guidance to {}",
                 best.len(),

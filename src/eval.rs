@@ -82,6 +82,9 @@ pub struct Report {
     pub trained_on: Option<usize>,
     pub size: u32,
     pub steps: Option<usize>,
+    /// The guidance rescale asked for (none: the model's default).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub guidance_rescale: Option<f64>,
     pub rows: Vec<Row>,
     pub seconds: f64,
 }
@@ -170,6 +173,7 @@ pub fn run(
         trained_on: plan.trained_on,
         size: plan.size,
         steps: plan.request.steps,
+        guidance_rescale: plan.request.guidance_rescale,
         rows,
         seconds: t0.elapsed().as_secs_f64(),
     })
@@ -459,7 +463,7 @@ pub fn wilson_interval(p: f64, n: usize) -> (f64, f64) {
 /// The report as a table.
 pub fn table(r: &Report) -> String {
     let mut s = format!(
-        "model: {}, {} px, {} steps, {} scenes, {} instructions, {} guidance, {:.0} s\n{:<24} {:>7}  metrics\n",
+        "model: {}, {} px, {} steps, {} scenes, {} instructions, {} guidance{}, {:.0} s\n{:<24} {:>7}  metrics\n",
         r.model,
         r.size,
         r.steps.map_or("default".into(), |n| n.to_string()),
@@ -475,6 +479,8 @@ pub fn table(r: &Report) -> String {
         } else {
             "one"
         },
+        r.guidance_rescale
+            .map_or(String::new(), |phi| format!(" rescaled {phi}")),
         r.seconds,
         "task",
         "samples"
@@ -530,6 +536,7 @@ mod tests {
                 steps: None,
                 text_cfg: None,
                 image_cfg: None,
+                guidance_rescale: None,
                 sampler: None,
                 guidance: None,
                 seed: None,
@@ -664,6 +671,7 @@ mod tests {
             trained_on: None,
             size: 128,
             steps: None,
+            guidance_rescale: None,
             rows: rows
                 .iter()
                 .map(|(t, k, v)| Row {

@@ -254,7 +254,8 @@ fn pick_recipe(h: &mut Harness<'static, EditorApp>, label: &str) {
 }
 
 /// The task picker writes a well-formed instruction from its fields and sets the guidance the
-/// loaded model recommends for that family (its own table over the official recipe).
+/// loaded model recommends for that family (its own table over the official recipe, with the
+/// model's guidance rescale).
 #[test]
 fn the_task_picker_writes_the_instruction_with_the_models_guidance() {
     let dir = util::tempdir();
@@ -262,7 +263,8 @@ fn the_task_picker_writes_the_instruction_with_the_models_guidance() {
     util::copy_dir(&tiny().join("diffusers"), &model);
     std::fs::write(
         model.join("instructdiffusion.json"),
-        r#"{"guidance": "instructdiffusion", "task_guidance": {"keypoints": [3.0, 0.75]}}"#,
+        r#"{"guidance": "instructdiffusion", "guidance_rescale": 0.6,
+            "task_guidance": {"keypoints": [3.0, 0.75]}}"#,
     )
     .unwrap();
     let mut h = editor_on(
@@ -277,6 +279,7 @@ fn the_task_picker_writes_the_instruction_with_the_models_guidance() {
     );
     // An empty target is named, and nothing is overwritten.
     h.state_mut().prompt = "my own words".into();
+    h.state_mut().settings.guidance_rescale = Some(0.1);
     click(&mut h, "Write instruction");
     assert!(h
         .state()
@@ -301,6 +304,10 @@ fn the_task_picker_writes_the_instruction_with_the_models_guidance() {
         "Put a red circle on the nose and a blue circle on the left eye of the man on the left."
     );
     assert_eq!((app.settings.text_cfg, app.settings.image_cfg), (3.0, 0.75));
+    assert_eq!(
+        app.settings.guidance_rescale, None,
+        "the model's own rescale, at which its table was measured"
+    );
     // A family the model has no value for takes the official recipe.
     pick_recipe(&mut h, "Segment");
     click(&mut h, "Write instruction");

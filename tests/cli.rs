@@ -3,7 +3,7 @@
 
 mod util;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use util::*;
 
@@ -169,6 +169,43 @@ fn results_come_back_at_the_input_size_and_the_source_is_untouched() {
     );
 }
 
+/// A copy of the tiny model predicting v, its schedule rescaled to zero terminal SNR or not.
+fn v_model(dir: &Path, zero_snr: bool) -> PathBuf {
+    let model = dir.join(format!("model-{zero_snr}"));
+    util::copy_dir(&tiny().join("diffusers"), &model);
+    std::fs::write(
+        model.join("scheduler/scheduler_config.json"),
+        serde_json::json!({
+            "_class_name": "EulerDiscreteScheduler", "beta_start": 0.00085,
+            "beta_end": 0.012, "beta_schedule": "scaled_linear",
+            "prediction_type": "v_prediction", "rescale_betas_zero_snr": zero_snr
+        })
+        .to_string(),
+    )
+    .unwrap();
+    model
+}
+
+/// A 3-step euler edit of `model` at 64 px, seed 5, with `extra` arguments, written to `out`.
+fn short_edit(model: &Path, out: &Path, extra: &[&str]) -> Vec<u8> {
+    let mut args = vec!["edit", "--model", model.to_str().unwrap(), "--image"];
+    let (i, o) = (input(), out.display().to_string());
+    args.extend([
+        i.as_str(),
+        "--prompt",
+        PROMPT,
+        "--steps",
+        "3",
+        "--sampler",
+        "euler",
+    ]);
+    args.extend(["--resolution", "64", "--seed", "5", "--out", o.as_str()]);
+    args.extend(extra);
+    let o = run_bin(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    image::open(out).unwrap().to_rgb8().into_raw()
+}
+
 /// A model whose scheduler config asks for zero terminal SNR (diffusers'
 /// `rescale_betas_zero_snr`) is sampled on that schedule: it edits, and not as the same
 /// model without the flag does.
@@ -176,42 +213,42 @@ fn results_come_back_at_the_input_size_and_the_source_is_untouched() {
 fn a_zero_terminal_snr_schedule_is_read_and_sampled() {
     let tmp = tempdir();
     let edit = |zero_snr: bool| {
-        let model = tmp.path().join(format!("model-{zero_snr}"));
-        util::copy_dir(&tiny().join("diffusers"), &model);
-        std::fs::write(
-            model.join("scheduler/scheduler_config.json"),
-            serde_json::json!({
-                "_class_name": "EulerDiscreteScheduler", "beta_start": 0.00085,
-                "beta_end": 0.012, "beta_schedule": "scaled_linear",
-                "prediction_type": "v_prediction", "rescale_betas_zero_snr": zero_snr
-            })
-            .to_string(),
-        )
-        .unwrap();
-        let out = tmp.path().join(format!("out-{zero_snr}.png"));
-        let o = run_bin(&[
-            "edit",
-            "--model",
-            model.to_str().unwrap(),
-            "--image",
-            &input(),
-            "--prompt",
-            PROMPT,
-            "--steps",
-            "3",
-            "--sampler",
-            "euler",
-            "--resolution",
-            "64",
-            "--seed",
-            "5",
-            "--out",
-            out.to_str().unwrap(),
-        ]);
-        assert!(o.status.success(), "{}", stderr(&o));
-        image::open(&out).unwrap().to_rgb8().into_raw()
+        let model = v_model(tmp.path(), zero_snr);
+        short_edit(&model, &tmp.path().join(format!("out-{zero_snr}.png")), &[])
     };
     assert_ne!(edit(true), edit(false));
+}
+
+/// `--guidance-rescale` changes a strongly guided edit, is recorded with it, and 0 is off.
+#[test]
+fn the_guidance_rescale_changes_the_edit_and_is_recorded() {
+    let tmp = tempdir();
+    let model = v_model(tmp.path(), true);
+    let edit = |phi: &str| {
+        let out = tmp.path().join(format!("out-{phi}.png"));
+        let pixels = short_edit(
+            &model,
+            &out,
+            &["--text-cfg", "7.5", "--guidance-rescale", phi],
+        );
+        let params = png_text(&out)
+            .into_iter()
+            .find(|(k, _)| k == "parameters")
+            .expect("A1111 parameters")
+            .1;
+        (pixels, params)
+    };
+    let (plain, plain_params) = edit("0");
+    let (rescaled, params) = edit("0.7");
+    let unset = short_edit(
+        &model,
+        &tmp.path().join("unset.png"),
+        &["--text-cfg", "7.5"],
+    );
+    assert_eq!(plain, unset, "0 is off, the default");
+    assert_ne!(plain, rescaled);
+    assert!(params.contains("CFG Rescale: 0.7"), "{params}");
+    assert!(!plain_params.contains("CFG Rescale"), "{plain_params}");
 }
 
 #[test]
@@ -289,6 +326,10 @@ fn bad_values_are_refused_with_a_reason() {
     };
     check(&["--steps", "0"], "steps must be between 1 and 1000, got 0");
     check(&["--text-cfg", "NaN"], "text_cfg must be a finite number");
+    check(
+        &["--guidance-rescale", "1.5"],
+        "the guidance rescale must be between 0 (off) and 1, got 1.5",
+    );
     check(
         &["--resolution", "100"],
         "resolution must be a multiple of 64",
@@ -674,12 +715,16 @@ fn eval_grid_saves_each_familys_best_guidance_in_the_model() {
         "3",
         "--grid",
         "1:1.25,5:1.25",
+        "--guidance-rescale",
+        "0.5",
         "--save-guidance",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(
-        out.contains("guidance text 1 / image 1.25") && out.contains("best marked *"),
+        out.contains("guidance text 1 / image 1.25")
+            && out.contains("best marked *")
+            && out.contains("guidance rescaled 0.5"),
         "{out}"
     );
     let saved: serde_json::Value = serde_json::from_str(
@@ -687,6 +732,10 @@ fn eval_grid_saves_each_familys_best_guidance_in_the_model() {
     )
     .unwrap();
     assert_eq!(saved["steps"], 7, "the rest of the defaults kept");
+    assert_eq!(
+        saved["guidance_rescale"], 0.5,
+        "the table holds at the grid's rescale"
+    );
     // Denoising gain is continuous: the two settings differ and one of them is recorded.
     let denoise = saved["task_guidance"]["denoise"]
         .as_array()

@@ -176,6 +176,7 @@ impl PipelineTester {
             steps: Some(self.steps),
             text_cfg: Some(text_cfg),
             image_cfg: Some(image_cfg),
+            guidance_rescale: None,
             sampler: Some(sampler),
             guidance: Some(guidance),
             seed: Some(0),

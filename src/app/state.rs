@@ -33,6 +33,9 @@ pub struct Settings {
     pub steps: usize,
     pub text_cfg: f64,
     pub image_cfg: f64,
+    /// The guidance rescale (0: off; "CFG rescale" in other UIs); none: the model's own
+    /// (`instructdiffusion.json`, else off).
+    pub guidance_rescale: Option<f64>,
     pub sampler: Sampler,
     pub guidance: GuidanceFormula,
     pub seed: u64,
@@ -59,6 +62,7 @@ impl Default for Settings {
             steps: 20,
             text_cfg: 5.0,
             image_cfg: 1.25,
+            guidance_rescale: None,
             sampler: Sampler::EulerAncestral,
             guidance: GuidanceFormula::InstructDiffusion,
             seed: 42,
@@ -91,6 +95,7 @@ impl Settings {
             steps: Some(self.steps),
             text_cfg: Some(self.text_cfg),
             image_cfg: Some(self.image_cfg),
+            guidance_rescale: self.guidance_rescale,
             sampler: Some(self.sampler),
             guidance: Some(self.guidance),
             seed: Some(seed),
@@ -118,6 +123,7 @@ impl Settings {
         if everything {
             self.steps = plan.steps;
             (self.text_cfg, self.image_cfg) = (plan.text_cfg, plan.image_cfg);
+            self.guidance_rescale = Some(plan.guidance_rescale);
             self.sampler = plan.sampler;
             self.guidance = plan.guidance;
         }
@@ -291,6 +297,7 @@ mod tests {
             steps: 1,
             text_cfg: 1.0,
             image_cfg: 1.0,
+            guidance_rescale: 0.0,
             sampler: Sampler::Euler,
             guidance: GuidanceFormula::InstructDiffusion,
             seed: 1,
@@ -544,6 +551,9 @@ fn plan_from_json(v: serde_json::Value) -> anyhow::Result<EditPlan> {
         steps: serde_json::from_value(g("steps"))?,
         text_cfg: serde_json::from_value(g("text_cfg"))?,
         image_cfg: serde_json::from_value(g("image_cfg"))?,
+        // Absent in sessions saved before the rescale existed.
+        guidance_rescale: serde_json::from_value::<Option<f64>>(g("guidance_rescale"))?
+            .unwrap_or(0.0),
         sampler: serde_json::from_value(g("sampler"))?,
         guidance: serde_json::from_value(g("guidance"))?,
         seed: serde_json::from_value(g("seed"))?,
@@ -574,6 +584,7 @@ mod session_file_tests {
             steps: 20,
             text_cfg: 5.0,
             image_cfg: 1.25,
+            guidance_rescale: 0.7,
             sampler: Sampler::EulerAncestral,
             guidance: GuidanceFormula::InstructDiffusion,
             seed: 42,

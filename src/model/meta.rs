@@ -120,6 +120,10 @@ pub struct SamplingDefaults {
     pub text_cfg: f64,
     #[serde(default = "image_cfg")]
     pub image_cfg: f64,
+    /// The guidance rescale's `phi` (Lin et al., 2024; diffusers' `guidance_rescale`): 0, off,
+    /// unless the model was measured better with it.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub guidance_rescale: f64,
     #[serde(default = "steps")]
     pub steps: usize,
     /// Long side, in pixels, that inputs are resized to.
@@ -143,6 +147,9 @@ fn text_cfg() -> f64 {
 fn image_cfg() -> f64 {
     1.25
 }
+fn is_zero(v: &f64) -> bool {
+    *v == 0.0
+}
 fn steps() -> usize {
     100
 }
@@ -157,6 +164,7 @@ impl SamplingDefaults {
             guidance: GuidanceFormula::InstructDiffusion,
             text_cfg: 5.0,
             image_cfg: 1.25,
+            guidance_rescale: 0.0,
             steps: 100,
             resolution: 512,
             latent_rgb: None,
@@ -170,6 +178,7 @@ impl SamplingDefaults {
             guidance: GuidanceFormula::Pix2Pix,
             text_cfg: 7.5,
             image_cfg: 1.5,
+            guidance_rescale: 0.0,
             steps: 100,
             resolution: 512,
             latent_rgb: None,

@@ -29,6 +29,8 @@ pub struct EditRequest {
     pub steps: Option<usize>,
     pub text_cfg: Option<f64>,
     pub image_cfg: Option<f64>,
+    /// The guidance rescale's `phi` in `[0, 1]` ([`super::guidance::rescale`]).
+    pub guidance_rescale: Option<f64>,
     pub sampler: Option<Sampler>,
     pub guidance: Option<GuidanceFormula>,
     pub seed: Option<u64>,
@@ -47,6 +49,8 @@ pub enum RequestError {
     NotFinite { name: &'static str, value: f64 },
     #[error("resolution must be a multiple of 64 between 64 and 4096, got {0}")]
     Resolution(usize),
+    #[error("the guidance rescale must be between 0 (off) and 1, got {0}")]
+    Rescale(f64),
 }
 
 /// A validated edit, every setting resolved.
@@ -56,6 +60,7 @@ pub struct EditPlan {
     pub steps: usize,
     pub text_cfg: f64,
     pub image_cfg: f64,
+    pub guidance_rescale: f64,
     pub sampler: Sampler,
     pub guidance: GuidanceFormula,
     pub seed: u64,
@@ -78,6 +83,10 @@ impl EditRequest {
                 return Err(RequestError::NotFinite { name, value });
             }
         }
+        let guidance_rescale = self.guidance_rescale.unwrap_or(d.guidance_rescale);
+        if !(0.0..=1.0).contains(&guidance_rescale) {
+            return Err(RequestError::Rescale(guidance_rescale));
+        }
         let resolution = self.resolution.unwrap_or(d.resolution);
         if !resolution.is_multiple_of(64) || !(64..=4096).contains(&resolution) {
             return Err(RequestError::Resolution(resolution));
@@ -87,6 +96,7 @@ impl EditRequest {
             steps,
             text_cfg,
             image_cfg,
+            guidance_rescale,
             sampler: self.sampler.unwrap_or(Sampler::EulerAncestral),
             guidance: self.guidance.unwrap_or(d.guidance),
             seed: self.seed.unwrap_or_else(rand::random),
@@ -271,7 +281,8 @@ pub fn sample(
         schedule,
         prediction: model.scheduler.prediction_type,
     };
-    let guided = Guided::new(&eps, cond, plan.guidance, plan.text_cfg, plan.image_cfg)?;
+    let mut guided = Guided::new(&eps, cond, plan.guidance, plan.text_cfg, plan.image_cfg)?;
+    guided.rescale = plan.guidance_rescale;
     let shape = cond.image.shape().clone();
     let unit = match init_noise {
         Some(n) => {
