@@ -278,8 +278,12 @@ fn the_task_picker_writes_the_instruction_with_the_models_guidance() {
         instructdiffusion::tasks::compose::Recipe::Keypoints
     );
     // An empty target is named, and nothing is overwritten.
-    h.state_mut().prompt = "my own words".into();
+    // The rescale is the model's until set; ticking "set" starts from the model's value.
+    h.get_by_label("model's: 0.6");
+    click(&mut h, "set");
+    assert_eq!(h.state().settings.guidance_rescale, Some(0.6));
     h.state_mut().settings.guidance_rescale = Some(0.1);
+    h.state_mut().prompt = "my own words".into();
     click(&mut h, "Write instruction");
     assert!(h
         .state()
