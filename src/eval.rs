@@ -82,7 +82,7 @@ pub struct Report {
     pub trained_on: Option<usize>,
     pub size: u32,
     pub steps: Option<usize>,
-    /// The guidance rescale asked for (none: the model's default).
+    /// The guidance rescale the edits ran at, asked for or the model's default (none: off).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub guidance_rescale: Option<f64>,
     pub rows: Vec<Row>,
