@@ -256,3 +256,44 @@ fn hub_single_file_and_missing_repo_files() {
     .to_string();
     assert!(err.contains("has no 'nope.ckpt'"), "{err}");
 }
+
+/// A folder's tokenizer comes from its own files: `vocab.json` + `merges.txt` (all SD 1.5's
+/// folder ships) without a note, a broken vocabulary as an error naming the file, and no files
+/// at all as the bundled CLIP tokenizer with a note saying so.
+#[test]
+fn tokenizer_files_are_read_from_the_folder() {
+    let notes = |dir: &std::path::Path| {
+        load::load(&ModelSource::Diffusers(dir.into()), LoadOptions::default())
+            .expect("loads")
+            .notes
+    };
+    let tmp = tempdir();
+    copy_dir(&tiny().join("diffusers"), tmp.path());
+    assert!(
+        notes(tmp.path()).iter().any(|n| n.contains("bundled CLIP")),
+        "no tokenizer files: the bundled one, said so"
+    );
+
+    let tok = tmp.path().join("tokenizer");
+    std::fs::create_dir_all(&tok).unwrap();
+    let builtin = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/builtin/tokenizer");
+    for f in ["vocab.json", "merges.txt"] {
+        std::fs::copy(builtin.join(f), tok.join(f)).unwrap();
+    }
+    let model = load::load(
+        &ModelSource::Diffusers(tmp.path().into()),
+        LoadOptions::default(),
+    )
+    .expect("loads with vocab.json and merges.txt");
+    assert!(
+        model.notes.iter().all(|n| !n.contains("bundled")),
+        "{:?}",
+        model.notes
+    );
+    let ids = model.tokenizer.encode("a photo of a cat").unwrap();
+    assert_eq!(&ids[..7], &[49406, 320, 1125, 539, 320, 2368, 49407]);
+
+    std::fs::write(tok.join("vocab.json"), b"{\"a\": 0,").unwrap();
+    let err = load_err(ModelSource::Diffusers(tmp.path().into()), None);
+    assert!(err.contains("vocab.json"), "{err}");
+}

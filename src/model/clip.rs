@@ -295,6 +295,40 @@ impl ClipTokenizer {
         Self::with(inner, length).expect("the bundled tokenizer is CLIP's")
     }
 
+    /// CLIP's tokenizer over a folder's own `vocab.json` and `merges.txt` (the files of
+    /// transformers' slow `CLIPTokenizer`, all that Stable Diffusion folders ship): the bundled
+    /// tokenizer's normalizer and pre-tokenizer with the folder's vocabulary and merges.
+    pub fn from_vocab_merges(
+        vocab: &Path,
+        merges: &Path,
+        length: usize,
+    ) -> std::result::Result<Self, String> {
+        use tokenizers::models::bpe::BPE;
+        use tokenizers::processors::roberta::RobertaProcessing;
+        let bpe = BPE::from_file(&vocab.to_string_lossy(), &merges.to_string_lossy())
+            .unk_token("<|endoftext|>".into())
+            .end_of_word_suffix("</w>".into())
+            .build()
+            .map_err(|e| format!("{} / {}: {e}", vocab.display(), merges.display()))?;
+        let id = |t: &str| {
+            tokenizers::Model::token_to_id(&bpe, t)
+                .ok_or_else(|| format!("{} has no '{t}' token (is it CLIP's?)", vocab.display()))
+        };
+        let (start, end) = (id("<|startoftext|>")?, id("<|endoftext|>")?);
+        let mut inner = tokenizers::Tokenizer::from_bytes(Self::BUNDLED_JSON)
+            .expect("the bundled tokenizer parses");
+        inner.with_model(bpe);
+        inner.with_post_processor(Some(
+            RobertaProcessing::new(
+                ("<|endoftext|>".into(), end),
+                ("<|startoftext|>".into(), start),
+            )
+            .trim_offsets(false)
+            .add_prefix_space(false),
+        ));
+        Self::with(inner, length)
+    }
+
     fn with(inner: tokenizers::Tokenizer, length: usize) -> std::result::Result<Self, String> {
         let end_id = inner
             .token_to_id("<|endoftext|>")
@@ -362,7 +396,34 @@ mod tests {
     fn shared_tokenizer() -> ClipTokenizer {
         let p =
             Path::new(env!("CARGO_MANIFEST_DIR")).join("models/builtin/tokenizer/tokenizer.json");
-        ClipTokenizer::from_file(&p, 77).expect("the shipped tokenizer loads")
+        ClipTokenizer::from_file(&p, 77).expect("the bundled tokenizer loads")
+    }
+
+    /// A folder with only `vocab.json` and `merges.txt` (as SD 1.5's) tokenizes as the full
+    /// `tokenizer.json` does.
+    #[test]
+    fn vocab_and_merges_tokenize_as_the_tokenizer_json() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/builtin/tokenizer");
+        let slow =
+            ClipTokenizer::from_vocab_merges(&dir.join("vocab.json"), &dir.join("merges.txt"), 77)
+                .expect("the built-in model's vocabulary loads");
+        let fast = shared_tokenizer();
+        for text in [
+            "a photo of a cat",
+            "Apply a blue semi-transparent mask to the rightmost dog!",
+            "put a red circle on the man's left shoulder, please",
+            "Make the image sharper.   Déjà vu, naïve café 42x",
+            "",
+        ] {
+            assert_eq!(
+                slow.encode(text).unwrap(),
+                fast.encode(text).unwrap(),
+                "{text}"
+            );
+        }
+        let err =
+            ClipTokenizer::from_vocab_merges(&dir.join("merges.txt"), &dir.join("vocab.json"), 77);
+        assert!(err.is_err(), "swapped files must be refused");
     }
 
     #[test]

@@ -123,8 +123,8 @@ fn alias_old_vae_attention(store: &mut TensorStore) {
     }
 }
 
-/// The folder's tokenizer, or the bundled CLIP tokenizer when it ships only `vocab.json` and
-/// `merges.txt` (older diffusers folders).
+/// The folder's tokenizer: its `tokenizer.json`, else its `vocab.json` and `merges.txt` (what SD
+/// folders and the built-in model ship), else the bundled CLIP tokenizer.
 pub fn tokenizer(
     dir: &Path,
     length: usize,
@@ -135,7 +135,17 @@ pub fn tokenizer(
         return ClipTokenizer::from_file(&p, length)
             .map_err(|msg| LoadError::Tokenizer { path: p, msg });
     }
-    notes.push("tokenizer/tokenizer.json absent: used the bundled CLIP ViT-L/14 tokenizer".into());
+    let (vocab, merges) = (
+        dir.join("tokenizer/vocab.json"),
+        dir.join("tokenizer/merges.txt"),
+    );
+    if vocab.is_file() && merges.is_file() {
+        return ClipTokenizer::from_vocab_merges(&vocab, &merges, length)
+            .map_err(|msg| LoadError::Tokenizer { path: vocab, msg });
+    }
+    notes.push(
+        "no tokenizer files (tokenizer.json, or vocab.json and merges.txt): used the bundled CLIP ViT-L/14 tokenizer".into(),
+    );
     Ok(ClipTokenizer::bundled(length))
 }
 

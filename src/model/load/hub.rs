@@ -42,6 +42,8 @@ const FOLDER_FILES: &[(&str, &[&str], bool)] = &[
         true,
     ),
     ("tokenizer/tokenizer.json", &[], false),
+    ("tokenizer/vocab.json", &[], false),
+    ("tokenizer/merges.txt", &[], false),
     ("scheduler/scheduler_config.json", &[], false),
     ("instructdiffusion.json", &[], false),
 ];

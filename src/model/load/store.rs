@@ -204,4 +204,45 @@ mod tests {
         assert_eq!(squeeze_trailing(&[1, 4]), &[1, 4]);
         assert_eq!(squeeze_trailing(&[4, 1, 4]), &[4, 1, 4]);
     }
+
+    /// The built-in model stores its token embedding as float8 (E4M3) to fit its size budget;
+    /// such tensors widen to the requested dtype with their stored values.
+    #[test]
+    fn float8_tensors_load_widened() {
+        use candle_nn::var_builder::SimpleBackend;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.safetensors");
+        let values = [0.5f32, -1.25, 0.015625, 3.0, -448.0, 0.0];
+        let t = Tensor::new(&values, &Device::Cpu)
+            .unwrap()
+            .reshape((2, 3))
+            .unwrap();
+        candle_core::safetensors::save(
+            &HashMap::from([("w".to_string(), t.to_dtype(DType::F8E4M3).unwrap())]),
+            &path,
+        )
+        .unwrap();
+        let mut store = TensorStore::new("test");
+        store.add_identity(&path, super::super::file::open(&path).unwrap());
+        for dtype in [DType::F32, DType::F16] {
+            let w = store
+                .get(
+                    (2, 3).into(),
+                    "w",
+                    candle_nn::Init::Const(0.),
+                    dtype,
+                    &Device::Cpu,
+                )
+                .unwrap();
+            assert_eq!(w.dtype(), dtype);
+            let got: Vec<f32> = w
+                .to_dtype(DType::F32)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            assert_eq!(got, values);
+        }
+    }
 }
