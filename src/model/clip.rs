@@ -396,7 +396,7 @@ mod tests {
     fn shared_tokenizer() -> ClipTokenizer {
         let p =
             Path::new(env!("CARGO_MANIFEST_DIR")).join("models/builtin/tokenizer/tokenizer.json");
-        ClipTokenizer::from_file(&p, 77).expect("the bundled tokenizer loads")
+        ClipTokenizer::from_file(&p, 77).expect("the shipped tokenizer loads")
     }
 
     /// A folder with only `vocab.json` and `merges.txt` (as SD 1.5's) tokenizes as the full

@@ -123,8 +123,8 @@ fn alias_old_vae_attention(store: &mut TensorStore) {
     }
 }
 
-/// The folder's tokenizer: its `tokenizer.json`, else its `vocab.json` and `merges.txt` (what SD
-/// folders and the built-in model ship), else the bundled CLIP tokenizer.
+/// The folder's tokenizer: its `tokenizer.json`, else its `vocab.json` and `merges.txt` (all SD
+/// 1.5's folder ships), else the bundled CLIP tokenizer.
 pub fn tokenizer(
     dir: &Path,
     length: usize,
