@@ -6,6 +6,7 @@
 
 pub mod attention;
 pub mod clip;
+pub mod direct_conv;
 pub mod embeddings;
 pub mod fastmath;
 pub mod group_norm;

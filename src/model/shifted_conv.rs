@@ -185,6 +185,21 @@ impl CustomOp3 for ShiftedConv {
                 bl.dims()
             )
         }
+        if super::direct_conv::applies(k, c, o, w) {
+            let packed = super::direct_conv::pack_weights(wt, o, c);
+            let mut out: Vec<f32> = Vec::with_capacity(b * o * h * w);
+            let dst = Out(out.spare_capacity_mut().as_mut_ptr().cast::<f32>());
+            map_bands(&bands(k, c, (b, h, w)), |band| {
+                // SAFETY: `applies` held; `out` has room for `b * o * h * w`; each band writes
+                // its own rows.
+                unsafe {
+                    super::direct_conv::conv_band(x, (c, h, w), &packed, bias, band, dst.at(0))
+                }
+            });
+            // SAFETY: the bands cover every row of every channel of every image.
+            unsafe { out.set_len(b * o * h * w) };
+            return Ok((CpuStorage::F32(out), Shape::from((b, o, h, w))));
+        }
         let p = (k - 1) / 2;
         let wp = w + 2 * p;
         // Weights by kernel row: `lhs[ky][co][kx * c + ci] = weight[co][ci][ky][kx]`.
@@ -400,6 +415,11 @@ mod tests {
             (1, 2, 2, 3, 3, 1),
             (3, 8, 16, 33, 17, 3),
             (1, 8, 64, 9, 10, 3),
+            // Direct (`direct_conv`, where the CPU has AVX-512): 1, 2, 3 and 3 + 2 vectors a row.
+            (2, 3, 32, 5, 16, 3),
+            (1, 16, 16, 4, 32, 3),
+            (1, 32, 8, 9, 48, 3),
+            (1, 5, 8, 3, 80, 3),
         ] {
             let x = Tensor::randn(0f32, 1.0, (b, c, h, w), &dev).unwrap();
             let wt = Tensor::randn(0f32, 1.0, (o, c, k, k), &dev).unwrap();
@@ -443,7 +463,12 @@ mod tests {
     #[test]
     fn gradients_equal_candles() {
         let dev = Device::Cpu;
-        for (b, c, o, h, w, k) in [(2, 3, 4, 6, 5, 3), (1, 2, 3, 4, 4, 1), (3, 8, 5, 17, 9, 3)] {
+        for (b, c, o, h, w, k) in [
+            (2, 3, 4, 6, 5, 3),
+            (1, 2, 3, 4, 4, 1),
+            (3, 8, 5, 17, 9, 3),
+            (2, 8, 16, 5, 16, 3),
+        ] {
             let vars = [
                 candle_core::Var::randn(0f32, 1.0, (b, c, h, w), &dev).unwrap(),
                 candle_core::Var::randn(0f32, 1.0, (o, c, k, k), &dev).unwrap(),
