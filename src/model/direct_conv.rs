@@ -58,6 +58,9 @@ pub fn pack_weights(wt: &[f32], o: usize, c: usize) -> Vec<f32> {
     packed
 }
 
+/// [`avx512::block`] for one count of vectors.
+type Block = unsafe fn(*const f32, usize, usize, usize, *const f32, *const f32, *mut f32, usize);
+
 /// Output rows `r0..r1` of image `bi`: `out[bi][co][r][..] = bias[co] + sum of the taps`, for
 /// `x (b, c, h, w)` and weights from [`pack_weights`]. `out` is the whole `(b, o, h, w)`
 /// output, of which this writes only those rows.
@@ -84,11 +87,18 @@ pub unsafe fn conv_band(
             let row_in = padded[(r - r0) * wp..].as_ptr();
             let row_out = out.add(((bi * o + blk * OB) * h + r) * w);
             let mut v = 0;
-            // SAFETY (all calls): `applies` held, so AVX-512F is present; reads stay inside
-            // `padded` (3 rows from `r - r0`, columns up to `w + 2`) and `packed`; writes go to
-            // rows `r` of channels `blk*8 ..+8` of image `bi`, inside `out`.
-            while v + 3 <= vectors {
-                avx512::block::<3>(
+            while v < vectors {
+                // Three vectors a block (24 accumulators), the row's last one or two after.
+                let n = (vectors - v).min(3);
+                let block: Block = match n {
+                    3 => avx512::block::<3>,
+                    2 => avx512::block::<2>,
+                    _ => avx512::block::<1>,
+                };
+                // SAFETY: `applies` held, so AVX-512F is present; reads stay inside `padded`
+                // (3 rows from `r - r0`, columns up to `w + 2`) and `packed`; writes go to row
+                // `r` of channels `blk*8 ..+8` of image `bi`, inside `out`.
+                block(
                     row_in.add(16 * v),
                     wp,
                     plane,
@@ -98,30 +108,7 @@ pub unsafe fn conv_band(
                     row_out.add(16 * v),
                     h * w,
                 );
-                v += 3;
-            }
-            match vectors - v {
-                2 => avx512::block::<2>(
-                    row_in.add(16 * v),
-                    wp,
-                    plane,
-                    c,
-                    wts,
-                    b,
-                    row_out.add(16 * v),
-                    h * w,
-                ),
-                1 => avx512::block::<1>(
-                    row_in.add(16 * v),
-                    wp,
-                    plane,
-                    c,
-                    wts,
-                    b,
-                    row_out.add(16 * v),
-                    h * w,
-                ),
-                _ => {}
+                v += n;
             }
         }
     }
