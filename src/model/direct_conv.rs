@@ -19,9 +19,9 @@
 /// Output channels per register block.
 const OB: usize = 8;
 
-/// Most input or output channels of a layer that runs here: the built-in model's layers (32 and
-/// 64) measured faster (the module notes); wider ones (SD 1.5's 128 and up) keep `gemm`'s packed products,
-/// where back-to-back runs on this noisy host could not tell the two apart.
+/// Most input or output channels of a layer that runs here: the built-in model's layers (32
+/// and 64) measured faster (the module notes); wider ones (SD 1.5's 128 and up) keep `gemm`'s
+/// packed products, where back-to-back runs on this noisy host could not tell the two apart.
 const MAX_CHANNELS: usize = 64;
 
 /// Whether [`conv_band`] handles a `k x k` convolution of `c` to `o` channels over rows `w`
