@@ -78,7 +78,8 @@ pub unsafe fn conv_band(
 ) {
     let o = bias.len();
     let wp = w + 2;
-    let (padded, plane) = padded_band(x, (c, h, w), (bi, r0, r1));
+    // Input rows r0 - 1 ..= r1, zero-padded by one on every side.
+    let (padded, plane) = super::shifted_conv::padded_band(x, (c, h, w), 3, (bi, r0, r1), 0);
     let vectors = w / 16;
     for blk in 0..o / OB {
         let wts = packed[blk * c * 9 * OB..].as_ptr();
@@ -112,29 +113,6 @@ pub unsafe fn conv_band(
             }
         }
     }
-}
-
-/// Input rows `r0 - 1 ..= r1` of every channel of image `bi`, zero-padded by one on each side
-/// (rows `w + 2` long); returns the band and its size per channel.
-fn padded_band(
-    x: &[f32],
-    (c, h, w): (usize, usize, usize),
-    (bi, r0, r1): (usize, usize, usize),
-) -> (Vec<f32>, usize) {
-    let wp = w + 2;
-    let rows = r1 - r0 + 2;
-    let plane = rows * wp;
-    let mut padded = vec![0f32; c * plane];
-    for ci in 0..c {
-        let src = &x[(bi * c + ci) * h * w..][..h * w];
-        for rr in 0..rows {
-            let Some(iy) = (r0 + rr).checked_sub(1).filter(|&iy| iy < h) else {
-                continue;
-            };
-            padded[ci * plane + rr * wp + 1..][..w].copy_from_slice(&src[iy * w..][..w]);
-        }
-    }
-    (padded, plane)
 }
 
 #[cfg(target_arch = "x86_64")]

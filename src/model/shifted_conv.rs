@@ -58,6 +58,33 @@ fn map_bands<T: Send>(
     }
 }
 
+/// Input rows `r0 - p .. r1 + p` of image `bi` of `x (b, c, h, w)` (`p = (k - 1) / 2`),
+/// zero-padded by `p` on every side (rows `w + 2p` long), each channel's `plane` followed by
+/// `tail` zeros. Returns `(padded, plane)`.
+pub(super) fn padded_band(
+    x: &[f32],
+    (c, h, w): (usize, usize, usize),
+    k: usize,
+    (bi, r0, r1): (usize, usize, usize),
+    tail: usize,
+) -> (Vec<f32>, usize) {
+    let p = (k - 1) / 2;
+    let wp = w + 2 * p;
+    let bh = r1 - r0 + 2 * p;
+    let plane = bh * wp;
+    let mut padded = vec![0f32; c * (plane + tail)];
+    for ci in 0..c {
+        let src = &x[(bi * c + ci) * h * w..][..h * w];
+        for rr in 0..bh {
+            let Some(iy) = (r0 + rr).checked_sub(p).filter(|&iy| iy < h) else {
+                continue;
+            };
+            padded[ci * (plane + tail) + rr * wp + p..][..w].copy_from_slice(&src[iy * w..][..w]);
+        }
+    }
+    (padded, plane)
+}
+
 /// Input rows `r0 - p .. r1 + p` of image `bi` of `x (b, c, h, w)`, zero-padded to rows of
 /// `wp = w + k - 1`, as `k` copies shifted left by `0..k` columns:
 /// `shifted[kx * c + ci][j] = padded[ci][j + kx]`, each copy `plane = (r1 - r0 + k - 1) * wp`
@@ -66,23 +93,10 @@ fn shifted_band(
     x: &[f32],
     (c, h, w): (usize, usize, usize),
     k: usize,
-    (bi, r0, r1): (usize, usize, usize),
+    band: (usize, usize, usize),
 ) -> (Vec<f32>, usize) {
-    let p = (k - 1) / 2;
-    let wp = w + 2 * p;
-    let bh = r1 - r0 + 2 * p;
-    let plane = bh * wp;
     // The padded plane, `k` zeros after it for the last copy's shift.
-    let mut padded = vec![0f32; c * (plane + k)];
-    for ci in 0..c {
-        let src = &x[(bi * c + ci) * h * w..][..h * w];
-        for rr in 0..bh {
-            let Some(iy) = (r0 + rr).checked_sub(p).filter(|&iy| iy < h) else {
-                continue;
-            };
-            padded[ci * (plane + k) + rr * wp + p..][..w].copy_from_slice(&src[iy * w..][..w]);
-        }
-    }
+    let (padded, plane) = padded_band(x, (c, h, w), k, band, k);
     // Every element is written: no zero fill first.
     let mut shifted: Vec<f32> = Vec::with_capacity(k * c * plane);
     for (j, part) in shifted.spare_capacity_mut()[..k * c * plane]
