@@ -188,6 +188,12 @@ pub struct TrainArgs {
     /// clean-latent error weighted by at least 1). A resumed run may change it.
     #[arg(long)]
     pub min_snr_gamma: Option<f64>,
+    /// Phase `edit`: extra loss weight on the latent cells the edit changes (default 4: those
+    /// cells count 5 times). 0 trains on the plain loss, whose optimum is the true mean of the
+    /// answers: a weight that depends on the target biases the model towards painting an edit
+    /// on every candidate it is unsure of. A resumed run may change it.
+    #[arg(long)]
+    pub change_weight: Option<f64>,
     /// Phase `edit` on the generator: draw only these task families, comma-separated, each
     /// `name` or `name=weight` (e.g. referring_segmentation=2,keypoints); default: all, with
     /// the built-in recipe's weights. A new set needs a new run folder (its pool differs).
@@ -652,6 +658,7 @@ fn run_train(cmd: &TrainCommand) -> anyhow::Result<()> {
                 ("--pool", a.pool.is_some()),
                 ("--tasks", !a.tasks.is_empty()),
                 ("--min-snr-gamma", a.min_snr_gamma.is_some()),
+                ("--change-weight", a.change_weight.is_some()),
                 ("--zero-terminal-snr", a.zero_terminal_snr),
                 ("--timing", a.timing),
             ],
@@ -693,11 +700,12 @@ fn run_train(cmd: &TrainCommand) -> anyhow::Result<()> {
         TrainEvent::Instructions { step, probe } => eprintln!(
             "instruction probe at step {step}: changed-cell error {:.4} with the \
              sample's own instruction, {:.4} with another's (ratio {:.2}); from pure noise \
-             {:.3} of no edit's",
+             {:.3} of no edit's, spill {:.2}",
             probe.matched,
             probe.mismatched,
             probe.mismatched / probe.matched.max(1e-12),
-            probe.from_noise
+            probe.from_noise,
+            probe.spill
         ),
         TrainEvent::Samples { step, path } => {
             eprintln!("samples at step {step}: '{}'", path.display())
@@ -782,6 +790,12 @@ fn run_train(cmd: &TrainCommand) -> anyhow::Result<()> {
                     anyhow::bail!("--min-snr-gamma is 0 (off) or a positive number, not {g}")
                 }
                 g => g.unwrap_or(plan.min_snr_gamma),
+            };
+            plan.change_weight = match a.change_weight {
+                Some(w) if !w.is_finite() || w < 0.0 => {
+                    anyhow::bail!("--change-weight is 0 (plain loss) or a positive number, not {w}")
+                }
+                w => w.unwrap_or(plan.change_weight),
             };
             if !a.tasks.is_empty() {
                 plan.tasks = parse_task_weights(&a.tasks)?;

@@ -608,7 +608,7 @@ fn train_task_weights_are_checked() {
     );
     // A bad weight or gamma, and a flag of the other phase (it would do nothing, so it is
     // refused, naming its phase).
-    let refused: [(&[&str], &str); 7] = [
+    let refused: [(&[&str], &str); 9] = [
         (
             &["train", "edit", "--out", out, "--tasks", "keypoints=0"],
             "'keypoints=0': the weight after '=' must be a positive number",
@@ -632,6 +632,14 @@ fn train_task_weights_are_checked() {
         (
             &["train", "edit", "--out", out, "--min-snr-gamma=-1"],
             "--min-snr-gamma is 0 (off) or a positive number, not -1",
+        ),
+        (
+            &["train", "edit", "--out", out, "--change-weight=-0.5"],
+            "--change-weight is 0 (plain loss) or a positive number, not -0.5",
+        ),
+        (
+            &["train", "vae", "--out", out, "--change-weight", "0"],
+            "--change-weight is for `train edit`, not `train vae`",
         ),
         (
             &[

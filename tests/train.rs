@@ -231,6 +231,8 @@ fn micro_training_learns_and_exports_a_loadable_model() {
         "{}",
         p.from_noise
     );
+    // ... and paints some error on the cells the edits keep, finite (their change is not 0).
+    assert!(p.spill.is_finite() && p.spill > 0.0, "{}", p.spill);
     let sheet = image::open(&sheets[0]).unwrap();
     assert_eq!(
         (sheet.width(), sheet.height()),

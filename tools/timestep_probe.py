@@ -88,8 +88,14 @@ def probe(family):
     eps = torch.randn(zt.shape, generator=torch.Generator().manual_seed(0))
     err = lambda x: ((x - zt) ** 2 * changed).sum() / changed.sum().clamp(min=1)
     none = err(zs * sf)
+    # The change painted where the target keeps the source, as a share of the edit's own change
+    # (summed over cells, not averaged): a model that hedges between the candidates the words
+    # might name paints several, and this grows while "own / no-edit" can still look good.
+    kept = 1 - changed
+    edit_energy = ((zs * sf - zt) ** 2 * changed).sum()
+    spill = lambda x: ((x - zt) ** 2 * kept).sum() / edit_energy
     print(f"{family}: {len(rs)} samples")
-    print("         t      SNR  own / no-edit  other / own")
+    print("         t      SNR  own / no-edit  other / own  spill")
     # "999 pure": what sampling's first step sees, noise alone (training's t = 999 still holds
     # sqrt(acp) = 0.07 of the target; a model that leans on that leak fails here).
     for t in ["999 pure", 999, 950, 900, 800, 700, 500, 300, 100]:
@@ -104,10 +110,11 @@ def probe(family):
             out = unet(inp, tt, encoder_hidden_states=text).sample
             return a * noisy - b * out if v_pred else (noisy - b * out) / a
 
-        e_own, e_other = err(x0(own)), err(x0(other))
+        x_own = x0(own)
+        e_own, e_other = err(x_own), err(x0(other))
         snr = acp[t] / (1 - acp[t])
         label = "999 pure" if pure else f"{t:8d}"
-        print(f"  {label}  {snr:7.4f}  {e_own / none:13.3f}  {e_other / e_own:11.2f}")
+        print(f"  {label}  {snr:7.4f}  {e_own / none:13.3f}  {e_other / e_own:11.2f}  {spill(x_own):5.2f}")
 
 
 for fam in families:

@@ -402,6 +402,11 @@ impl TrainingPanel {
                 p.from_noise
             ))
             .on_hover_text("A model that grounds the words predicts the edit before the noisy image shows it; sampling decides where the edit goes in its first, noisiest steps.");
+            ui.label(format!(
+                "spill from pure noise: {:.2} of the edit's own change painted where the target keeps the source (0: none)",
+                p.spill
+            ))
+            .on_hover_text("A model unsure which object the words name paints the edit on several: the error above can fall while this grows.");
         }
         egui_plot::Plot::new("loss-plot")
             .height(140.0)

@@ -786,6 +786,9 @@ struct Probe {
     t: Tensor,
     /// The error of "no edit" (the source latent as the answer) over the changed cells.
     no_edit: f64,
+    /// The edits' own change: the squared difference of source and target latents summed
+    /// over the changed cells.
+    change: f64,
     /// `alphas_cumprod` of the schedule's last timestep (diffusers' stand-in 2^-24 for a
     /// zero-terminal-SNR schedule's 0), where the pure-noise reading is taken.
     last_acp: f64,
@@ -808,6 +811,11 @@ pub struct ProbeResult {
     /// fixed by the source and the instruction, so a model that grounds the words needs no
     /// hint from the noisy latent).
     pub from_noise: f64,
+    /// From pure noise too: the error over the cells the edits keep, summed, as a share of
+    /// the edits' own change (`Probe::change`). A model unsure which object the words name
+    /// paints the edit on several: `from_noise` can fall while this grows (as the loss
+    /// weight on changed cells trades one for the other).
+    pub spill: f64,
 }
 
 impl Probe {
@@ -827,6 +835,7 @@ impl Probe {
         let source = vae.encode_mean(&src)?;
         let changed = change_map(&src, &tgt, vae.config.downscale())?;
         let no_edit = changed_error(&(&source * vae.config.scaling_factor)?, &target, &changed)?;
+        let change = masked_sum(&(&source * vae.config.scaling_factor)?, &target, &changed)?;
         Ok(Some(Self {
             a: col(ts.iter().map(|&t| acp[t].sqrt() as f32).collect())?,
             b: col(ts.iter().map(|&t| (1.0 - acp[t]).sqrt() as f32).collect())?,
@@ -836,6 +845,7 @@ impl Probe {
             target,
             t: Tensor::from_vec(ts.iter().map(|&t| t as f32).collect(), n, device)?,
             no_edit,
+            change,
             last_acp: acp[acp.len() - 1].max(ZERO_SNR_STAND_IN),
             timesteps: acp.len(),
             prompts: examples.into_iter().map(|e| e.2).collect(),
@@ -867,20 +877,24 @@ impl Probe {
                 .forward(&Tensor::from_vec(ids, (n, len), device)?)?
                 .detach())
         };
-        // `a` scales the target into the noisy latent, `leak` of it (0: pure noise).
-        let error = |text: &Tensor,
-                     a: &Tensor,
-                     b: &Tensor,
-                     t: &Tensor,
-                     leak: f64|
-         -> anyhow::Result<f64> {
+        // The clean-latent estimate; `a` scales the target into the noisy latent, `leak` of
+        // it (0: pure noise).
+        let estimate = |text: &Tensor,
+                        a: &Tensor,
+                        b: &Tensor,
+                        t: &Tensor,
+                        leak: f64|
+         -> anyhow::Result<Tensor> {
             let noisy = ((self.target.broadcast_mul(a)? * leak)? + self.eps.broadcast_mul(b)?)?;
             let input = Tensor::cat(&[&noisy, &self.source], 1)?;
             let out = unet.forward(&input, t, text)?.detach();
-            let x0 = match prediction {
+            Ok(match prediction {
                 PredictionType::Epsilon => (&noisy - out.broadcast_mul(b)?)?.broadcast_div(a)?,
                 PredictionType::VPrediction => (noisy.broadcast_mul(a)? - out.broadcast_mul(b)?)?,
-            };
+            })
+        };
+        let error = |text: &Tensor, leak: f64| -> anyhow::Result<f64> {
+            let x0 = estimate(text, &self.a, &self.b, &self.t, leak)?;
             changed_error(&x0, &self.target, &self.changed)
         };
         let (own, other) = (text(0)?, text(1)?);
@@ -888,27 +902,36 @@ impl Probe {
         // sample there still holds sqrt(acp) of the target unless the schedule ends at zero
         // SNR).
         let fill = |v: f64| Tensor::full(v as f32, (n, 1, 1, 1), device);
-        let from_noise = error(
+        let x0 = estimate(
             &own,
             &fill(self.last_acp.sqrt())?,
             &fill((1.0 - self.last_acp).sqrt())?,
             &Tensor::full((self.timesteps - 1) as f32, n, device)?,
             0.0,
         )?;
+        let from_noise = changed_error(&x0, &self.target, &self.changed)?;
+        let kept = (1.0 - &self.changed)?;
         Ok(ProbeResult {
-            matched: error(&own, &self.a, &self.b, &self.t, 1.0)?,
-            mismatched: error(&other, &self.a, &self.b, &self.t, 1.0)?,
+            matched: error(&own, 1.0)?,
+            mismatched: error(&other, 1.0)?,
             from_noise: from_noise / self.no_edit.max(1e-12),
+            spill: masked_sum(&x0, &self.target, &kept)? / self.change.max(1e-12),
         })
     }
 }
 
 /// The mean squared difference of two latents over the changed cells (per cell and channel).
 fn changed_error(x: &Tensor, target: &Tensor, changed: &Tensor) -> anyhow::Result<f64> {
-    let err = (x - target)?.sqr()?.broadcast_mul(changed)?;
     let cells = (changed.sum_all()?.to_scalar::<f32>()? as f64).max(1.0);
     let channels = target.dim(1)? as f64;
-    Ok(err.sum_all()?.to_scalar::<f32>()? as f64 / (cells * channels))
+    Ok(masked_sum(x, target, changed)? / (cells * channels))
+}
+
+/// The squared difference of two latents summed over the cells where `mask` (`(n, 1, h, w)`)
+/// is 1.
+fn masked_sum(x: &Tensor, target: &Tensor, mask: &Tensor) -> anyhow::Result<f64> {
+    let err = (x - target)?.sqr()?.broadcast_mul(mask)?;
+    Ok(err.sum_all()?.to_scalar::<f32>()? as f64)
 }
 
 /// Edits `plan.sample_edits` held-out samples with the model just saved (20 steps, its default
@@ -992,15 +1015,18 @@ mod tests {
                 .unwrap()
         };
         let col = |v: [f32; 3]| Tensor::from_vec(v.to_vec(), (n, 1, 1, 1), &dev).unwrap();
+        // The edits change the left half of each latent.
+        let left: Vec<f32> = (0..n * 64).map(|i| (i % 8 < 4) as u8 as f32).collect();
         let probe_at = |a: [f32; 3], b: [f32; 3], t: [f32; 3]| Probe {
             source: noise(1),
             target: noise(2),
-            changed: Tensor::ones((n, 1, 8, 8), DType::F32, &dev).unwrap(),
+            changed: Tensor::from_vec(left.clone(), (n, 1, 8, 8), &dev).unwrap(),
             eps: noise(3),
             a: col(a),
             b: col(b),
             t: Tensor::new(&t, &dev).unwrap(),
             no_edit: 2.0,
+            change: 3.0,
             last_acp: alphas_cumprod(&SchedulerConfig::default())[999],
             timesteps: 1000,
             prompts: vec![
@@ -1044,6 +1070,24 @@ mod tests {
             (r.from_noise - expected).abs() < 1e-3 * expected,
             "{} vs {expected}",
             r.from_noise
+        );
+        // The spill: the same estimate's squared error over the right half, over the change.
+        let right = (v.neg().unwrap() - &probe.target)
+            .unwrap()
+            .sqr()
+            .unwrap()
+            .narrow(3, 4, 4)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap() as f64;
+        assert!(r.spill > 0.0);
+        assert!(
+            (r.spill - right / 3.0).abs() < 1e-3 * r.spill,
+            "{} vs {}",
+            r.spill,
+            right / 3.0
         );
         // Text embeddings of zeros, whatever the prompt: nothing to tell the prompts apart.
         for part in ["weight", "bias"] {
