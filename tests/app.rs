@@ -530,13 +530,16 @@ fn training_panel_starts_stops_resumes_and_loads_the_result() {
         "sample edits at the end"
     );
     h.run_steps(2);
-    // The last checkpoint's instruction probe, both of its readings, in the panel.
+    // The last checkpoint's instruction probe, its three readings, in the panel.
     assert!(h.state().training.instructions.is_some());
     assert!(h
         .query_by_label_contains("a wrong instruction makes the edit's error")
         .is_some());
     assert!(h
         .query_by_label_contains("from pure noise: error")
+        .is_some());
+    assert!(h
+        .query_by_label_contains("spill from pure noise")
         .is_some());
     h.get_by_label("Load trained model").click();
     h.step();
