@@ -538,9 +538,7 @@ fn training_panel_starts_stops_resumes_and_loads_the_result() {
     assert!(h
         .query_by_label_contains("from pure noise: error")
         .is_some());
-    assert!(h
-        .query_by_label_contains("spill from pure noise")
-        .is_some());
+    assert!(h.query_by_label_contains("spill from pure noise").is_some());
     h.get_by_label("Load trained model").click();
     h.step();
     wait(&mut h, "the trained model", |a| {
