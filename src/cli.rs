@@ -194,6 +194,10 @@ pub struct TrainArgs {
     /// on every candidate it is unsure of. A resumed run may change it.
     #[arg(long)]
     pub change_weight: Option<f64>,
+    /// Phase `edit`: the text encoder's learning rate (default: --lr, as the UNet's), under
+    /// the same warmup and decay; kohya's `--text_encoder_lr`. Give it again when resuming.
+    #[arg(long)]
+    pub text_encoder_lr: Option<f64>,
     /// Phase `edit` on the generator: draw only these task families, comma-separated, each
     /// `name` or `name=weight` (e.g. referring_segmentation=2,keypoints); default: all, with
     /// the built-in recipe's weights. A new set needs a new run folder (its pool differs).
@@ -659,6 +663,7 @@ fn run_train(cmd: &TrainCommand) -> anyhow::Result<()> {
                 ("--tasks", !a.tasks.is_empty()),
                 ("--min-snr-gamma", a.min_snr_gamma.is_some()),
                 ("--change-weight", a.change_weight.is_some()),
+                ("--text-encoder-lr", a.text_encoder_lr.is_some()),
                 ("--zero-terminal-snr", a.zero_terminal_snr),
                 ("--timing", a.timing),
             ],
@@ -801,6 +806,12 @@ fn run_train(cmd: &TrainCommand) -> anyhow::Result<()> {
                 plan.tasks = parse_task_weights(&a.tasks)?;
             }
             plan.optim.lr = a.lr.unwrap_or(plan.optim.lr);
+            if let Some(lr) = a.text_encoder_lr {
+                if !lr.is_finite() || lr < 0.0 {
+                    anyhow::bail!("--text-encoder-lr is 0 (frozen) or a positive rate, not {lr}");
+                }
+                plan.optim.lr_scales = vec![("text_encoder.".into(), lr / plan.optim.lr)];
+            }
             plan.optim.decay = decay_until(a.lr_decay_from, plan.steps)?;
             plan.checkpoint_every = a.checkpoint_every.unwrap_or(plan.checkpoint_every).max(1);
             let (unet, clip) = match &a.base {

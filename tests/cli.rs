@@ -608,7 +608,7 @@ fn train_task_weights_are_checked() {
     );
     // A bad weight or gamma, and a flag of the other phase (it would do nothing, so it is
     // refused, naming its phase).
-    let refused: [(&[&str], &str); 9] = [
+    let refused: [(&[&str], &str); 10] = [
         (
             &["train", "edit", "--out", out, "--tasks", "keypoints=0"],
             "'keypoints=0': the weight after '=' must be a positive number",
@@ -636,6 +636,10 @@ fn train_task_weights_are_checked() {
         (
             &["train", "edit", "--out", out, "--change-weight=-0.5"],
             "--change-weight is 0 (plain loss) or a positive number, not -0.5",
+        ),
+        (
+            &["train", "edit", "--out", out, "--text-encoder-lr=-1e-4"],
+            "--text-encoder-lr is 0 (frozen) or a positive rate, not -0.0001",
         ),
         (
             &["train", "vae", "--out", out, "--change-weight", "0"],

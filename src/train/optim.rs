@@ -25,6 +25,12 @@ pub struct AdamWConfig {
     pub max_grad_norm: f64,
     /// EMA decay (the official 0.9999); the effective decay ramps up as `(1+t)/(10+t)`.
     pub ema_decay: f64,
+    /// Learning-rate factors by variable-name prefix (the first that matches; 1 for the
+    /// rest), e.g. `("text_encoder.", 5.0)`: a separate rate for one network, as
+    /// `--text-encoder-lr` sets. Warmup and decay apply alike; so does the weight decay,
+    /// which AdamW scales by each variable's rate.
+    #[serde(default)]
+    pub lr_scales: Vec<(String, f64)>,
 }
 
 impl Default for AdamWConfig {
@@ -39,6 +45,7 @@ impl Default for AdamWConfig {
             decay: None,
             max_grad_norm: 1.0,
             ema_decay: 0.9999,
+            lr_scales: Vec::new(),
         }
     }
 }
@@ -313,8 +320,18 @@ impl AdamW {
             eps: self.cfg.eps,
             decay,
         };
-        for ((_, s), g) in self.slots.iter_mut().zip(gs) {
+        for ((name, s), g) in self.slots.iter_mut().zip(gs) {
             let Some(g) = g else { continue };
+            let factor = self
+                .cfg
+                .lr_scales
+                .iter()
+                .find(|(prefix, _)| name.starts_with(prefix.as_str()))
+                .map_or(1.0, |(_, f)| *f);
+            let h = Scalars {
+                lr: lr * factor,
+                ..h
+            };
             if !fused_update(s, &g, &h)? {
                 tensor_update(s, &g, &h)?;
             }
@@ -416,6 +433,38 @@ mod tests {
         for (g, w) in got.iter().zip(want) {
             assert!((g - w).abs() < 1e-6, "{g} vs {w}");
         }
+        Ok(())
+    }
+
+    /// A rate factor by name prefix: its variables take that multiple of the step (and of the
+    /// weight decay), the rest the plain one.
+    #[test]
+    fn lr_scales_apply_by_name_prefix() -> Result<()> {
+        let dev = Device::Cpu;
+        let (a, b) = (Var::new(&[1.0f32], &dev)?, Var::new(&[1.0f32], &dev)?);
+        let cfg = AdamWConfig {
+            lr: 0.1,
+            warmup_steps: 0,
+            max_grad_norm: 0.0,
+            lr_scales: vec![("text_encoder.".into(), 3.0)],
+            ..Default::default()
+        };
+        let mut opt = AdamW::new(
+            vec![
+                ("text_encoder.w".into(), a.clone()),
+                ("unet.w".into(), b.clone()),
+            ],
+            cfg,
+        )?;
+        let loss = (a.as_tensor() + b.as_tensor())?.sum_all()?;
+        opt.step(&loss.backward()?)?;
+        let moved = |v: &Var, lr: f32| {
+            let got = v.as_tensor().to_vec1::<f32>().unwrap()[0];
+            let want = 1.0 * (1.0 - lr * 0.01) - lr;
+            assert!((got - want).abs() < 1e-6, "{got} vs {want}");
+        };
+        moved(&a, 0.3);
+        moved(&b, 0.1);
         Ok(())
     }
 
