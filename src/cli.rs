@@ -810,6 +810,9 @@ fn run_train(cmd: &TrainCommand) -> anyhow::Result<()> {
                 if !lr.is_finite() || lr < 0.0 {
                     anyhow::bail!("--text-encoder-lr is 0 (frozen) or a positive rate, not {lr}");
                 }
+                if plan.optim.lr <= 0.0 {
+                    anyhow::bail!("--text-encoder-lr is relative to a positive --lr");
+                }
                 plan.optim.lr_scales = vec![("text_encoder.".into(), lr / plan.optim.lr)];
             }
             plan.optim.decay = decay_until(a.lr_decay_from, plan.steps)?;
