@@ -834,8 +834,9 @@ impl Probe {
         let col = |v: Vec<f32>| Tensor::from_vec(v, (n, 1, 1, 1), device);
         let source = vae.encode_mean(&src)?;
         let changed = change_map(&src, &tgt, vae.config.downscale())?;
-        let no_edit = changed_error(&(&source * vae.config.scaling_factor)?, &target, &changed)?;
-        let change = masked_sum(&(&source * vae.config.scaling_factor)?, &target, &changed)?;
+        let scaled = (&source * vae.config.scaling_factor)?;
+        let no_edit = changed_error(&scaled, &target, &changed)?;
+        let change = masked_sum(&scaled, &target, &changed)?;
         Ok(Some(Self {
             a: col(ts.iter().map(|&t| acp[t].sqrt() as f32).collect())?,
             b: col(ts.iter().map(|&t| (1.0 - acp[t]).sqrt() as f32).collect())?,
