@@ -70,8 +70,7 @@ pub fn run(
     max_pixels: u64,
     mut on_event: impl FnMut(Event),
 ) -> anyhow::Result<Progress> {
-    let parsed = parse::parse(&plan.prompt)?;
-    if parsed.kind == parse::Kind::Edit {
+    if parse::hints(&plan.prompt).edit {
         bail!("\"{}\" asks for an edit, not for masks, keypoints or labels: annotate needs e.g. \"apply a blue semi-transparent mask to the dog\"", plan.prompt);
     }
     let files = list_images(dir)?;
@@ -121,7 +120,7 @@ pub fn run(
         if progress.done.contains(&name) || progress.skipped.iter().any(|(f, _)| *f == name) {
             continue;
         }
-        match annotate_one(model, plan, &parsed, path, max_pixels) {
+        match annotate_one(model, plan, path, max_pixels) {
             Ok((w, h, decoded)) => {
                 let id = progress.coco.add_image(&name, w, h);
                 progress.coco.add_decoded(id, &decoded);
@@ -153,7 +152,6 @@ pub fn run(
 fn annotate_one(
     model: &Model,
     plan: &EditPlan,
-    parsed: &parse::Parsed,
     path: &Path,
     max_pixels: u64,
 ) -> anyhow::Result<(usize, usize, decode::Decoded)> {
@@ -164,6 +162,20 @@ fn annotate_one(
     let EditOutcome::Done(edited) = outcome else {
         bail!("cancelled");
     };
-    let decoded = decode::decode(&source, &edited.image, parsed)?;
+    let decoded = match decode::read(&source, &edited.image, &plan.prompt) {
+        Ok(reading) => reading.decoded,
+        // The words named no colour and this answer shows no overlay: an image with nothing.
+        Err(decode::DecodeError::NothingToDecode { .. }) => decode::Decoded {
+            kind: parse::hints(&plan.prompt)
+                .kind
+                .unwrap_or(parse::Kind::Segmentation),
+            width: source.width() as usize,
+            height: source.height() as usize,
+            instances: vec![],
+            keypoints: vec![],
+            label: None,
+        },
+        Err(e) => return Err(e.into()),
+    };
     Ok((source.width() as usize, source.height() as usize, decoded))
 }

@@ -348,6 +348,8 @@ pub struct DecodeReport {
     pub photos: usize,
     pub quality: crate::decode::quality::Report,
     pub untouched_quality: crate::decode::quality::Report,
+    /// Instructions of each phrasing set decoded right (256 px, as the released model works).
+    pub phrasings: Vec<crate::decode::phrasings::Rate>,
     pub rows: Vec<Row>,
 }
 
@@ -384,10 +386,37 @@ pub fn decode(dir: &std::path::Path, repeats: usize) -> anyhow::Result<DecodeRep
             Ok(())
         })?);
     }
+    // The whole reading of a typed instruction: the words, then the pixels where they name no
+    // colour (every candidate colour tried).
+    for (name, text) in [
+        (
+            "read + decode 512 px (an InstructDiffusion sentence)",
+            "Mark the pixels of dog in blue and keep the rest unchanged.",
+        ),
+        (
+            "read by the pixels 512 px (no colour named)",
+            "Segment the dog.",
+        ),
+    ] {
+        let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(5);
+        use crate::decode::phrasings as ph;
+        let masks = ph::blobs(&mut rng, &base, [0, 0, 255], 2);
+        let mut answer = base.clone();
+        masks
+            .iter()
+            .for_each(|m| ph::blend(&mut answer, m, [0, 0, 255]));
+        let answer = ph::disturb(&answer, &mut rng);
+        rows.push(time(name, repeats.max(8), &Device::Cpu, || {
+            crate::decode::read(&base, &answer, text)?;
+            Ok(())
+        })?);
+    }
+    let phrasings = crate::decode::phrasings::rates(&photos, 256, 40, 1);
     Ok(DecodeReport {
         photos: photos.len(),
         quality,
         untouched_quality,
+        phrasings,
         rows,
     })
 }
@@ -412,6 +441,13 @@ pub fn decode_table(r: &DecodeReport) -> String {
             q.false_positives,
             q.untouched
         ));
+    }
+    s.push_str(&format!(
+        "{:<48} {:>9}\n",
+        "phrasing set (256 px)", "decoded"
+    ));
+    for p in &r.phrasings {
+        s.push_str(&format!("{:<48} {:>4}/{:<4}\n", p.set, p.right, p.cases));
     }
     s.push_str(&rows_table(&r.rows, "ms", 1e3, 2));
     s

@@ -842,15 +842,21 @@ fn run_decode(args: &DecodeArgs) -> anyhow::Result<()> {
     for out in outputs.into_iter().flatten() {
         imageio::check_not_source(out, &args.source)?;
         imageio::check_not_source(out, &args.edited)?;
+    }
+    let source = imageio::load_rgb(&args.source, args.max_pixels)?;
+    let edited = imageio::load_rgb(&args.edited, args.max_pixels)?;
+    // Nothing is written until the answer is read.
+    let reading = crate::decode::read(&source, &edited, &args.prompt)?;
+    let (parsed, d) = (&reading.parsed, &reading.decoded);
+    if let Some(note) = &reading.note {
+        eprintln!("note: {note}");
+    }
+    for out in outputs.into_iter().flatten() {
         if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("creating '{}'", dir.display()))?;
         }
     }
-    let parsed = crate::decode::parse::parse(&args.prompt)?;
-    let source = imageio::load_rgb(&args.source, args.max_pixels)?;
-    let edited = imageio::load_rgb(&args.edited, args.max_pixels)?;
-    let d = crate::decode::decode(&source, &edited, &parsed)?;
     let file_name = args
         .source
         .file_name()
@@ -860,11 +866,11 @@ fn run_decode(args: &DecodeArgs) -> anyhow::Result<()> {
     if let Some(path) = &args.coco {
         let mut coco = Coco::default();
         let id = coco.add_image(&file_name, d.width, d.height);
-        coco.add_decoded(id, &d);
+        coco.add_decoded(id, d);
         imageio::write_atomic(path, serde_json::to_string_pretty(&coco)?.as_bytes())?;
     }
     if let Some(path) = &args.labelme {
-        let doc = labelme::document(&d, &args.source.to_string_lossy());
+        let doc = labelme::document(d, &args.source.to_string_lossy());
         imageio::write_atomic(path, serde_json::to_string_pretty(&doc)?.as_bytes())?;
     }
     if let Some(dir) = &args.masks {
@@ -873,17 +879,18 @@ fn run_decode(args: &DecodeArgs) -> anyhow::Result<()> {
             .file_stem()
             .unwrap_or_default()
             .to_string_lossy();
-        masks::write(&d, dir, &stem)?;
+        masks::write(d, dir, &stem)?;
     }
     if let Some(path) = &args.yolo {
         let classes_path = path.with_file_name("classes.txt");
         let mut classes = yolo::read_classes(&classes_path)?;
-        let lines = yolo::lines(&d, &mut classes);
+        let lines = yolo::lines(d, &mut classes);
         imageio::write_atomic(path, lines.as_bytes())?;
         imageio::write_atomic(&classes_path, (classes.join("\n") + "\n").as_bytes())?;
     }
     let summary = json!({
         "kind": d.kind,
+        "read_from": reading.source,
         "targets": parsed.targets,
         "instances": d.instances.iter().map(|i| json!({
             "category": i.category, "phrase": i.phrase, "color": i.color,
@@ -1002,6 +1009,7 @@ fn save_task_guidance(
         ),
     };
     let mut defaults = model.defaults.clone();
+    defaults.phrasing = Some(model.defaults.phrasing());
     // The table holds for the rescale it was measured with.
     defaults.guidance_rescale = rescale;
     for task in evaluated {

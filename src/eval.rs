@@ -19,7 +19,7 @@ use image::RgbImage;
 use serde::Serialize;
 
 use crate::data::sample::{generate, Sample, TaskWeights};
-use crate::decode::{self, parse};
+use crate::decode;
 use crate::model::load::Model;
 use crate::model::meta::SamplingDefaults;
 use crate::sample::pipeline::{self, EditOutcome, EditRequest};
@@ -270,9 +270,9 @@ fn score(task: Task, s: &Sample, pred: &RgbImage, acc: &mut Acc) -> f64 {
             for (_, m) in &s.truth.masks {
                 truth.iter_mut().zip(m).for_each(|(a, b)| *a |= *b);
             }
-            let decoded = parse::parse(&s.instruction)
+            let decoded = decode::read(&s.input, pred, &s.instruction)
                 .ok()
-                .and_then(|p| decode::decode(&s.input, pred, &p).ok());
+                .map(|r| r.decoded);
             let got = union_mask(&decoded, len);
             let (i, u) = truth.iter().zip(&got).fold((0u64, 0u64), |(i, u), (a, b)| {
                 (i + (*a && *b) as u64, u + (*a || *b) as u64)
@@ -284,9 +284,9 @@ fn score(task: Task, s: &Sample, pred: &RgbImage, acc: &mut Acc) -> f64 {
             iou
         }
         Task::Keypoints => {
-            let decoded = parse::parse(&s.instruction)
+            let decoded = decode::read(&s.input, pred, &s.instruction)
                 .ok()
-                .and_then(|p| decode::decode(&s.input, pred, &p).ok());
+                .map(|r| r.decoded);
             let scale = s.truth.object_size.unwrap_or(s.input.height() as f32) as f64;
             let mut hits = 0;
             for k in &s.truth.keypoints {

@@ -363,11 +363,12 @@ fn run(cmd: Command, model: &mut Option<Model>, flags: &Flags, send: &(dyn Fn(Ev
                         keep_outside(&mut edited.image, &image, region);
                     }
                     // Decoding is part of the job: the UI thread never does pixel work.
-                    let decoded = parse::parse(&plan.prompt)
-                        .ok()
-                        .filter(|p| p.kind != parse::Kind::Edit)
-                        .and_then(|p| decode::decode(&image, &edited.image, &p).ok())
-                        .map(Box::new);
+                    // Edits are left alone; everything else is read, by the words or, where
+                    // they name no overlay colour, by the pixels.
+                    let decoded = (!parse::hints(&plan.prompt).edit)
+                        .then(|| decode::read(&image, &edited.image, &plan.prompt).ok())
+                        .flatten()
+                        .map(|r| Box::new(r.decoded));
                     send(Event::Done {
                         job,
                         image: edited.image,

@@ -299,18 +299,35 @@ fn bad_inputs_get_clear_errors() {
         "{}",
         stderr(&o)
     );
+    // An unknown colour word: the pixels say which colour was drawn, and a note says so.
     let o = decode(&half, "Apply a blurple semi-transparent mask to the cat");
     assert!(
-        !o.status.success() && stderr(&o).contains("'blurple'"),
+        o.status.success() && stderr(&o).contains("'blurple'") && stderr(&o).contains("blue"),
         "{}",
         stderr(&o)
     );
-    let o = decode(&half, "Make it snow");
+    assert!(String::from_utf8_lossy(&o.stdout).contains("mask  cat"));
+    // No task in the words and no overlay in the pixels: one clear line, nothing written.
+    let o = run_bin(&[
+        "decode",
+        "--source",
+        &sp.display().to_string(),
+        "--edited",
+        &sp.display().to_string(),
+        "--prompt",
+        "Make it snow",
+        "--coco",
+        &dir.path().join("out/snow.json").display().to_string(),
+    ]);
+    let err = stderr(&o);
+    assert!(!o.status.success(), "{err}");
     assert!(
-        !o.status.success() && stderr(&o).contains("nothing to decode"),
-        "{}",
-        stderr(&o)
+        err.contains("nothing to decode: the instruction asks for an edit")
+            && err.contains("the pixels show no overlay"),
+        "{err}"
     );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(!dir.path().join("out").exists(), "nothing is written");
     // A smaller answer of the same shape is resized to the source and decodes.
     let o = decode(&half, seg);
     assert!(o.status.success(), "{}", stderr(&o));

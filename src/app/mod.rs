@@ -1117,7 +1117,17 @@ score {:.2}, area {} px",
             Some(d) => d.guidance_for(task),
             None => task.guidance(),
         };
-        match picker::show(ui, &mut s.recipe, &mut s.fields, guidance) {
+        let model_phrasing = defaults
+            .as_ref()
+            .map_or(crate::tasks::Phrasing::Templates, |d| d.phrasing());
+        match picker::show(
+            ui,
+            &mut s.recipe,
+            &mut s.fields,
+            guidance,
+            model_phrasing,
+            &mut s.phrasing,
+        ) {
             Some(picker::Picked::Write(text, (t, i))) => {
                 self.prompt = text;
                 (s.text_cfg, s.image_cfg) = (t, i);

@@ -5,6 +5,7 @@ use eframe::egui;
 
 use crate::data::scene::KEYPOINT_NAMES;
 use crate::tasks::compose::{Field, Fields, Recipe, MAX_MARKS};
+use crate::tasks::Phrasing;
 
 use super::labelled_row;
 
@@ -16,13 +17,17 @@ pub enum Picked {
     Missing(String),
 }
 
-/// Draws the picker. `guidance` gives a family's recommended `(text, image)` on the loaded model.
+/// Draws the picker. `guidance` gives a family's recommended `(text, image)` on the loaded
+/// model, `model` how that model was taught to be asked; `chosen` overrides it.
 pub fn show(
     ui: &mut egui::Ui,
     recipe: &mut Recipe,
     f: &mut Fields,
     guidance: impl Fn(crate::tasks::Task) -> (f64, f64),
+    model: Phrasing,
+    chosen: &mut Option<Phrasing>,
 ) -> Option<Picked> {
+    let phrasing = chosen.unwrap_or(model);
     egui::Grid::new("task_picker")
         .num_columns(2)
         .show(ui, |ui| {
@@ -37,6 +42,26 @@ pub fn show(
                 .response
                 .labelled_by(l.id);
             ui.end_row();
+            let l = ui.label("Phrasing");
+            egui::ComboBox::from_id_salt("phrasing")
+                .selected_text(match chosen {
+                    None => format!("as the model was taught: {}", model.label()),
+                    Some(p) => p.label().to_string(),
+                })
+                .show_ui(ui, |ui| {
+                    ui.selectable_value(
+                        chosen,
+                        None,
+                        format!("as the model was taught: {}", model.label()),
+                    );
+                    for p in Phrasing::ALL {
+                        ui.selectable_value(chosen, Some(p), p.label());
+                    }
+                })
+                .response
+                .on_hover_text("The wording the instruction is written in: the loaded model's own (from its instructdiffusion.json, else its layout), or one you pick")
+                .labelled_by(l.id);
+            ui.end_row();
             for field in recipe.fields() {
                 match field {
                     Field::Target => labelled_row(
@@ -46,7 +71,8 @@ pub fn show(
                     ),
                     Field::Color => {
                         let l = ui.label("Colour");
-                        choose(ui, "color", &mut f.color, &recipe.colors()).labelled_by(l.id);
+                        choose(ui, "color", &mut f.color, &recipe.colors_for(phrasing))
+                            .labelled_by(l.id);
                         ui.end_row();
                     }
                     Field::Kind => labelled_row(
@@ -65,7 +91,7 @@ pub fn show(
                         "Part",
                         egui::TextEdit::singleline(&mut f.part).hint_text("nose"),
                     ),
-                    Field::Marks => marks(ui, recipe, f),
+                    Field::Marks => marks(ui, recipe, f, phrasing),
                 }
             }
         });
@@ -80,18 +106,20 @@ pub fn show(
         }
     );
     if ui.button("Write instruction").on_hover_text(tip).clicked() {
-        return Some(match crate::tasks::compose::compose(*recipe, f) {
-            Ok(text) => Picked::Write(text, (t, i)),
-            Err(e) => Picked::Missing(e),
-        });
+        return Some(
+            match crate::tasks::compose::compose_as(*recipe, f, phrasing) {
+                Ok(text) => Picked::Write(text, (t, i)),
+                Err(e) => Picked::Missing(e),
+            },
+        );
     }
     None
 }
 
 /// One row per keypoint (name and colour, a button to drop it), and one to add another.
-fn marks(ui: &mut egui::Ui, recipe: &Recipe, f: &mut Fields) {
+fn marks(ui: &mut egui::Ui, recipe: &Recipe, f: &mut Fields, phrasing: Phrasing) {
     let mut drop = None;
-    let colors = recipe.colors();
+    let colors = recipe.colors_for(phrasing);
     for (k, (name, color)) in f.marks.iter_mut().enumerate() {
         let l = ui.label(format!("Keypoint {}", k + 1));
         ui.horizontal(|ui| {

@@ -52,6 +52,8 @@ pub struct Settings {
     /// The task picker's recipe and fields.
     pub recipe: Recipe,
     pub fields: Fields,
+    /// How the picker phrases instructions; None: as the loaded model was taught.
+    pub phrasing: Option<crate::tasks::Phrasing>,
 }
 
 impl Default for Settings {
@@ -73,6 +75,7 @@ impl Default for Settings {
             prompt_history: vec![],
             recent_models: vec![],
             recipe: Recipe::Segment,
+            phrasing: None,
             fields: Fields::default(),
         }
     }

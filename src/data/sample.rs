@@ -510,7 +510,18 @@ fn keypoints(rng: &mut ChaCha8Rng, size: u32, task: Task) -> Option<Posed> {
         });
     }
     let marks = tasks::join_and(&marks);
-    let text = tasks::instruction(rng, task, &[("marks", &marks), ("owner", &owner)]);
+    // Held out, half the samples ask in InstructDiffusion's pose clauses instead.
+    let text = if tasks::held_out() && rng.random_bool(0.5) {
+        let named: Vec<(String, &str)> = kps
+            .iter()
+            .zip(&colors)
+            .map(|(k, c)| (k.name.replace('_', " "), c.name))
+            .collect();
+        let named: Vec<(&str, &str)> = named.iter().map(|(j, c)| (j.as_str(), *c)).collect();
+        tasks::official::random_pose(rng, &named, &owner)
+    } else {
+        tasks::instruction(rng, task, &[("marks", &marks), ("owner", &owner)])
+    };
     Some((
         text,
         input,

@@ -42,6 +42,12 @@ pub fn discs(src: &Planes, out: &Planes, color: [u8; 3]) -> Vec<Disc> {
     let r0 = expected_radius(w, h);
     let a0 = std::f64::consts::PI * r0 * r0;
     fill_holes(&mut member, w, h, |hole| (hole.len() as f64) < 0.3 * a0);
+    // A filled hole is disc too (where the source already was the colour): full coverage.
+    for (c, m) in cover.iter_mut().zip(&member) {
+        if *m {
+            *c = c.max(1.0);
+        }
+    }
     let (labels, n) = components(&member, w, h);
     let mut stats = vec![(0usize, 0usize, 0usize, 0usize, 0usize); n]; // area, x0, y0, x1, y1
     for (i, &l) in labels.iter().enumerate() {

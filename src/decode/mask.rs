@@ -74,7 +74,7 @@ pub fn blend_regions(
     let mut states: Vec<Vec<State>> = colors
         .iter()
         .map(|color| {
-            let k = color.map(|c| c as f32);
+            let k = drawn_color(&s, &o, color.map(|c| c as f32), p);
             s.px.iter()
                 .zip(&o.px)
                 .map(|(s, o)| classify(*s, *o, k, p))
@@ -97,6 +97,34 @@ pub fn blend_regions(
         }
     }
     states.iter().map(|st| regions(st, w, h, p)).collect()
+}
+
+/// The colour actually drawn for the asked `k`: a blend gives it back, `2 o - s`, so the
+/// per-channel median of that over the pixels that fit `k` well is the drawn colour (models
+/// drift a few tens of levels from the one asked). Kept within 48 levels of `k`.
+fn drawn_color(s: &Planes, o: &Planes, k: [f32; 3], p: &MaskParams) -> [f32; 3] {
+    let step = (s.px.len() / 60_000).max(1);
+    let mut back: [Vec<f32>; 3] = Default::default();
+    for (a, b) in s.px.iter().zip(&o.px).step_by(step) {
+        if let State::On(fit) = classify(*a, *b, k, p) {
+            if fit > 0.5 {
+                (0..3).for_each(|c| back[c].push(2.0 * b[c] - a[c]));
+            }
+        }
+    }
+    if back[0].len() < 50 {
+        return k;
+    }
+    let drawn = back.map(|mut v| {
+        let mid = v.len() / 2;
+        *v.select_nth_unstable_by(mid, f32::total_cmp).1
+    });
+    let far = (0..3).any(|c| (drawn[c] - k[c]).abs() > 48.0);
+    if far {
+        k
+    } else {
+        drawn.map(|v| v.clamp(0.0, 255.0))
+    }
 }
 
 fn regions(states: &[State], w: usize, h: usize, p: &MaskParams) -> Vec<Region> {

@@ -176,6 +176,7 @@ fn target(color: [u8; 3]) -> Target {
         color,
         color_name: super::color::describe(color),
         keypoint: Some("point".into()),
+        several: false,
     }
 }
 

@@ -106,7 +106,12 @@ impl Coco {
         self.categories.push(Category {
             id,
             name: name.to_string(),
-            supercategory: if person { "person" } else { "shape" }.to_string(),
+            supercategory: if person || name == "person_extra" {
+                "person"
+            } else {
+                "object"
+            }
+            .to_string(),
             keypoints: if person {
                 KEYPOINT_NAMES.iter().map(|s| s.to_string()).collect()
             } else {
@@ -166,23 +171,31 @@ impl Coco {
                 Some(inst.score as f64),
             );
         }
-        let mut owners: Vec<&str> = d.keypoints.iter().map(|p| p.category.as_str()).collect();
-        owners.dedup();
-        for owner in owners {
-            let points: Vec<_> = d
-                .keypoints
-                .iter()
-                .filter(|p| p.category == owner)
-                .map(|p| (p.name.clone(), p.x, p.y))
-                .collect();
-            let score = d
-                .keypoints
-                .iter()
-                .filter(|p| p.category == owner)
-                .map(|p| p.score as f64)
-                .sum::<f64>()
-                / points.len() as f64;
-            self.add_keypoints_to(image_id, owner, &points, Some(score));
+        // One annotation per owner instance. A person's COCO joints go to COCO's `person`
+        // category (17 points, whatever the owner is called: "man", "player"); a person's other
+        // joints (neck, head top) to `person_extra`; any other owner (a tiger, a car) becomes a
+        // category of its own with the names of the points asked for on it.
+        let mut instances: Vec<usize> = d.keypoints.iter().map(|p| p.instance).collect();
+        instances.sort();
+        instances.dedup();
+        for inst in instances {
+            let points: Vec<_> = d.keypoints.iter().filter(|p| p.instance == inst).collect();
+            let owner = points[0].category.as_str();
+            let person = crate::decode::parse::is_person(owner);
+            let (coco, other): (Vec<&crate::decode::Point>, Vec<_>) = points
+                .into_iter()
+                .partition(|p| person && KEYPOINT_NAMES.contains(&p.name.as_str()));
+            for (category, group) in [
+                ("person", coco),
+                (if person { "person_extra" } else { owner }, other),
+            ] {
+                if group.is_empty() {
+                    continue;
+                }
+                let named: Vec<_> = group.iter().map(|p| (p.name.clone(), p.x, p.y)).collect();
+                let score = group.iter().map(|p| p.score as f64).sum::<f64>() / group.len() as f64;
+                self.add_keypoints_to(image_id, category, &named, Some(score));
+            }
         }
     }
 
@@ -197,10 +210,9 @@ impl Coco {
         self.add_keypoints_to(image_id, "person", points, score);
     }
 
-    /// Adds one owner's keypoints. When every name is a COCO keypoint name they go to the
-    /// `person` category (COCO's convention, whatever the owner is called); otherwise the owner
-    /// becomes a category whose keypoint list grows with each new name (earlier annotations of
-    /// it are padded).
+    /// Adds one owner's keypoints to the category `owner`. `person` carries COCO's 17 names;
+    /// any other category's keypoint list grows with each new name (earlier annotations of it
+    /// are padded).
     pub fn add_keypoints_to(
         &mut self,
         image_id: u64,
@@ -208,10 +220,7 @@ impl Coco {
         points: &[(String, f64, f64)],
         score: Option<f64>,
     ) {
-        let coco = points
-            .iter()
-            .all(|(n, ..)| KEYPOINT_NAMES.contains(&n.as_str()));
-        let category_id = self.category(if coco { "person" } else { owner });
+        let category_id = self.category(owner);
         let cat = self
             .categories
             .iter_mut()
@@ -319,5 +328,75 @@ mod tests {
         assert_eq!(person["keypoints"].as_array().unwrap().len(), 17);
         let back: Coco = serde_json::from_value(j).unwrap();
         assert_eq!(back, c);
+    }
+}
+
+#[cfg(test)]
+mod decoded_tests {
+    use super::*;
+    use crate::decode::{parse::Kind, Decoded, Point};
+
+    fn point(category: &str, name: &str, x: f64, instance: usize) -> Point {
+        Point {
+            category: category.into(),
+            name: name.into(),
+            color: [255, 0, 0],
+            x,
+            y: 5.0,
+            radius: 10.0,
+            score: 0.9,
+            instance,
+        }
+    }
+
+    /// Two people (COCO joints plus a neck each) and a tiger: one person annotation per
+    /// instance with the 17-point layout, the necks apart, the tiger under its own category
+    /// with only the names asked for on it.
+    #[test]
+    fn owners_instances_and_layouts() {
+        let d = Decoded {
+            kind: Kind::Keypoints,
+            width: 100,
+            height: 50,
+            instances: vec![],
+            keypoints: vec![
+                point("people", "nose", 10.0, 0),
+                point("people", "neck", 12.0, 0),
+                point("people", "nose", 60.0, 1),
+                point("people", "neck", 62.0, 1),
+                point("tiger", "nose", 80.0, 2),
+                point("tiger", "left_shoulder", 90.0, 2),
+            ],
+            label: None,
+        };
+        let mut c = Coco::default();
+        let img = c.add_image("a.png", 100, 50);
+        c.add_decoded(img, &d);
+        let names = |cat: &str| -> Vec<String> {
+            c.categories
+                .iter()
+                .find(|c| c.name == cat)
+                .unwrap_or_else(|| panic!("no category {cat}"))
+                .keypoints
+                .clone()
+        };
+        assert_eq!(names("person").len(), 17);
+        assert_eq!(names("person_extra"), ["neck"]);
+        assert_eq!(names("tiger"), ["nose", "left_shoulder"]);
+        let per = |cat: &str| {
+            let id = c.categories.iter().find(|c| c.name == cat).unwrap().id;
+            c.annotations.iter().filter(|a| a.category_id == id).count()
+        };
+        assert_eq!(
+            (per("person"), per("person_extra"), per("tiger")),
+            (2, 2, 1)
+        );
+        let xs: Vec<f64> = c
+            .annotations
+            .iter()
+            .filter(|a| a.category_id == 1)
+            .map(|a| a.keypoints.as_ref().unwrap()[0])
+            .collect();
+        assert_eq!(xs, [10.0, 60.0]);
     }
 }

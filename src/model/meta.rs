@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::tasks::Task;
+use crate::tasks::{Phrasing, Task};
 
 /// How the three conditional predictions are combined (formulas in `sample::guidance`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -139,6 +139,12 @@ pub struct SamplingDefaults {
     /// ([`Task::guidance`]).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub task_guidance: BTreeMap<Task, [f64; 2]>,
+    /// How the model was taught to be asked (what the task picker writes). Loaders record
+    /// InstructDiffusion's for the layouts it released (a single-file checkpoint, a diffusers
+    /// folder without this file); absent from a file: InstructPix2Pix's free text for its
+    /// formula, else this project's templates (the trainer wrote the file before this key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phrasing: Option<Phrasing>,
 }
 
 fn text_cfg() -> f64 {
@@ -169,6 +175,7 @@ impl SamplingDefaults {
             resolution: 512,
             latent_rgb: None,
             task_guidance: BTreeMap::new(),
+            phrasing: None,
         }
     }
 
@@ -183,6 +190,24 @@ impl SamplingDefaults {
             resolution: 512,
             latent_rgb: None,
             task_guidance: BTreeMap::new(),
+            phrasing: None,
+        }
+    }
+
+    /// How this model is asked: its recorded phrasing, else by its guidance formula (see
+    /// [`SamplingDefaults::phrasing`]'s field).
+    pub fn phrasing(&self) -> Phrasing {
+        self.phrasing.unwrap_or(match self.guidance {
+            GuidanceFormula::InstructDiffusion => Phrasing::Templates,
+            GuidanceFormula::Pix2Pix => Phrasing::Free,
+        })
+    }
+
+    /// InstructDiffusion's released defaults, asked in its structures.
+    pub fn instructdiffusion_release() -> Self {
+        Self {
+            phrasing: Some(Phrasing::InstructDiffusion),
+            ..Self::instructdiffusion()
         }
     }
 
@@ -214,5 +239,22 @@ mod tests {
         assert_eq!(again, d);
         let plain = serde_json::to_string(&SamplingDefaults::instructdiffusion()).unwrap();
         assert!(!plain.contains("task_guidance"), "{plain}");
+    }
+
+    #[test]
+    fn phrasing_from_metadata_else_from_the_formula() {
+        assert_eq!(
+            SamplingDefaults::instructdiffusion_release().phrasing(),
+            Phrasing::InstructDiffusion
+        );
+        assert_eq!(
+            SamplingDefaults::instructdiffusion().phrasing(),
+            Phrasing::Templates
+        );
+        assert_eq!(SamplingDefaults::pix2pix().phrasing(), Phrasing::Free);
+        let own: SamplingDefaults =
+            serde_json::from_str(r#"{"guidance": "instructdiffusion", "phrasing": "templates"}"#)
+                .unwrap();
+        assert_eq!(own.phrasing(), Phrasing::Templates);
     }
 }

@@ -9,7 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{fill, join_and, Task};
+use super::{fill, join_and, official, Phrasing, Task};
 
 /// What the picker can write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -109,6 +109,15 @@ impl Recipe {
         }
     }
 
+    /// The colours offered to a model asked in `phrasing`: InstructDiffusion's pose table for
+    /// its keypoints, else [`Recipe::colors`].
+    pub fn colors_for(self, phrasing: Phrasing) -> Vec<&'static str> {
+        match (self, phrasing) {
+            (Self::Keypoints, Phrasing::InstructDiffusion) => official::POSE_COLORS.to_vec(),
+            _ => self.colors(),
+        }
+    }
+
     /// The colours offered: the paper's overlay lists for masks and keypoints (what the decoder
     /// reads back), any of the scene colours for edits.
     pub fn colors(self) -> Vec<&'static str> {
@@ -154,16 +163,57 @@ impl Default for Fields {
 /// The most keypoints one instruction names (the paper draws 1-5 per sample).
 pub const MAX_MARKS: usize = 5;
 
-/// The instruction for `recipe` from `fields`, or what is missing.
+/// The instruction for `recipe` from `fields` in this crate's templates, or what is missing.
 pub fn compose(recipe: Recipe, f: &Fields) -> Result<String, String> {
-    let need = |value: &str, what: &str| -> Result<String, String> {
-        let v = value.trim();
-        if v.is_empty() {
-            Err(format!("{what} is empty"))
-        } else {
-            Ok(v.to_string())
+    compose_as(recipe, f, Phrasing::Templates)
+}
+
+fn need(value: &str, what: &str) -> Result<String, String> {
+    let v = value.trim();
+    if v.is_empty() {
+        Err(format!("{what} is empty"))
+    } else {
+        Ok(v.to_string())
+    }
+}
+
+/// The instruction for `recipe` from `fields` as a model taught in `phrasing` is asked. For an
+/// InstructDiffusion checkpoint, segmentation and keypoints take its structures (the object
+/// lower-cased; one clause per joint, the owner "the people" unless one is given); the other
+/// recipes, and the other phrasings, this crate's templates, which read as free text too.
+pub fn compose_as(recipe: Recipe, f: &Fields, phrasing: Phrasing) -> Result<String, String> {
+    if phrasing == Phrasing::InstructDiffusion {
+        match recipe {
+            Recipe::Segment => {
+                let target = need(&f.target, "the target")?.to_lowercase();
+                let color = need(&f.color, "the colour")?;
+                return Ok(fill(
+                    official::SEGMENT[0],
+                    &[("target", &target), ("color", &color)],
+                ));
+            }
+            Recipe::Keypoints => {
+                let owner = match f.target.trim() {
+                    "" => "the people".to_string(),
+                    t => with_article(t, true),
+                };
+                let marks: Vec<(String, &str)> = f
+                    .marks
+                    .iter()
+                    .filter(|(name, color)| !name.trim().is_empty() && !color.trim().is_empty())
+                    .take(MAX_MARKS)
+                    .map(|(name, color)| (name.trim().replace('_', " "), color.trim()))
+                    .collect();
+                if marks.is_empty() {
+                    return Err("no keypoint is named".into());
+                }
+                let marks: Vec<(&str, &str)> =
+                    marks.iter().map(|(n, c)| (n.as_str(), *c)).collect();
+                return Ok(official::pose(&marks, &owner, |_| 0).trim_end().to_string());
+            }
+            _ => {}
         }
-    };
+    }
     let mut values: Vec<(&str, String)> = vec![];
     for field in recipe.fields() {
         match field {
@@ -316,6 +366,55 @@ mod tests {
         assert_eq!(
             compose(Recipe::Keypoints, &no_marks).unwrap_err(),
             "no keypoint is named"
+        );
+    }
+
+    #[test]
+    fn instructdiffusion_phrasing_writes_its_structures() {
+        let f = Fields {
+            target: "Dining Table".into(),
+            color: "gray".into(),
+            ..Fields::default()
+        };
+        let seg = compose_as(Recipe::Segment, &f, Phrasing::InstructDiffusion).unwrap();
+        assert_eq!(
+            seg,
+            "Mark the pixels of dining table in gray and keep the rest unchanged."
+        );
+        let f = Fields {
+            target: "".into(),
+            marks: vec![
+                ("left_wrist".into(), "cyan".into()),
+                ("nose".into(), "red".into()),
+            ],
+            ..Fields::default()
+        };
+        let pose = compose_as(Recipe::Keypoints, &f, Phrasing::InstructDiffusion).unwrap();
+        assert_eq!(
+            pose,
+            "Put cyan circles on the left wrist of the people, Put red circles on the nose of the people,"
+        );
+        // What it writes, the reader reads back.
+        let p = crate::decode::parse::parse(&pose).unwrap();
+        let names: Vec<_> = p
+            .targets
+            .iter()
+            .map(|t| t.keypoint.clone().unwrap())
+            .collect();
+        assert_eq!(names, ["left_wrist", "nose"]);
+        assert!(p
+            .targets
+            .iter()
+            .all(|t| t.several && t.category == "person"));
+        assert_eq!(
+            compose_as(Recipe::Remove, &fields("cat"), Phrasing::InstructDiffusion).unwrap(),
+            compose(Recipe::Remove, &fields("cat")).unwrap()
+        );
+        assert_eq!(
+            Recipe::Keypoints
+                .colors_for(Phrasing::InstructDiffusion)
+                .len(),
+            9
         );
     }
 

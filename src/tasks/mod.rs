@@ -5,6 +5,9 @@
 //! Colours follow InstructDiffusion's training code (`../shared/reference/NOTES.md`).
 
 pub mod compose;
+pub mod official;
+
+pub use official::Phrasing;
 
 use rand::Rng;
 
@@ -78,7 +81,11 @@ impl Task {
     /// asks the model with these (same placeholders as [`Task::templates`]).
     pub fn paraphrases(self) -> &'static [&'static str] {
         match self {
-            Self::ReferringSegmentation | Self::SemanticSegmentation => SEGMENT_HELD_OUT,
+            Self::ReferringSegmentation | Self::SemanticSegmentation => {
+                // The held-out set and InstructDiffusion's structures.
+                static ALL: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
+                ALL.get_or_init(|| [SEGMENT_HELD_OUT, official::SEGMENT].concat())
+            }
             Self::Keypoints => KEYPOINTS_HELD_OUT,
             Self::Remove => REMOVE_HELD_OUT,
             Self::Recolor => RECOLOR_HELD_OUT,
@@ -369,6 +376,11 @@ fn capitalize(s: &str) -> String {
         Some(f) => f.to_uppercase().chain(ch).collect(),
         None => String::new(),
     }
+}
+
+/// Whether [`with_paraphrases`] is in force on this thread.
+pub fn held_out() -> bool {
+    HELD_OUT.with(|h| h.get())
 }
 
 /// Picks a random template of `task` and fills it.

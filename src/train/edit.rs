@@ -331,6 +331,8 @@ pub fn export_model(
         steps: 20,
         resolution,
         latent_rgb: Some(latent_rgb.to_vec()),
+        // Taught with this crate's templates.
+        phrasing: Some(crate::tasks::Phrasing::Templates),
         ..SamplingDefaults::instructdiffusion()
     };
     write_json(tmp.join(DEFAULTS_FILE), &serde_json::to_value(&defaults)?)?;

@@ -169,7 +169,7 @@ fn defaults(dir: &Path) -> Result<SamplingDefaults, LoadError> {
     Ok(if class.contains("InstructPix2Pix") {
         SamplingDefaults::pix2pix()
     } else {
-        SamplingDefaults::instructdiffusion()
+        SamplingDefaults::instructdiffusion_release()
     })
 }
 

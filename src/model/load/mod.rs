@@ -316,7 +316,7 @@ fn load_single_file(path: &Path, opts: &LoadOptions) -> Result<Model, LoadError>
     let defaults = if split.used_ema {
         SamplingDefaults::pix2pix()
     } else {
-        SamplingDefaults::instructdiffusion()
+        SamplingDefaults::instructdiffusion_release()
     };
     let (unet, vae, text_encoder) = build(
         &unet_cfg,
