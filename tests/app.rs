@@ -323,6 +323,38 @@ fn the_task_picker_writes_the_instruction_with_the_models_guidance() {
     assert_eq!((app.settings.text_cfg, app.settings.image_cfg), (7.5, 1.5));
 }
 
+/// The picker says which phrasing it writes: an InstructPix2Pix folder's free text (this
+/// project's sentences read as such); the Phrasing row switches it to InstructDiffusion's
+/// structures.
+#[test]
+fn the_task_picker_writes_the_phrasing_the_model_was_taught() {
+    let mut h = editor();
+    let shown = |h: &Harness<'static, EditorApp>| {
+        h.get_by_role_and_label(egui::accesskit::Role::ComboBox, "Phrasing")
+            .value()
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        shown(&h),
+        "as the model was taught: free text (InstructPix2Pix)"
+    );
+    pick_recipe(&mut h, "Segment");
+    h.state_mut().settings.fields.target = "Dining Table".into();
+    click(&mut h, "Write instruction");
+    assert_eq!(
+        h.state().prompt,
+        "Apply a blue semi-transparent mask to the Dining Table."
+    );
+    click(&mut h, "Phrasing");
+    click(&mut h, "InstructDiffusion's structures");
+    assert_eq!(shown(&h), "InstructDiffusion's structures");
+    click(&mut h, "Write instruction");
+    assert_eq!(
+        h.state().prompt,
+        "Mark the pixels of dining table in blue and keep the rest unchanged."
+    );
+}
+
 /// After an edit the compare slider shows the source left of its divider; a drag on the image
 /// moves the divider; C toggles it. Then the result's seed and settings are reused.
 #[test]

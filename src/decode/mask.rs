@@ -103,7 +103,7 @@ pub fn blend_regions(
 /// per-channel median of that over the pixels that fit `k` well is the drawn colour (models
 /// drift a few tens of levels from the one asked). Kept within 48 levels of `k`.
 fn drawn_color(s: &Planes, o: &Planes, k: [f32; 3], p: &MaskParams) -> [f32; 3] {
-    let step = (s.px.len() / 60_000).max(1);
+    let step = (s.px.len() / 20_000).max(1);
     let mut back: [Vec<f32>; 3] = Default::default();
     for (a, b) in s.px.iter().zip(&o.px).step_by(step) {
         if let State::On(fit) = classify(*a, *b, k, p) {

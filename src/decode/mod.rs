@@ -267,10 +267,17 @@ fn from_pixels(shown: &shown::Shown, hints: &parse::Hints) -> Option<Parsed> {
         Some(k @ (Kind::Detection | Kind::Classification)) => k,
         _ => Kind::Segmentation,
     };
-    let (kind, colors) = match (hints.kind, shown.blends.is_empty(), shown.discs.is_empty()) {
-        (Some(Kind::Keypoints), _, false) | (_, true, false) => (Kind::Keypoints, &shown.discs),
-        (_, false, _) => (blend_kind, &shown.blends),
-        (_, true, true) => return None,
+    // Both shown: the answer is what covers more (a disc's rim can read as a thin blend).
+    let blend_area: usize = shown.blends.iter().map(|(_, a)| a).sum();
+    let disc_area: usize = shown.discs.iter().map(|(_, n)| n * shown.disc_area).sum();
+    let discs =
+        !shown.discs.is_empty() && (hints.kind == Some(Kind::Keypoints) || disc_area >= blend_area);
+    let (kind, colors) = if discs {
+        (Kind::Keypoints, &shown.discs)
+    } else if !shown.blends.is_empty() {
+        (blend_kind, &shown.blends)
+    } else {
+        return None;
     };
     let fallback = Label {
         phrase: "object".into(),

@@ -60,15 +60,15 @@ pub fn ellipse(w: u32, h: u32, cx: f32, cy: f32, rx: f32, ry: f32) -> Vec<bool> 
         .collect()
 }
 
-/// Whether a mark of colour `k` over `mask` shows: at most 3% of its pixels are within 40
-/// levels of `k` already.
+/// Whether a mark of colour `k` over `mask` shows: at most 3% of its pixels are within 50
+/// levels of `k` already (the keypoint decoder's least contrast).
 pub fn visible(photo: &RgbImage, mask: &[bool], k: [u8; 3]) -> bool {
     let (mut n, mut hidden) = (0, 0);
     for (p, m) in photo.pixels().zip(mask) {
         if *m {
             n += 1;
             let d2: i32 = (0..3).map(|c| (p[c] as i32 - k[c] as i32).pow(2)).sum();
-            hidden += (d2 < 40 * 40) as usize;
+            hidden += (d2 < 50 * 50) as usize;
         }
     }
     hidden * 100 <= 3 * n
@@ -125,7 +125,7 @@ pub fn blobs(rng: &mut impl Rng, photo: &RgbImage, k: [u8; 3], n: usize) -> Vec<
     masks
 }
 
-/// The points of `n` owners far apart, point `j` of `colours` on a circle (8% of the side)
+/// The points of `n` owners far apart, point `j` of `colours` on a circle (10% of the side)
 /// around its owner, placed where every disc shows.
 pub fn owners(
     rng: &mut impl Rng,
@@ -152,7 +152,7 @@ pub fn owners(
         let points: Vec<(f32, f32)> = (0..colours.len())
             .map(|j| {
                 let a = j as f32 * std::f32::consts::TAU / colours.len() as f32;
-                (c.0 + 0.08 * s * a.cos(), c.1 + 0.08 * s * a.sin())
+                (c.0 + 0.1 * s * a.cos(), c.1 + 0.1 * s * a.sin())
             })
             .collect();
         if points

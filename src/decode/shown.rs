@@ -21,6 +21,8 @@ pub struct Shown {
     pub blends: Vec<([u8; 3], usize)>,
     /// Colours drawn as opaque discs of the keypoint size, with their number, most first.
     pub discs: Vec<([u8; 3], usize)>,
+    /// The area of one keypoint disc at this size, in pixels.
+    pub disc_area: usize,
 }
 
 impl Shown {
@@ -42,7 +44,12 @@ pub fn shown(src: &Planes, out: &Planes) -> Shown {
     let changed: Vec<usize> = (0..w * h)
         .filter(|&i| dist2(s.px[i], o.px[i]) > 20.0 * 20.0)
         .collect();
-    let mut found = Shown::default();
+    let r0 = expected_radius(w, h);
+    let disc_area = std::f64::consts::PI * r0 * r0;
+    let mut found = Shown {
+        disc_area: disc_area as usize,
+        ..Shown::default()
+    };
     if changed.len() < min_area {
         return found;
     }
@@ -67,9 +74,8 @@ pub fn shown(src: &Planes, out: &Planes) -> Shown {
             }
         }
     }
-    let r0 = expected_radius(w, h);
-    let disc_area = std::f64::consts::PI * r0 * r0;
     let mut blend_sets: Vec<([u8; 3], Vec<usize>, bool)> = vec![];
+    let mut disc_sets: Vec<([u8; 3], Vec<(f64, f64)>, bool)> = vec![];
     for (ci, k) in candidates.into_iter().enumerate() {
         // A quick count over the changed pixels before the whole-image pass.
         let fits = changed
@@ -115,23 +121,23 @@ pub fn shown(src: &Planes, out: &Planes) -> Shown {
             blend_sets.push((rgb, pixels, ci < table));
         }
         if opaque > 0 {
-            let n = discs(src, out, rgb)
+            let centres: Vec<(f64, f64)> = discs(src, out, rgb)
                 .iter()
                 .filter(|d| d.score >= 0.5)
-                .count();
-            if n > 0 {
-                found.discs.push((rgb, n));
+                .map(|d| (d.x, d.y))
+                .collect();
+            if !centres.is_empty() {
+                disc_sets.push((rgb, centres, ci < table));
             }
         }
     }
-    // Two candidates that explain the same pixels (a table colour and the colour estimated
-    // from the pixels, or two near colours) are one overlay: the one explaining more stays.
     // Colours estimated from the pixels stand in only where no table colour shows: beside a
     // table colour's overlay they are its fringe (a rim, ringing, a residual).
     if blend_sets.iter().any(|(.., in_table)| *in_table) {
         blend_sets.retain(|(.., in_table)| *in_table);
     }
-    // A table colour explaining at least 80% as much as another is preferred.
+    // Two candidates that explain the same pixels (two near colours) are one overlay: the one
+    // explaining more stays, a table colour when it explains at least 80% as much.
     blend_sets.sort_by_key(|(_, px, in_table)| {
         std::cmp::Reverse(px.len() * if *in_table { 5 } else { 4 })
     });
@@ -149,7 +155,21 @@ pub fn shown(src: &Planes, out: &Planes) -> Shown {
     if let Some(&(_, main)) = found.blends.first() {
         found.blends.retain(|(_, a)| *a * 10 > main);
     }
-    found.discs.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
+    // Discs likewise: estimated colours only where no table colour shows discs, and two
+    // colours finding discs at the same places are one.
+    if disc_sets.iter().any(|(.., in_table)| *in_table) {
+        disc_sets.retain(|(.., in_table)| *in_table);
+    }
+    disc_sets.sort_by_key(|(_, c, _)| std::cmp::Reverse(c.len()));
+    let mut seen: Vec<(f64, f64)> = vec![];
+    for (rgb, centres, _) in disc_sets {
+        let near = |a: &(f64, f64)| seen.iter().any(|b| (a.0 - b.0).hypot(a.1 - b.1) < r0);
+        if centres.iter().filter(|c| near(c)).count() * 2 >= centres.len() {
+            continue;
+        }
+        seen.extend(&centres);
+        found.discs.push((rgb, centres.len()));
+    }
     found
 }
 

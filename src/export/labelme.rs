@@ -1,6 +1,6 @@
 //! Labelme JSON (format version 5): polygons for masks (outer outlines, simplified to 1 px),
 //! rectangles for detection boxes, points for keypoints (label = keypoint name, `group_id`
-//! ties one owner's points together).
+//! ties one owner instance's points together).
 
 use serde_json::{json, Value};
 
@@ -34,15 +34,17 @@ pub fn document(decoded: &Decoded, image_path: &str) -> Value {
             ));
         }
     }
-    let mut owners: Vec<&str> = vec![];
+    // One group per owner instance (one person, one tiger), numbered after the masks.
+    let mut owners: Vec<usize> = vec![];
     for p in &decoded.keypoints {
-        let group = owners
-            .iter()
-            .position(|o| *o == p.category)
-            .unwrap_or_else(|| {
-                owners.push(&p.category);
-                owners.len() - 1
-            });
+        let group = decoded.instances.len()
+            + owners
+                .iter()
+                .position(|o| *o == p.instance)
+                .unwrap_or_else(|| {
+                    owners.push(p.instance);
+                    owners.len() - 1
+                });
         let description = format!("{} (score {:.2})", p.category, p.score);
         shapes.push(shape(
             &p.name,
