@@ -128,17 +128,36 @@ fn drawn_color(s: &Planes, o: &Planes, k: [f32; 3], p: &MaskParams) -> [f32; 3] 
 }
 
 fn regions(states: &[State], w: usize, h: usize, p: &MaskParams) -> Vec<Region> {
-    let mut mask: Vec<bool> = states.iter().map(|s| matches!(s, State::On(_))).collect();
     let min_area = ((p.min_area * (w * h) as f64) as usize).max(9);
-    drop_small(&mut mask, w, h, min_area);
-    fill_holes(&mut mask, w, h, |hole| {
+    // Everything happens inside the marked pixels' box grown by one pixel: outside it there
+    // is no mark, so a hole reaching the box's edge reaches the image's border too, and the
+    // flood fills never walk the untouched rest of the image.
+    let on = |i: usize| matches!(states[i], State::On(_));
+    let (mut x0, mut y0, mut x1, mut y1) = (w, h, 0, 0);
+    for y in 0..h {
+        for x in 0..w {
+            if on(y * w + x) {
+                (x0, y0, x1, y1) = (x0.min(x), y0.min(y), x1.max(x), y1.max(y));
+            }
+        }
+    }
+    if x0 > x1 {
+        return vec![];
+    }
+    let (x0, y0) = (x0.saturating_sub(1), y0.saturating_sub(1));
+    let (x1, y1) = ((x1 + 1).min(w - 1), (y1 + 1).min(h - 1));
+    let (cw, ch) = (x1 - x0 + 1, y1 - y0 + 1);
+    let full = |i: usize| (y0 + i / cw) * w + x0 + i % cw;
+    let mut mask: Vec<bool> = (0..cw * ch).map(|i| on(full(i))).collect();
+    drop_small(&mut mask, cw, ch, min_area);
+    fill_holes(&mut mask, cw, ch, |hole| {
         let unknown = hole
             .iter()
-            .filter(|&&i| states[i] == State::Unknown)
+            .filter(|&&i| states[full(i)] == State::Unknown)
             .count();
         hole.len() < min_area || unknown * 2 >= hole.len()
     });
-    let (labels, n) = components(&mask, w, h);
+    let (labels, n) = components(&mask, cw, ch);
     let mut regions: Vec<Region> = (1..=n as u32)
         .map(|_| Region {
             mask: vec![false; w * h],
@@ -151,10 +170,10 @@ fn regions(states: &[State], w: usize, h: usize, p: &MaskParams) -> Vec<Region> 
         if l == 0 {
             continue;
         }
-        let r = &mut regions[l as usize - 1];
-        r.mask[i] = true;
+        let (r, f) = (&mut regions[l as usize - 1], full(i));
+        r.mask[f] = true;
         r.area += 1;
-        if let State::On(c) = states[i] {
+        if let State::On(c) = states[f] {
             r.score += c;
             confident[l as usize - 1] += 1;
         }

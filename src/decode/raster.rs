@@ -109,46 +109,63 @@ pub fn components(mask: &[bool], w: usize, h: usize) -> (Vec<u32>, usize) {
 }
 
 /// Fills the holes of `mask` (4-connected regions of unset pixels that do not reach the image
-/// border) for which `fill(area, pixels)` says yes.
+/// border) for which `fill(pixels)` says yes (row-major indices into `mask`). Only the set
+/// pixels' box grown by one pixel is walked: outside it nothing is set, so a region reaching
+/// the box's edge reaches the border too.
 pub fn fill_holes(mask: &mut [bool], w: usize, h: usize, fill: impl Fn(&[usize]) -> bool) {
+    let (mut x0, mut y0, mut x1, mut y1) = (w, h, 0, 0);
+    for y in 0..h {
+        let row = &mask[y * w..(y + 1) * w];
+        if let (Some(a), Some(b)) = (row.iter().position(|m| *m), row.iter().rposition(|m| *m)) {
+            (x0, y0, x1, y1) = (x0.min(a), y0.min(y), x1.max(b), y1.max(y));
+        }
+    }
+    if x0 > x1 {
+        return;
+    }
+    let (x0, y0) = (x0.saturating_sub(1), y0.saturating_sub(1));
+    let (x1, y1) = ((x1 + 1).min(w - 1), (y1 + 1).min(h - 1));
     let mut seen = vec![false; mask.len()];
     let mut stack = Vec::new();
     let mut region = Vec::new();
-    for start in 0..mask.len() {
-        if mask[start] || seen[start] {
-            continue;
-        }
-        region.clear();
-        let mut touches_border = false;
-        seen[start] = true;
-        stack.push(start);
-        while let Some(i) = stack.pop() {
-            region.push(i);
-            let (x, y) = (i % w, i / w);
-            if x == 0 || y == 0 || x == w - 1 || y == h - 1 {
-                touches_border = true;
+    for sy in y0..=y1 {
+        for sx in x0..=x1 {
+            let start = sy * w + sx;
+            if mask[start] || seen[start] {
+                continue;
             }
-            let mut visit = |j: usize| {
-                if !mask[j] && !seen[j] {
-                    seen[j] = true;
-                    stack.push(j);
+            region.clear();
+            let mut touches_border = false;
+            seen[start] = true;
+            stack.push(start);
+            while let Some(i) = stack.pop() {
+                region.push(i);
+                let (x, y) = (i % w, i / w);
+                if x == x0 || y == y0 || x == x1 || y == y1 {
+                    touches_border = true;
                 }
-            };
-            if x > 0 {
-                visit(i - 1);
+                let mut visit = |j: usize| {
+                    if !mask[j] && !seen[j] {
+                        seen[j] = true;
+                        stack.push(j);
+                    }
+                };
+                if x > x0 {
+                    visit(i - 1);
+                }
+                if x < x1 {
+                    visit(i + 1);
+                }
+                if y > y0 {
+                    visit(i - w);
+                }
+                if y < y1 {
+                    visit(i + w);
+                }
             }
-            if x + 1 < w {
-                visit(i + 1);
+            if !touches_border && fill(&region) {
+                region.iter().for_each(|&i| mask[i] = true);
             }
-            if y > 0 {
-                visit(i - w);
-            }
-            if y + 1 < h {
-                visit(i + w);
-            }
-        }
-        if !touches_border && fill(&region) {
-            region.iter().for_each(|&i| mask[i] = true);
         }
     }
 }
