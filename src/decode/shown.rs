@@ -75,7 +75,9 @@ pub fn shown(src: &Planes, out: &Planes) -> Shown {
         }
     }
     let mut blend_sets: Vec<([u8; 3], Vec<usize>, bool)> = vec![];
-    let mut disc_sets: Vec<([u8; 3], Vec<(f64, f64)>, bool)> = vec![];
+    // (colour, disc centres, a table colour)
+    type Discs = ([u8; 3], Vec<(f64, f64)>, bool);
+    let mut disc_sets: Vec<Discs> = vec![];
     for (ci, k) in candidates.into_iter().enumerate() {
         // A quick count over the changed pixels before the whole-image pass.
         let fits = changed
