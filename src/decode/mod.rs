@@ -138,13 +138,14 @@ pub fn decode(
                 let Some(best) = found.first().map(|b| b.score) else {
                     continue;
                 };
-                // "of the people", "each person's nose": every clear disc of the colour.
+                // "of the people", "each person's nose": every clear disc of the colour (the
+                // best, and any other scoring at least 0.45 and half the best); else the best.
+                let clear = |score: f32| score >= 0.45 && score >= 0.5 * best;
                 let keep = if t.several { found.len() } else { 1 };
-                for disc in found
-                    .iter()
-                    .take(keep)
-                    .filter(|c| c.score >= 0.5 * best && c.score >= 0.45 || c.score == best)
-                {
+                for (i, disc) in found.iter().take(keep).enumerate() {
+                    if i > 0 && !clear(disc.score) {
+                        break;
+                    }
                     d.keypoints.push(Point {
                         category: t.category.clone(),
                         name: t.keypoint.clone().unwrap_or_else(|| t.phrase.clone()),

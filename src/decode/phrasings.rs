@@ -95,34 +95,48 @@ pub fn disturb(img: &RgbImage, rng: &mut impl Rng) -> RgbImage {
     image::load_from_memory(&bytes).expect("own JPEG").to_rgb8()
 }
 
-/// `n` ellipses apart from each other, 6-12% of the side across each, where `k` shows.
-pub fn blobs(rng: &mut impl Rng, photo: &RgbImage, k: [u8; 3], n: usize) -> Vec<Vec<bool>> {
-    let (w, h) = photo.dimensions();
+/// `n` things at centres apart by more than `apart` of the side, each made by `make` from
+/// its centre and the side, or refused (`None`: placed elsewhere).
+fn place<R: Rng, T>(
+    rng: &mut R,
+    (w, h): (u32, u32),
+    n: usize,
+    apart: f32,
+    mut make: impl FnMut(&mut R, (f32, f32), f32) -> Option<T>,
+) -> Vec<T> {
     let s = w.min(h) as f32;
     let mut centres: Vec<(f32, f32)> = vec![];
-    let mut masks = vec![];
-    while masks.len() < n {
+    let mut made = vec![];
+    while made.len() < n {
         let c = (
             rng.random_range(0.2..0.8) * w as f32,
             rng.random_range(0.2..0.8) * h as f32,
         );
         if centres
             .iter()
-            .any(|d| (c.0 - d.0).hypot(c.1 - d.1) <= 0.3 * s)
+            .any(|d| (c.0 - d.0).hypot(c.1 - d.1) <= apart * s)
         {
             continue;
         }
+        if let Some(t) = make(rng, c, s) {
+            centres.push(c);
+            made.push(t);
+        }
+    }
+    made
+}
+
+/// `n` ellipses apart from each other, 6-12% of the side across each, where `k` shows.
+pub fn blobs(rng: &mut impl Rng, photo: &RgbImage, k: [u8; 3], n: usize) -> Vec<Vec<bool>> {
+    let (w, h) = photo.dimensions();
+    place(rng, (w, h), n, 0.3, |rng, c, s| {
         let (rx, ry) = (
             rng.random_range(0.06..0.12) * s,
             rng.random_range(0.06..0.12) * s,
         );
         let m = ellipse(w, h, c.0, c.1, rx, ry);
-        if visible(photo, &m, k) {
-            centres.push(c);
-            masks.push(m);
-        }
-    }
-    masks
+        visible(photo, &m, k).then_some(m)
+    })
 }
 
 /// The points of `n` owners far apart, point `j` of `colours` on a circle (10% of the side)
@@ -135,36 +149,19 @@ pub fn owners(
     r: i32,
 ) -> Vec<Vec<(f32, f32)>> {
     let (w, h) = photo.dimensions();
-    let s = w.min(h) as f32;
-    let mut centres: Vec<(f32, f32)> = vec![];
-    let mut found = vec![];
-    while found.len() < n {
-        let c = (
-            rng.random_range(0.2..0.8) * w as f32,
-            rng.random_range(0.2..0.8) * h as f32,
-        );
-        if centres
-            .iter()
-            .any(|d| (c.0 - d.0).hypot(c.1 - d.1) <= 0.35 * s)
-        {
-            continue;
-        }
+    place(rng, (w, h), n, 0.35, |_, c, s| {
         let points: Vec<(f32, f32)> = (0..colours.len())
             .map(|j| {
                 let a = j as f32 * std::f32::consts::TAU / colours.len() as f32;
                 (c.0 + 0.1 * s * a.cos(), c.1 + 0.1 * s * a.sin())
             })
             .collect();
-        if points
+        let shows = points
             .iter()
             .zip(colours)
-            .all(|(&(x, y), k)| visible(photo, &disc_mask(w, h, x, y, r), *k))
-        {
-            centres.push(c);
-            found.push(points);
-        }
-    }
-    found
+            .all(|(&(x, y), k)| visible(photo, &disc_mask(w, h, x, y, r), *k));
+        shows.then_some(points)
+    })
 }
 
 /// What one instruction asks to be drawn: masks in one colour, or points (joint, colour) on
