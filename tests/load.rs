@@ -64,6 +64,30 @@ fn mis_shaped_tensor_reports_expected_and_found() {
     );
 }
 
+/// bf16 on the CPU is refused before any weights are read: a truncated file, which reading
+/// would report, gives the precision's refusal instead.
+#[test]
+fn bf16_on_the_cpu_is_refused_before_loading() {
+    let tmp = tempdir();
+    let bytes = std::fs::read(tiny().join("ldm.safetensors")).unwrap();
+    let cut = tmp.path().join("ldm.safetensors");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let opts = LoadOptions {
+        dtype: DType::BF16,
+        config_dir: Some(tiny().join("diffusers")),
+        ..Default::default()
+    };
+    let err = match load::load(&ModelSource::SingleFile(cut), opts) {
+        Ok(_) => panic!("bf16 on the CPU should be refused"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("bf16 is not supported on the CPU") && err.contains("--dtype f32"),
+        "{err}"
+    );
+    assert!(!err.contains("truncated"), "{err}");
+}
+
 #[test]
 fn truncated_files_are_reported_not_panicked_on() {
     let tmp = tempdir();

@@ -46,6 +46,8 @@ pub enum LoadError {
     NoBuiltin(PathBuf),
     #[error("hub model '{repo}': {msg}")]
     Hub { repo: String, msg: String },
+    #[error("{dtype} is not supported on the {device} yet (its matrix products have no {dtype} kernel in this build): use --dtype f32 (the CPU's default) or f16, or a CUDA build for bf16; refused before loading any weights")]
+    Unsupported { dtype: String, device: String },
 }
 
 impl LoadError {
@@ -186,6 +188,14 @@ pub fn builtin_dir() -> PathBuf {
 
 /// Loads a model from any [`ModelSource`].
 pub fn load(source: &ModelSource, mut opts: LoadOptions) -> Result<Model, LoadError> {
+    // Refused here, not after minutes of reading weights into a precision the device cannot
+    // multiply in.
+    if opts.device.is_cpu() && opts.dtype == DType::BF16 {
+        return Err(LoadError::Unsupported {
+            dtype: "bf16".into(),
+            device: "CPU".into(),
+        });
+    }
     let mut model = match source {
         ModelSource::Builtin => {
             let dir = builtin_dir();
