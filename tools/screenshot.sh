@@ -24,11 +24,11 @@ sleep "${LOAD_WAIT:-20}"
 if [ -n "${TARGET:-}" ]; then
     # No window manager runs: give the window the keyboard focus by hand.
     xdotool search --name instructdiffusion windowfocus
-    xdotool mousemove ${TARGET_AT:-200 439} click 1
+    xdotool mousemove ${TARGET_AT:-200 462} click 1
     sleep 1
     xdotool type --delay 50 "$TARGET"
     sleep 1
-    xdotool mousemove ${WRITE_AT:-64 485} click 1
+    xdotool mousemove ${WRITE_AT:-64 508} click 1
     sleep 2
 fi
 # Click Run (its place in the 1280x800 layout; RUN_AT overrides).
