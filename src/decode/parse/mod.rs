@@ -127,9 +127,8 @@ pub fn parse(text: &str) -> Result<Parsed, ParseError> {
         kind,
         targets: drafts
             .into_iter()
-            .map(|(label, color)| color.map(|(rgb, name)| label.with_color(rgb, name)))
-            .collect::<Option<Vec<_>>>()
-            .expect("every draft of a complete reading has a colour"),
+            .map(|(label, (rgb, name))| label.with_color(rgb, name))
+            .collect(),
     })
 }
 
@@ -149,7 +148,8 @@ pub fn hints(text: &str) -> Hints {
     }
 }
 
-type Draft = (Label, Option<([u8; 3], String)>);
+/// A target the words name, with its overlay colour and the colour's name as written.
+type Draft = (Label, ([u8; 3], String));
 
 /// The family the words ask for (None: an edit, or words this reader does not know) and one
 /// draft per overlay colour.
@@ -167,7 +167,7 @@ fn read_words(text: &str) -> (Option<Kind>, Vec<Draft>) {
                     keypoint: None,
                     several: false,
                 };
-                (label, Some(colour(&c["color"], Palette::Mask)))
+                (label, colour(&c["color"], Palette::Mask))
             })
             .collect();
         return (Some(Kind::Classification), drafts);
@@ -233,7 +233,7 @@ fn read_words(text: &str) -> (Option<Kind>, Vec<Draft>) {
             labels
                 .into_iter()
                 .zip(&mentions)
-                .filter_map(|(l, m)| Some((l?.0, Some(colour(&text[m.start..m.end], palette)))))
+                .filter_map(|(l, m)| Some((l?.0, colour(&text[m.start..m.end], palette))))
                 .collect()
         }
         _ => clauses
@@ -248,7 +248,7 @@ fn read_words(text: &str) -> (Option<Kind>, Vec<Draft>) {
                     phrase,
                     keypoint: None,
                 };
-                (label, Some(colour(&text[m.start..m.end], palette)))
+                (label, colour(&text[m.start..m.end], palette))
             })
             .collect(),
     };

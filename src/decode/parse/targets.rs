@@ -261,15 +261,11 @@ pub(super) fn split_part(phrase: &str) -> (String, String, Option<String>) {
         "base",
         "cap",
     ];
-    if let Some((part, owner)) = phrase.split_once(" of ") {
-        let part = drop_article(part);
-        return (
-            part.clone(),
-            part.replace(' ', "_"),
-            Some(owner.trim().to_string()),
-        );
-    }
-    if let Some((owner, part)) = phrase.split_once("'s ") {
+    // "X of Y" and "Y's X": the part X of the owner Y.
+    let named = phrase
+        .split_once(" of ")
+        .or_else(|| phrase.split_once("'s ").map(|(owner, part)| (part, owner)));
+    if let Some((part, owner)) = named {
         let part = drop_article(part);
         return (
             part.clone(),
