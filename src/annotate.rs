@@ -73,6 +73,12 @@ pub fn run(
     if parse::hints(&plan.prompt).edit {
         bail!("\"{}\" asks for an edit, not for masks, keypoints or labels: annotate needs e.g. \"apply a blue semi-transparent mask to the dog\"", plan.prompt);
     }
+    // Answers are read at the model's size and exported at each photo's own.
+    let plan = &EditPlan {
+        keep_model_resolution: false,
+        full_res: crate::fullres::FullRes::Auto,
+        ..plan.clone()
+    };
     let files = list_images(dir)?;
     if files.is_empty() {
         bail!(
@@ -162,7 +168,10 @@ fn annotate_one(
     let EditOutcome::Done(edited) = outcome else {
         bail!("cancelled");
     };
-    let decoded = match decode::read(&source, &edited.image, &plan.prompt) {
+    let answer = edited
+        .answer
+        .ok_or_else(|| anyhow::anyhow!("the pipeline read no answer"))?;
+    let decoded = match answer {
         Ok(reading) => reading.decoded,
         // The words named no colour and this answer shows no overlay: an image with nothing.
         Err(decode::DecodeError::NothingToDecode { .. }) => decode::Decoded {

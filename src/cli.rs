@@ -15,6 +15,7 @@ use serde_json::json;
 use crate::imageio;
 use crate::model::load::{self, LoadOptions, ModelSource};
 use crate::model::meta::GuidanceFormula;
+use crate::fullres::FullRes;
 use crate::sample::pipeline::{self, EditOutcome, EditRequest};
 use crate::sample::samplers::Sampler;
 pub use crate::support::{error_chain, memory_bytes, parse_device, peak_memory_bytes};
@@ -273,6 +274,9 @@ pub struct EditArgs {
     /// Write settings, timings and peak memory as JSON here.
     #[arg(long)]
     pub report: Option<PathBuf>,
+    /// Also write the model's own pixels, at the size it ran at, here.
+    #[arg(long)]
+    pub model_image: Option<PathBuf>,
     /// Refuse images with more pixels than this.
     #[arg(long, default_value_t = imageio::DEFAULT_MAX_PIXELS)]
     pub max_pixels: u64,
@@ -411,9 +415,14 @@ pub struct SamplingArgs {
     /// Long side at which the model runs, a multiple of 64 (default: the model's).
     #[arg(long)]
     pub resolution: Option<usize>,
-    /// Keep the result at model resolution instead of resizing it to the input's size.
+    /// Write the model's own pixels at its size instead of the photo's.
     #[arg(long)]
     pub keep_model_resolution: bool,
+    /// How the result comes back at the photo's resolution: auto (by the instruction:
+    /// annotation answers redrawn on the photo, edits applied as a change, enhancements in
+    /// tiles at the photo's own size), change, tiled, or off (the model's picture resized).
+    #[arg(long, value_enum, default_value_t = FullRes::Auto)]
+    pub full_res: FullRes,
 }
 
 impl SamplingArgs {
@@ -429,6 +438,7 @@ impl SamplingArgs {
             seed: self.seed,
             resolution: self.resolution,
             keep_model_resolution: self.keep_model_resolution,
+            full_res: self.full_res,
         }
     }
 }
@@ -520,6 +530,9 @@ fn read_init_noise(path: &Path, device: &Device) -> anyhow::Result<candle_core::
 
 fn run_edit(args: &EditArgs) -> anyhow::Result<()> {
     imageio::check_not_source(&args.out, &args.image)?;
+    if let Some(p) = &args.model_image {
+        imageio::check_not_source(p, &args.image)?;
+    }
     let source = imageio::load_rgb(&args.image, args.max_pixels)?;
     let t_load = Instant::now();
     let model = load_model(&args.model)?;
@@ -528,6 +541,11 @@ fn run_edit(args: &EditArgs) -> anyhow::Result<()> {
         eprintln!("note: {note}");
     }
     let plan = args.sampling.request(&args.prompt).validate(&model)?;
+    if args.model_image.is_some() && pipeline::runs_tiled(&source, &plan) {
+        anyhow::bail!(
+            "--model-image: a tiled run has no picture at the model's size (it runs the photo at its own); add --full-res change or off for one"
+        );
+    }
     let init_noise = match &args.init_noise {
         Some(p) => Some(read_init_noise(p, &model.device)?),
         None => None,
@@ -535,12 +553,15 @@ fn run_edit(args: &EditArgs) -> anyhow::Result<()> {
     let bar = indicatif::ProgressBar::new(plan.steps as u64);
     bar.set_style(
         indicatif::ProgressStyle::with_template(
-            "{bar:30} {pos}/{len} steps {elapsed_precise} eta {eta}",
+            "{bar:30} {pos}/{len} steps {elapsed_precise} eta {eta} {msg}",
         )
         .expect("static template"),
     );
-    let mut on_step = |_: &pipeline::StepEvent| {
-        bar.inc(1);
+    let mut on_step = |e: &pipeline::StepEvent| {
+        match e.tile {
+            Some((i, n)) => bar.set_message(format!("tile {i}/{n}")),
+            None => bar.inc(1),
+        }
         ControlFlow::Continue(())
     };
     let outcome = pipeline::edit(&model, &source, &plan, init_noise.as_ref(), &mut on_step)?;
@@ -572,22 +593,35 @@ fn run_edit(args: &EditArgs) -> anyhow::Result<()> {
         // The key the CFG-rescale extension for AUTOMATIC1111 writes.
         parameters.push_str(&format!(", CFG Rescale: {}", plan.guidance_rescale));
     }
-    let settings = json!({ "plan": plan, "model": model.source, "model_size": [mw, mh] });
+    parameters.push_str(&format!(", Full res: {}", edited.applied.describe()));
+    let settings = json!({
+        "plan": plan,
+        "model": model.source,
+        "model_size": [mw, mh],
+        "full_res": edited.applied,
+    });
     imageio::save(
         &edited.image,
         &args.out,
         &[
-            ("parameters", parameters),
+            ("parameters", parameters.clone()),
             ("instructdiffusion", settings.to_string()),
         ],
     )?;
     eprintln!(
-        "wrote '{}' (seed {}, {} steps in {:.2} s)",
+        "wrote '{}' (seed {}, {} steps in {:.2} s; {})",
         args.out.display(),
         plan.seed,
         plan.steps,
-        edited.timings.total_s
+        edited.timings.total_s,
+        edited.applied.describe()
     );
+    if let Some(path) = &args.model_image {
+        let Some(own) = &edited.model_image else {
+            unreachable!("checked before the run: tiled runs have no model-size picture");
+        };
+        imageio::save(own, path, &[("parameters", parameters)])?;
+    }
     if let Some(path) = &args.report {
         let report = json!({
             "settings": plan,
@@ -598,12 +632,14 @@ fn run_edit(args: &EditArgs) -> anyhow::Result<()> {
             "input_size": [source.width(), source.height()],
             "model_size": [mw, mh],
             "output_size": [edited.image.width(), edited.image.height()],
+            "full_res": edited.applied,
             "timings": {
                 "load_s": load_s,
                 "text_encode_s": edited.timings.text_encode_s,
                 "vae_encode_s": edited.timings.vae_encode_s,
                 "steps_s": edited.timings.steps_s,
                 "vae_decode_s": edited.timings.vae_decode_s,
+                "full_res_s": edited.timings.full_res_s,
                 "edit_total_s": edited.timings.total_s,
             },
             "peak_memory_bytes": peak_memory_bytes(),

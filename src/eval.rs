@@ -186,6 +186,8 @@ pub fn edit_answer(model: &Model, request: &EditRequest, s: &Sample) -> anyhow::
         resolution: request
             .resolution
             .or(Some(s.input.width().max(s.input.height()) as usize)),
+        // The model's own answer is what is measured.
+        full_res: crate::fullres::FullRes::Off,
         ..request.clone()
     };
     let plan = req.validate(model)?;
@@ -542,6 +544,7 @@ mod tests {
                 seed: None,
                 resolution: None,
                 keep_model_resolution: false,
+                full_res: Default::default(),
             },
         }
     }

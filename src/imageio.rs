@@ -96,10 +96,9 @@ pub fn fit_size(w: u32, h: u32, resolution: u32) -> (u32, u32) {
     (side(w), side(h))
 }
 
-/// Centre-crops `img` to the aspect of `w x h` and resizes it there with Lanczos
-/// (PIL `ImageOps.fit`).
-pub fn fit(img: &RgbImage, w: u32, h: u32) -> RgbImage {
-    let (iw, ih) = img.dimensions();
+/// The centred crop of a `iw x ih` image that has the aspect of `w x h`: `(x, y, cw, ch)`
+/// (PIL `ImageOps.fit`'s crop). [`fit`] resizes this crop to `w x h`.
+pub fn fit_crop(iw: u32, ih: u32, w: u32, h: u32) -> (u32, u32, u32, u32) {
     let (in_ratio, out_ratio) = (iw as f64 / ih as f64, w as f64 / h as f64);
     let (cw, ch) = if (in_ratio - out_ratio).abs() < 1e-12 {
         (iw, ih)
@@ -108,7 +107,13 @@ pub fn fit(img: &RgbImage, w: u32, h: u32) -> RgbImage {
     } else {
         (iw, ((iw as f64 / out_ratio).round() as u32).clamp(1, ih))
     };
-    let (x, y) = ((iw - cw) / 2, (ih - ch) / 2);
+    ((iw - cw) / 2, (ih - ch) / 2, cw, ch)
+}
+
+/// Centre-crops `img` to the aspect of `w x h` and resizes it there with Lanczos
+/// (PIL `ImageOps.fit`).
+pub fn fit(img: &RgbImage, w: u32, h: u32) -> RgbImage {
+    let (x, y, cw, ch) = fit_crop(img.width(), img.height(), w, h);
     let cropped = image::imageops::crop_imm(img, x, y, cw, ch).to_image();
     if (cw, ch) == (w, h) {
         cropped

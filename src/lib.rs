@@ -5,6 +5,7 @@
 //! - [`sample`]: schedules, guidance, samplers and the edit pipeline.
 //! - [`imageio`]: bounded image decoding, the resize rule, atomic writes.
 //! - [`decode`]: coloured overlays back to masks, keypoints, boxes and labels.
+//! - [`fullres`]: results at the photo's own resolution (redrawn, change, tiles).
 //! - [`export`]: COCO, Labelme, PNG masks, YOLO.
 //! - [`annotate`]: one instruction over a folder into one COCO file.
 //! - [`worker`]: the thread that owns the model and runs jobs for the UI.
@@ -19,6 +20,7 @@ pub mod data;
 pub mod decode;
 pub mod eval;
 pub mod export;
+pub mod fullres;
 pub mod imageio;
 pub mod model;
 pub mod sample;

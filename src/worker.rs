@@ -14,7 +14,8 @@ use std::time::Instant;
 use crossbeam_channel::{unbounded, Receiver, Sender};
 use image::RgbImage;
 
-use crate::decode::{self, parse, Decoded};
+use crate::decode::Decoded;
+use crate::fullres;
 use crate::model::load::{self, LoadOptions, Model, ModelSource};
 use crate::sample::pipeline::{self, EditOutcome, EditPlan, EditRequest};
 use crate::sample::preview;
@@ -140,6 +141,8 @@ pub enum Event {
         preview: Option<preview::Preview>,
         /// When the worker sent it (the UI measures how long previews wait).
         sent: Instant,
+        /// Tiled runs: tiles done in this step, of how many.
+        tile: Option<(usize, usize)>,
     },
     Done {
         job: u64,
@@ -148,6 +151,10 @@ pub enum Event {
         seconds: f64,
         /// Masks, keypoints or a label when the instruction asked for them (else `None`).
         decoded: Option<Box<Decoded>>,
+        /// The model's own pixels at its size (none for tiled runs).
+        model_image: Option<RgbImage>,
+        /// How the result was brought to the photo's resolution.
+        applied: crate::fullres::Applied,
     },
     Cancelled {
         job: u64,
@@ -347,8 +354,10 @@ fn run(cmd: Command, model: &mut Option<Model>, flags: &Flags, send: &(dyn Fn(Ev
                     step: e.step,
                     total: e.total,
                     elapsed_s: e.elapsed.as_secs_f64(),
-                    preview: preview::latent_to_rgba(e.denoised, m.defaults.latent_rgb.as_deref())
-                        .ok(),
+                    preview: e
+                        .denoised
+                        .and_then(|d| preview::latent_to_rgba(d, m.defaults.latent_rgb.as_deref()).ok()),
+                    tile: e.tile,
                     sent: Instant::now(),
                 });
                 if cancel.load(Ordering::SeqCst) {
@@ -360,14 +369,13 @@ fn run(cmd: Command, model: &mut Option<Model>, flags: &Flags, send: &(dyn Fn(Ev
             match pipeline::edit(m, &image, &plan, None, &mut on_step) {
                 Ok(EditOutcome::Done(mut edited)) => {
                     if let Some(region) = &region {
-                        keep_outside(&mut edited.image, &image, region);
+                        fullres::keep_outside(&mut edited.image, &image, region);
                     }
-                    // Decoding is part of the job: the UI thread never does pixel work.
-                    // Edits are left alone; everything else is read, by the words or, where
-                    // they name no overlay colour, by the pixels.
-                    let decoded = (!parse::hints(&plan.prompt).edit)
-                        .then(|| decode::read(&image, &edited.image, &plan.prompt).ok())
-                        .flatten()
+                    // Decoding is part of the job (the pipeline reads every instruction that
+                    // is not an edit): the UI thread never does pixel work.
+                    let decoded = edited
+                        .answer
+                        .and_then(|a| a.ok())
                         .map(|r| Box::new(r.decoded));
                     send(Event::Done {
                         job,
@@ -375,6 +383,8 @@ fn run(cmd: Command, model: &mut Option<Model>, flags: &Flags, send: &(dyn Fn(Ev
                         plan,
                         seconds: t0.elapsed().as_secs_f64(),
                         decoded,
+                        model_image: edited.model_image,
+                        applied: edited.applied,
                     })
                 }
                 Ok(EditOutcome::Cancelled { .. }) => send(Event::Cancelled { job }),
@@ -414,20 +424,5 @@ fn train(job: &TrainJob, stop: &AtomicBool, send: &(dyn Fn(Event) + Sync)) {
     })();
     if let Err(message) = result {
         send(Event::TrainFailed { message });
-    }
-}
-
-/// Restores `source`'s pixels wherever `region` is unset (sizes must match; otherwise the
-/// result is left as it is).
-pub fn keep_outside(result: &mut RgbImage, source: &RgbImage, region: &[bool]) {
-    if result.dimensions() != source.dimensions()
-        || region.len() != (source.width() * source.height()) as usize
-    {
-        return;
-    }
-    for ((r, s), inside) in result.pixels_mut().zip(source.pixels()).zip(region) {
-        if !inside {
-            *r = *s;
-        }
     }
 }

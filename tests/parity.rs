@@ -182,6 +182,7 @@ impl PipelineTester {
             seed: Some(0),
             resolution: Some(self.resolution),
             keep_model_resolution: true,
+            full_res: Default::default(),
         };
         let plan = req.validate(&self.model).unwrap();
         let anc = golden(&self.g, "edit.ancestral_noise");

@@ -376,6 +376,7 @@ impl EditorApp {
             elapsed_s: 0.0,
             previews: 0,
             cancelling: false,
+            tile: None,
         };
     }
 
@@ -537,6 +538,7 @@ impl EditorApp {
                     elapsed_s,
                     preview,
                     sent,
+                    tile,
                 } => {
                     if preview.is_some() {
                         if self.preview_waits_ms.len() == 256 {
@@ -551,11 +553,12 @@ impl EditorApp {
                         total: t,
                         elapsed_s: e,
                         previews,
+                        tile: tl,
                         ..
                     } = &mut self.activity
                     {
                         if *j == job {
-                            (*s, *t, *e) = (step, total, elapsed_s);
+                            (*s, *t, *e, *tl) = (step, total, elapsed_s, tile);
                             if let Some(p) = preview {
                                 *previews += 1;
                                 self.previews_received += 1;
@@ -582,6 +585,8 @@ impl EditorApp {
                     plan,
                     seconds,
                     decoded,
+                    model_image,
+                    applied,
                     ..
                 } => {
                     self.activity = Activity::Idle;
@@ -614,6 +619,9 @@ impl EditorApp {
                         plan,
                         seconds,
                         finished_at,
+                        model_image: model_image.map(std::sync::Arc::new),
+                        applied: Some(applied),
+                        show_model: false,
                     };
                     if self.collecting {
                         self.variants.push(entry);
@@ -1361,19 +1369,26 @@ score {:.2}, area {} px",
             total,
             elapsed_s,
             cancelling,
+            tile,
             ..
         } = &self.activity
         {
-            let frac = *step as f32 / (*total).max(1) as f32;
-            let eta = if *step > 0 {
-                elapsed_s / *step as f64 * (*total - *step) as f64
+            // Tiled runs advance within a step, tile by tile.
+            let within = tile.map_or(0.0, |(done, n)| done as f64 / n.max(1) as f64);
+            let (total, done) = ((*total).max(1), (*step).min(*total) as f64 + within);
+            let frac = (done / total as f64) as f32;
+            let eta = if done > 0.0 {
+                elapsed_s / done * (total as f64 - done)
             } else {
                 0.0
             };
-            let text = if *cancelling {
-                "cancelling...".to_string()
-            } else {
-                format!("step {step}/{total}, eta {eta:.1} s")
+            let text = match (*cancelling, tile) {
+                (true, _) => "cancelling...".to_string(),
+                (false, Some((i, n))) => format!(
+                    "step {}/{total}, tile {i}/{n}, eta {eta:.1} s",
+                    (*step + 1).min(total)
+                ),
+                (false, None) => format!("step {step}/{total}, eta {eta:.1} s"),
             };
             ui.add(egui::ProgressBar::new(frac).text(text));
         }

@@ -54,6 +54,8 @@ pub struct Settings {
     pub fields: Fields,
     /// How the picker phrases instructions; None: as the loaded model was taught.
     pub phrasing: Option<crate::tasks::Phrasing>,
+    /// How results come back at the photo's resolution.
+    pub full_res: crate::fullres::FullRes,
 }
 
 impl Default for Settings {
@@ -77,6 +79,7 @@ impl Default for Settings {
             recipe: Recipe::Segment,
             phrasing: None,
             fields: Fields::default(),
+            full_res: Default::default(),
         }
     }
 }
@@ -104,6 +107,7 @@ impl Settings {
             seed: Some(seed),
             resolution: (self.resolution > 0).then_some(self.resolution),
             keep_model_resolution: false,
+            full_res: self.full_res,
         }
     }
 
@@ -160,6 +164,12 @@ pub struct Entry {
     pub seconds: f64,
     /// Seconds since the Unix epoch when it finished.
     pub finished_at: u64,
+    /// The model's own pixels at its size (not kept across restarts).
+    pub model_image: Option<Arc<RgbImage>>,
+    /// How the result was brought to the photo's resolution.
+    pub applied: Option<crate::fullres::Applied>,
+    /// Show the model's own pixels instead of the result at the photo's size.
+    pub show_model: bool,
 }
 
 /// The open image and what was made of it. Results chain: an edit applies to the current
@@ -189,7 +199,18 @@ impl Session {
     pub fn current(&self) -> Option<&RgbImage> {
         match self.cursor {
             0 => self.source.as_deref(),
-            n => self.history.get(n - 1).map(|e| &*e.image),
+            n => self.history.get(n - 1).map(|e| match (&e.model_image, e.show_model) {
+                (Some(m), true) => &**m,
+                _ => &*e.image,
+            }),
+        }
+    }
+
+    /// The result the cursor is on, if any.
+    pub fn current_entry_mut(&mut self) -> Option<&mut Entry> {
+        match self.cursor {
+            0 => None,
+            n => self.history.get_mut(n - 1),
         }
     }
 
@@ -235,6 +256,8 @@ pub enum Activity {
         elapsed_s: f64,
         previews: usize,
         cancelling: bool,
+        /// Tiled runs: tiles done in this step, of how many.
+        tile: Option<(usize, usize)>,
     },
 }
 
@@ -306,6 +329,7 @@ mod tests {
             seed: 1,
             resolution: 64,
             keep_model_resolution: false,
+            full_res: Default::default(),
         };
         Entry {
             image: Arc::new(RgbImage::from_pixel(2, 2, image::Rgb([v; 3]))),
@@ -313,6 +337,9 @@ mod tests {
             plan,
             seconds: 0.0,
             finished_at: 0,
+            model_image: None,
+            applied: None,
+            show_model: false,
         }
     }
 
@@ -535,6 +562,9 @@ impl SessionFile {
                 plan: plan_from_json(e.plan)?,
                 seconds: e.seconds,
                 finished_at: e.finished_at,
+                model_image: None,
+                applied: None,
+                show_model: false,
             });
         }
         Ok(Some(Session {
@@ -562,6 +592,8 @@ fn plan_from_json(v: serde_json::Value) -> anyhow::Result<EditPlan> {
         seed: serde_json::from_value(g("seed"))?,
         resolution: serde_json::from_value(g("resolution"))?,
         keep_model_resolution: serde_json::from_value(g("keep_model_resolution"))?,
+        // Absent in sessions saved before results came back at full resolution.
+        full_res: serde_json::from_value::<Option<_>>(g("full_res"))?.unwrap_or_default(),
     })
 }
 
@@ -593,6 +625,7 @@ mod session_file_tests {
             seed: 42,
             resolution: 256,
             keep_model_resolution: false,
+            full_res: Default::default(),
         };
         for v in [1u8, 2] {
             s.push(Entry {
@@ -601,6 +634,9 @@ mod session_file_tests {
                 plan: plan.clone(),
                 seconds: 1.5,
                 finished_at: v as u64,
+                model_image: None,
+                applied: None,
+                show_model: false,
             });
             file.save(&s).unwrap();
         }

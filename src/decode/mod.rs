@@ -67,7 +67,7 @@ pub struct Decoded {
     pub label: Option<(String, f32)>,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum DecodeError {
     #[error("the edited image is {ew}x{eh} but the source is {sw}x{sh}: their shapes differ, so the edited one is not an answer for this source (expected the same aspect ratio)")]
     Mismatched { sw: u32, sh: u32, ew: u32, eh: u32 },

@@ -11,3 +11,4 @@ pub mod pipeline;
 pub mod preview;
 pub mod samplers;
 pub mod schedule;
+pub mod tiled;

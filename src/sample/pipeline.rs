@@ -12,11 +12,13 @@ use candle_core::{DType, Device, Tensor};
 use image::RgbImage;
 use serde::Serialize;
 
-use super::denoiser::{Conditioning, EpsDenoiser};
+use super::denoiser::{Conditioning, Denoiser, EpsDenoiser};
 use super::guidance::Guided;
 use super::noise::{NoiseSource, SeededNoise};
 use super::samplers::{Outcome, Sampler, Step};
 use super::schedule::DiscreteSchedule;
+use crate::decode::{self, DecodeError, Reading};
+use crate::fullres::{change, redraw, Applied, Family, FullRes, Method, Placement};
 use crate::imageio;
 use crate::model::clip::embed_prompts;
 use crate::model::load::Model;
@@ -36,8 +38,10 @@ pub struct EditRequest {
     pub seed: Option<u64>,
     /// Long side at which the model runs.
     pub resolution: Option<usize>,
-    /// Return the result at model resolution instead of the input's size.
+    /// Return the model's own pixels at its size instead of the photo's.
     pub keep_model_resolution: bool,
+    /// How the result comes back at the photo's size.
+    pub full_res: FullRes,
 }
 
 /// Why an [`EditRequest`] was refused.
@@ -66,6 +70,7 @@ pub struct EditPlan {
     pub seed: u64,
     pub resolution: usize,
     pub keep_model_resolution: bool,
+    pub full_res: FullRes,
 }
 
 impl EditRequest {
@@ -102,6 +107,7 @@ impl EditRequest {
             seed: self.seed.unwrap_or_else(rand::random),
             resolution,
             keep_model_resolution: self.keep_model_resolution,
+            full_res: self.full_res,
         })
     }
 }
@@ -113,6 +119,8 @@ pub struct Timings {
     pub vae_encode_s: f64,
     pub steps_s: Vec<f64>,
     pub vae_decode_s: f64,
+    /// Bringing the answer to the photo's resolution (round trip, change map, redraw).
+    pub full_res_s: f64,
     pub total_s: f64,
 }
 
@@ -122,17 +130,27 @@ pub struct StepEvent<'a> {
     pub total: usize,
     pub sigma: f64,
     pub elapsed: Duration,
-    /// Predicted clean latent (scaled), `(1, 4, h/8, w/8)`: see `preview::latent_to_rgba`.
-    pub denoised: &'a Tensor,
-    pub x: &'a Tensor,
+    /// Predicted clean latent (scaled), `(1, c, h/f, w/f)`: see `preview::latent_to_rgba`.
+    /// Tile events carry one at most twice a second.
+    pub denoised: Option<&'a Tensor>,
+    /// Tiled runs: tiles done in this step, of how many (then `step` is the step under way).
+    pub tile: Option<(usize, usize)>,
 }
 
 /// The result of a finished edit.
 #[derive(Debug, Clone)]
 pub struct Edited {
+    /// The result at the photo's size (at the model's with `keep_model_resolution`).
     pub image: RgbImage,
-    /// The size the model ran at.
+    /// The model's own pixels at its size (none for tiled runs).
+    pub model_image: Option<RgbImage>,
+    /// The size the model ran at (a tile's, for tiled runs).
     pub model_size: (u32, u32),
+    /// How the result was brought to the photo's size.
+    pub applied: Applied,
+    /// The overlay read back (masks, keypoints, label) at the size of `image`, when the
+    /// instruction is not an edit: `Err` says why nothing was read.
+    pub answer: Option<Result<Reading, DecodeError>>,
     pub timings: Timings,
     /// Prompt tokens past the text encoder's window (ignored by the model).
     pub truncated_tokens: usize,
@@ -219,8 +237,9 @@ pub fn condition(
 }
 
 /// Runs one edit. `init_noise`, when given, replaces the seeded unit noise of shape
-/// `(1, 4, h/8, w/8)` (it is multiplied by the first sigma), to reproduce another
-/// implementation's run. `on_step` may cancel.
+/// `(1, c, h/f, w/f)` (it is multiplied by the first sigma), to reproduce another
+/// implementation's run. `on_step` may cancel. The result comes back at the photo's size as
+/// `plan.full_res` says (see [`crate::fullres`]).
 pub fn edit(
     model: &Model,
     source: &RgbImage,
@@ -231,6 +250,11 @@ pub fn edit(
     let start = Instant::now();
     let (w0, h0) = source.dimensions();
     let (w, h) = imageio::fit_size(w0, h0, plan.resolution as u32);
+    let family = Family::of(&plan.prompt);
+    let method = plan.full_res.resolve(family);
+    if init_noise.is_none() && runs_tiled(source, plan) {
+        return super::tiled::enhance(model, source, plan, on_step);
+    }
     let resized = imageio::fit(source, w, h);
     let (cond, text_s, vae_s) = condition(model, &plan.prompt, &resized)?;
     let mut noise = SeededNoise::new(plan.seed);
@@ -240,23 +264,73 @@ pub fn edit(
         Sampled::Cancelled { at_step } => return Ok(EditOutcome::Cancelled { at_step }),
     };
     let t2 = Instant::now();
-    let mut image = decode(model, &latent)?;
+    let model_image = decode(model, &latent)?;
     let vae_decode_s = secs(t2);
-    if !plan.keep_model_resolution {
-        image = imageio::resize_exact(&image, w0, h0);
-    }
+    let t3 = Instant::now();
+    let answer = (family != Family::Edit && family != Family::Enhancement)
+        .then(|| decode::read(&resized, &model_image, &plan.prompt));
+    let place = Placement::new((w0, h0), (w, h));
+    let (image, applied, answer) = if plan.keep_model_resolution {
+        (model_image.clone(), Applied::ModelSize, answer)
+    } else {
+        let full_answer = answer.map(|a| {
+            a.map(|r| Reading {
+                decoded: redraw::to_source(&r.decoded, &place),
+                ..r
+            })
+        });
+        let drawable = match &full_answer {
+            Some(Ok(r)) => redraw::drawable(&r.decoded).then_some(&r.decoded),
+            _ => None,
+        };
+        let (image, applied) = match (method, drawable) {
+            (Method::Resize, _) => (
+                imageio::resize_exact(&model_image, w0, h0),
+                Applied::Resized,
+            ),
+            // A photo no larger than the model's picture loses nothing to a resize.
+            (Method::Tiled, _) => (
+                imageio::resize_exact(&model_image, w0, h0),
+                Applied::Resized,
+            ),
+            (Method::Redraw, Some(decoded)) => (redraw::draw(source, decoded), Applied::Redrawn),
+            _ => {
+                let (image, found) = apply_change(model, source, &cond.image, &model_image)?;
+                let applied = Applied::Change {
+                    share: found.share,
+                    global: found.global,
+                };
+                (image, applied)
+            }
+        };
+        (image, applied, full_answer)
+    };
     Ok(EditOutcome::Done(Edited {
         image,
+        model_image: Some(model_image),
         model_size: (w, h),
+        applied,
+        answer,
         timings: Timings {
             text_encode_s: text_s,
             vae_encode_s: vae_s,
             steps_s,
             vae_decode_s,
+            full_res_s: secs(t3),
             total_s: secs(start),
         },
         truncated_tokens: model.tokenizer.overflow(&plan.prompt),
     }))
+}
+
+/// Whether [`edit`] runs `plan` on `source` in tiles at the photo's own size: the setting
+/// (or, for `auto`, an enhancement instruction) asks for it and the photo is larger than the
+/// model's picture.
+pub fn runs_tiled(source: &RgbImage, plan: &EditPlan) -> bool {
+    let (w0, h0) = source.dimensions();
+    let (w, h) = imageio::fit_size(w0, h0, plan.resolution as u32);
+    let method = plan.full_res.resolve(Family::of(&plan.prompt));
+    method == Method::Tiled && (w0 > w || h0 > h) && !plan.keep_model_resolution
 }
 
 /// The outcome of [`sample`].
@@ -274,19 +348,36 @@ pub fn sample(
     noise: &mut dyn NoiseSource,
     on_step: &mut dyn FnMut(&StepEvent) -> ControlFlow<()>,
 ) -> anyhow::Result<Sampled> {
-    let schedule = DiscreteSchedule::new(&model.scheduler);
-    let sigmas = schedule.sigmas(plan.steps);
-    let eps = EpsDenoiser {
-        unet: &model.unet,
-        schedule,
-        prediction: model.scheduler.prediction_type,
-    };
+    let eps = eps_denoiser(model);
     let mut guided = Guided::new(&eps, cond, plan.guidance, plan.text_cfg, plan.image_cfg)?;
     guided.rescale = plan.guidance_rescale;
     let shape = cond.image.shape().clone();
+    run_sampler(model, plan, &guided, &shape, init_noise, noise, on_step)
+}
+
+/// The model's UNet as a denoiser on its schedule.
+pub fn eps_denoiser(model: &Model) -> EpsDenoiser<'_> {
+    EpsDenoiser {
+        unet: &model.unet,
+        schedule: DiscreteSchedule::new(&model.scheduler),
+        prediction: model.scheduler.prediction_type,
+    }
+}
+
+/// Runs the plan's sampler with `denoiser` from noise of `shape`.
+pub fn run_sampler(
+    model: &Model,
+    plan: &EditPlan,
+    denoiser: &dyn Denoiser,
+    shape: &candle_core::Shape,
+    init_noise: Option<&Tensor>,
+    noise: &mut dyn NoiseSource,
+    on_step: &mut dyn FnMut(&StepEvent) -> ControlFlow<()>,
+) -> anyhow::Result<Sampled> {
+    let sigmas = DiscreteSchedule::new(&model.scheduler).sigmas(plan.steps);
     let unit = match init_noise {
         Some(n) => {
-            if n.shape() != &shape {
+            if n.shape() != shape {
                 anyhow::bail!(
                     "initial noise has shape {:?}, the latent is {:?} (for this image and resolution)",
                     n.dims(),
@@ -295,7 +386,7 @@ pub fn sample(
             }
             n.to_device(&model.device)?.to_dtype(model.dtype)?
         }
-        None => noise.sample(&shape, &model.device)?.to_dtype(model.dtype)?,
+        None => noise.sample(shape, &model.device)?.to_dtype(model.dtype)?,
     };
     let x = (unit * sigmas[0])?;
     let mut steps_s = Vec::with_capacity(plan.steps);
@@ -310,14 +401,36 @@ pub fn sample(
             total,
             sigma: s.sigma,
             elapsed: t0.elapsed(),
-            denoised: s.denoised,
-            x: s.x,
+            denoised: Some(s.denoised),
+            tile: None,
         })
     };
-    match plan.sampler.sample(&guided, x, &sigmas, noise, &mut cb)? {
+    match plan.sampler.sample(denoiser, x, &sigmas, noise, &mut cb)? {
         Outcome::Finished(latent) => Ok(Sampled::Done { latent, steps_s }),
         Outcome::Cancelled { at_step } => Ok(Sampled::Cancelled { at_step }),
     }
+}
+
+/// `result` (the model's picture of `source` at its size) applied to `source` as a change
+/// ([`change`]): found against the source's own round trip through the autoencoder, from its
+/// conditioning latent `image_latent` (unscaled).
+pub fn apply_change(
+    model: &Model,
+    source: &RgbImage,
+    image_latent: &Tensor,
+    result: &RgbImage,
+) -> candle_core::Result<(RgbImage, change::Change)> {
+    let place = Placement::new(source.dimensions(), result.dimensions());
+    let roundtrip = roundtrip(model, image_latent)?;
+    let found = change::find(&roundtrip, result, &Default::default());
+    let image = change::apply(source, &place, &roundtrip, result, &found);
+    Ok((image, found))
+}
+
+/// The source's own trip through the autoencoder: its (unscaled) conditioning latent
+/// decoded. What the model returns where it changed nothing, blur and all.
+pub fn roundtrip(model: &Model, image_latent: &Tensor) -> candle_core::Result<RgbImage> {
+    tensor_to_image(&model.vae.decode(image_latent)?)
 }
 
 /// Decodes a sampled (scaled) latent to pixels.

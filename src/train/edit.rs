@@ -955,6 +955,7 @@ fn write_sample_edits(plan: &EditPlan, step: usize) -> anyhow::Result<PathBuf> {
         let req = EditRequest {
             prompt: instruction.clone(),
             seed: Some(i as u64),
+            full_res: crate::fullres::FullRes::Off,
             ..Default::default()
         };
         let edit_plan = req.validate(&model)?;
