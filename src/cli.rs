@@ -12,10 +12,10 @@ use candle_core::{DType, Device};
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
+use crate::fullres::FullRes;
 use crate::imageio;
 use crate::model::load::{self, LoadOptions, ModelSource};
 use crate::model::meta::GuidanceFormula;
-use crate::fullres::FullRes;
 use crate::sample::pipeline::{self, EditOutcome, EditRequest};
 use crate::sample::samplers::Sampler;
 pub use crate::support::{error_chain, memory_bytes, parse_device, peak_memory_bytes};

@@ -354,9 +354,9 @@ fn run(cmd: Command, model: &mut Option<Model>, flags: &Flags, send: &(dyn Fn(Ev
                     step: e.step,
                     total: e.total,
                     elapsed_s: e.elapsed.as_secs_f64(),
-                    preview: e
-                        .denoised
-                        .and_then(|d| preview::latent_to_rgba(d, m.defaults.latent_rgb.as_deref()).ok()),
+                    preview: e.denoised.and_then(|d| {
+                        preview::latent_to_rgba(d, m.defaults.latent_rgb.as_deref()).ok()
+                    }),
                     tile: e.tile,
                     sent: Instant::now(),
                 });

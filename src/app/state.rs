@@ -199,10 +199,13 @@ impl Session {
     pub fn current(&self) -> Option<&RgbImage> {
         match self.cursor {
             0 => self.source.as_deref(),
-            n => self.history.get(n - 1).map(|e| match (&e.model_image, e.show_model) {
-                (Some(m), true) => &**m,
-                _ => &*e.image,
-            }),
+            n => self
+                .history
+                .get(n - 1)
+                .map(|e| match (&e.model_image, e.show_model) {
+                    (Some(m), true) => &**m,
+                    _ => &*e.image,
+                }),
         }
     }
 

@@ -64,15 +64,18 @@ pub struct Change {
 /// Finds the change between the source's `roundtrip` and the model's `result` (same size).
 pub fn find(roundtrip: &RgbImage, result: &RgbImage, p: &ChangeParams) -> Change {
     let (w, h) = (roundtrip.width() as usize, roundtrip.height() as usize);
-    assert_eq!(roundtrip.dimensions(), result.dimensions(), "pictures of one size");
+    assert_eq!(
+        roundtrip.dimensions(),
+        result.dimensions(),
+        "pictures of one size"
+    );
     let a = Planes::from_image(roundtrip).box_blur(1);
     let b = Planes::from_image(result).box_blur(1);
-    let mut changed: Vec<bool> = a
-        .px
-        .iter()
-        .zip(&b.px)
-        .map(|(s, o)| (0..3).any(|c| (o[c] - s[c]).abs() > p.threshold))
-        .collect();
+    let mut changed: Vec<bool> =
+        a.px.iter()
+            .zip(&b.px)
+            .map(|(s, o)| (0..3).any(|c| (o[c] - s[c]).abs() > p.threshold))
+            .collect();
     let min_area = ((p.min_share * (w * h) as f64) as usize).max(4);
     let (labels, n) = components(&changed, w, h);
     let mut sizes = vec![0usize; n + 1];

@@ -25,9 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::decode::parse;
 
 /// How a result comes back at the photo's resolution.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum FullRes {
     /// By the instruction: annotation answers redrawn, edits applied as a change,
@@ -71,7 +69,9 @@ impl std::str::FromStr for FullRes {
         Self::ALL
             .into_iter()
             .find(|m| m.name() == s)
-            .ok_or_else(|| format!("unknown full-resolution mode '{s}' (auto, change, tiled or off)"))
+            .ok_or_else(|| {
+                format!("unknown full-resolution mode '{s}' (auto, change, tiled or off)")
+            })
     }
 }
 
@@ -139,7 +139,11 @@ pub enum Applied {
         global: bool,
     },
     /// The photo run at its own size in overlapping tiles.
-    Tiled { tiles: usize, tile: u32, overlap: u32 },
+    Tiled {
+        tiles: usize,
+        tile: u32,
+        overlap: u32,
+    },
     /// The model's picture resized to the photo's size.
     Resized,
     /// The model's own pixels, at its size.
@@ -335,8 +339,14 @@ mod tests {
     #[test]
     fn families_by_the_words() {
         for (text, family) in [
-            ("Apply a blue semi-transparent mask to the man.", Family::Annotation),
-            ("Put a red circle on the left wrist of the woman.", Family::Annotation),
+            (
+                "Apply a blue semi-transparent mask to the man.",
+                Family::Annotation,
+            ),
+            (
+                "Put a red circle on the left wrist of the woman.",
+                Family::Annotation,
+            ),
             ("Segment the dog.", Family::Annotation),
             ("Make the image sharper.", Family::Enhancement),
             ("Remove the noise.", Family::Enhancement),

@@ -47,10 +47,7 @@ fn starts(len: usize, tile: usize, overlap: usize) -> Vec<usize> {
 impl Layout {
     pub fn new(width: usize, height: usize, tile: usize, overlap: usize) -> Self {
         assert!(tile > 0 && overlap < tile, "a tile larger than its overlap");
-        let (xs, ys) = (
-            starts(width, tile, overlap),
-            starts(height, tile, overlap),
-        );
+        let (xs, ys) = (starts(width, tile, overlap), starts(height, tile, overlap));
         let tiles = ys
             .iter()
             .enumerate()
@@ -241,7 +238,16 @@ mod tests {
         assert_eq!(l.row_tops, vec![0, 8]);
         // A grid smaller than a tile is one tile of the grid's size.
         let small = Layout::new(20, 10, 32, 8);
-        assert_eq!(small.tiles, vec![Tile { x: 0, y: 0, w: 20, h: 10, row: 0 }]);
+        assert_eq!(
+            small.tiles,
+            vec![Tile {
+                x: 0,
+                y: 0,
+                w: 20,
+                h: 10,
+                row: 0
+            }]
+        );
     }
 
     #[test]

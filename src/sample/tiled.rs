@@ -68,7 +68,11 @@ pub fn enhance(
     let start = Instant::now();
     let (w0, h0) = source.dimensions();
     let (layout, f) = layout_for(model, w0, h0, plan.resolution);
-    let padded = pad(source, (layout.width * f) as u32, (layout.height * f) as u32);
+    let padded = pad(
+        source,
+        (layout.width * f) as u32,
+        (layout.height * f) as u32,
+    );
     let t0 = Instant::now();
     let (text, empty_text) = condition_text(model, &plan.prompt)?;
     let text_s = t0.elapsed().as_secs_f64();
@@ -214,7 +218,14 @@ pub fn decode(
                 .permute((1, 2, 0))?
                 .flatten_all()?
                 .to_vec1::<f32>()?;
-            bands.add(t.x * f, t.y * f, t.w * f, t.h * f, &rgb, &layout.window(t, f));
+            bands.add(
+                t.x * f,
+                t.y * f,
+                t.w * f,
+                t.h * f,
+                &rgb,
+                &layout.window(t, f),
+            );
         }
         let next = layout
             .row_tops
