@@ -581,3 +581,44 @@ fn training_panel_starts_stops_resumes_and_loads_the_result() {
         out.join("model").display().to_string()
     );
 }
+
+/// A photo larger than the model's picture comes back at its own size; the history item shows
+/// the model's own pixels one click away, and the settings' Full resolution reaches the run.
+#[test]
+fn results_come_back_at_the_photos_size_and_the_models_pixels_one_click_away() {
+    let session = Box::leak(Box::new(util::tempdir()));
+    let photo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/samples/chelsea.png");
+    let mut h = editor_with(Some(photo), session.path().to_path_buf());
+    set_steps(&mut h, 1);
+    first_edit(&mut h, "make it snow");
+    let app = h.state();
+    assert_eq!(app.session.current().unwrap().dimensions(), (451, 300));
+    let entry = &app.session.history[0];
+    assert!(matches!(
+        entry.applied,
+        Some(instructdiffusion::fullres::Applied::Change { .. })
+    ));
+    assert_eq!(entry.model_image.as_ref().unwrap().dimensions(), (64, 64));
+    h.get_by_label("Model's pixels").click();
+    h.run_steps(2);
+    assert_eq!(h.state().session.current().unwrap().dimensions(), (64, 64));
+    h.get_by_label("Model's pixels").click();
+    h.run_steps(2);
+    assert_eq!(
+        h.state().session.current().unwrap().dimensions(),
+        (451, 300)
+    );
+
+    h.state_mut().settings.full_res = instructdiffusion::fullres::FullRes::Off;
+    first_edit(&mut h, "make it snow");
+    wait(&mut h, "the second edit", |a| a.session.history.len() == 2);
+    let second = &h.state().session.history[1];
+    assert_eq!(
+        second.plan.full_res,
+        instructdiffusion::fullres::FullRes::Off
+    );
+    assert_eq!(
+        second.applied,
+        Some(instructdiffusion::fullres::Applied::Resized)
+    );
+}

@@ -162,6 +162,40 @@ fn results_come_back_at_the_input_size_and_the_source_is_untouched() {
     let o = run(&["--keep-model-resolution"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(image::open(&out).unwrap().to_rgb8().dimensions(), (64, 64));
+    // The model's own pixels on request, how the result was made in the metadata and report.
+    let own = tmp.path().join("own.png");
+    let report = tmp.path().join("report.json");
+    let (own_s, report_s) = (own.to_str().unwrap(), report.to_str().unwrap());
+    let o = run(&["--model-image", own_s, "--report", report_s]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(image::open(&out).unwrap().to_rgb8().dimensions(), (100, 70));
+    assert_eq!(image::open(&own).unwrap().to_rgb8().dimensions(), (64, 64));
+    let text = png_text(&out);
+    let get = |k: &str| text.iter().find(|(key, _)| key == k).unwrap().1.clone();
+    assert!(
+        get("parameters").contains("change applied"),
+        "{}",
+        get("parameters")
+    );
+    let settings: serde_json::Value = serde_json::from_str(&get("instructdiffusion")).unwrap();
+    assert_eq!(settings["full_res"]["mode"], "change");
+    assert_eq!(settings["plan"]["full_res"], "auto");
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(r["full_res"]["mode"], "change");
+    let o = run(&["--full-res", "off"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(png_text(&out)
+        .iter()
+        .any(|(k, v)| k == "parameters" && v.contains("Full res: model's picture resized")));
+    // A tiled run has no model-size picture: refused before it runs.
+    let o = run(&["--full-res", "tiled", "--model-image", own_s]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("a tiled run has no picture"),
+        "{}",
+        stderr(&o)
+    );
     assert_eq!(
         std::fs::read(&src).unwrap(),
         before,

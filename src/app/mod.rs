@@ -64,6 +64,10 @@ pub struct Notice {
     pub error: bool,
 }
 
+/// What the canvas texture shows: cursor, history length, the source held, magnified, the
+/// model's own pixels.
+type CanvasKey = (usize, usize, bool, bool, bool);
+
 /// The editor.
 pub struct EditorApp {
     pub settings: Settings,
@@ -112,7 +116,7 @@ pub struct EditorApp {
     allow_close: bool,
     worker: Worker,
     next_job: u64,
-    canvas: Option<(TextureHandle, (usize, usize, bool, bool))>,
+    canvas: Option<(TextureHandle, CanvasKey)>,
     preview: Option<TextureHandle>,
     dialogs: (Sender<DialogResult>, Receiver<DialogResult>),
     /// The training panel (a window).
@@ -762,9 +766,15 @@ impl EditorApp {
         });
     }
 
+    /// The current result's decoded answer (at the photo's size; none while the model's own
+    /// pixels are shown).
     fn current_decoded(&self) -> Option<&crate::decode::Decoded> {
         let i = self.session.cursor.checked_sub(1)?;
-        self.session.history.get(i)?.decoded.as_deref()
+        let entry = self.session.history.get(i)?;
+        if entry.show_model {
+            return None;
+        }
+        entry.decoded.as_deref()
     }
 
     /// Masks, boxes and keypoints over the canvas image at `rect`; hovering one names it.
@@ -1114,6 +1124,19 @@ score {:.2}, area {} px",
             });
             ui.end_row();
             labelled_row(ui, "Resolution", resolution_field(&mut s.resolution, 64.0));
+            let l = ui.label("Full resolution").on_hover_text(
+                "how results come back at the photo's own size: auto picks by the instruction (answers redrawn on the photo, edits applied where the model changed something, enhancements in tiles at the photo's size)",
+            );
+            egui::ComboBox::from_id_salt("full_res")
+                .selected_text(s.full_res.name())
+                .show_ui(ui, |ui| {
+                    for m in crate::fullres::FullRes::ALL {
+                        ui.selectable_value(&mut s.full_res, m, m.name());
+                    }
+                })
+                .response
+                .labelled_by(l.id);
+            ui.end_row();
         });
         // 0 is the model's own; anything else a multiple of 64.
         s.resolution = s.resolution / 64 * 64;
@@ -1157,15 +1180,22 @@ score {:.2}, area {} px",
             return;
         };
         let show_source = self.show_before && self.session.cursor > 0;
-        // Magnified pixels are drawn as crisp squares (nearest), smaller ones smoothly.
+        // From 1:1 up, pixels are drawn as crisp squares (nearest), smaller ones smoothly.
         let magnified = self
             .zoom
-            .is_some_and(|z| z * ui.ctx().pixels_per_point() >= 2.0);
+            .is_some_and(|z| z * ui.ctx().pixels_per_point() >= 0.999);
+        let model_pixels = self
+            .session
+            .cursor
+            .checked_sub(1)
+            .and_then(|i| self.session.history.get(i))
+            .is_some_and(|e| e.show_model);
         let key = (
             self.session.cursor,
             self.session.history.len(),
             show_source,
             magnified,
+            model_pixels,
         );
         if self.canvas.as_ref().map(|c| c.1) != Some(key) {
             let img = if show_source {
@@ -1407,6 +1437,21 @@ score {:.2}, area {} px",
                 .clicked()
             {
                 self.session.redo();
+            }
+            if let Some(entry) = self.session.current_entry_mut() {
+                if let Some(own) = &entry.model_image {
+                    let how = entry
+                        .applied
+                        .as_ref()
+                        .map_or(String::new(), |a| format!(" (shown: {})", a.describe()));
+                    let hover = format!(
+                        "show the model's own picture, {}x{} px, instead of the result at the photo's size{how}",
+                        own.width(),
+                        own.height()
+                    );
+                    ui.checkbox(&mut entry.show_model, "Model's pixels")
+                        .on_hover_text(hover);
+                }
             }
             ui.checkbox(&mut self.side_by_side, "Side by side");
             ui.checkbox(&mut self.compare, "Compare").on_hover_text(

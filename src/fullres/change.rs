@@ -212,7 +212,7 @@ mod tests {
         m[4 * w + 4] = true;
         let g = dilate(&m, w, h, 2);
         assert_eq!(g.iter().filter(|&&v| v).count(), 25);
-        assert!(g[2 * w + 2] && g[6 * w + 6] && !g[1 * w + 4]);
+        assert!(g[2 * w + 2] && g[6 * w + 6] && !g[w + 4]);
     }
 
     #[test]

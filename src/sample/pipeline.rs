@@ -159,7 +159,7 @@ pub struct Edited {
 /// How an edit ended.
 #[derive(Debug)]
 pub enum EditOutcome {
-    Done(Edited),
+    Done(Box<Edited>),
     Cancelled { at_step: usize },
 }
 
@@ -305,7 +305,7 @@ pub fn edit(
         };
         (image, applied, full_answer)
     };
-    Ok(EditOutcome::Done(Edited {
+    Ok(EditOutcome::Done(Box::new(Edited {
         image,
         model_image: Some(model_image),
         model_size: (w, h),
@@ -320,7 +320,7 @@ pub fn edit(
             total_s: secs(start),
         },
         truncated_tokens: model.tokenizer.overflow(&plan.prompt),
-    }))
+    })))
 }
 
 /// Whether [`edit`] runs `plan` on `source` in tiles at the photo's own size: the setting

@@ -138,7 +138,7 @@ pub fn enhance(
     };
     let t2 = Instant::now();
     let image = decode(model, &latent, &layout, f, w0, h0)?;
-    Ok(EditOutcome::Done(Edited {
+    Ok(EditOutcome::Done(Box::new(Edited {
         image,
         model_image: None,
         model_size: ((layout.tile * f) as u32, (layout.tile * f) as u32),
@@ -157,7 +157,7 @@ pub fn enhance(
             total_s: start.elapsed().as_secs_f64(),
         },
         truncated_tokens: model.tokenizer.overflow(&plan.prompt),
-    }))
+    })))
 }
 
 /// The padded photo's latent (scaled posterior mean), encoded tile by tile.
