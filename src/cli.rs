@@ -92,6 +92,15 @@ pub struct BenchArgs {
     /// Also save the whole-edit row's result here (PNG), to compare devices or precisions.
     #[arg(long, value_name = "PNG")]
     pub save_edit: Option<PathBuf>,
+    /// Instead: results at the photo's resolution against the model's picture resized, on
+    /// the photos in this folder (a segmentation, a local and a global edit each,
+    /// `--edit-steps` steps).
+    #[arg(long, value_name = "PHOTOS")]
+    pub full_res: Option<PathBuf>,
+    /// Instead: a tiled denoise of a synthetic noisy photo of this size (e.g. 4000x3000),
+    /// `--edit-steps` steps: time and peak memory.
+    #[arg(long, value_name = "WxH")]
+    pub tiled: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -1253,6 +1262,30 @@ fn run_annotate(args: &AnnotateArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn run_full_res_bench(args: &BenchArgs) -> anyhow::Result<()> {
+    let model = load_model(&args.model)?;
+    let steps = args.edit_steps.max(1);
+    let json = if let Some(dir) = &args.full_res {
+        let rows = crate::fullres::bench::photos(&model, dir, steps)?;
+        eprint!("{}", crate::fullres::bench::photos_table(&rows));
+        serde_json::to_string_pretty(&rows)?
+    } else {
+        let size = args.tiled.as_deref().unwrap_or_default();
+        let (w, h) = size
+            .split_once('x')
+            .and_then(|(w, h)| Some((w.parse::<u32>().ok()?, h.parse::<u32>().ok()?)))
+            .filter(|&(w, h)| w > 0 && h > 0)
+            .ok_or_else(|| anyhow::anyhow!("--tiled wants a size like 4000x3000, got '{size}'"))?;
+        let row = crate::fullres::bench::tiled(&model, w, h, steps)?;
+        eprint!("{}", crate::fullres::bench::tiled_table(&row));
+        serde_json::to_string_pretty(&row)?
+    };
+    if let Some(path) = &args.json {
+        imageio::write_atomic(path, json.as_bytes())?;
+    }
+    Ok(())
+}
+
 fn run_bench(args: &BenchArgs) -> anyhow::Result<()> {
     if let Some(image) = &args.ui {
         let report = crate::app::bench::ui_frames(
@@ -1274,6 +1307,9 @@ fn run_bench(args: &BenchArgs) -> anyhow::Result<()> {
             imageio::write_atomic(path, serde_json::to_string_pretty(&report)?.as_bytes())?;
         }
         return Ok(());
+    }
+    if args.full_res.is_some() || args.tiled.is_some() {
+        return run_full_res_bench(args);
     }
     if !args.resolution.is_multiple_of(64) || args.resolution == 0 || args.repeats == 0 {
         anyhow::bail!("--resolution must be a positive multiple of 64 and --repeats at least 1");

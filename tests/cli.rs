@@ -56,6 +56,9 @@ fn reference_edit(model: &str, noise: &Path, out: &Path) -> Vec<String> {
         "1.25",
         "--resolution",
         "64",
+        // The model's own picture is what the reference returns (no full-resolution step).
+        "--full-res",
+        "off",
     ];
     let mut v: Vec<String> = args.iter().map(|s| s.to_string()).collect();
     v.extend([

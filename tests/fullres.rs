@@ -317,3 +317,34 @@ fn a_segmentation_comes_back_on_the_full_resolution_photo() {
         "{changed} of {masked} masked pixels drawn"
     );
 }
+
+/// `annotate` reads each answer at the model's size and exports it at the photo's.
+#[test]
+fn annotate_exports_at_the_photos_size() {
+    let model = builtin();
+    let dir = tempfile::tempdir().unwrap();
+    let images = dir.path().join("images");
+    std::fs::create_dir(&images).unwrap();
+    std::fs::copy("assets/samples/chelsea.png", images.join("chelsea.png")).unwrap();
+    let plan = EditRequest {
+        prompt: "Apply a blue semi-transparent mask to the cat.".into(),
+        seed: Some(1),
+        steps: Some(8),
+        ..Default::default()
+    }
+    .validate(model)
+    .unwrap();
+    let out = dir.path().join("coco.json");
+    instructdiffusion::annotate::run(model, &plan, &images, &out, 1 << 26, |_| {}).unwrap();
+    let coco: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert_eq!(coco["images"][0]["width"], 451);
+    assert_eq!(coco["images"][0]["height"], 300);
+    let anns = coco["annotations"].as_array().unwrap();
+    assert!(!anns.is_empty());
+    for a in anns {
+        assert_eq!(a["segmentation"]["size"], serde_json::json!([300, 451]));
+        let b: Vec<f64> = serde_json::from_value(a["bbox"].clone()).unwrap();
+        assert!(b[0] + b[2] <= 451.0 && b[1] + b[3] <= 300.0, "{b:?}");
+    }
+}

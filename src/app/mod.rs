@@ -700,11 +700,21 @@ impl EditorApp {
         let text: Vec<(&str, String)> = match self.session.cursor {
             0 => vec![],
             n => {
-                let plan = &self.session.history[n - 1].plan;
-                vec![(
-                    "instructdiffusion",
-                    serde_json::to_string(plan).unwrap_or_default(),
-                )]
+                // The plan's settings, and how the result came to the photo's resolution.
+                let entry = &self.session.history[n - 1];
+                let mut json = serde_json::to_value(&entry.plan).unwrap_or_default();
+                if let (Some(map), Some(applied)) = (json.as_object_mut(), &entry.applied) {
+                    let shown = if entry.show_model {
+                        &crate::fullres::Applied::ModelSize
+                    } else {
+                        applied
+                    };
+                    map.insert(
+                        "applied".into(),
+                        serde_json::to_value(shown).unwrap_or_default(),
+                    );
+                }
+                vec![("instructdiffusion", json.to_string())]
             }
         };
         match imageio::save(&img, path, &text) {

@@ -12,6 +12,7 @@
 //!
 //! One setting, [`FullRes`], picks among them; `auto` picks by the instruction's [`Family`].
 
+pub mod bench;
 pub mod change;
 pub mod redraw;
 pub mod tiles;
