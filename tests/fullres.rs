@@ -50,12 +50,18 @@ fn blurred(img: &RgbImage) -> RgbImage {
     })
 }
 
-#[test]
-fn a_local_change_is_applied_inside_and_the_source_kept_exactly_outside() {
+/// The 1600 x 1000 photo, where a 512-px model sees it, and its round trip there.
+fn photo_and_round_trip() -> (RgbImage, Placement, RgbImage) {
     let source = photo(1600, 1000);
     let (mw, mh) = imageio::fit_size(1600, 1000, 512);
-    let place = Placement::new((1600, 1000), (mw, mh));
     let roundtrip = blurred(&imageio::fit(&source, mw, mh));
+    (source, Placement::new((1600, 1000), (mw, mh)), roundtrip)
+}
+
+#[test]
+fn a_local_change_is_applied_inside_and_the_source_kept_exactly_outside() {
+    let (source, place, roundtrip) = photo_and_round_trip();
+    let (mw, mh) = place.model;
     // The model's answer: the round trip with one region (an object added) changed.
     let mut result = roundtrip.clone();
     let inside = |x: u32, y: u32| (x as i32 - 300).pow(2) + (y as i32 - 150).pow(2) < 40 * 40;
@@ -111,10 +117,7 @@ fn a_local_change_is_applied_inside_and_the_source_kept_exactly_outside() {
 
 #[test]
 fn a_global_change_keeps_the_sources_detail() {
-    let source = photo(1600, 1000);
-    let (mw, mh) = imageio::fit_size(1600, 1000, 512);
-    let place = Placement::new((1600, 1000), (mw, mh));
-    let roundtrip = blurred(&imageio::fit(&source, mw, mh));
+    let (source, place, roundtrip) = photo_and_round_trip();
     // "Make it look like winter": everything lighter and bluer.
     let mut result = roundtrip.clone();
     for p in result.pixels_mut() {

@@ -8,7 +8,8 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use image::{Rgb, RgbImage};
+use image::RgbImage;
+use instructdiffusion::fullres::bench::noisy_photo;
 use instructdiffusion::fullres::Applied;
 use instructdiffusion::model::load::{self, LoadOptions, ModelSource};
 use instructdiffusion::sample::pipeline::{self, EditOutcome, EditRequest};
@@ -36,20 +37,6 @@ unsafe impl GlobalAlloc for Counting {
 
 #[global_allocator]
 static ALLOC: Counting = Counting;
-
-/// A noisy photo to denoise: smooth shapes, no hard edges, grain on every pixel.
-fn noisy(w: u32, h: u32) -> RgbImage {
-    RgbImage::from_fn(w, h, |x, y| {
-        let (fx, fy) = (x as f32 / 300.0, y as f32 / 200.0);
-        let grain = ((x.wrapping_mul(7919) ^ y.wrapping_mul(104729)) % 41) as f32 - 20.0;
-        let v = |b: f32| (b + grain).clamp(0.0, 255.0) as u8;
-        Rgb([
-            v(120.0 + 60.0 * fx.sin()),
-            v(110.0 + 50.0 * (fx + fy).cos()),
-            v(100.0 + 40.0 * fy.sin()),
-        ])
-    })
-}
 
 /// Mean step between neighbouring columns (`cols`) or rows at each position 1..len.
 fn steps(img: &RgbImage, cols: bool) -> Vec<f64> {
@@ -82,7 +69,7 @@ fn tiled_enhancement_has_no_seams_and_bounded_memory() {
     };
     let plan = request.validate(&model).unwrap();
     let run = |w: u32, h: u32| {
-        let photo = noisy(w, h);
+        let photo = noisy_photo(w, h);
         let mut tiles_seen = 0;
         let before = NOW.load(Ordering::Relaxed);
         PEAK.store(before, Ordering::Relaxed);
