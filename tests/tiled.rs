@@ -144,4 +144,20 @@ fn tiled_enhancement_has_no_seams_and_bounded_memory() {
         per_pixel <= 40.0,
         "{per_pixel:.1} bytes per added pixel: something photo-sized is held"
     );
+
+    // Cancel takes effect at the next tile, not at the end of the step.
+    let mut seen = 0;
+    let outcome = pipeline::edit(&model, &noisy_photo(1024, 512), &plan, None, &mut |e| {
+        if e.tile.is_some() {
+            seen += 1;
+        }
+        if seen >= 3 {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    })
+    .unwrap();
+    assert!(matches!(outcome, EditOutcome::Cancelled { at_step: 0 }));
+    assert_eq!(seen, 3);
 }
