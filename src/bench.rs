@@ -60,7 +60,16 @@ impl candle_nn::var_builder::SimpleBackend for Handover {
 
 /// A model with seeded random weights in a named architecture, computing in `dtype`. The
 /// weights are drawn on the host, so every device gets the same model.
-pub fn random_model(arch: &str, device: &Device, dtype: DType) -> anyhow::Result<Model> {
+/// Seeded random weights in a named architecture: the configs and every tensor, under
+/// `unet.`, `vae.` and `text_encoder.` prefixes.
+#[allow(clippy::type_complexity)]
+pub fn random_weights(
+    arch: &str,
+    device: &Device,
+) -> anyhow::Result<(
+    (UNetConfig, VaeConfig, ClipConfig),
+    std::collections::HashMap<String, Tensor>,
+)> {
     let (unet_cfg, vae_cfg, clip_cfg) = match arch {
         "sd15" => (
             UNetConfig::sd15_instruct(),
@@ -85,9 +94,6 @@ pub fn random_model(arch: &str, device: &Device, dtype: DType) -> anyhow::Result
         ClipTextModel::new(&clip_cfg, vb.pp("text_encoder"))?;
     }
     crate::train::init_weights(&varmap, 0)?;
-    // Built again on plain tensors: weights that are trainable variables would send every
-    // forward pass down the gradient-tracking paths (composed softmax and layer norm), which
-    // a loaded model never takes.
     let tensors: std::collections::HashMap<String, Tensor> = varmap
         .data()
         .lock()
@@ -95,7 +101,52 @@ pub fn random_model(arch: &str, device: &Device, dtype: DType) -> anyhow::Result
         .iter()
         .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
         .collect();
-    drop(varmap);
+    Ok(((unet_cfg, vae_cfg, clip_cfg), tensors))
+}
+
+/// Writes seeded random weights in `arch` as a diffusers folder at `dir`, in f32 (the loading
+/// benchmark's input: `bench --model DIR --load-only`).
+pub fn save_random(arch: &str, dir: &std::path::Path) -> anyhow::Result<()> {
+    let ((unet_cfg, vae_cfg, clip_cfg), tensors) = random_weights(arch, &Device::Cpu)?;
+    let write_json = |p: std::path::PathBuf, v: &serde_json::Value| -> anyhow::Result<()> {
+        std::fs::create_dir_all(p.parent().expect("has a parent"))?;
+        Ok(crate::imageio::write_atomic(
+            &p,
+            serde_json::to_string_pretty(v)?.as_bytes(),
+        )?)
+    };
+    for (prefix, file) in [
+        ("unet.", "unet/diffusion_pytorch_model.safetensors"),
+        ("vae.", "vae/diffusion_pytorch_model.safetensors"),
+        ("text_encoder.", "text_encoder/model.safetensors"),
+    ] {
+        let part: std::collections::HashMap<String, Tensor> = tensors
+            .iter()
+            .filter_map(|(k, v)| k.strip_prefix(prefix).map(|s| (s.to_string(), v.clone())))
+            .collect();
+        crate::train::checkpoint::save_weights(&part, &dir.join(file), false)?;
+    }
+    write_json(dir.join("unet/config.json"), &unet_cfg.to_json())?;
+    write_json(dir.join("vae/config.json"), &vae_cfg.to_json())?;
+    write_json(dir.join("text_encoder/config.json"), &clip_cfg.to_json())?;
+    write_json(
+        dir.join("model_index.json"),
+        &serde_json::json!({
+            "_class_name": "StableDiffusionInstructPix2PixPipeline",
+            "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
+            "text_encoder": ["transformers", "CLIPTextModel"],
+            "tokenizer": ["transformers", "CLIPTokenizer"],
+            "scheduler": ["diffusers", "EulerAncestralDiscreteScheduler"]
+        }),
+    )?;
+    Ok(())
+}
+
+pub fn random_model(arch: &str, device: &Device, dtype: DType) -> anyhow::Result<Model> {
+    let ((unet_cfg, vae_cfg, clip_cfg), tensors) = random_weights(arch, device)?;
+    // Built again on plain tensors: weights that are trainable variables would send every
+    // forward pass down the gradient-tracking paths (composed softmax and layer norm), which
+    // a loaded model never takes.
     // Each weight handed over once and forgotten, as a load from disk does: a map kept whole
     // would hold the originals of the transposed linear weights until the end (1 GB at SD 1.5).
     let vb = VarBuilder::from_backend(

@@ -69,6 +69,12 @@ pub struct BenchArgs {
     /// Use seeded random weights in this architecture instead of loading: sd15 or tiny.
     #[arg(long)]
     pub random: Option<String>,
+    /// With --random: write those weights (f32) as a diffusers folder here, and stop.
+    #[arg(long, value_name = "DIR", requires = "random")]
+    pub save_random: Option<PathBuf>,
+    /// Only load the model: print the load time and the peak memory after it, and stop.
+    #[arg(long)]
+    pub load_only: bool,
     /// Square image size in pixels (a multiple of 64).
     #[arg(long, default_value_t = 256)]
     pub resolution: usize,
@@ -1310,6 +1316,31 @@ fn run_bench(args: &BenchArgs) -> anyhow::Result<()> {
     }
     if args.full_res.is_some() || args.tiled.is_some() {
         return run_full_res_bench(args);
+    }
+    if let (Some(arch), Some(dir)) = (&args.random, &args.save_random) {
+        crate::bench::save_random(arch, dir)?;
+        eprintln!("wrote random {arch} weights to '{}'", dir.display());
+        return Ok(());
+    }
+    if args.load_only {
+        let t0 = Instant::now();
+        let model = load_model(&args.model)?;
+        let load_s = t0.elapsed().as_secs_f64();
+        let peak = crate::support::peak_memory_bytes();
+        eprintln!(
+            "loaded {} ({:?}) in {load_s:.2} s; peak memory {}",
+            model.source,
+            model.dtype,
+            peak.map_or("unknown".into(), |b| format!(
+                "{:.2} GiB",
+                b as f64 / (1u64 << 30) as f64
+            ))
+        );
+        if let Some(path) = &args.json {
+            let j = json!({ "model": model.source, "load_s": load_s, "peak_memory_bytes": peak });
+            imageio::write_atomic(path, j.to_string().as_bytes())?;
+        }
+        return Ok(());
     }
     if !args.resolution.is_multiple_of(64) || args.resolution == 0 || args.repeats == 0 {
         anyhow::bail!("--resolution must be a positive multiple of 64 and --repeats at least 1");

@@ -1,4 +1,4 @@
-//! Opening one weights file: safetensors (memory-mapped) or a PyTorch zip checkpoint, told
+//! Opening one weights file: safetensors (read tensor by tensor) or a PyTorch zip checkpoint, told
 //! apart by their first bytes, with errors that say what the file is and how to convert it.
 //!
 //! PyTorch checkpoints are read by candle's pickle interpreter, which builds plain values and
@@ -8,7 +8,6 @@ use std::io::Read;
 use std::path::Path;
 
 use candle_core::pickle::PthTensors;
-use candle_core::safetensors::MmapedSafetensors;
 
 use super::store::WeightsFile;
 use super::LoadError;
@@ -65,13 +64,7 @@ pub fn open(path: &Path) -> Result<WeightsFile, LoadError> {
     };
     match sniff(path)? {
         Format::Safetensors => {
-            // SAFETY: the map is read-only; like every mmap user we rely on the file not being
-            // truncated by another process while the model loads.
-            let st = unsafe { MmapedSafetensors::new(path) }.map_err(|e| {
-                bad(format!(
-                    "{e} (the safetensors header is unreadable: is the file truncated?)"
-                ))
-            })?;
+            let st = super::safetensors::SafetensorsFile::open(path).map_err(bad)?;
             Ok(WeightsFile::Safetensors(st))
         }
         Format::TorchZip => {

@@ -9,6 +9,7 @@ pub mod diffusers;
 pub mod file;
 pub mod hub;
 pub mod ldm;
+pub mod safetensors;
 pub mod store;
 
 use std::path::{Path, PathBuf};
@@ -256,7 +257,10 @@ pub(crate) fn build(
     stores: [TensorStore; 3],
     opts: &LoadOptions,
 ) -> Result<(UNet2DConditionModel, AutoencoderKL, ClipTextModel), LoadError> {
-    let [unet_store, vae_store, clip_store] = stores;
+    let [mut unet_store, mut vae_store, mut clip_store] = stores;
+    for s in [&mut unet_store, &mut vae_store, &mut clip_store] {
+        s.prefetch();
+    }
     let vb =
         |s: TensorStore| VarBuilder::from_backend(Box::new(s), opts.dtype, opts.device.clone());
     let clip_root = clip_store.contains("text_model.embeddings.token_embedding.weight");

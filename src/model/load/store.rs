@@ -6,13 +6,12 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Result, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 
 /// One open weights file.
 pub enum WeightsFile {
-    Safetensors(MmapedSafetensors),
+    Safetensors(super::safetensors::SafetensorsFile),
     Pth(candle_core::pickle::PthTensors),
 }
 
@@ -20,7 +19,7 @@ impl WeightsFile {
     /// Every tensor name in the file.
     pub fn names(&self) -> Vec<String> {
         match self {
-            WeightsFile::Safetensors(st) => st.tensors().into_iter().map(|(n, _)| n).collect(),
+            WeightsFile::Safetensors(st) => st.names(),
             WeightsFile::Pth(p) => p.tensor_infos().keys().cloned().collect(),
         }
     }
@@ -28,23 +27,28 @@ impl WeightsFile {
     /// The stored shape of `name`, without reading its data.
     pub fn shape(&self, name: &str) -> Option<Vec<usize>> {
         match self {
-            WeightsFile::Safetensors(st) => st.get(name).ok().map(|v| v.shape().to_vec()),
+            WeightsFile::Safetensors(st) => st.shape(name),
             WeightsFile::Pth(p) => p.tensor_infos().get(name).map(|i| i.layout.dims().to_vec()),
         }
     }
 
     fn load(&self, name: &str) -> Result<Option<Tensor>> {
         match self {
-            WeightsFile::Safetensors(st) => st.load(name, &Device::Cpu).map(Some),
+            WeightsFile::Safetensors(st) => st.load(name),
             WeightsFile::Pth(p) => p.get(name),
         }
     }
 }
 
+/// Tensors read ahead by [`TensorStore::prefetch`]: per (file slot, stored name), the tensor
+/// and how many visible names still have to take it.
+type Ready = std::sync::Mutex<HashMap<(usize, String), (Tensor, usize)>>;
+
 /// Tensors visible under their diffusers names, each pointing at a file and a stored name.
 pub struct TensorStore {
     files: Vec<(PathBuf, Arc<WeightsFile>)>,
     index: HashMap<String, (usize, String)>,
+    ready: Ready,
     /// Which network this store feeds, for messages ("unet", "vae", "text encoder").
     pub what: String,
 }
@@ -54,6 +58,7 @@ impl TensorStore {
         Self {
             files: Vec::new(),
             index: HashMap::new(),
+            ready: Default::default(),
             what: what.to_string(),
         }
     }
@@ -113,6 +118,48 @@ impl TensorStore {
         &self.files[slot].0
     }
 
+    /// Reads every visible tensor of the safetensors files now, in parallel (the networks then
+    /// take them one by one, each handed over once: no copy stays behind). A tensor that fails
+    /// to read is left for [`SimpleBackend::get`] to read again and report.
+    pub fn prefetch(&mut self) {
+        use rayon::prelude::*;
+        let mut wanted: HashMap<(usize, String), usize> = HashMap::new();
+        for (slot, stored) in self.index.values() {
+            if matches!(*self.files[*slot].1, WeightsFile::Safetensors(_)) {
+                *wanted.entry((*slot, stored.clone())).or_default() += 1;
+            }
+        }
+        let mut jobs: Vec<((usize, String), usize)> = wanted.into_iter().collect();
+        // Largest first, so the parallel reads end together.
+        let size = |(slot, stored): &(usize, String)| match &*self.files[*slot].1 {
+            WeightsFile::Safetensors(st) => st.bytes(stored).unwrap_or(0),
+            WeightsFile::Pth(_) => 0,
+        };
+        jobs.sort_by_key(|(k, _)| std::cmp::Reverse(size(k)));
+        let files = &self.files;
+        let got: HashMap<(usize, String), (Tensor, usize)> = jobs
+            .into_par_iter()
+            .filter_map(|(key, uses)| {
+                let t = files[key.0].1.load(&key.1).ok().flatten()?;
+                Some((key, (t, uses)))
+            })
+            .collect();
+        self.ready = std::sync::Mutex::new(got);
+    }
+
+    /// A prefetched tensor, removed once every name that maps to it has taken it.
+    fn take_ready(&self, slot: usize, stored: &str) -> Option<Tensor> {
+        let mut ready = self.ready.lock().ok()?;
+        let key = (slot, stored.to_string());
+        let (t, uses) = ready.get_mut(&key)?;
+        *uses -= 1;
+        let t = t.clone();
+        if *uses == 0 {
+            ready.remove(&key);
+        }
+        Some(t)
+    }
+
     fn load(&self, name: &str) -> Result<Tensor> {
         let Some((slot, stored)) = self.index.get(name) else {
             let any_file = self
@@ -131,6 +178,9 @@ impl TensorStore {
                 }
             )
         };
+        if let Some(t) = self.take_ready(*slot, stored) {
+            return Ok(t);
+        }
         let file = self.file_of(*slot);
         let loaded = self.files[*slot].1.load(stored).map_err(|e| {
             candle_core::Error::Msg(format!(
@@ -197,6 +247,51 @@ impl SimpleBackend for TensorStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Read ahead, a tensor seen under two names goes to both, and nothing is kept once they
+    /// have taken it (the store holds no copy of the model).
+    #[test]
+    fn prefetched_tensors_are_handed_over_once_per_name() {
+        use candle_nn::var_builder::SimpleBackend;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.safetensors");
+        let a = Tensor::arange(0f32, 6., &Device::Cpu).unwrap();
+        let b = Tensor::ones(4, DType::F16, &Device::Cpu).unwrap();
+        candle_core::safetensors::save(
+            &HashMap::from([("a".to_string(), a.clone()), ("b".to_string(), b)]),
+            &path,
+        )
+        .unwrap();
+        let mut store = TensorStore::new("test");
+        store.add_identity(&path, super::super::file::open(&path).unwrap());
+        store.alias("a", "also_a".into());
+        store.prefetch();
+        assert_eq!(store.ready.lock().unwrap().len(), 2);
+        let get = |name: &str, n: usize| {
+            store
+                .get(
+                    n.into(),
+                    name,
+                    candle_nn::Init::Const(0.),
+                    DType::F32,
+                    &Device::Cpu,
+                )
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        };
+        assert_eq!(get("a", 6), a.to_vec1::<f32>().unwrap());
+        assert_eq!(
+            store.ready.lock().unwrap().len(),
+            2,
+            "'also_a' still to come"
+        );
+        assert_eq!(get("also_a", 6), a.to_vec1::<f32>().unwrap());
+        assert_eq!(get("b", 4), vec![1.0; 4]);
+        assert!(store.ready.lock().unwrap().is_empty());
+        // Taken tensors read again from the file when asked again.
+        assert_eq!(get("a", 6), a.to_vec1::<f32>().unwrap());
+    }
 
     #[test]
     fn squeezes_only_trailing_ones() {
