@@ -321,3 +321,40 @@ fn tokenizer_files_are_read_from_the_folder() {
     let err = load_err(ModelSource::Diffusers(tmp.path().into()), None);
     assert!(err.contains("vocab.json"), "{err}");
 }
+
+/// Reading the weights reports its progress (the editor's status line shows it): bytes read
+/// of the total, rising, ending at the total.
+#[test]
+fn loading_reports_the_weights_read() {
+    let mut seen: Vec<(String, u64, u64)> = vec![];
+    let mut progress = |file: &str, done: u64, total: u64| seen.push((file.into(), done, total));
+    let opts = LoadOptions {
+        progress: Some(&mut progress),
+        ..Default::default()
+    };
+    load::load(
+        &ModelSource::Diffusers(util::tiny().join("diffusers")),
+        opts,
+    )
+    .unwrap();
+    let (file, done, total) = seen.last().cloned().expect("progress events");
+    assert_eq!(file, "weights");
+    assert_eq!(done, total);
+    let on_disk: u64 = [
+        "unet/diffusion_pytorch_model.safetensors",
+        "vae/diffusion_pytorch_model.safetensors",
+        "text_encoder/model.safetensors",
+    ]
+    .iter()
+    .map(|f| {
+        std::fs::metadata(util::tiny().join("diffusers").join(f))
+            .unwrap()
+            .len()
+    })
+    .sum();
+    assert!(
+        total <= on_disk && total * 10 > on_disk * 9,
+        "{total} of {on_disk} bytes"
+    );
+    assert!(seen.windows(2).all(|w| w[0].1 <= w[1].1));
+}

@@ -174,7 +174,7 @@ fn defaults(dir: &Path) -> Result<SamplingDefaults, LoadError> {
 }
 
 /// Loads a diffusers folder.
-pub fn load_folder(dir: &Path, opts: &LoadOptions) -> Result<Model, LoadError> {
+pub fn load_folder(dir: &Path, opts: &mut LoadOptions) -> Result<Model, LoadError> {
     if !dir.is_dir() {
         return Err(LoadError::NotFound(dir.display().to_string()));
     }

@@ -118,7 +118,7 @@ pub fn fetch<'a>(
     repo: &str,
     revision: &str,
     file: Option<&str>,
-    mut progress: Option<&'a mut DownloadProgress<'a>>,
+    mut progress: Option<&mut DownloadProgress<'a>>,
 ) -> Result<Fetched, LoadError> {
     let err = |msg: String| LoadError::Hub {
         repo: repo.to_string(),

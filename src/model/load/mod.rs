@@ -203,10 +203,10 @@ pub fn load(source: &ModelSource, mut opts: LoadOptions) -> Result<Model, LoadEr
             if !dir.join("unet/config.json").is_file() {
                 return Err(LoadError::NoBuiltin(dir));
             }
-            diffusers::load_folder(&dir, &opts)
+            diffusers::load_folder(&dir, &mut opts)
         }
-        ModelSource::Diffusers(dir) => diffusers::load_folder(dir, &opts),
-        ModelSource::SingleFile(path) => load_single_file(path, &opts),
+        ModelSource::Diffusers(dir) => diffusers::load_folder(dir, &mut opts),
+        ModelSource::SingleFile(path) => load_single_file(path, &mut opts),
         ModelSource::Hub {
             repo,
             file,
@@ -218,11 +218,11 @@ pub fn load(source: &ModelSource, mut opts: LoadOptions) -> Result<Model, LoadEr
                 repo,
                 revision,
                 file.as_deref(),
-                opts.progress.take(),
+                opts.progress.as_deref_mut(),
             )?;
             match local {
-                hub::Fetched::Folder(dir) => diffusers::load_folder(&dir, &opts),
-                hub::Fetched::File(path) => load_single_file(&path, &opts),
+                hub::Fetched::Folder(dir) => diffusers::load_folder(&dir, &mut opts),
+                hub::Fetched::File(path) => load_single_file(&path, &mut opts),
             }
         }
     }?;
@@ -255,11 +255,23 @@ pub(crate) fn build(
     vae_cfg: &VaeConfig,
     clip_cfg: &ClipConfig,
     stores: [TensorStore; 3],
-    opts: &LoadOptions,
+    opts: &mut LoadOptions,
 ) -> Result<(UNet2DConditionModel, AutoencoderKL, ClipTextModel), LoadError> {
     let [mut unet_store, mut vae_store, mut clip_store] = stores;
+    // The weights are read ahead; the progress observer (the editor's status line) hears of
+    // every chunk read.
+    let total: u64 = [&unet_store, &vae_store, &clip_store]
+        .iter()
+        .map(|s| s.prefetch_bytes())
+        .sum();
+    let mut done = 0u64;
     for s in [&mut unet_store, &mut vae_store, &mut clip_store] {
-        s.prefetch();
+        s.prefetch(&mut |bytes| {
+            done += bytes;
+            if let Some(p) = opts.progress.as_deref_mut() {
+                p("weights", done, total);
+            }
+        });
     }
     let vb =
         |s: TensorStore| VarBuilder::from_backend(Box::new(s), opts.dtype, opts.device.clone());
@@ -286,7 +298,7 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, LoadError
 }
 
 /// Loads a single LDM checkpoint, with SD 1.5's architecture unless `opts.config_dir` is set.
-fn load_single_file(path: &Path, opts: &LoadOptions) -> Result<Model, LoadError> {
+fn load_single_file(path: &Path, opts: &mut LoadOptions) -> Result<Model, LoadError> {
     let (mut unet_cfg, vae_cfg, clip_cfg, scheduler) = match &opts.config_dir {
         Some(dir) => {
             let c = diffusers::read_configs(dir)?;

@@ -121,30 +121,55 @@ impl TensorStore {
     /// Reads every visible tensor of the safetensors files now, in parallel (the networks then
     /// take them one by one, each handed over once: no copy stays behind). A tensor that fails
     /// to read is left for [`SimpleBackend::get`] to read again and report.
-    pub fn prefetch(&mut self) {
+    /// `on_read(bytes)` is called after each chunk (about 64 MB) is read.
+    pub fn prefetch(&mut self, on_read: &mut dyn FnMut(u64)) {
         use rayon::prelude::*;
+        let mut jobs = self.prefetch_jobs();
+        // Largest first, so the parallel reads of a chunk end together.
+        jobs.sort_by_key(|(k, _)| std::cmp::Reverse(self.stored_bytes(k)));
+        let mut got: HashMap<(usize, String), (Tensor, usize)> = HashMap::new();
+        let mut rest = jobs.as_slice();
+        while !rest.is_empty() {
+            let (mut n, mut bytes) = (0, 0u64);
+            while n < rest.len() && (n == 0 || bytes < 64 << 20) {
+                bytes += self.stored_bytes(&rest[n].0);
+                n += 1;
+            }
+            let files = &self.files;
+            got.par_extend(rest[..n].par_iter().filter_map(|(key, uses)| {
+                let t = files[key.0].1.load(&key.1).ok().flatten()?;
+                Some((key.clone(), (t, *uses)))
+            }));
+            on_read(bytes);
+            rest = &rest[n..];
+        }
+        self.ready = std::sync::Mutex::new(got);
+    }
+
+    /// Bytes [`Self::prefetch`] will read.
+    pub fn prefetch_bytes(&self) -> u64 {
+        self.prefetch_jobs()
+            .iter()
+            .map(|(k, _)| self.stored_bytes(k))
+            .sum()
+    }
+
+    /// Each stored safetensors tensor some visible name maps to, with how many names do.
+    fn prefetch_jobs(&self) -> Vec<((usize, String), usize)> {
         let mut wanted: HashMap<(usize, String), usize> = HashMap::new();
         for (slot, stored) in self.index.values() {
             if matches!(*self.files[*slot].1, WeightsFile::Safetensors(_)) {
                 *wanted.entry((*slot, stored.clone())).or_default() += 1;
             }
         }
-        let mut jobs: Vec<((usize, String), usize)> = wanted.into_iter().collect();
-        // Largest first, so the parallel reads end together.
-        let size = |(slot, stored): &(usize, String)| match &*self.files[*slot].1 {
-            WeightsFile::Safetensors(st) => st.bytes(stored).unwrap_or(0),
+        wanted.into_iter().collect()
+    }
+
+    fn stored_bytes(&self, (slot, stored): &(usize, String)) -> u64 {
+        match &*self.files[*slot].1 {
+            WeightsFile::Safetensors(st) => st.bytes(stored).unwrap_or(0) as u64,
             WeightsFile::Pth(_) => 0,
-        };
-        jobs.sort_by_key(|(k, _)| std::cmp::Reverse(size(k)));
-        let files = &self.files;
-        let got: HashMap<(usize, String), (Tensor, usize)> = jobs
-            .into_par_iter()
-            .filter_map(|(key, uses)| {
-                let t = files[key.0].1.load(&key.1).ok().flatten()?;
-                Some((key, (t, uses)))
-            })
-            .collect();
-        self.ready = std::sync::Mutex::new(got);
+        }
     }
 
     /// A prefetched tensor, removed once every name that maps to it has taken it.
@@ -265,7 +290,9 @@ mod tests {
         let mut store = TensorStore::new("test");
         store.add_identity(&path, super::super::file::open(&path).unwrap());
         store.alias("a", "also_a".into());
-        store.prefetch();
+        let mut read = 0;
+        store.prefetch(&mut |b| read += b);
+        assert_eq!(read, 6 * 4 + 4 * 2);
         assert_eq!(store.ready.lock().unwrap().len(), 2);
         let get = |name: &str, n: usize| {
             store
