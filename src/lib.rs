@@ -7,6 +7,7 @@
 //! - [`decode`]: coloured overlays back to masks, keypoints, boxes and labels.
 //! - [`fullres`]: results at the photo's own resolution (redrawn, change, tiles).
 //! - [`export`]: COCO, Labelme, PNG masks, YOLO.
+//! - [`project`]: a folder of images as an annotation project (status and answer per image).
 //! - [`annotate`]: one instruction over a folder into one COCO file.
 //! - [`worker`]: the thread that owns the model and runs jobs for the UI.
 //! - [`app`]: the desktop editor.
@@ -23,6 +24,7 @@ pub mod export;
 pub mod fullres;
 pub mod imageio;
 pub mod model;
+pub mod project;
 pub mod sample;
 pub mod support;
 pub mod tasks;

@@ -40,7 +40,7 @@ pub struct Instance {
 }
 
 /// A decoded keypoint.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Point {
     /// Whose keypoint it is ("person", "man", ...).
     pub category: String,

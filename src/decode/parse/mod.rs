@@ -29,7 +29,7 @@ use super::color::{self, Palette};
 pub use self::targets::{head_noun, is_person, is_person_joint};
 
 /// What an instruction asks the model to draw.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Kind {
     /// 50% colour blends over the targets.

@@ -1,0 +1,404 @@
+//! A folder of images as an annotation project: each image's status (not run, drafted,
+//! reviewed, rejected) and its answer (the decoded masks, keypoints or label, at the image's own
+//! size), kept in one state file beside the images, written atomically after every change, so
+//! closing or a crash loses nothing and reopening continues. The images are never written.
+//!
+//! The editor's workbench (issue #28) is to be built on this; today it is the data model and its
+//! rules, tested on their own.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::decode::{parse::Kind, Decoded, Instance, Point};
+use crate::export::rle::Rle;
+
+/// The state file's name inside the folder.
+pub const STATE_FILE: &str = "instructdiffusion-project.json";
+
+/// Where an image is in the work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    #[default]
+    NotRun,
+    Drafted,
+    Reviewed,
+    Rejected,
+}
+
+/// A mask instance as stored: its mask as COCO's compressed RLE string.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredInstance {
+    pub category: String,
+    pub phrase: String,
+    pub color: [u8; 3],
+    pub rle: String,
+    pub score: f32,
+}
+
+/// One image's answer as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Answer {
+    pub kind: Kind,
+    pub width: usize,
+    pub height: usize,
+    pub instances: Vec<StoredInstance>,
+    pub keypoints: Vec<Point>,
+    pub label: Option<(String, f32)>,
+}
+
+impl Answer {
+    pub fn from_decoded(d: &Decoded) -> Self {
+        Self {
+            kind: d.kind,
+            width: d.width,
+            height: d.height,
+            instances: d
+                .instances
+                .iter()
+                .map(|i| StoredInstance {
+                    category: i.category.clone(),
+                    phrase: i.phrase.clone(),
+                    color: i.color,
+                    rle: Rle::encode(&i.mask, d.width, d.height).to_coco_string(),
+                    score: i.score,
+                })
+                .collect(),
+            keypoints: d.keypoints.clone(),
+            label: d.label.clone(),
+        }
+    }
+
+    /// The answer with its masks expanded.
+    pub fn to_decoded(&self) -> Result<Decoded, String> {
+        let instances = self
+            .instances
+            .iter()
+            .map(|i| {
+                let rle = Rle::from_coco_string(&i.rle, self.width, self.height)
+                    .map_err(|e| format!("a stored mask of '{}': {e}", i.category))?;
+                Ok(Instance {
+                    category: i.category.clone(),
+                    phrase: i.phrase.clone(),
+                    color: i.color,
+                    mask: rle.decode(),
+                    area: rle.area(),
+                    bbox: rle.bbox(),
+                    score: i.score,
+                })
+            })
+            .collect::<Result<_, String>>()?;
+        Ok(Decoded {
+            kind: self.kind,
+            width: self.width,
+            height: self.height,
+            instances,
+            keypoints: self.keypoints.clone(),
+            label: self.label.clone(),
+        })
+    }
+}
+
+/// One image of the project.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Item {
+    /// The file name inside the folder.
+    pub file: String,
+    pub status: Status,
+    #[serde(default)]
+    pub answer: Option<Answer>,
+    /// Why the last draft failed (an unreadable image), if it did.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// The state file's contents.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct State {
+    pub version: u32,
+    /// The instruction the drafts come from.
+    pub instruction: Option<String>,
+    /// The model that drafted them.
+    pub model: Option<String>,
+    pub items: Vec<Item>,
+}
+
+/// An open project.
+#[derive(Debug)]
+pub struct Project {
+    pub dir: PathBuf,
+    pub state: State,
+}
+
+/// What opening a folder found worth telling.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Notice {
+    /// The state file could not be read; it was moved aside (nothing deleted) and the project
+    /// starts fresh.
+    UnreadableState { moved_to: PathBuf, reason: String },
+    /// Images named in the state file are gone from the folder (their work is kept).
+    Missing(Vec<String>),
+}
+
+impl Project {
+    /// Opens `dir`: its images (sorted by name) with the work recorded for them, new images
+    /// as not run. A state file that cannot be read is moved aside with a notice.
+    pub fn open(dir: &Path) -> anyhow::Result<(Self, Vec<Notice>)> {
+        let files = crate::annotate::list_images(dir)?;
+        let path = dir.join(STATE_FILE);
+        let mut notices = vec![];
+        let mut state = match std::fs::read_to_string(&path) {
+            Ok(text) => match serde_json::from_str::<State>(&text) {
+                Ok(s) => s,
+                Err(e) => {
+                    let moved_to = aside(&path)?;
+                    notices.push(Notice::UnreadableState {
+                        moved_to,
+                        reason: e.to_string(),
+                    });
+                    State::default()
+                }
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => State::default(),
+            Err(e) => {
+                anyhow::bail!("reading '{}': {e}", path.display())
+            }
+        };
+        state.version = 1;
+        let names: Vec<String> = files
+            .iter()
+            .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .collect();
+        let missing: Vec<String> = state
+            .items
+            .iter()
+            .filter(|i| !names.contains(&i.file))
+            .map(|i| i.file.clone())
+            .collect();
+        if !missing.is_empty() {
+            notices.push(Notice::Missing(missing));
+        }
+        for name in names {
+            if !state.items.iter().any(|i| i.file == name) {
+                state.items.push(Item {
+                    file: name,
+                    status: Status::NotRun,
+                    answer: None,
+                    error: None,
+                });
+            }
+        }
+        state.items.sort_by(|a, b| a.file.cmp(&b.file));
+        Ok((
+            Self {
+                dir: dir.to_path_buf(),
+                state,
+            },
+            notices,
+        ))
+    }
+
+    /// Writes the state file atomically.
+    pub fn save(&self) -> anyhow::Result<()> {
+        let text = serde_json::to_string(&self.state)?;
+        crate::imageio::write_atomic(&self.dir.join(STATE_FILE), text.as_bytes())?;
+        Ok(())
+    }
+
+    fn item_mut(&mut self, file: &str) -> anyhow::Result<&mut Item> {
+        self.state
+            .items
+            .iter_mut()
+            .find(|i| i.file == file)
+            .ok_or_else(|| anyhow::anyhow!("'{file}' is not an image of this project"))
+    }
+
+    /// Records a draft of `file` (its answer at the image's size) and saves.
+    pub fn set_draft(&mut self, file: &str, d: &Decoded) -> anyhow::Result<()> {
+        let item = self.item_mut(file)?;
+        item.answer = Some(Answer::from_decoded(d));
+        item.status = Status::Drafted;
+        item.error = None;
+        self.save()
+    }
+
+    /// Records that drafting `file` failed (it stays not run) and saves.
+    pub fn set_failed(&mut self, file: &str, reason: &str) -> anyhow::Result<()> {
+        let item = self.item_mut(file)?;
+        item.error = Some(reason.to_string());
+        self.save()
+    }
+
+    /// Sets the review status of `file` and saves (an image without a draft cannot be
+    /// reviewed).
+    pub fn set_status(&mut self, file: &str, status: Status) -> anyhow::Result<()> {
+        let item = self.item_mut(file)?;
+        if status == Status::Reviewed && item.answer.is_none() {
+            anyhow::bail!("'{file}' has no draft to accept: draft it first");
+        }
+        item.status = status;
+        self.save()
+    }
+
+    /// Images with each status, in the order of [`Status`].
+    pub fn counts(&self) -> [usize; 4] {
+        let mut c = [0; 4];
+        for i in &self.state.items {
+            c[i.status as usize] += 1;
+        }
+        c
+    }
+
+    /// The index of the next image after `from` (wrapping) whose status passes `filter`.
+    pub fn next(&self, from: usize, filter: impl Fn(Status) -> bool) -> Option<usize> {
+        let n = self.state.items.len();
+        (1..=n)
+            .map(|k| (from + k) % n)
+            .find(|&i| filter(self.state.items[i].status))
+    }
+
+    /// One COCO file of the project's answers: reviewed images only, or every drafted or
+    /// reviewed one (rejected images never).
+    pub fn coco(&self, reviewed_only: bool) -> anyhow::Result<crate::export::coco::Coco> {
+        let mut coco = crate::export::coco::Coco::default();
+        for item in &self.state.items {
+            let take = match item.status {
+                Status::Reviewed => true,
+                Status::Drafted => !reviewed_only,
+                Status::NotRun | Status::Rejected => false,
+            };
+            if let (true, Some(answer)) = (take, &item.answer) {
+                let d = answer
+                    .to_decoded()
+                    .map_err(|e| anyhow::anyhow!("'{}': {e}", item.file))?;
+                let id = coco.add_image(&item.file, d.width, d.height);
+                coco.add_decoded(id, &d);
+            }
+        }
+        Ok(coco)
+    }
+}
+
+/// Moves an unreadable state file aside, next to it, under a name that says so; returns it.
+fn aside(path: &Path) -> anyhow::Result<PathBuf> {
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let to = path.with_file_name(format!("{STATE_FILE}.unreadable-{stamp}"));
+    std::fs::rename(path, &to).map_err(|e| {
+        anyhow::anyhow!(
+            "the state file '{}' is unreadable and could not be moved aside: {e}",
+            path.display()
+        )
+    })?;
+    Ok(to)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn folder(n: usize) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..n {
+            image::RgbImage::from_pixel(8 + i as u32, 6, image::Rgb([i as u8 * 40, 90, 200]))
+                .save(dir.path().join(format!("img{i}.png")))
+                .unwrap();
+        }
+        dir
+    }
+
+    fn answer(w: usize, h: usize) -> Decoded {
+        let mut mask = vec![false; w * h];
+        mask[w + 1] = true;
+        mask[w + 2] = true;
+        Decoded {
+            kind: Kind::Segmentation,
+            width: w,
+            height: h,
+            instances: vec![Instance {
+                category: "dog".into(),
+                phrase: "the dog".into(),
+                color: [0, 0, 255],
+                area: 2,
+                bbox: [1.0, 1.0, 2.0, 1.0],
+                mask,
+                score: 0.9,
+            }],
+            keypoints: vec![],
+            label: None,
+        }
+    }
+
+    fn bytes(dir: &Path) -> Vec<Vec<u8>> {
+        crate::annotate::list_images(dir)
+            .unwrap()
+            .iter()
+            .map(|p| std::fs::read(p).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn work_survives_reopening_and_exports_what_was_reviewed() {
+        let dir = folder(5);
+        let before = bytes(dir.path());
+        let (mut p, notices) = Project::open(dir.path()).unwrap();
+        assert!(notices.is_empty());
+        assert_eq!(p.counts(), [5, 0, 0, 0]);
+        p.set_draft("img1.png", &answer(9, 6)).unwrap();
+        p.set_draft("img3.png", &answer(11, 6)).unwrap();
+        assert!(
+            p.set_status("img0.png", Status::Reviewed).is_err(),
+            "no draft yet"
+        );
+        p.set_status("img3.png", Status::Reviewed).unwrap();
+        p.set_status("img4.png", Status::Rejected).unwrap();
+
+        let (back, _) = Project::open(dir.path()).unwrap();
+        assert_eq!(back.counts(), [2, 1, 1, 1]);
+        assert_eq!(
+            back.state.items[1]
+                .answer
+                .as_ref()
+                .unwrap()
+                .to_decoded()
+                .unwrap(),
+            answer(9, 6)
+        );
+        // Next by status: img1 is the only draft, so from it the next draft wraps round to
+        // itself; the next image not run is img2.
+        assert_eq!(back.next(1, |s| s == Status::Drafted), Some(1));
+        assert_eq!(back.next(1, |s| s == Status::NotRun), Some(2));
+        let reviewed = back.coco(true).unwrap();
+        assert_eq!(reviewed.images.len(), 1);
+        assert_eq!(reviewed.images[0].file_name, "img3.png");
+        assert_eq!(back.coco(false).unwrap().images.len(), 2);
+        assert_eq!(bytes(dir.path()), before, "the images were written");
+    }
+
+    #[test]
+    fn an_unreadable_state_is_moved_aside_with_a_notice_and_new_images_join() {
+        let dir = folder(2);
+        std::fs::write(dir.path().join(STATE_FILE), b"{ not json").unwrap();
+        let (p, notices) = Project::open(dir.path()).unwrap();
+        assert_eq!(p.counts(), [2, 0, 0, 0]);
+        let Some(Notice::UnreadableState { moved_to, .. }) = notices.first() else {
+            panic!("{notices:?}")
+        };
+        assert_eq!(std::fs::read(moved_to).unwrap(), b"{ not json");
+        p.save().unwrap();
+        // An image removed from the folder keeps its work and is named; a new one joins.
+        let (mut p, _) = Project::open(dir.path()).unwrap();
+        p.set_draft("img0.png", &answer(8, 6)).unwrap();
+        std::fs::remove_file(dir.path().join("img0.png")).unwrap();
+        image::RgbImage::new(4, 4)
+            .save(dir.path().join("new.png"))
+            .unwrap();
+        let (p, notices) = Project::open(dir.path()).unwrap();
+        assert_eq!(notices, vec![Notice::Missing(vec!["img0.png".into()])]);
+        let files: Vec<&str> = p.state.items.iter().map(|i| i.file.as_str()).collect();
+        assert_eq!(files, ["img0.png", "img1.png", "new.png"]);
+        assert_eq!(p.state.items[0].status, Status::Drafted);
+    }
+}
