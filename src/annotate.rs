@@ -1,40 +1,23 @@
 //! Batch annotation: one instruction over a folder of images, decoded into one COCO file.
-//! Resumable: after each image the progress (the COCO so far, the files done and skipped) is
-//! written atomically to `OUT.partial.json`; a rerun with the same prompt and model continues
-//! from there, and the final file replaces it. Unreadable images are skipped and reported.
+//! The work is the folder's project state ([`crate::project`], the file the editor opens the
+//! folder with): after each image its draft (or why it failed) is written there atomically; a
+//! rerun with the same instruction and model continues from there. Unreadable images are
+//! skipped and reported.
 
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use serde::{Deserialize, Serialize};
 
 use crate::decode::{self, parse};
 use crate::export::coco::Coco;
 use crate::imageio;
 use crate::model::load::Model;
+use crate::project::{Notice, Project, Status, STATE_FILE};
 use crate::sample::pipeline::{self, EditOutcome, EditPlan};
 
 /// Image file extensions the folder scan picks up.
 const EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff", "gif"];
-
-/// What has been done so far.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Progress {
-    pub prompt: String,
-    pub model: String,
-    pub coco: Coco,
-    pub done: Vec<String>,
-    /// `(file, reason)`.
-    pub skipped: Vec<(String, String)>,
-}
-
-/// Where the progress of a run writing `out` lives.
-pub fn partial_path(out: &Path) -> PathBuf {
-    let mut name = out.file_name().unwrap_or_default().to_os_string();
-    name.push(".partial.json");
-    out.with_file_name(name)
-}
 
 /// The images of `dir`, sorted by name.
 pub fn list_images(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
@@ -55,21 +38,46 @@ pub fn list_images(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
 
 /// Per-image events for a progress display.
 pub enum Event<'a> {
-    Start { total: usize, already: usize },
-    Done { file: &'a str, found: usize },
-    Skipped { file: &'a str, reason: &'a str },
+    Start {
+        total: usize,
+        already: usize,
+    },
+    Done {
+        file: &'a str,
+        found: usize,
+    },
+    Skipped {
+        file: &'a str,
+        reason: &'a str,
+    },
+    /// Something about the project state worth telling.
+    Notice(String),
 }
 
-/// Runs `plan` (its prompt) on every image of `dir` with `model` and writes the COCO file
-/// `out`. Returns the final progress (with the skipped files).
+/// What a run did.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    /// The COCO file written: every drafted or reviewed image of the project.
+    pub coco: Coco,
+    /// Images drafted (by this run and earlier ones).
+    pub drafted: usize,
+    /// `(file, reason)` of the images that could not be drafted.
+    pub skipped: Vec<(String, String)>,
+}
+
+/// Runs `plan` (its prompt) on every image of `dir` not drafted yet with `model`, keeping the
+/// work in the folder's project state (`state`, else `dir/instructdiffusion-project.json`, the
+/// file the editor opens the folder with), and writes the COCO file `out` of every drafted or
+/// reviewed image. A rerun continues where a stopped one ended.
 pub fn run(
     model: &Model,
     plan: &EditPlan,
     dir: &Path,
     out: &Path,
+    state: Option<&Path>,
     max_pixels: u64,
     mut on_event: impl FnMut(Event),
-) -> anyhow::Result<Progress> {
+) -> anyhow::Result<Summary> {
     if parse::hints(&plan.prompt).edit {
         bail!("\"{}\" asks for an edit, not for masks, keypoints or labels: annotate needs e.g. \"apply a blue semi-transparent mask to the dog\"", plan.prompt);
     }
@@ -79,6 +87,16 @@ pub fn run(
         full_res: crate::fullres::FullRes::Auto,
         ..plan.clone()
     };
+    let state_path = state.map_or_else(|| dir.join(STATE_FILE), Path::to_path_buf);
+    let (mut project, notices) = Project::open_at(dir, &state_path)?;
+    for n in &notices {
+        if let Notice::UnreadableState { moved_to, reason } = n {
+            on_event(Event::Notice(format!(
+                "the project state was unreadable ({reason}); kept as '{}', starting over",
+                moved_to.display()
+            )));
+        }
+    }
     let files = list_images(dir)?;
     if files.is_empty() {
         bail!(
@@ -87,72 +105,84 @@ pub fn run(
             dir.display()
         );
     }
-    let partial = partial_path(out);
-    let mut progress = match std::fs::read_to_string(&partial) {
-        Ok(text) => {
-            let p: Progress = serde_json::from_str(&text).with_context(|| {
-                format!(
-                    "reading the progress file '{}' (delete it to start over)",
-                    partial.display()
-                )
-            })?;
-            if p.prompt != plan.prompt || p.model != model.source {
-                bail!(
-                    "'{}' holds a run with another prompt or model (\"{}\", {}); rerun with those, or delete it to start over",
-                    partial.display(),
-                    p.prompt,
-                    p.model
-                );
-            }
-            p
-        }
-        Err(_) => Progress {
-            prompt: plan.prompt.clone(),
-            model: model.source.clone(),
-            ..Default::default()
-        },
-    };
-    let already = progress.done.len() + progress.skipped.len();
+    let drafted_before = project.state.items.iter().any(|i| i.answer.is_some());
+    let same = project.state.instruction.as_deref() == Some(plan.prompt.as_str())
+        && project.state.model.as_deref() == Some(model.source.as_str());
+    if drafted_before && !same {
+        bail!(
+            "'{}' holds drafts from another instruction or model (\"{}\", {}); rerun with those, or move the file away to start over",
+            state_path.display(),
+            project.state.instruction.as_deref().unwrap_or("?"),
+            project.state.model.as_deref().unwrap_or("?")
+        );
+    }
+    project.state.instruction = Some(plan.prompt.clone());
+    project.state.model = Some(model.source.clone());
+    let todo = |i: &crate::project::Item| i.status == Status::NotRun && i.error.is_none();
+    let names: Vec<String> = files
+        .iter()
+        .map(|p| {
+            p.file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .to_string()
+        })
+        .collect();
+    let already = project
+        .state
+        .items
+        .iter()
+        .filter(|i| names.contains(&i.file) && !todo(i))
+        .count();
     on_event(Event::Start {
         total: files.len(),
         already,
     });
-    for path in &files {
-        let name = path
-            .file_name()
-            .unwrap_or_default()
-            .to_string_lossy()
-            .to_string();
-        if progress.done.contains(&name) || progress.skipped.iter().any(|(f, _)| *f == name) {
+    project.save().with_context(|| {
+        format!(
+            "keeping the project state in '{}' (a folder that cannot be written: choose a file with --state)",
+            state_path.display()
+        )
+    })?;
+    for (path, name) in files.iter().zip(&names) {
+        if !project
+            .state
+            .items
+            .iter()
+            .any(|i| i.file == *name && todo(i))
+        {
             continue;
         }
         match annotate_one(model, plan, path, max_pixels) {
-            Ok((w, h, decoded)) => {
-                let id = progress.coco.add_image(&name, w, h);
-                progress.coco.add_decoded(id, &decoded);
-                progress.done.push(name.clone());
+            Ok((_, _, decoded)) => {
+                project.set_draft(name, &decoded)?;
                 on_event(Event::Done {
-                    file: &name,
+                    file: name,
                     found: decoded.instances.len() + decoded.keypoints.len(),
                 });
             }
             Err(e) => {
                 let reason = crate::support::error_chain(&e);
-                progress.skipped.push((name.clone(), reason.clone()));
+                project.set_failed(name, &reason)?;
                 on_event(Event::Skipped {
-                    file: &name,
+                    file: name,
                     reason: &reason,
                 });
             }
         }
-        imageio::write_atomic(&partial, serde_json::to_string(&progress)?.as_bytes())?;
     }
-    imageio::write_atomic(
-        out,
-        serde_json::to_string_pretty(&progress.coco)?.as_bytes(),
-    )?;
-    let _ = std::fs::remove_file(&partial);
-    Ok(progress)
+    let coco = project.coco(false)?;
+    imageio::write_atomic(out, serde_json::to_string_pretty(&coco)?.as_bytes())?;
+    Ok(Summary {
+        drafted: coco.images.len(),
+        coco,
+        skipped: project
+            .state
+            .items
+            .iter()
+            .filter_map(|i| Some((i.file.clone(), i.error.clone()?)))
+            .collect(),
+    })
 }
 
 fn annotate_one(

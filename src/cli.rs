@@ -338,9 +338,14 @@ pub struct AnnotateArgs {
     /// The folder of images (never modified).
     #[arg(long)]
     pub images: PathBuf,
-    /// The COCO file to write; progress is kept beside it in OUT.partial.json until done.
+    /// The COCO file to write (every drafted or reviewed image of the folder).
     #[arg(long)]
     pub coco: PathBuf,
+    /// Keep the project state (each image's draft and status; a rerun continues from it) in
+    /// this file instead of the folder's instructdiffusion-project.json (for a folder that
+    /// cannot be written).
+    #[arg(long)]
+    pub state: Option<PathBuf>,
     #[command(flatten)]
     pub sampling: SamplingArgs,
     /// Refuse images with more pixels than this.
@@ -1230,11 +1235,12 @@ fn run_annotate(args: &AnnotateArgs) -> anyhow::Result<()> {
         )
         .expect("static template"),
     );
-    let progress = annotate::run(
+    let summary = annotate::run(
         &model,
         &plan,
         &args.images,
         &args.coco,
+        args.state.as_deref(),
         args.max_pixels,
         |e| match e {
             Event::Start { total, already } => {
@@ -1252,17 +1258,18 @@ fn run_annotate(args: &AnnotateArgs) -> anyhow::Result<()> {
                 bar.suspend(|| eprintln!("skipped {file}: {reason}"));
                 bar.inc(1);
             }
+            Event::Notice(text) => bar.suspend(|| eprintln!("note: {text}")),
         },
     )?;
     bar.finish_and_clear();
     eprintln!(
         "wrote '{}': {} images, {} annotations, {} skipped",
         args.coco.display(),
-        progress.done.len(),
-        progress.coco.annotations.len(),
-        progress.skipped.len()
+        summary.drafted,
+        summary.coco.annotations.len(),
+        summary.skipped.len()
     );
-    for (file, reason) in &progress.skipped {
+    for (file, reason) in &summary.skipped {
         eprintln!("  skipped {file}: {reason}");
     }
     Ok(())

@@ -128,6 +128,8 @@ pub struct State {
 #[derive(Debug)]
 pub struct Project {
     pub dir: PathBuf,
+    /// The state file (`dir/instructdiffusion-project.json` unless chosen).
+    pub state_path: PathBuf,
     pub state: State,
 }
 
@@ -145,14 +147,18 @@ impl Project {
     /// Opens `dir`: its images (sorted by name) with the work recorded for them, new images
     /// as not run. A state file that cannot be read is moved aside with a notice.
     pub fn open(dir: &Path) -> anyhow::Result<(Self, Vec<Notice>)> {
+        Self::open_at(dir, &dir.join(STATE_FILE))
+    }
+
+    /// [`Self::open`] with the state in `path` (for a folder that cannot be written).
+    pub fn open_at(dir: &Path, path: &Path) -> anyhow::Result<(Self, Vec<Notice>)> {
         let files = crate::annotate::list_images(dir)?;
-        let path = dir.join(STATE_FILE);
         let mut notices = vec![];
         let mut state = match std::fs::read_to_string(&path) {
             Ok(text) => match serde_json::from_str::<State>(&text) {
                 Ok(s) => s,
                 Err(e) => {
-                    let moved_to = aside(&path)?;
+                    let moved_to = aside(path)?;
                     notices.push(Notice::UnreadableState {
                         moved_to,
                         reason: e.to_string(),
@@ -193,6 +199,7 @@ impl Project {
         Ok((
             Self {
                 dir: dir.to_path_buf(),
+                state_path: path.to_path_buf(),
                 state,
             },
             notices,
@@ -202,7 +209,7 @@ impl Project {
     /// Writes the state file atomically.
     pub fn save(&self) -> anyhow::Result<()> {
         let text = serde_json::to_string(&self.state)?;
-        crate::imageio::write_atomic(&self.dir.join(STATE_FILE), text.as_bytes())?;
+        crate::imageio::write_atomic(&self.state_path, text.as_bytes())?;
         Ok(())
     }
 
@@ -285,7 +292,9 @@ fn aside(path: &Path) -> anyhow::Result<PathBuf> {
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let to = path.with_file_name(format!("{STATE_FILE}.unreadable-{stamp}"));
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".unreadable-{stamp}"));
+    let to = path.with_file_name(name);
     std::fs::rename(path, &to).map_err(|e| {
         anyhow::anyhow!(
             "the state file '{}' is unreadable and could not be moved aside: {e}",

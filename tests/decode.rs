@@ -391,37 +391,50 @@ fn annotate_runs_a_folder_skips_unreadable_files_and_resumes() {
     let coco: Coco = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
     let names: Vec<_> = coco.images.iter().map(|i| i.file_name.as_str()).collect();
     assert_eq!(names, ["a.png", "b.png"]);
-    assert!(!instructdiffusion::annotate::partial_path(&out).exists());
+    // The work is the folder's project state: the editor opens the folder with it.
+    use instructdiffusion::project::{Project, Status};
+    let (project, _) = Project::open(&images).unwrap();
+    let status: Vec<_> = project
+        .state
+        .items
+        .iter()
+        .map(|i| (i.status, i.error.is_some()))
+        .collect();
+    assert_eq!(
+        status,
+        [
+            (Status::Drafted, false),
+            (Status::Drafted, false),
+            (Status::NotRun, true)
+        ]
+    );
 
-    // An interrupted run: its progress says a.png is done; the rerun does only the rest.
-    let mut progress = instructdiffusion::annotate::Progress {
-        prompt: prompt.into(),
-        model: std::fs::canonicalize(&model).unwrap().display().to_string(),
-        ..Default::default()
-    };
-    progress.coco.add_image("a.png", 1, 1);
-    progress.done.push("a.png".into());
-    let partial = instructdiffusion::annotate::partial_path(&out);
-    std::fs::write(&partial, serde_json::to_string(&progress).unwrap()).unwrap();
+    // An interrupted run: the state says a.png is drafted (as a 1x1 image) and b.png is not
+    // run yet; the rerun drafts only b.png.
+    let mut state = project.state.clone();
+    let mut tiny_answer = state.items[0].answer.clone().unwrap();
+    (tiny_answer.width, tiny_answer.height) = (1, 1);
+    tiny_answer.instances.clear();
+    state.items[0].answer = Some(tiny_answer);
+    state.items[1].status = Status::NotRun;
+    state.items[1].answer = None;
+    let state_file = images.join(instructdiffusion::project::STATE_FILE);
+    std::fs::write(&state_file, serde_json::to_string(&state).unwrap()).unwrap();
     let o = run(prompt);
     let err = stderr(&o);
-    if err.contains("another prompt or model") {
-        panic!("model identity differs from the test's guess: {err}");
-    }
     assert!(o.status.success(), "{err}");
-    assert!(err.contains("resuming: 1 of 3"), "{err}");
+    assert!(err.contains("resuming: 2 of 3"), "{err}");
     let coco: Coco = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
     assert_eq!(
         coco.images[0].width, 1,
-        "a.png came from the progress file, not a rerun"
+        "a.png came from the project state, not a rerun"
     );
     assert_eq!(coco.images.len(), 2);
 
-    // Progress from another prompt is not mixed in.
-    std::fs::write(&partial, serde_json::to_string(&progress).unwrap()).unwrap();
+    // Drafts from another instruction are not mixed in.
     let o = run("Apply a red semi-transparent mask to the dog");
     assert!(
-        !o.status.success() && stderr(&o).contains("another prompt"),
+        !o.status.success() && stderr(&o).contains("another instruction"),
         "{}",
         stderr(&o)
     );

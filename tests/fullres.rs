@@ -338,7 +338,7 @@ fn annotate_exports_at_the_photos_size() {
     .validate(model)
     .unwrap();
     let out = dir.path().join("coco.json");
-    instructdiffusion::annotate::run(model, &plan, &images, &out, 1 << 26, |_| {}).unwrap();
+    instructdiffusion::annotate::run(model, &plan, &images, &out, None, 1 << 26, |_| {}).unwrap();
     let coco: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
     assert_eq!(coco["images"][0]["width"], 451);
