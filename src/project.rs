@@ -154,7 +154,7 @@ impl Project {
     pub fn open_at(dir: &Path, path: &Path) -> anyhow::Result<(Self, Vec<Notice>)> {
         let files = crate::annotate::list_images(dir)?;
         let mut notices = vec![];
-        let mut state = match std::fs::read_to_string(&path) {
+        let mut state = match std::fs::read_to_string(path) {
             Ok(text) => match serde_json::from_str::<State>(&text) {
                 Ok(s) => s,
                 Err(e) => {
