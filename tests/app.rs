@@ -622,3 +622,83 @@ fn results_come_back_at_the_photos_size_and_the_models_pixels_one_click_away() {
         Some(instructdiffusion::fullres::Applied::Resized)
     );
 }
+
+/// A folder opens as a project: its images listed with their status, each shown with its
+/// draft as overlays; Enter accepts, Delete rejects (saved at once), the arrows move; the COCO
+/// export holds the reviewed images with their drafts' masks.
+#[test]
+fn a_folder_opens_as_a_project_reviewed_from_the_keyboard() {
+    use instructdiffusion::decode::{parse::Kind, Decoded, Instance};
+    use instructdiffusion::project::{Project, Status};
+    let dir = util::tempdir();
+    for i in 0..3 {
+        image::RgbImage::from_pixel(12, 10, image::Rgb([40 * i, 120, 200]))
+            .save(dir.path().join(format!("img{i}.png")))
+            .unwrap();
+    }
+    let draft = |w: usize, h: usize| {
+        let mut mask = vec![false; w * h];
+        (0..6).for_each(|k| mask[2 * w + 3 + k] = true);
+        Decoded {
+            kind: Kind::Segmentation,
+            width: w,
+            height: h,
+            instances: vec![Instance {
+                category: "dog".into(),
+                phrase: "the dog".into(),
+                color: [0, 0, 255],
+                area: 6,
+                bbox: [3.0, 2.0, 6.0, 1.0],
+                mask,
+                score: 0.8,
+            }],
+            keypoints: vec![],
+            label: None,
+        }
+    };
+    let (mut project, _) = Project::open(dir.path()).unwrap();
+    project.set_draft("img0.png", &draft(12, 10)).unwrap();
+    project.set_draft("img1.png", &draft(12, 10)).unwrap();
+
+    let session = Box::leak(Box::new(util::tempdir()));
+    let mut h = editor_with(Some(dir.path().to_path_buf()), session.path().to_path_buf());
+    h.run_steps(2);
+    let wb = h
+        .state()
+        .workbench
+        .as_ref()
+        .expect("the folder opened as a project");
+    assert_eq!(wb.project.state.items.len(), 3);
+    assert!(wb.draft.is_some(), "img0's draft is shown");
+    assert_eq!(
+        h.state().session.source_path.as_deref(),
+        Some(dir.path().join("img0.png").as_path())
+    );
+    h.key_press(egui::Key::Enter);
+    h.run_steps(2);
+    assert_eq!(
+        h.state().workbench.as_ref().unwrap().current,
+        1,
+        "on to the next draft"
+    );
+    h.key_press(egui::Key::Delete);
+    h.run_steps(2);
+    h.key_press(egui::Key::ArrowDown);
+    h.run_steps(2);
+    assert_eq!(h.state().workbench.as_ref().unwrap().current, 2);
+    assert_eq!(
+        h.state().session.source_path.as_deref(),
+        Some(dir.path().join("img2.png").as_path())
+    );
+    let (back, _) = Project::open(dir.path()).unwrap();
+    let status: Vec<Status> = back.state.items.iter().map(|i| i.status).collect();
+    assert_eq!(status, [Status::Reviewed, Status::Rejected, Status::NotRun]);
+
+    let out = dir.path().join("coco.json");
+    h.state_mut().export_project(&out, true);
+    let coco: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert_eq!(coco["images"].as_array().unwrap().len(), 1);
+    assert_eq!(coco["images"][0]["file_name"], "img0.png");
+    assert_eq!(coco["annotations"][0]["area"].as_f64(), Some(6.0));
+}

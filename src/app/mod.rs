@@ -5,6 +5,7 @@ pub mod bench;
 pub mod picker;
 pub mod state;
 pub mod training;
+pub mod workbench;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -121,6 +122,8 @@ pub struct EditorApp {
     dialogs: (Sender<DialogResult>, Receiver<DialogResult>),
     /// The training panel (a window).
     pub training: TrainingPanel,
+    /// A folder opened as an annotation project.
+    pub workbench: Option<workbench::Workbench>,
 }
 
 enum DialogResult {
@@ -128,6 +131,8 @@ enum DialogResult {
     Save(PathBuf),
     Export(ExportKind, PathBuf),
     TrainData(PathBuf),
+    /// The project's COCO file; reviewed images only or with the drafts.
+    ProjectExport(PathBuf, bool),
 }
 
 impl EditorApp {
@@ -182,6 +187,7 @@ impl EditorApp {
             canvas: None,
             preview: None,
             dialogs: unbounded(),
+            workbench: None,
             training: TrainingPanel::new(
                 &eframe::storage_dir("instructdiffusion")
                     .map_or_else(|| PathBuf::from("runs"), |d| d.join("runs")),
@@ -251,8 +257,11 @@ impl EditorApp {
         };
     }
 
-    /// Opens an image (never written to).
+    /// Opens an image (never written to), or a folder as an annotation project.
     pub fn open_path(&mut self, path: &Path) {
+        if path.is_dir() {
+            return self.open_folder(path);
+        }
         match imageio::load_rgb(path, imageio::DEFAULT_MAX_PIXELS) {
             Ok(img) => self.open_image(Some(path.to_path_buf()), img),
             Err(e) => self.error(e.to_string()),
@@ -682,6 +691,9 @@ impl EditorApp {
                 DialogResult::Save(p) => self.save_to(&p),
                 DialogResult::Export(kind, p) => self.export_to(kind, &p),
                 DialogResult::TrainData(p) => self.training.data = Some(p),
+                DialogResult::ProjectExport(p, reviewed_only) => {
+                    self.export_project(&p, reviewed_only)
+                }
             }
         }
     }
@@ -779,7 +791,9 @@ impl EditorApp {
     /// The current result's decoded answer (at the photo's size; none while the model's own
     /// pixels are shown).
     fn current_decoded(&self) -> Option<&crate::decode::Decoded> {
-        let i = self.session.cursor.checked_sub(1)?;
+        let Some(i) = self.session.cursor.checked_sub(1) else {
+            return self.project_draft();
+        };
         let entry = self.session.history.get(i)?;
         if entry.show_model {
             return None;
@@ -1600,6 +1614,20 @@ score {:.2}, area {} px",
             if ui.button("Open...").on_hover_text("Ctrl+O").clicked() {
                 self.pick_open();
             }
+            if ui
+                .button("Open folder...")
+                .on_hover_text(
+                    "a folder of images as an annotation project: drafts, review, one COCO export",
+                )
+                .clicked()
+            {
+                let tx = self.dialogs.0.clone();
+                std::thread::spawn(move || {
+                    if let Some(p) = rfd::FileDialog::new().pick_folder() {
+                        let _ = tx.send(DialogResult::Open(p));
+                    }
+                });
+            }
             let has = self.session.current().is_some();
             if ui
                 .add_enabled(has, egui::Button::new("Save as..."))
@@ -1718,7 +1746,14 @@ impl eframe::App for EditorApp {
         let ctx = ui.ctx().clone();
         self.handle_events(&ctx);
         self.shortcuts(&ctx);
+        self.project_keys(&ctx);
         egui::Panel::top("menu").show(ui, |ui| self.menu(ui));
+        if self.workbench.is_some() {
+            egui::Panel::right("project")
+                .resizable(true)
+                .default_size(240.0)
+                .show(ui, |ui| self.project_panel(ui));
+        }
         egui::Panel::left("settings")
             .resizable(true)
             .default_size(260.0)
