@@ -81,12 +81,6 @@ pub fn run(
     if parse::hints(&plan.prompt).edit {
         bail!("\"{}\" asks for an edit, not for masks, keypoints or labels: annotate needs e.g. \"apply a blue semi-transparent mask to the dog\"", plan.prompt);
     }
-    // Answers are read at the model's size and exported at each photo's own.
-    let plan = &EditPlan {
-        keep_model_resolution: false,
-        full_res: crate::fullres::FullRes::Auto,
-        ..plan.clone()
-    };
     let state_path = state.map_or_else(|| dir.join(STATE_FILE), Path::to_path_buf);
     let (mut project, notices) = Project::open_at(dir, &state_path)?;
     for n in &notices {
@@ -153,8 +147,11 @@ pub fn run(
         {
             continue;
         }
-        match annotate_one(model, plan, path, max_pixels) {
-            Ok((_, _, decoded)) => {
+        let drafted = draft_one(model, plan, path, max_pixels, &mut |_| {
+            ControlFlow::Continue(())
+        });
+        match drafted.and_then(|d| d.ok_or_else(|| anyhow::anyhow!("cancelled"))) {
+            Ok(decoded) => {
                 project.set_draft(name, &decoded)?;
                 on_event(Event::Done {
                     file: name,
@@ -185,18 +182,25 @@ pub fn run(
     })
 }
 
-fn annotate_one(
+/// Drafts one image: `plan` run on it, its answer read at the model's size and brought to
+/// the image's (an image whose answer shows no overlay gets an empty one). `None` when
+/// `on_step` cancelled. Used by `annotate` and by the editor's workbench alike.
+pub fn draft_one(
     model: &Model,
     plan: &EditPlan,
     path: &Path,
     max_pixels: u64,
-) -> anyhow::Result<(usize, usize, decode::Decoded)> {
+    on_step: &mut dyn FnMut(&pipeline::StepEvent) -> ControlFlow<()>,
+) -> anyhow::Result<Option<decode::Decoded>> {
+    // Answers are read at the model's size and exported at the image's own.
+    let plan = &EditPlan {
+        keep_model_resolution: false,
+        full_res: crate::fullres::FullRes::Auto,
+        ..plan.clone()
+    };
     let source = imageio::load_rgb(path, max_pixels)?;
-    let outcome = pipeline::edit(model, &source, plan, None, &mut |_| {
-        ControlFlow::Continue(())
-    })?;
-    let EditOutcome::Done(edited) = outcome else {
-        bail!("cancelled");
+    let EditOutcome::Done(edited) = pipeline::edit(model, &source, plan, None, on_step)? else {
+        return Ok(None);
     };
     let answer = edited
         .answer
@@ -216,5 +220,5 @@ fn annotate_one(
         },
         Err(e) => return Err(e.into()),
     };
-    Ok((source.width() as usize, source.height() as usize, decoded))
+    Ok(Some(decoded))
 }

@@ -34,6 +34,14 @@ pub enum Command {
         /// result keeps the input's pixels exactly. `None`: everywhere.
         region: Option<Vec<bool>>,
     },
+    /// Draft annotations of `files` with `request`'s instruction, one after another: a
+    /// [`Event::Drafted`] per image (the steps of each as [`Event::Step`]), then
+    /// [`Event::DraftsDone`]; cancelling stops within a step.
+    Draft {
+        job: u64,
+        files: Vec<PathBuf>,
+        request: EditRequest,
+    },
     /// Fine-tune a model (the UI's training panel); events come as [`Event::Train`], then
     /// [`Event::TrainFinished`] or [`Event::TrainFailed`]. Edits sent meanwhile wait.
     Train(TrainJob),
@@ -159,6 +167,19 @@ pub enum Event {
     Cancelled {
         job: u64,
     },
+    /// One image of a [`Command::Draft`] job: its answer at its own size, or why not.
+    Drafted {
+        job: u64,
+        file: PathBuf,
+        result: Result<Box<Decoded>, String>,
+        /// Images done of the job's total.
+        done: usize,
+        total: usize,
+        elapsed_s: f64,
+    },
+    DraftsDone {
+        job: u64,
+    },
     Failed {
         job: u64,
         message: String,
@@ -236,7 +257,9 @@ impl Worker {
 
     pub fn send(&self, cmd: Command) {
         match cmd {
-            Command::Edit { .. } => self.cancel.store(false, Ordering::SeqCst),
+            Command::Edit { .. } | Command::Draft { .. } => {
+                self.cancel.store(false, Ordering::SeqCst)
+            }
             Command::Train(_) => self.stop_training.store(false, Ordering::SeqCst),
             Command::Load { .. } => {}
         }
@@ -287,6 +310,11 @@ fn run(cmd: Command, model: &mut Option<Model>, flags: &Flags, send: &(dyn Fn(Ev
     let cancel = &*flags.cancel;
     match cmd {
         Command::Train(job) => train(&job, &flags.stop_training, send),
+        Command::Draft {
+            job,
+            files,
+            request,
+        } => draft(job, &files, &request, model.as_ref(), cancel, send),
         Command::Load { spec, device } => {
             send(Event::Loading { spec: spec.clone() });
             *model = None; // free the old weights before reading the new ones
@@ -395,6 +423,83 @@ fn run(cmd: Command, model: &mut Option<Model>, flags: &Flags, send: &(dyn Fn(Ev
             }
         }
     }
+}
+
+/// Drafts `files` one by one (see [`Command::Draft`]).
+fn draft(
+    job: u64,
+    files: &[PathBuf],
+    request: &EditRequest,
+    model: Option<&Model>,
+    cancel: &AtomicBool,
+    send: &(dyn Fn(Event) + Sync),
+) {
+    let Some(m) = model else {
+        send(Event::Failed {
+            job,
+            message: "no model is loaded: choose one in the settings panel".into(),
+        });
+        return;
+    };
+    let plan = match request.validate(m) {
+        Ok(p) => p,
+        Err(e) => {
+            send(Event::Failed {
+                job,
+                message: e.to_string(),
+            });
+            return;
+        }
+    };
+    send(Event::Started {
+        job,
+        plan: plan.clone(),
+    });
+    let t0 = Instant::now();
+    for (k, file) in files.iter().enumerate() {
+        let mut on_step = |e: &pipeline::StepEvent| {
+            if e.tile.is_none() {
+                send(Event::Step {
+                    job,
+                    step: e.step,
+                    total: e.total,
+                    elapsed_s: e.elapsed.as_secs_f64(),
+                    preview: None,
+                    sent: Instant::now(),
+                    tile: None,
+                });
+            }
+            if cancel.load(Ordering::SeqCst) {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        };
+        let drafted = crate::annotate::draft_one(
+            m,
+            &plan,
+            file,
+            crate::imageio::DEFAULT_MAX_PIXELS,
+            &mut on_step,
+        );
+        let result = match drafted {
+            Ok(Some(d)) => Ok(Box::new(d)),
+            Ok(None) => return send(Event::Cancelled { job }),
+            Err(e) => Err(crate::support::error_chain(&e)),
+        };
+        send(Event::Drafted {
+            job,
+            file: file.clone(),
+            result,
+            done: k + 1,
+            total: files.len(),
+            elapsed_s: t0.elapsed().as_secs_f64(),
+        });
+        if cancel.load(Ordering::SeqCst) {
+            return send(Event::Cancelled { job });
+        }
+    }
+    send(Event::DraftsDone { job });
 }
 
 /// Runs a training job on the CPU, forwarding its events.

@@ -702,3 +702,57 @@ fn a_folder_opens_as_a_project_reviewed_from_the_keyboard() {
     assert_eq!(coco["images"][0]["file_name"], "img0.png");
     assert_eq!(coco["annotations"][0]["area"].as_f64(), Some(6.0));
 }
+
+/// Drafting a folder from the editor: every image drafted in the worker, each saved to the
+/// project as it finishes; stopped midway and reopened, the drafted images are kept and
+/// "Draft all" does only the rest.
+#[test]
+fn drafting_a_folder_resumes_after_a_stop() {
+    use instructdiffusion::project::{Project, Status};
+    let dir = util::tempdir();
+    // Ten images: the stop comes after the first draft, long before the tenth.
+    for i in 0..10u8 {
+        image::RgbImage::from_fn(48, 40, |x, y| {
+            image::Rgb([x as u8 * 5, y as u8 * 6, 25 * i])
+        })
+        .save(dir.path().join(format!("p{i}.png")))
+        .unwrap();
+    }
+    let prompt = "Apply a blue semi-transparent mask to the cat";
+    let open = || {
+        let session = Box::leak(Box::new(util::tempdir()));
+        let mut h = editor_with(Some(dir.path().to_path_buf()), session.path().to_path_buf());
+        set_steps(&mut h, 2);
+        h.state_mut().prompt = prompt.into();
+        h
+    };
+    let mut h = open();
+    h.get_by_label("Draft all").click();
+    wait(&mut h, "the first draft", |a| {
+        a.workbench.as_ref().unwrap().project.counts()[1] >= 1
+    });
+    h.state_mut().cancel();
+    wait(&mut h, "the stop", |a| matches!(a.activity, Activity::Idle));
+    drop(h);
+    let (p, _) = Project::open(dir.path()).unwrap();
+    let drafted: Vec<String> = p
+        .state
+        .items
+        .iter()
+        .filter(|i| i.status == Status::Drafted)
+        .map(|i| i.file.clone())
+        .collect();
+    assert!(!drafted.is_empty() && drafted.len() < 10, "{drafted:?}");
+    let first = p.state.items[0].answer.clone();
+
+    let mut h = open();
+    assert_eq!(h.state().undrafted().len(), 10 - drafted.len());
+    h.get_by_label("Draft all").click();
+    wait(&mut h, "the rest of the drafts", |a| {
+        matches!(a.activity, Activity::Idle) && a.undrafted().is_empty()
+    });
+    let (p, _) = Project::open(dir.path()).unwrap();
+    assert_eq!(p.counts(), [0, 10, 0, 0]);
+    assert_eq!(p.state.items[0].answer, first, "a kept draft is not redone");
+    assert_eq!(p.state.instruction.as_deref(), Some(prompt));
+}

@@ -390,6 +390,7 @@ impl EditorApp {
             previews: 0,
             cancelling: false,
             tile: None,
+            images: None,
         };
     }
 
@@ -649,6 +650,15 @@ impl EditorApp {
                         self.overlay = None;
                     }
                 }
+                Event::Drafted {
+                    file,
+                    result,
+                    done,
+                    total,
+                    elapsed_s,
+                    ..
+                } => self.on_drafted(&file, result, done, total, elapsed_s),
+                Event::DraftsDone { .. } => self.on_drafts_done(),
                 Event::Cancelled { .. } => {
                     self.activity = Activity::Idle;
                     self.queue.clear();
@@ -1424,9 +1434,21 @@ score {:.2}, area {} px",
             elapsed_s,
             cancelling,
             tile,
+            images,
             ..
         } = &self.activity
         {
+            if let Some((done, n, since)) = images {
+                let eta = if *done > 0 {
+                    format!(", eta {:.0} s", since / *done as f64 * (n - done) as f64)
+                } else {
+                    String::new()
+                };
+                ui.add(
+                    egui::ProgressBar::new(*done as f32 / (*n).max(1) as f32)
+                        .text(format!("drafted {done} of {n} images{eta} (Esc cancels)")),
+                );
+            }
             // Tiled runs advance within a step, tile by tile.
             let within = tile.map_or(0.0, |(done, n)| done as f64 / n.max(1) as f64);
             let (total, done) = ((*total).max(1), (*step).min(*total) as f64 + within);

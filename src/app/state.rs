@@ -261,6 +261,8 @@ pub enum Activity {
         cancelling: bool,
         /// Tiled runs: tiles done in this step, of how many.
         tile: Option<(usize, usize)>,
+        /// Drafting a project: images done, of how many, seconds since the job started.
+        images: Option<(usize, usize, f64)>,
     },
 }
 

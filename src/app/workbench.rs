@@ -290,6 +290,18 @@ impl super::EditorApp {
                 }
             });
         ui.separator();
+        let (mut draft_all, mut draft_this) = (false, false);
+        ui.horizontal(|ui| {
+            draft_all = ui
+                .button("Draft all")
+                .on_hover_text("the instruction typed below, on every image not drafted yet")
+                .clicked();
+            draft_this = ui
+                .button("Draft this")
+                .on_hover_text("the instruction typed below, on this image (again)")
+                .clicked();
+        });
+        let this = wb.project.state.items[wb.current].file.clone();
         let has_draft = wb.draft.is_some();
         let (mut accept, mut reject, mut export) = (false, false, None);
         ui.horizontal(|ui| {
@@ -316,6 +328,13 @@ impl super::EditorApp {
             }
         });
         ui.small(KEYS);
+        if draft_all {
+            let files = self.undrafted();
+            self.draft_project(files);
+        }
+        if draft_this {
+            self.draft_project(vec![this]);
+        }
         if let Some(i) = picked {
             self.project_do(|wb| {
                 wb.select(i);
@@ -340,5 +359,125 @@ impl super::EditorApp {
                 }
             });
         }
+    }
+}
+
+impl super::EditorApp {
+    /// Drafts `files` (names in the project) with the instruction typed, in the worker.
+    pub fn draft_project(&mut self, files: Vec<String>) {
+        let prompt = self.prompt.trim().to_string();
+        if prompt.is_empty() {
+            return self
+                .error("type the instruction to draft with (e.g. from the task picker)".into());
+        }
+        if self.model.is_none() || self.is_busy() {
+            return self
+                .error("the model is not ready: wait for it to load or for the job to end".into());
+        }
+        let Some(wb) = &mut self.workbench else {
+            return;
+        };
+        let state = &wb.project.state;
+        let drafted = state.items.iter().any(|i| i.answer.is_some());
+        if drafted
+            && (state.instruction.as_deref() != Some(prompt.as_str()) || state.model != self.model)
+        {
+            let msg = format!(
+                "this project's drafts come from \"{}\" ({}): draft with those, or open a copy of the folder to draft with another instruction",
+                state.instruction.as_deref().unwrap_or("?"),
+                state.model.as_deref().unwrap_or("?")
+            );
+            return self.error(msg);
+        }
+        if files.is_empty() {
+            return self.error(
+                "nothing to draft: every image has a draft (choose one to redraft it)".into(),
+            );
+        }
+        wb.project.state.instruction = Some(prompt.clone());
+        wb.project.state.model = self.model.clone();
+        if let Err(e) = wb.project.save() {
+            return self.error(format!("{e:#}"));
+        }
+        let paths: Vec<PathBuf> = files.iter().map(|f| wb.project.dir.join(f)).collect();
+        let job = self.next_job;
+        self.next_job += 1;
+        let request = self.settings.next_request(&prompt, rand::random());
+        let n = paths.len();
+        self.worker.send(crate::worker::Command::Draft {
+            job,
+            files: paths,
+            request,
+        });
+        self.activity = super::Activity::Editing {
+            job,
+            step: 0,
+            total: self.settings.steps,
+            elapsed_s: 0.0,
+            previews: 0,
+            cancelling: false,
+            tile: None,
+            images: Some((0, n, 0.0)),
+        };
+    }
+
+    /// A drafted image: recorded in the project (saved at once), shown if it is the current one.
+    pub(super) fn on_drafted(
+        &mut self,
+        file: &Path,
+        result: Result<Box<Decoded>, String>,
+        done: usize,
+        total: usize,
+        elapsed_s: f64,
+    ) {
+        if let super::Activity::Editing { images, .. } = &mut self.activity {
+            *images = Some((done, total, elapsed_s));
+        }
+        let Some(wb) = &mut self.workbench else {
+            return;
+        };
+        let name = file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let saved = match &result {
+            Ok(d) => wb.project.set_draft(&name, d),
+            Err(reason) => wb.project.set_failed(&name, reason),
+        };
+        if let Err(e) = saved {
+            return self.error(format!("{e:#}"));
+        }
+        if wb
+            .project
+            .state
+            .items
+            .get(wb.current)
+            .is_some_and(|i| i.file == name)
+        {
+            let current = wb.current;
+            wb.select(current);
+            self.overlay = None;
+        }
+    }
+
+    pub(super) fn on_drafts_done(&mut self) {
+        self.activity = super::Activity::Idle;
+        if let Some(wb) = &self.workbench {
+            let text = format!("drafting done: {}", wb.summary());
+            self.notice = Some(super::Notice { text, error: false });
+        }
+    }
+
+    /// Images still to draft: not run and not failed.
+    pub fn undrafted(&self) -> Vec<String> {
+        self.workbench.as_ref().map_or(vec![], |wb| {
+            wb.project
+                .state
+                .items
+                .iter()
+                .filter(|i| i.status == Status::NotRun && i.error.is_none())
+                .map(|i| i.file.clone())
+                .collect()
+        })
     }
 }
