@@ -111,6 +111,9 @@ pub struct Item {
     /// Why the last draft failed (an unreadable image), if it did.
     #[serde(default)]
     pub error: Option<String>,
+    /// Whether a person corrected the draft.
+    #[serde(default)]
+    pub corrected: bool,
 }
 
 /// The state file's contents.
@@ -192,6 +195,7 @@ impl Project {
                     status: Status::NotRun,
                     answer: None,
                     error: None,
+                    corrected: false,
                 });
             }
         }
@@ -227,6 +231,22 @@ impl Project {
         item.answer = Some(Answer::from_decoded(d));
         item.status = Status::Drafted;
         item.error = None;
+        item.corrected = false;
+        self.save()
+    }
+
+    /// Replaces `file`'s answer with a corrected one (its status unchanged) and saves.
+    pub fn set_corrected(&mut self, file: &str, d: &Decoded) -> anyhow::Result<()> {
+        let item = self.item_mut(file)?;
+        item.answer = Some(Answer::from_decoded(d));
+        item.corrected = true;
+        self.save()
+    }
+
+    /// Puts back an answer as it was (undo, redo) and saves.
+    pub fn restore_answer(&mut self, file: &str, answer: Option<Answer>) -> anyhow::Result<()> {
+        let item = self.item_mut(file)?;
+        item.answer = answer;
         self.save()
     }
 

@@ -756,3 +756,130 @@ fn drafting_a_folder_resumes_after_a_stop() {
     assert_eq!(p.state.items[0].answer, first, "a kept draft is not redone");
     assert_eq!(p.state.instruction.as_deref(), Some(prompt));
 }
+
+/// Corrections on a draft: the brush adds to the mask, a keypoint is dragged, Ctrl+Z takes a
+/// correction back and Ctrl+Shift+Z does it again; accepted and exported, the COCO file holds
+/// the corrected mask and point.
+#[test]
+fn a_draft_is_corrected_with_the_brush_and_a_dragged_point() {
+    use instructdiffusion::app::workbench::Tool;
+    use instructdiffusion::decode::{parse::Kind, Decoded, Instance, Point};
+    use instructdiffusion::project::Project;
+    let dir = util::tempdir();
+    image::RgbImage::from_pixel(40, 30, image::Rgb([30, 160, 90]))
+        .save(dir.path().join("one.png"))
+        .unwrap();
+    let (w, hgt) = (40usize, 30usize);
+    let mut mask = vec![false; w * hgt];
+    (0..4).for_each(|k| mask[5 * w + 5 + k] = true);
+    let draft = Decoded {
+        kind: Kind::Keypoints,
+        width: w,
+        height: hgt,
+        instances: vec![Instance {
+            category: "dog".into(),
+            phrase: "the dog".into(),
+            color: [0, 0, 255],
+            area: 4,
+            bbox: [5.0, 5.0, 4.0, 1.0],
+            mask,
+            score: 0.8,
+        }],
+        keypoints: vec![Point {
+            category: "person".into(),
+            name: "nose".into(),
+            color: [255, 0, 0],
+            x: 30.5,
+            y: 20.5,
+            radius: 2.0,
+            score: 0.9,
+            instance: 0,
+        }],
+        label: None,
+    };
+    let (mut project, _) = Project::open(dir.path()).unwrap();
+    project.set_draft("one.png", &draft).unwrap();
+
+    let session = Box::leak(Box::new(util::tempdir()));
+    let mut h = editor_with(Some(dir.path().to_path_buf()), session.path().to_path_buf());
+    h.run_steps(3);
+    let rect = h.state().canvas_rect.expect("the image is drawn");
+    let scale = rect.width() / w as f32;
+    let screen = |x: f32, y: f32| rect.min + egui::vec2(x, y) * scale;
+    // Paint a disc of radius 3 around (20, 15).
+    {
+        let wb = h.state_mut().workbench.as_mut().unwrap();
+        wb.tool = Tool::Add;
+        wb.radius = 3.0;
+    }
+    h.drag_at(screen(20.0, 15.0));
+    h.run_steps(1);
+    h.drop_at(screen(20.0, 15.0));
+    h.run_steps(2);
+    let area = |h: &Harness<'static, EditorApp>| {
+        h.state()
+            .workbench
+            .as_ref()
+            .unwrap()
+            .draft
+            .as_ref()
+            .unwrap()
+            .instances[0]
+            .area
+    };
+    assert!(area(&h) > 20, "painted: {}", area(&h));
+    // Drag the nose from (30.5, 20.5) to (10, 25).
+    h.state_mut().workbench.as_mut().unwrap().tool = Tool::Points;
+    h.drag_at(screen(30.5, 20.5));
+    h.run_steps(1);
+    h.hover_at(screen(10.0, 25.0));
+    h.run_steps(1);
+    h.drop_at(screen(10.0, 25.0));
+    h.run_steps(2);
+    let nose = |h: &Harness<'static, EditorApp>| {
+        let p = &h
+            .state()
+            .workbench
+            .as_ref()
+            .unwrap()
+            .draft
+            .as_ref()
+            .unwrap()
+            .keypoints[0];
+        (p.x, p.y)
+    };
+    let (x, y) = nose(&h);
+    assert!(
+        (x - 10.0).abs() < 1.0 && (y - 25.0).abs() < 1.0,
+        "nose at ({x}, {y})"
+    );
+    // Undo the move, redo it.
+    h.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::Z);
+    h.run_steps(2);
+    assert_eq!(nose(&h), (30.5, 20.5));
+    h.key_press_modifiers(
+        egui::Modifiers::COMMAND | egui::Modifiers::SHIFT,
+        egui::Key::Z,
+    );
+    h.run_steps(2);
+    assert!((nose(&h).0 - 10.0).abs() < 1.0);
+    let painted = area(&h);
+    h.key_press(egui::Key::Enter);
+    h.run_steps(2);
+    let out = dir.path().join("coco.json");
+    h.state_mut().export_project(&out, true);
+    let coco: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let anns = coco["annotations"].as_array().unwrap();
+    let mask_ann = anns.iter().find(|a| a["segmentation"].is_object()).unwrap();
+    assert_eq!(mask_ann["area"].as_f64(), Some(painted as f64));
+    let kp = anns.iter().find(|a| a["keypoints"].is_array()).unwrap();
+    let xs: Vec<f64> = serde_json::from_value(kp["keypoints"].clone()).unwrap();
+    assert!(
+        xs.chunks(3)
+            .any(|k| k[2] > 0.0 && (k[0] - 10.0).abs() < 1.0 && (k[1] - 25.0).abs() < 1.0),
+        "{xs:?}"
+    );
+    let (back, _) = Project::open(dir.path()).unwrap();
+    assert!(back.state.items[0].corrected);
+}

@@ -968,11 +968,12 @@ score {:.2}, area {} px",
     fn shortcuts(&mut self, ctx: &egui::Context) {
         let cmd = |k| KeyboardShortcut::new(Modifiers::COMMAND, k);
         let cmd_shift = |k| KeyboardShortcut::new(Modifiers::COMMAND | Modifiers::SHIFT, k);
-        let (run, undo, redo, open, save, cancel) = ctx.input_mut(|i| {
+        let (run, redo, undo, open, save, cancel) = ctx.input_mut(|i| {
+            // Redo first: Ctrl+Z alone would also match Ctrl+Shift+Z (shift is optional).
             (
                 i.consume_shortcut(&cmd(Key::Enter)),
-                i.consume_shortcut(&cmd(Key::Z)),
                 i.consume_shortcut(&cmd_shift(Key::Z)) || i.consume_shortcut(&cmd(Key::Y)),
+                i.consume_shortcut(&cmd(Key::Z)),
                 i.consume_shortcut(&cmd(Key::O)),
                 i.consume_shortcut(&cmd(Key::S)),
                 i.consume_key(Modifiers::NONE, Key::Escape),
@@ -981,10 +982,10 @@ score {:.2}, area {} px",
         if run {
             self.run_edit();
         }
-        if undo && !redo {
+        if undo && !redo && !self.project_undo(false) {
             self.session.undo();
         }
-        if redo {
+        if redo && !self.project_undo(true) {
             self.session.redo();
         }
         if open {
@@ -1299,6 +1300,8 @@ score {:.2}, area {} px",
                 self.draw_overlays(ui, shown.rect);
                 if self.compare && !editing && self.session.cursor > 0 {
                     self.compare_layer(ui, &shown);
+                } else if self.project_draft().is_some() {
+                    self.correction_layer(ui, &shown, scale);
                 } else {
                     self.brush_layer(ui, &shown, scale);
                 }

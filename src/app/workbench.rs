@@ -33,6 +33,16 @@ pub struct Workbench {
     pub filter: Filter,
     /// The current image's draft, expanded (masks at the image's size).
     pub draft: Option<Box<Decoded>>,
+    /// What a drag on the image does.
+    pub tool: Tool,
+    /// The mask instance the brush paints into.
+    pub selected: usize,
+    /// Brush radius in image pixels.
+    pub radius: f32,
+    /// The keypoint being dragged.
+    pub dragging: Option<usize>,
+    undo: Vec<Option<crate::project::Answer>>,
+    redo: Vec<Option<crate::project::Answer>>,
 }
 
 /// A status as a person reads it.
@@ -46,7 +56,7 @@ pub fn status_name(s: Status) -> &'static str {
 }
 
 /// The keys the workbench answers to, as listed in its panel.
-pub const KEYS: &str = "Up/Down: previous/next, Enter: accept, Delete: reject";
+pub const KEYS: &str = "Up/Down: previous/next, Enter: accept, Delete: reject, Ctrl+Z / Ctrl+Shift+Z: undo / redo a correction";
 
 impl Workbench {
     /// Opens `dir` as a project; the notices say what was found wrong with its state.
@@ -74,6 +84,12 @@ impl Workbench {
             current: 0,
             filter: Filter::All,
             draft: None,
+            tool: Tool::Points,
+            selected: 0,
+            radius: 6.0,
+            dragging: None,
+            undo: vec![],
+            redo: vec![],
         };
         wb.load_draft();
         Ok((wb, notices))
@@ -97,6 +113,11 @@ impl Workbench {
     /// Makes image `i` current.
     pub fn select(&mut self, i: usize) {
         if i < self.project.state.items.len() {
+            if i != self.current {
+                self.undo.clear();
+                self.redo.clear();
+                self.selected = 0;
+            }
             self.current = i;
             self.load_draft();
         }
@@ -328,6 +349,8 @@ impl super::EditorApp {
             }
         });
         ui.small(KEYS);
+        ui.separator();
+        self.correction_panel(ui);
         if draft_all {
             let files = self.undrafted();
             self.draft_project(files);
@@ -479,5 +502,277 @@ impl super::EditorApp {
                 .map(|i| i.file.clone())
                 .collect()
         })
+    }
+}
+
+/// What a drag on the image does while a project is open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Tool {
+    /// Drags move keypoints only.
+    #[default]
+    Points,
+    /// Paint into the selected mask.
+    Add,
+    /// Erase from the selected mask.
+    Erase,
+}
+
+/// Corrections of the current draft: every change is undoable and saved to the project when
+/// the stroke or drag ends.
+impl Workbench {
+    fn answer_now(&self) -> Option<crate::project::Answer> {
+        self.project.state.items[self.current].answer.clone()
+    }
+
+    /// Starts a correction: the answer as it is goes on the undo stack.
+    pub fn begin(&mut self) {
+        self.undo.push(self.answer_now());
+        self.redo.clear();
+    }
+
+    /// Ends a correction: boxes and areas recomputed from the masks, the answer saved.
+    pub fn commit(&mut self) -> anyhow::Result<()> {
+        let Some(d) = &mut self.draft else {
+            return Ok(());
+        };
+        for inst in &mut d.instances {
+            let rle = crate::export::rle::Rle::encode(&inst.mask, d.width, d.height);
+            inst.area = rle.area();
+            inst.bbox = rle.bbox();
+        }
+        d.instances.retain(|i| i.area > 0);
+        let file = self.project.state.items[self.current].file.clone();
+        let d = (**d).clone();
+        self.project.set_corrected(&file, &d)?;
+        self.selected = self.selected.min(d.instances.len().saturating_sub(1));
+        Ok(())
+    }
+
+    /// Paints (or erases) a disc of radius `r` at image point `(x, y)` into the selected mask.
+    pub fn paint(&mut self, x: f32, y: f32, r: f32, add: bool) {
+        let Some(d) = &mut self.draft else { return };
+        let (w, h) = (d.width, d.height);
+        let Some(inst) = d.instances.get_mut(self.selected) else {
+            return;
+        };
+        let (x0, x1) = (
+            (x - r).floor().max(0.0) as usize,
+            ((x + r).ceil() as usize).min(w),
+        );
+        let (y0, y1) = (
+            (y - r).floor().max(0.0) as usize,
+            ((y + r).ceil() as usize).min(h),
+        );
+        for py in y0..y1 {
+            for px in x0..x1 {
+                let (dx, dy) = (px as f32 + 0.5 - x, py as f32 + 0.5 - y);
+                if dx * dx + dy * dy <= r * r {
+                    inst.mask[py * w + px] = add;
+                }
+            }
+        }
+    }
+
+    /// The keypoint under image point `(x, y)`, within `reach` pixels (or its disc).
+    pub fn point_at(&self, x: f32, y: f32, reach: f32) -> Option<usize> {
+        let d = self.draft.as_ref()?;
+        d.keypoints
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                (
+                    i,
+                    ((p.x - x as f64).powi(2) + (p.y - y as f64).powi(2)).sqrt(),
+                )
+            })
+            .filter(|(i, dist)| *dist <= d.keypoints[*i].radius.max(reach as f64))
+            .min_by(|a, b| a.1.total_cmp(&b.1))
+            .map(|(i, _)| i)
+    }
+
+    /// Moves keypoint `i` to image point `(x, y)`.
+    pub fn move_point(&mut self, i: usize, x: f32, y: f32) {
+        if let Some(p) = self.draft.as_mut().and_then(|d| d.keypoints.get_mut(i)) {
+            (p.x, p.y) = (x as f64, y as f64);
+        }
+    }
+
+    /// Deletes mask instance `i` (undoable, saved).
+    pub fn delete_instance(&mut self, i: usize) -> anyhow::Result<()> {
+        self.begin();
+        if let Some(d) = &mut self.draft {
+            if i < d.instances.len() {
+                d.instances.remove(i);
+            }
+        }
+        self.commit()
+    }
+
+    /// Renames mask instance `i` (undoable, saved).
+    pub fn relabel(&mut self, i: usize, category: &str) -> anyhow::Result<()> {
+        self.begin();
+        if let Some(inst) = self.draft.as_mut().and_then(|d| d.instances.get_mut(i)) {
+            inst.category = category.to_string();
+        }
+        self.commit()
+    }
+
+    fn restore(&mut self, answer: Option<crate::project::Answer>) -> anyhow::Result<()> {
+        let file = self.project.state.items[self.current].file.clone();
+        self.project.restore_answer(&file, answer)?;
+        self.load_draft();
+        Ok(())
+    }
+
+    /// Takes the last correction back; false when there is none.
+    pub fn undo(&mut self) -> anyhow::Result<bool> {
+        let Some(prev) = self.undo.pop() else {
+            return Ok(false);
+        };
+        self.redo.push(self.answer_now());
+        self.restore(prev)?;
+        Ok(true)
+    }
+
+    /// Does again what [`Self::undo`] took back; false when there is nothing.
+    pub fn redo(&mut self) -> anyhow::Result<bool> {
+        let Some(next) = self.redo.pop() else {
+            return Ok(false);
+        };
+        self.undo.push(self.answer_now());
+        self.restore(next)?;
+        Ok(true)
+    }
+}
+
+impl super::EditorApp {
+    /// Drags on the shown image correct the draft: keypoints move, the brush adds to or
+    /// erases from the selected mask (see [`Tool`]).
+    pub(super) fn correction_layer(
+        &mut self,
+        ui: &mut egui::Ui,
+        shown: &egui::Response,
+        scale: f32,
+    ) {
+        let r = ui.interact(
+            shown.rect,
+            ui.scope_id().with("correct"),
+            egui::Sense::drag(),
+        );
+        let Some(wb) = &mut self.workbench else {
+            return;
+        };
+        let at = r
+            .interact_pointer_pos()
+            .map(|pos| (pos - shown.rect.min) / scale);
+        let mut changed = false;
+        if let (true, Some(p)) = (r.drag_started(), at) {
+            wb.dragging = wb.point_at(p.x, p.y, 8.0 / scale);
+            if wb.dragging.is_some() || wb.tool != Tool::Points {
+                wb.begin();
+            }
+        }
+        if let (true, Some(p)) = (r.dragged() || r.drag_started(), at) {
+            if let Some(i) = wb.dragging {
+                wb.move_point(i, p.x, p.y);
+                changed = true;
+            } else if wb.tool != Tool::Points {
+                wb.paint(p.x, p.y, wb.radius, wb.tool == Tool::Add);
+                changed = true;
+            }
+        }
+        if r.drag_stopped() && (wb.dragging.take().is_some() || wb.tool != Tool::Points) {
+            if let Err(e) = wb.commit() {
+                self.error(format!("{e:#}"));
+            }
+            changed = true;
+        }
+        if changed {
+            self.overlay = None;
+        }
+    }
+
+    /// Ctrl+Z / Ctrl+Shift+Z on a project image's corrections; false when there are none (the
+    /// editor's own undo applies).
+    pub(super) fn project_undo(&mut self, redo: bool) -> bool {
+        if self.session.cursor != 0 {
+            return false;
+        }
+        let Some(wb) = &mut self.workbench else {
+            return false;
+        };
+        let done = if redo { wb.redo() } else { wb.undo() };
+        match done {
+            Ok(true) => {
+                self.overlay = None;
+                true
+            }
+            Ok(false) => false,
+            Err(e) => {
+                self.error(format!("{e:#}"));
+                true
+            }
+        }
+    }
+
+    /// The correction controls of the project panel.
+    pub(super) fn correction_panel(&mut self, ui: &mut egui::Ui) {
+        let Some(wb) = &mut self.workbench else {
+            return;
+        };
+        let Some(d) = &wb.draft else { return };
+        ui.label("Correct");
+        ui.horizontal(|ui| {
+            ui.selectable_value(&mut wb.tool, Tool::Points, "Points")
+                .on_hover_text("drag a keypoint to move it");
+            ui.selectable_value(&mut wb.tool, Tool::Add, "Add")
+                .on_hover_text("paint into the selected mask");
+            ui.selectable_value(&mut wb.tool, Tool::Erase, "Erase")
+                .on_hover_text("erase from the selected mask");
+        });
+        ui.add(egui::Slider::new(&mut wb.radius, 1.0..=64.0).text("brush"));
+        let names: Vec<String> = d
+            .instances
+            .iter()
+            .map(|i| format!("{} ({} px)", i.category, i.area))
+            .collect();
+        let mut delete = None;
+        let mut relabel = None;
+        for (i, name) in names.iter().enumerate() {
+            ui.horizontal(|ui| {
+                if ui.selectable_label(wb.selected == i, name).clicked() {
+                    wb.selected = i;
+                }
+                if wb.selected == i && ui.small_button("Delete").clicked() {
+                    delete = Some(i);
+                }
+            });
+        }
+        if let Some(inst) = d.instances.get(wb.selected) {
+            let mut label = inst.category.clone();
+            let edit = ui.add(egui::TextEdit::singleline(&mut label).hint_text("label"));
+            if edit.changed() {
+                relabel = Some((wb.selected, label));
+            }
+        }
+        let (mut undo, mut redo) = (false, false);
+        ui.horizontal(|ui| {
+            undo = ui.button("Undo").on_hover_text("Ctrl+Z").clicked();
+            redo = ui.button("Redo").on_hover_text("Ctrl+Shift+Z").clicked();
+        });
+        let result = match (delete, relabel) {
+            (Some(i), _) => wb.delete_instance(i),
+            (_, Some((i, label))) => wb.relabel(i, &label),
+            _ => Ok(()),
+        };
+        if let Err(e) = result {
+            self.error(format!("{e:#}"));
+        }
+        if delete.is_some() {
+            self.overlay = None;
+        }
+        if undo || redo {
+            self.project_undo(redo);
+        }
     }
 }
