@@ -863,6 +863,28 @@ fn a_draft_is_corrected_with_the_brush_and_a_dragged_point() {
     );
     h.run_steps(2);
     assert!((nose(&h).0 - 10.0).abs() < 1.0);
+    // A missing keypoint, added by a click where there is none.
+    h.state_mut().workbench.as_mut().unwrap().new_point = "left_wrist".into();
+    let at = screen(5.0, 25.0);
+    h.hover_at(at);
+    h.run_steps(1);
+    h.drag_at(at);
+    h.run_steps(1);
+    h.drop_at(at);
+    h.run_steps(2);
+    let points = h
+        .state()
+        .workbench
+        .as_ref()
+        .unwrap()
+        .draft
+        .as_ref()
+        .unwrap()
+        .keypoints
+        .clone();
+    assert_eq!(points.len(), 2, "{points:?}");
+    assert_eq!(points[1].name, "left_wrist");
+    assert!((points[1].x - 5.0).abs() < 1.0 && (points[1].y - 25.0).abs() < 1.0);
     let painted = area(&h);
     h.key_press(egui::Key::Enter);
     h.run_steps(2);

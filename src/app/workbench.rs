@@ -6,6 +6,8 @@
 
 use std::path::{Path, PathBuf};
 
+use eframe::egui;
+
 use crate::decode::Decoded;
 use crate::project::{Project, Status};
 
@@ -41,6 +43,10 @@ pub struct Workbench {
     pub radius: f32,
     /// The keypoint being dragged.
     pub dragging: Option<usize>,
+    /// The name a click on the image gives a new keypoint (empty: clicks add none).
+    pub new_point: String,
+    /// Where the current press on the image began (image pixels).
+    pressed_at: Option<egui::Vec2>,
     undo: Vec<Option<crate::project::Answer>>,
     redo: Vec<Option<crate::project::Answer>>,
 }
@@ -88,6 +94,8 @@ impl Workbench {
             selected: 0,
             radius: 6.0,
             dragging: None,
+            new_point: String::new(),
+            pressed_at: None,
             undo: vec![],
             redo: vec![],
         };
@@ -174,8 +182,6 @@ impl Workbench {
         )
     }
 }
-
-use eframe::egui;
 
 impl super::EditorApp {
     /// Opens `dir` as a project and shows its first image with its draft.
@@ -297,13 +303,16 @@ impl super::EditorApp {
             });
         wb.filter = filter;
         let mut picked = None;
+        // Only the rows in view are laid out: a folder of thousands stays as fast as ten.
+        let shown: Vec<usize> = (0..wb.project.state.items.len())
+            .filter(|&i| filter.passes(wb.project.state.items[i].status))
+            .collect();
+        let row = ui.text_style_height(&egui::TextStyle::Button) + ui.spacing().item_spacing.y;
         egui::ScrollArea::vertical()
-            .max_height(ui.available_height() - 120.0)
-            .show(ui, |ui| {
-                for (i, item) in wb.project.state.items.iter().enumerate() {
-                    if !filter.passes(item.status) {
-                        continue;
-                    }
+            .max_height((ui.available_height() * 0.45).max(120.0))
+            .show_rows(ui, row, shown.len(), |ui, range| {
+                for &i in &shown[range] {
+                    let item = &wb.project.state.items[i];
                     let text = format!("{:<9} {}", status_name(item.status), item.file);
                     if ui.selectable_label(i == wb.current, text).clicked() {
                         picked = Some(i);
@@ -590,6 +599,29 @@ impl Workbench {
             .map(|(i, _)| i)
     }
 
+    /// Adds a keypoint named `name` at image point `(x, y)` (a missing one), in the colour and
+    /// size of the draft's other points (red and the expected size if it has none).
+    pub fn add_point(&mut self, name: &str, x: f32, y: f32) {
+        let Some(d) = &mut self.draft else { return };
+        let like = d.keypoints.first().cloned();
+        let radius = like.as_ref().map_or_else(
+            || crate::decode::keypoint::expected_radius(d.width, d.height),
+            |p| p.radius,
+        );
+        d.keypoints.push(crate::decode::Point {
+            category: like
+                .as_ref()
+                .map_or("person".into(), |p| p.category.clone()),
+            name: name.to_string(),
+            color: [255, 0, 0],
+            x: x as f64,
+            y: y as f64,
+            radius,
+            score: 1.0,
+            instance: like.map_or(0, |p| p.instance),
+        });
+    }
+
     /// Moves keypoint `i` to image point `(x, y)`.
     pub fn move_point(&mut self, i: usize, x: f32, y: f32) {
         if let Some(p) = self.draft.as_mut().and_then(|d| d.keypoints.get_mut(i)) {
@@ -664,6 +696,7 @@ impl super::EditorApp {
         };
         let at = r
             .interact_pointer_pos()
+            .or(r.hover_pos())
             .map(|pos| (pos - shown.rect.min) / scale);
         let mut changed = false;
         if let (true, Some(p)) = (r.drag_started(), at) {
@@ -679,6 +712,27 @@ impl super::EditorApp {
             } else if wb.tool != Tool::Points {
                 wb.paint(p.x, p.y, wb.radius, wb.tool == Tool::Add);
                 changed = true;
+            }
+        }
+        // A click (a press and release that did not move) off every point adds the missing
+        // one named in the panel.
+        if r.drag_started() {
+            wb.pressed_at = at;
+        }
+        let still = r.drag_stopped()
+            && wb.dragging.is_none()
+            && matches!((wb.pressed_at, at), (Some(a), Some(b)) if (a - b).length() * scale < 3.0);
+        let click = (r.clicked() || still) && wb.tool == Tool::Points;
+        if let (true, Some(p), false) = (click, at, wb.new_point.trim().is_empty()) {
+            if wb.point_at(p.x, p.y, 8.0 / scale).is_none() {
+                wb.begin();
+                let name = wb.new_point.trim().to_string();
+                wb.add_point(&name, p.x, p.y);
+                if let Err(e) = wb.commit() {
+                    self.error(format!("{e:#}"));
+                }
+                self.overlay = None;
+                return;
             }
         }
         if r.drag_stopped() && (wb.dragging.take().is_some() || wb.tool != Tool::Points) {
@@ -731,6 +785,14 @@ impl super::EditorApp {
                 .on_hover_text("erase from the selected mask");
         });
         ui.add(egui::Slider::new(&mut wb.radius, 1.0..=64.0).text("brush"));
+        ui.horizontal(|ui| {
+            ui.label("Add point");
+            ui.add(
+                egui::TextEdit::singleline(&mut wb.new_point)
+                    .hint_text("e.g. left_wrist; then click")
+                    .desired_width(120.0),
+            );
+        });
         let names: Vec<String> = d
             .instances
             .iter()
