@@ -307,6 +307,71 @@ impl Project {
     }
 }
 
+impl Project {
+    /// Writes the reviewed images as a training set in `out` (the dataset format of
+    /// [`crate::data::dataset`]): each image, its answer as corrected drawn on it the way the
+    /// model draws answers (a 0.5 blend on the masks, opaque discs), and the project's
+    /// instruction. Images are kept at their size up to 1024 px on the long side. Returns the
+    /// number of samples; `metadata.jsonl` is written last, atomically.
+    pub fn training_set(&self, out: &Path) -> anyhow::Result<usize> {
+        let instruction =
+            self.state.instruction.clone().ok_or_else(|| {
+                anyhow::anyhow!("the project has no instruction yet: draft it first")
+            })?;
+        let images = out.join("images");
+        std::fs::create_dir_all(&images)
+            .map_err(|e| anyhow::anyhow!("creating '{}': {e}", images.display()))?;
+        let mut records = vec![];
+        for (k, item) in self.state.items.iter().enumerate() {
+            let (Status::Reviewed, Some(answer)) = (item.status, &item.answer) else {
+                continue;
+            };
+            let source = crate::imageio::load_rgb(
+                &self.dir.join(&item.file),
+                crate::imageio::DEFAULT_MAX_PIXELS,
+            )?;
+            let d = answer
+                .to_decoded()
+                .map_err(|e| anyhow::anyhow!("'{}': {e}", item.file))?;
+            let target = crate::fullres::redraw::draw(&source, &d);
+            let (w, h) = source.dimensions();
+            let shrink = |img: &image::RgbImage| {
+                let long = w.max(h);
+                if long <= 1024 {
+                    img.clone()
+                } else {
+                    let f = 1024.0 / long as f64;
+                    let size = |s: u32| ((s as f64 * f).round() as u32).max(1);
+                    crate::imageio::resize_exact(img, size(w), size(h))
+                }
+            };
+            let (a, b) = (
+                format!("images/{k:06}_source.png"),
+                format!("images/{k:06}_edited.png"),
+            );
+            crate::imageio::save(&shrink(&source), &out.join(&a), &[])?;
+            crate::imageio::save(&shrink(&target), &out.join(&b), &[])?;
+            records.push(crate::data::dataset::Record {
+                input_image: a,
+                edit_prompt: instruction.clone(),
+                edited_image: b,
+                task: None,
+                seed: None,
+            });
+        }
+        if records.is_empty() {
+            anyhow::bail!("no reviewed image yet: accept some drafts first");
+        }
+        let mut jsonl = String::new();
+        for r in &records {
+            jsonl.push_str(&serde_json::to_string(r)?);
+            jsonl.push('\n');
+        }
+        crate::imageio::write_atomic(&out.join("metadata.jsonl"), jsonl.as_bytes())?;
+        Ok(records.len())
+    }
+}
+
 /// Moves an unreadable state file aside, next to it, under a name that says so; returns it.
 fn aside(path: &Path) -> anyhow::Result<PathBuf> {
     let stamp = std::time::SystemTime::now()
@@ -404,6 +469,48 @@ mod tests {
         assert_eq!(reviewed.images[0].file_name, "img3.png");
         assert_eq!(back.coco(false).unwrap().images.len(), 2);
         assert_eq!(bytes(dir.path()), before, "the images were written");
+    }
+
+    /// Reviewed images become training samples: the image, the corrected answer drawn on it
+    /// as the model draws answers, the instruction.
+    #[test]
+    fn reviewed_images_become_a_training_set() {
+        let dir = folder(3);
+        let (mut p, _) = Project::open(dir.path()).unwrap();
+        assert!(
+            p.training_set(&dir.path().join("set")).is_err(),
+            "no instruction yet"
+        );
+        p.state.instruction = Some("Apply a blue semi-transparent mask to the dog.".into());
+        p.set_draft("img0.png", &answer(8, 6)).unwrap();
+        p.set_draft("img1.png", &answer(9, 6)).unwrap();
+        p.set_status("img1.png", Status::Reviewed).unwrap();
+        let out = dir.path().join("set");
+        assert_eq!(p.training_set(&out).unwrap(), 1);
+        let records = crate::data::dataset::read(&out).unwrap();
+        assert_eq!(records.len(), 1);
+        assert_eq!(
+            records[0].edit_prompt,
+            "Apply a blue semi-transparent mask to the dog."
+        );
+        let src = image::open(out.join(&records[0].input_image))
+            .unwrap()
+            .to_rgb8();
+        let tgt = image::open(out.join(&records[0].edited_image))
+            .unwrap()
+            .to_rgb8();
+        assert_eq!(
+            src,
+            image::open(dir.path().join("img1.png")).unwrap().to_rgb8()
+        );
+        for (i, (a, b)) in src.pixels().zip(tgt.pixels()).enumerate() {
+            if i == 9 + 1 || i == 9 + 2 {
+                let want = [0, 1, 2].map(|c| (0.5 * a[c] as f32 + 0.5 * [0., 0., 255.][c]) as u8);
+                assert_eq!(b.0, want, "pixel {i} is in the mask");
+            } else {
+                assert_eq!(a, b, "pixel {i} is outside the mask");
+            }
+        }
     }
 
     #[test]

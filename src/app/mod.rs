@@ -133,6 +133,8 @@ enum DialogResult {
     TrainData(PathBuf),
     /// The project's COCO file; reviewed images only or with the drafts.
     ProjectExport(PathBuf, bool),
+    /// A folder for the project's reviewed images as a training set.
+    ProjectTrainingSet(PathBuf),
 }
 
 impl EditorApp {
@@ -704,6 +706,7 @@ impl EditorApp {
                 DialogResult::ProjectExport(p, reviewed_only) => {
                     self.export_project(&p, reviewed_only)
                 }
+                DialogResult::ProjectTrainingSet(p) => self.project_training_set(&p),
             }
         }
     }

@@ -262,6 +262,30 @@ impl super::EditorApp {
         }
     }
 
+    /// Writes the reviewed images as a training set in `dir` and sets it as the Training
+    /// window's data (see [`Project::training_set`]).
+    pub fn project_training_set(&mut self, dir: &Path) {
+        let Some(wb) = &self.workbench else { return };
+        match wb.project.training_set(dir) {
+            Ok(n) => {
+                self.training.data = Some(dir.to_path_buf());
+                self.training.open = true;
+                // Corrections teach through adapters: the base model stays as it is.
+                if self.training.lora_rank == 0 {
+                    self.training.lora_rank = 4;
+                }
+                self.notice = Some(super::Notice {
+                    text: format!(
+                        "wrote {n} corrected sample(s) to {}: the Training window fine-tunes on them (LoRA by default)",
+                        dir.display()
+                    ),
+                    error: false,
+                });
+            }
+            Err(e) => self.error(format!("{e:#}")),
+        }
+    }
+
     /// Writes the project's COCO file (see [`Workbench::export`]).
     pub fn export_project(&mut self, path: &Path, reviewed_only: bool) {
         let Some(wb) = &self.workbench else { return };
@@ -357,9 +381,25 @@ impl super::EditorApp {
                 export = Some(false);
             }
         });
+        let mut to_train = false;
+        if ui
+            .button("Training set...")
+            .on_hover_text("the reviewed images with their corrected answers as a dataset folder, for the Training window")
+            .clicked()
+        {
+            to_train = true;
+        }
         ui.small(KEYS);
         ui.separator();
         self.correction_panel(ui);
+        if to_train {
+            let tx = self.dialogs.0.clone();
+            std::thread::spawn(move || {
+                if let Some(p) = rfd::FileDialog::new().pick_folder() {
+                    let _ = tx.send(super::DialogResult::ProjectTrainingSet(p));
+                }
+            });
+        }
         if draft_all {
             let files = self.undrafted();
             self.draft_project(files);
