@@ -701,6 +701,22 @@ fn a_folder_opens_as_a_project_reviewed_from_the_keyboard() {
     assert_eq!(coco["images"].as_array().unwrap().len(), 1);
     assert_eq!(coco["images"][0]["file_name"], "img0.png");
     assert_eq!(coco["annotations"][0]["area"].as_f64(), Some(6.0));
+
+    // The reviewed image becomes a training sample for the Training window (LoRA).
+    h.state_mut()
+        .workbench
+        .as_mut()
+        .unwrap()
+        .project
+        .state
+        .instruction = Some("Apply a blue semi-transparent mask to the dog.".into());
+    let set = dir.path().join("set");
+    h.state_mut().project_training_set(&set);
+    let app = h.state();
+    assert_eq!(app.training.data.as_deref(), Some(set.as_path()));
+    assert!(app.training.lora_rank > 0);
+    let records = instructdiffusion::data::dataset::read(&set).unwrap();
+    assert_eq!(records.len(), 1);
 }
 
 /// Drafting a folder from the editor: every image drafted in the worker, each saved to the
