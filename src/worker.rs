@@ -354,27 +354,9 @@ fn run(cmd: Command, model: &mut Option<Model>, flags: &Flags, send: &(dyn Fn(Ev
             request,
             region,
         } => {
-            let Some(m) = model.as_ref() else {
-                send(Event::Failed {
-                    job,
-                    message: "no model is loaded: choose one in the settings panel".into(),
-                });
+            let Some((m, plan)) = start(job, &request, model.as_ref(), send) else {
                 return;
             };
-            let plan = match request.validate(m) {
-                Ok(p) => p,
-                Err(e) => {
-                    send(Event::Failed {
-                        job,
-                        message: e.to_string(),
-                    });
-                    return;
-                }
-            };
-            send(Event::Started {
-                job,
-                plan: plan.clone(),
-            });
             let t0 = Instant::now();
             let mut on_step = |e: &pipeline::StepEvent| {
                 send(Event::Step {
@@ -425,6 +407,34 @@ fn run(cmd: Command, model: &mut Option<Model>, flags: &Flags, send: &(dyn Fn(Ev
     }
 }
 
+/// The model and the checked plan of a job, [`Event::Started`] sent; `None` (a
+/// [`Event::Failed`] sent) when no model is loaded or the request is refused.
+fn start<'m>(
+    job: u64,
+    request: &EditRequest,
+    model: Option<&'m Model>,
+    send: &(dyn Fn(Event) + Sync),
+) -> Option<(&'m Model, EditPlan)> {
+    let fail = |message: String| send(Event::Failed { job, message });
+    let Some(m) = model else {
+        fail("no model is loaded: choose one in the settings panel".into());
+        return None;
+    };
+    match request.validate(m) {
+        Ok(plan) => {
+            send(Event::Started {
+                job,
+                plan: plan.clone(),
+            });
+            Some((m, plan))
+        }
+        Err(e) => {
+            fail(e.to_string());
+            None
+        }
+    }
+}
+
 /// Drafts `files` one by one (see [`Command::Draft`]).
 fn draft(
     job: u64,
@@ -434,27 +444,9 @@ fn draft(
     cancel: &AtomicBool,
     send: &(dyn Fn(Event) + Sync),
 ) {
-    let Some(m) = model else {
-        send(Event::Failed {
-            job,
-            message: "no model is loaded: choose one in the settings panel".into(),
-        });
+    let Some((m, plan)) = start(job, request, model, send) else {
         return;
     };
-    let plan = match request.validate(m) {
-        Ok(p) => p,
-        Err(e) => {
-            send(Event::Failed {
-                job,
-                message: e.to_string(),
-            });
-            return;
-        }
-    };
-    send(Event::Started {
-        job,
-        plan: plan.clone(),
-    });
     let t0 = Instant::now();
     for (k, file) in files.iter().enumerate() {
         let mut on_step = |e: &pipeline::StepEvent| {

@@ -1,189 +1,16 @@
-//! The annotator's workbench, first part: a folder opened as a project ([`crate::project`]):
-//! its images listed with their status, a filter by status, previous / next from the keyboard,
-//! each image shown with its draft as overlays, accept or reject (saved at once), and one COCO
-//! export. Drafting from the editor, thumbnails and corrections are to come (issue #28);
-//! `annotate` drafts a folder into the same project state today.
+//! The workbench as the editor shows it: opening a folder, the project panel (list, review,
+//! drafting, export, training set), its keys, and corrections drawn on the canvas.
 
 use std::path::{Path, PathBuf};
 
 use eframe::egui;
 
+use super::{status_name, Filter, Tool, Workbench, KEYS};
+use crate::app::{DialogResult, EditorApp, Notice};
 use crate::decode::Decoded;
-use crate::project::{Project, Status};
+use crate::project::Status;
 
-/// Which images the list shows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Filter {
-    #[default]
-    All,
-    Only(Status),
-}
-
-impl Filter {
-    pub fn passes(self, s: Status) -> bool {
-        match self {
-            Filter::All => true,
-            Filter::Only(want) => s == want,
-        }
-    }
-}
-
-/// The open project and where the review is.
-pub struct Workbench {
-    pub project: Project,
-    pub current: usize,
-    pub filter: Filter,
-    /// The current image's draft, expanded (masks at the image's size).
-    pub draft: Option<Box<Decoded>>,
-    /// What a drag on the image does.
-    pub tool: Tool,
-    /// The mask instance the brush paints into.
-    pub selected: usize,
-    /// Brush radius in image pixels.
-    pub radius: f32,
-    /// The keypoint being dragged.
-    pub dragging: Option<usize>,
-    /// The name a click on the image gives a new keypoint (empty: clicks add none).
-    pub new_point: String,
-    /// Where the current press on the image began (image pixels).
-    pressed_at: Option<egui::Vec2>,
-    undo: Vec<Option<crate::project::Answer>>,
-    redo: Vec<Option<crate::project::Answer>>,
-}
-
-/// A status as a person reads it.
-pub fn status_name(s: Status) -> &'static str {
-    match s {
-        Status::NotRun => "not run",
-        Status::Drafted => "drafted",
-        Status::Reviewed => "reviewed",
-        Status::Rejected => "rejected",
-    }
-}
-
-/// The keys the workbench answers to, as listed in its panel.
-pub const KEYS: &str = "Up/Down: previous/next, Enter: accept, Delete: reject, Ctrl+Z / Ctrl+Shift+Z: undo / redo a correction";
-
-impl Workbench {
-    /// Opens `dir` as a project; the notices say what was found wrong with its state.
-    pub fn open(dir: &Path) -> anyhow::Result<(Self, Vec<String>)> {
-        let (project, notices) = Project::open(dir)?;
-        if project.state.items.is_empty() {
-            anyhow::bail!("no images in the folder '{}'", dir.display());
-        }
-        let notices = notices
-            .into_iter()
-            .map(|n| match n {
-                crate::project::Notice::UnreadableState { moved_to, reason } => format!(
-                    "the project state could not be read ({reason}); it was kept as '{}' and the folder starts fresh",
-                    moved_to.display()
-                ),
-                crate::project::Notice::Missing(files) => format!(
-                    "{} image(s) of the project are gone from the folder (their work is kept): {}",
-                    files.len(),
-                    files.join(", ")
-                ),
-            })
-            .collect();
-        let mut wb = Self {
-            project,
-            current: 0,
-            filter: Filter::All,
-            draft: None,
-            tool: Tool::Points,
-            selected: 0,
-            radius: 6.0,
-            dragging: None,
-            new_point: String::new(),
-            pressed_at: None,
-            undo: vec![],
-            redo: vec![],
-        };
-        wb.load_draft();
-        Ok((wb, notices))
-    }
-
-    /// The current image's path.
-    pub fn current_path(&self) -> PathBuf {
-        self.project
-            .dir
-            .join(&self.project.state.items[self.current].file)
-    }
-
-    fn load_draft(&mut self) {
-        self.draft = self.project.state.items[self.current]
-            .answer
-            .as_ref()
-            .and_then(|a| a.to_decoded().ok())
-            .map(Box::new);
-    }
-
-    /// Makes image `i` current.
-    pub fn select(&mut self, i: usize) {
-        if i < self.project.state.items.len() {
-            if i != self.current {
-                self.undo.clear();
-                self.redo.clear();
-                self.selected = 0;
-            }
-            self.current = i;
-            self.load_draft();
-        }
-    }
-
-    /// Moves to the next (or previous) image the filter shows; false when there is none.
-    pub fn step(&mut self, forward: bool) -> bool {
-        let n = self.project.state.items.len();
-        let filter = self.filter;
-        let found = (1..n)
-            .map(|k| {
-                if forward {
-                    (self.current + k) % n
-                } else {
-                    (self.current + n - k) % n
-                }
-            })
-            .find(|&i| filter.passes(self.project.state.items[i].status));
-        if let Some(i) = found {
-            self.select(i);
-        }
-        found.is_some()
-    }
-
-    /// Accepts (reviewed) or rejects the current image, saved at once, then moves to the next
-    /// image still to review (drafted), if any.
-    pub fn review(&mut self, status: Status) -> anyhow::Result<()> {
-        let file = self.project.state.items[self.current].file.clone();
-        self.project.set_status(&file, status)?;
-        if let Some(i) = self.project.next(self.current, |s| s == Status::Drafted) {
-            self.select(i);
-        }
-        Ok(())
-    }
-
-    /// Writes one COCO file of the reviewed images (or of every drafted and reviewed one),
-    /// atomically.
-    pub fn export(&self, path: &Path, reviewed_only: bool) -> anyhow::Result<usize> {
-        let coco = self.project.coco(reviewed_only)?;
-        crate::imageio::write_atomic(path, serde_json::to_string_pretty(&coco)?.as_bytes())?;
-        Ok(coco.images.len())
-    }
-
-    /// One line of counts: "5 images: 2 not run, 1 drafted, 1 reviewed, 1 rejected".
-    pub fn summary(&self) -> String {
-        let c = self.project.counts();
-        format!(
-            "{} images: {} not run, {} drafted, {} reviewed, {} rejected",
-            self.project.state.items.len(),
-            c[0],
-            c[1],
-            c[2],
-            c[3]
-        )
-    }
-}
-
-impl super::EditorApp {
+impl EditorApp {
     /// Opens `dir` as a project and shows its first image with its draft.
     pub fn open_folder(&mut self, dir: &Path) {
         match Workbench::open(dir) {
@@ -197,7 +24,7 @@ impl super::EditorApp {
                         .collect::<Vec<_>>()
                         .join("; ");
                 let error = text.contains("could not be read");
-                self.notice = Some(super::Notice { text, error });
+                self.notice = Some(Notice { text, error });
             }
             Err(e) => self.error(format!("{e:#}")),
         }
@@ -214,7 +41,7 @@ impl super::EditorApp {
     }
 
     /// The current project image's draft, while the source is shown.
-    pub(super) fn project_draft(&self) -> Option<&Decoded> {
+    pub(crate) fn project_draft(&self) -> Option<&Decoded> {
         if self.session.cursor != 0 {
             return None;
         }
@@ -238,7 +65,7 @@ impl super::EditorApp {
     }
 
     /// The keys of [`KEYS`], when no text field has the keyboard.
-    pub(super) fn project_keys(&mut self, ctx: &egui::Context) {
+    pub(crate) fn project_keys(&mut self, ctx: &egui::Context) {
         if self.workbench.is_none() || ctx.egui_wants_keyboard_input() {
             return;
         }
@@ -274,7 +101,7 @@ impl super::EditorApp {
                 if self.training.lora_rank == 0 {
                     self.training.lora_rank = 4;
                 }
-                self.notice = Some(super::Notice {
+                self.notice = Some(Notice {
                     text: format!(
                         "wrote {n} corrected sample(s) to {}: the Training window fine-tunes on them (LoRA by default)",
                         dir.display()
@@ -291,7 +118,7 @@ impl super::EditorApp {
         let Some(wb) = &self.workbench else { return };
         match wb.export(path, reviewed_only) {
             Ok(n) => {
-                self.notice = Some(super::Notice {
+                self.notice = Some(Notice {
                     text: format!("exported {n} image(s) to {}", path.display()),
                     error: false,
                 })
@@ -301,7 +128,7 @@ impl super::EditorApp {
     }
 
     /// The project panel: counts, filter, the list, review buttons and the export.
-    pub(super) fn project_panel(&mut self, ui: &mut egui::Ui) {
+    pub(crate) fn project_panel(&mut self, ui: &mut egui::Ui) {
         let Some(wb) = &mut self.workbench else {
             return;
         };
@@ -396,7 +223,7 @@ impl super::EditorApp {
             let tx = self.dialogs.0.clone();
             std::thread::spawn(move || {
                 if let Some(p) = rfd::FileDialog::new().pick_folder() {
-                    let _ = tx.send(super::DialogResult::ProjectTrainingSet(p));
+                    let _ = tx.send(DialogResult::ProjectTrainingSet(p));
                 }
             });
         }
@@ -427,14 +254,14 @@ impl super::EditorApp {
                     .set_file_name("coco.json")
                     .save_file()
                 {
-                    let _ = tx.send(super::DialogResult::ProjectExport(p, reviewed_only));
+                    let _ = tx.send(DialogResult::ProjectExport(p, reviewed_only));
                 }
             });
         }
     }
 }
 
-impl super::EditorApp {
+impl EditorApp {
     /// Drafts `files` (names in the project) with the instruction typed, in the worker.
     pub fn draft_project(&mut self, files: Vec<String>) {
         let prompt = self.prompt.trim().to_string();
@@ -481,7 +308,7 @@ impl super::EditorApp {
             files: paths,
             request,
         });
-        self.activity = super::Activity::Editing {
+        self.activity = crate::app::state::Activity::Editing {
             job,
             step: 0,
             total: self.settings.steps,
@@ -494,7 +321,7 @@ impl super::EditorApp {
     }
 
     /// A drafted image: recorded in the project (saved at once), shown if it is the current one.
-    pub(super) fn on_drafted(
+    pub(crate) fn on_drafted(
         &mut self,
         file: &Path,
         result: Result<Box<Decoded>, String>,
@@ -502,7 +329,7 @@ impl super::EditorApp {
         total: usize,
         elapsed_s: f64,
     ) {
-        if let super::Activity::Editing { images, .. } = &mut self.activity {
+        if let crate::app::state::Activity::Editing { images, .. } = &mut self.activity {
             *images = Some((done, total, elapsed_s));
         }
         let Some(wb) = &mut self.workbench else {
@@ -532,11 +359,11 @@ impl super::EditorApp {
         }
     }
 
-    pub(super) fn on_drafts_done(&mut self) {
-        self.activity = super::Activity::Idle;
+    pub(crate) fn on_drafts_done(&mut self) {
+        self.activity = crate::app::state::Activity::Idle;
         if let Some(wb) = &self.workbench {
             let text = format!("drafting done: {}", wb.summary());
-            self.notice = Some(super::Notice { text, error: false });
+            self.notice = Some(Notice { text, error: false });
         }
     }
 
@@ -554,173 +381,10 @@ impl super::EditorApp {
     }
 }
 
-/// What a drag on the image does while a project is open.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Tool {
-    /// Drags move keypoints only.
-    #[default]
-    Points,
-    /// Paint into the selected mask.
-    Add,
-    /// Erase from the selected mask.
-    Erase,
-}
-
-/// Corrections of the current draft: every change is undoable and saved to the project when
-/// the stroke or drag ends.
-impl Workbench {
-    fn answer_now(&self) -> Option<crate::project::Answer> {
-        self.project.state.items[self.current].answer.clone()
-    }
-
-    /// Starts a correction: the answer as it is goes on the undo stack.
-    pub fn begin(&mut self) {
-        self.undo.push(self.answer_now());
-        self.redo.clear();
-    }
-
-    /// Ends a correction: boxes and areas recomputed from the masks, the answer saved.
-    pub fn commit(&mut self) -> anyhow::Result<()> {
-        let Some(d) = &mut self.draft else {
-            return Ok(());
-        };
-        for inst in &mut d.instances {
-            let rle = crate::export::rle::Rle::encode(&inst.mask, d.width, d.height);
-            inst.area = rle.area();
-            inst.bbox = rle.bbox();
-        }
-        d.instances.retain(|i| i.area > 0);
-        let file = self.project.state.items[self.current].file.clone();
-        let d = (**d).clone();
-        self.project.set_corrected(&file, &d)?;
-        self.selected = self.selected.min(d.instances.len().saturating_sub(1));
-        Ok(())
-    }
-
-    /// Paints (or erases) a disc of radius `r` at image point `(x, y)` into the selected mask.
-    pub fn paint(&mut self, x: f32, y: f32, r: f32, add: bool) {
-        let Some(d) = &mut self.draft else { return };
-        let (w, h) = (d.width, d.height);
-        let Some(inst) = d.instances.get_mut(self.selected) else {
-            return;
-        };
-        let (x0, x1) = (
-            (x - r).floor().max(0.0) as usize,
-            ((x + r).ceil() as usize).min(w),
-        );
-        let (y0, y1) = (
-            (y - r).floor().max(0.0) as usize,
-            ((y + r).ceil() as usize).min(h),
-        );
-        for py in y0..y1 {
-            for px in x0..x1 {
-                let (dx, dy) = (px as f32 + 0.5 - x, py as f32 + 0.5 - y);
-                if dx * dx + dy * dy <= r * r {
-                    inst.mask[py * w + px] = add;
-                }
-            }
-        }
-    }
-
-    /// The keypoint under image point `(x, y)`, within `reach` pixels (or its disc).
-    pub fn point_at(&self, x: f32, y: f32, reach: f32) -> Option<usize> {
-        let d = self.draft.as_ref()?;
-        d.keypoints
-            .iter()
-            .enumerate()
-            .map(|(i, p)| {
-                (
-                    i,
-                    ((p.x - x as f64).powi(2) + (p.y - y as f64).powi(2)).sqrt(),
-                )
-            })
-            .filter(|(i, dist)| *dist <= d.keypoints[*i].radius.max(reach as f64))
-            .min_by(|a, b| a.1.total_cmp(&b.1))
-            .map(|(i, _)| i)
-    }
-
-    /// Adds a keypoint named `name` at image point `(x, y)` (a missing one), in the colour and
-    /// size of the draft's other points (red and the expected size if it has none).
-    pub fn add_point(&mut self, name: &str, x: f32, y: f32) {
-        let Some(d) = &mut self.draft else { return };
-        let like = d.keypoints.first().cloned();
-        let radius = like.as_ref().map_or_else(
-            || crate::decode::keypoint::expected_radius(d.width, d.height),
-            |p| p.radius,
-        );
-        d.keypoints.push(crate::decode::Point {
-            category: like
-                .as_ref()
-                .map_or("person".into(), |p| p.category.clone()),
-            name: name.to_string(),
-            color: [255, 0, 0],
-            x: x as f64,
-            y: y as f64,
-            radius,
-            score: 1.0,
-            instance: like.map_or(0, |p| p.instance),
-        });
-    }
-
-    /// Moves keypoint `i` to image point `(x, y)`.
-    pub fn move_point(&mut self, i: usize, x: f32, y: f32) {
-        if let Some(p) = self.draft.as_mut().and_then(|d| d.keypoints.get_mut(i)) {
-            (p.x, p.y) = (x as f64, y as f64);
-        }
-    }
-
-    /// Deletes mask instance `i` (undoable, saved).
-    pub fn delete_instance(&mut self, i: usize) -> anyhow::Result<()> {
-        self.begin();
-        if let Some(d) = &mut self.draft {
-            if i < d.instances.len() {
-                d.instances.remove(i);
-            }
-        }
-        self.commit()
-    }
-
-    /// Renames mask instance `i` (undoable, saved).
-    pub fn relabel(&mut self, i: usize, category: &str) -> anyhow::Result<()> {
-        self.begin();
-        if let Some(inst) = self.draft.as_mut().and_then(|d| d.instances.get_mut(i)) {
-            inst.category = category.to_string();
-        }
-        self.commit()
-    }
-
-    fn restore(&mut self, answer: Option<crate::project::Answer>) -> anyhow::Result<()> {
-        let file = self.project.state.items[self.current].file.clone();
-        self.project.restore_answer(&file, answer)?;
-        self.load_draft();
-        Ok(())
-    }
-
-    /// Takes the last correction back; false when there is none.
-    pub fn undo(&mut self) -> anyhow::Result<bool> {
-        let Some(prev) = self.undo.pop() else {
-            return Ok(false);
-        };
-        self.redo.push(self.answer_now());
-        self.restore(prev)?;
-        Ok(true)
-    }
-
-    /// Does again what [`Self::undo`] took back; false when there is nothing.
-    pub fn redo(&mut self) -> anyhow::Result<bool> {
-        let Some(next) = self.redo.pop() else {
-            return Ok(false);
-        };
-        self.undo.push(self.answer_now());
-        self.restore(next)?;
-        Ok(true)
-    }
-}
-
-impl super::EditorApp {
+impl EditorApp {
     /// Drags on the shown image correct the draft: keypoints move, the brush adds to or
     /// erases from the selected mask (see [`Tool`]).
-    pub(super) fn correction_layer(
+    pub(crate) fn correction_layer(
         &mut self,
         ui: &mut egui::Ui,
         shown: &egui::Response,
@@ -788,7 +452,7 @@ impl super::EditorApp {
 
     /// Ctrl+Z / Ctrl+Shift+Z on a project image's corrections; false when there are none (the
     /// editor's own undo applies).
-    pub(super) fn project_undo(&mut self, redo: bool) -> bool {
+    pub(crate) fn project_undo(&mut self, redo: bool) -> bool {
         if self.session.cursor != 0 {
             return false;
         }
@@ -810,7 +474,7 @@ impl super::EditorApp {
     }
 
     /// The correction controls of the project panel.
-    pub(super) fn correction_panel(&mut self, ui: &mut egui::Ui) {
+    pub(crate) fn correction_panel(&mut self, ui: &mut egui::Ui) {
         let Some(wb) = &mut self.workbench else {
             return;
         };
