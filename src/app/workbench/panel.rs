@@ -15,6 +15,7 @@ impl EditorApp {
     pub fn open_folder(&mut self, dir: &Path) {
         match Workbench::open(dir) {
             Ok((wb, notices)) => {
+                self.settings.remember_file(dir.to_path_buf());
                 let summary = wb.summary();
                 self.workbench = Some(wb);
                 self.show_project_image();
@@ -35,7 +36,12 @@ impl EditorApp {
         let Some(wb) = &self.workbench else { return };
         let path = wb.current_path();
         match crate::imageio::load_rgb(&path, crate::imageio::DEFAULT_MAX_PIXELS) {
-            Ok(img) => self.open_image(Some(path), img),
+            Ok(img) => {
+                // The folder is what Recent remembers, not each image looked at.
+                let recent = self.settings.recent_files.clone();
+                self.open_image(Some(path), img);
+                self.settings.recent_files = recent;
+            }
             Err(e) => self.error(e.to_string()),
         }
     }
