@@ -238,14 +238,6 @@ impl Placement {
         acc
     }
 
-    /// The model's picture at the crop's size ([`Self::sample_rgb`] at every pixel).
-    pub fn upsample(&self, img: &RgbImage) -> RgbImage {
-        let (cx, cy, cw, ch) = self.crop;
-        RgbImage::from_fn(cw, ch, |x, y| {
-            image::Rgb(self.sample_rgb(img, cx + x, cy + y).map(to_u8))
-        })
-    }
-
     /// A soft map `(model.0 * model.1` values) sampled bilinearly at every source pixel,
     /// calling `f(x, y, value)` for the source pixels whose value is above zero (within the
     /// crop and the box of the map's non-zero values, plus a pixel).
