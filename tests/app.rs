@@ -670,6 +670,9 @@ fn a_folder_opens_as_a_project_reviewed_from_the_keyboard() {
         .expect("the folder opened as a project");
     assert_eq!(wb.project.state.items.len(), 3);
     assert!(wb.draft.is_some(), "img0's draft is shown");
+    wait(&mut h, "the thumbnails of the rows in view", |a| {
+        a.workbench.as_ref().unwrap().thumbs.held() == 3
+    });
     assert_eq!(
         h.state().session.source_path.as_deref(),
         Some(dir.path().join("img0.png").as_path())

@@ -5,6 +5,7 @@
 //! `annotate` drafts a folder into the same project state today.
 
 mod panel;
+pub mod thumbs;
 
 use std::path::{Path, PathBuf};
 
@@ -51,6 +52,8 @@ pub struct Workbench {
     pressed_at: Option<egui::Vec2>,
     undo: Vec<Option<crate::project::Answer>>,
     redo: Vec<Option<crate::project::Answer>>,
+    /// Thumbnails of the rows in view.
+    pub thumbs: thumbs::Thumbs,
 }
 
 /// A status as a person reads it.
@@ -100,6 +103,7 @@ impl Workbench {
             pressed_at: None,
             undo: vec![],
             redo: vec![],
+            thumbs: thumbs::Thumbs::new(),
         };
         wb.load_draft();
         Ok((wb, notices))

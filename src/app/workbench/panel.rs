@@ -164,16 +164,45 @@ impl EditorApp {
         let shown: Vec<usize> = (0..wb.project.state.items.len())
             .filter(|&i| filter.passes(wb.project.state.items[i].status))
             .collect();
-        let row = ui.text_style_height(&egui::TextStyle::Button) + ui.spacing().item_spacing.y;
+        wb.thumbs.receive(ui.ctx());
+        let side = super::thumbs::SIZE as f32;
+        let row = side + ui.spacing().item_spacing.y;
         egui::ScrollArea::vertical()
             .max_height((ui.available_height() * 0.45).max(120.0))
             .show_rows(ui, row, shown.len(), |ui, range| {
                 for &i in &shown[range] {
                     let item = &wb.project.state.items[i];
                     let text = format!("{:<9} {}", status_name(item.status), item.file);
-                    if ui.selectable_label(i == wb.current, text).clicked() {
-                        picked = Some(i);
-                    }
+                    let dir = &wb.project.dir;
+                    let thumb = wb.thumbs.get(i, || dir.join(&item.file));
+                    ui.horizontal(|ui| {
+                        ui.set_height(side);
+                        match thumb {
+                            Some(t) => {
+                                // The thumbnail at its own aspect, centred in a square.
+                                let (rect, _) = ui.allocate_exact_size(
+                                    egui::vec2(side, side),
+                                    egui::Sense::hover(),
+                                );
+                                let fit = egui::Rect::from_center_size(rect.center(), t.size);
+                                ui.painter().image(
+                                    t.id,
+                                    fit,
+                                    egui::Rect::from_min_max(
+                                        egui::pos2(0.0, 0.0),
+                                        egui::pos2(1.0, 1.0),
+                                    ),
+                                    egui::Color32::WHITE,
+                                );
+                            }
+                            None => {
+                                ui.add_space(side + ui.spacing().item_spacing.x);
+                            }
+                        }
+                        if ui.selectable_label(i == wb.current, text).clicked() {
+                            picked = Some(i);
+                        }
+                    });
                 }
             });
         ui.separator();
