@@ -17,6 +17,12 @@ fn builtin() -> &'static Model {
     MODEL.get_or_init(|| load::load(&ModelSource::Builtin, LoadOptions::default()).unwrap())
 }
 
+/// One of the sample photos in `assets/samples`.
+fn sample(name: &str) -> RgbImage {
+    let path = std::path::Path::new("assets/samples").join(name);
+    imageio::load_rgb(&path, imageio::DEFAULT_MAX_PIXELS).unwrap()
+}
+
 /// A photo-like 1600 x 1000 picture with detail at every scale: smooth shading, stripes a few
 /// pixels wide and per-pixel grain.
 fn photo(w: u32, h: u32) -> RgbImage {
@@ -151,11 +157,7 @@ fn a_global_change_keeps_the_sources_detail() {
 #[test]
 fn the_autoencoders_blur_is_not_taken_for_a_change() {
     let model = builtin();
-    let source = imageio::load_rgb(
-        std::path::Path::new("assets/samples/coffee.png"),
-        imageio::DEFAULT_MAX_PIXELS,
-    )
-    .unwrap();
+    let source = sample("coffee.png");
     let (mw, mh) = imageio::fit_size(source.width(), source.height(), 128);
     let resized = imageio::fit(&source, mw, mh);
     let (cond, _, _) = pipeline::condition(model, "", &resized).unwrap();
@@ -271,11 +273,7 @@ fn annotation_answers_are_redrawn_exactly_where_the_masks_are() {
 #[test]
 fn a_segmentation_comes_back_on_the_full_resolution_photo() {
     let model = builtin();
-    let source = imageio::load_rgb(
-        std::path::Path::new("assets/samples/chelsea.png"),
-        imageio::DEFAULT_MAX_PIXELS,
-    )
-    .unwrap();
+    let source = sample("chelsea.png");
     let plan = EditRequest {
         prompt: "Apply a blue semi-transparent mask to the cat.".into(),
         seed: Some(1),

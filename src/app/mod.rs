@@ -384,16 +384,7 @@ impl EditorApp {
             request,
             region,
         });
-        self.activity = Activity::Editing {
-            job,
-            step: 0,
-            total: self.settings.steps,
-            elapsed_s: 0.0,
-            previews: 0,
-            cancelling: false,
-            tile: None,
-            images: None,
-        };
+        self.activity = Activity::editing(job, self.settings.steps, None);
     }
 
     /// Paints into the edit region while the brush is on, and shows the region.

@@ -266,6 +266,22 @@ pub enum Activity {
     },
 }
 
+impl Activity {
+    /// A job just sent: `total` steps an image, and for drafts the number of images.
+    pub fn editing(job: u64, total: usize, images: Option<usize>) -> Self {
+        Activity::Editing {
+            job,
+            step: 0,
+            total,
+            elapsed_s: 0.0,
+            previews: 0,
+            cancelling: false,
+            tile: None,
+            images: images.map(|n| (0, n, 0.0)),
+        }
+    }
+}
+
 /// The compare slider's geometry: the screen part of `rect` left of the divider at `split`
 /// (a fraction of the width) and the matching texture coordinates of the source.
 pub fn compare_split_rects(rect: egui::Rect, split: f32) -> (egui::Rect, egui::Rect) {

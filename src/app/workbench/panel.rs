@@ -343,16 +343,7 @@ impl EditorApp {
             files: paths,
             request,
         });
-        self.activity = crate::app::state::Activity::Editing {
-            job,
-            step: 0,
-            total: self.settings.steps,
-            elapsed_s: 0.0,
-            previews: 0,
-            cancelling: false,
-            tile: None,
-            images: Some((0, n, 0.0)),
-        };
+        self.activity = crate::app::state::Activity::editing(job, self.settings.steps, Some(n));
     }
 
     /// A drafted image: recorded in the project (saved at once), shown if it is the current one.
