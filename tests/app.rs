@@ -693,6 +693,14 @@ fn a_folder_opens_as_a_project_reviewed_from_the_keyboard() {
         h.state().session.source_path.as_deref(),
         Some(dir.path().join("img2.png").as_path())
     );
+    // Saves go through the project's writer thread; wait for them as closing would.
+    h.state()
+        .workbench
+        .as_ref()
+        .unwrap()
+        .project
+        .flush()
+        .unwrap();
     let (back, _) = Project::open(dir.path()).unwrap();
     let status: Vec<Status> = back.state.items.iter().map(|i| i.status).collect();
     assert_eq!(status, [Status::Reviewed, Status::Rejected, Status::NotRun]);
@@ -921,6 +929,13 @@ fn a_draft_is_corrected_with_the_brush_and_a_dragged_point() {
             .any(|k| k[2] > 0.0 && (k[0] - 10.0).abs() < 1.0 && (k[1] - 25.0).abs() < 1.0),
         "{xs:?}"
     );
+    h.state()
+        .workbench
+        .as_ref()
+        .unwrap()
+        .project
+        .flush()
+        .unwrap();
     let (back, _) = Project::open(dir.path()).unwrap();
     assert!(back.state.items[0].corrected);
 }

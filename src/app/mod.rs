@@ -1795,4 +1795,11 @@ impl eframe::App for EditorApp {
     fn save(&mut self, storage: &mut dyn eframe::Storage) {
         eframe::set_value(storage, SETTINGS_KEY, &self.settings);
     }
+
+    fn on_exit(&mut self) {
+        // The project's last change is on its writer thread: finish it before the process ends.
+        if let Some(Err(e)) = self.workbench.as_ref().map(|wb| wb.project.flush()) {
+            eprintln!("{e:#}");
+        }
+    }
 }

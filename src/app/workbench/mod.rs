@@ -72,7 +72,8 @@ pub const KEYS: &str = "Up/Down: previous/next, Enter: accept, Delete: reject, C
 impl Workbench {
     /// Opens `dir` as a project; the notices say what was found wrong with its state.
     pub fn open(dir: &Path) -> anyhow::Result<(Self, Vec<String>)> {
-        let (project, notices) = Project::open(dir)?;
+        let (mut project, notices) = Project::open(dir)?;
+        project.write_in_background();
         if project.state.items.is_empty() {
             anyhow::bail!("no images in the folder '{}'", dir.display());
         }

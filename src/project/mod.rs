@@ -3,8 +3,8 @@
 //! size), kept in one state file beside the images, written atomically after every change, so
 //! closing or a crash loses nothing and reopening continues. The images are never written.
 //!
-//! The editor's workbench (issue #28) is to be built on this; today it is the data model and its
-//! rules, tested on their own.
+//! `annotate` and the editor's workbench (`app/workbench/`) both keep their work here; the
+//! editor saves through [`writer`], off its UI thread.
 
 use std::path::{Path, PathBuf};
 
@@ -12,6 +12,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::decode::{parse::Kind, Decoded, Instance, Point};
 use crate::export::rle::Rle;
+
+pub mod writer;
 
 /// The state file's name inside the folder.
 pub const STATE_FILE: &str = "instructdiffusion-project.json";
@@ -134,6 +136,8 @@ pub struct Project {
     /// The state file (`dir/instructdiffusion-project.json` unless chosen).
     pub state_path: PathBuf,
     pub state: State,
+    /// Where saves go when they are written on a thread of their own (the editor's way).
+    writer: Option<writer::Writer>,
 }
 
 /// What opening a folder found worth telling.
@@ -205,13 +209,31 @@ impl Project {
                 dir: dir.to_path_buf(),
                 state_path: path.to_path_buf(),
                 state,
+                writer: None,
             },
             notices,
         ))
     }
 
-    /// Writes the state file atomically.
+    /// From now on, saves hand a snapshot to a writer thread and return at once (the latest
+    /// snapshot is written; dropping the project finishes it). A failed write is reported by
+    /// the next save or [`Self::flush`].
+    pub fn write_in_background(&mut self) {
+        if self.writer.is_none() {
+            self.writer = Some(writer::Writer::start(self.state_path.clone()));
+        }
+    }
+
+    /// Waits for the writes handed over so far (nothing to wait for without a writer).
+    pub fn flush(&self) -> anyhow::Result<()> {
+        self.writer.as_ref().map_or(Ok(()), |w| w.flush())
+    }
+
+    /// Writes the state file atomically (or hands it to the writer thread).
     pub fn save(&self) -> anyhow::Result<()> {
+        if let Some(w) = &self.writer {
+            return w.submit(self.state.clone());
+        }
         let text = serde_json::to_string(&self.state)?;
         crate::imageio::write_atomic(&self.state_path, text.as_bytes())?;
         Ok(())
@@ -536,5 +558,42 @@ mod tests {
         let files: Vec<&str> = p.state.items.iter().map(|i| i.file.as_str()).collect();
         assert_eq!(files, ["img0.png", "img1.png", "new.png"]);
         assert_eq!(p.state.items[0].status, Status::Drafted);
+    }
+
+    #[test]
+    fn background_saves_keep_the_last_state_and_report_a_failed_write() {
+        let dir = folder(3);
+        let (mut p, _) = Project::open(dir.path()).unwrap();
+        p.write_in_background();
+        for i in 0..50 {
+            p.set_draft(&format!("img{}.png", i % 3), &answer(8 + i % 2, 6))
+                .unwrap();
+        }
+        p.set_status("img2.png", Status::Rejected).unwrap();
+        let last = p.state.clone();
+        drop(p);
+        let (p, notices) = Project::open(dir.path()).unwrap();
+        assert!(notices.is_empty(), "{notices:?}");
+        assert_eq!(
+            p.state, last,
+            "dropping the project finishes the last write"
+        );
+
+        // A state file whose folder is gone: the failure comes back at the next save or
+        // flush, and the writer goes on once the folder is back.
+        let elsewhere = tempfile::tempdir().unwrap();
+        let gone = elsewhere.path().join("sub");
+        std::fs::create_dir(&gone).unwrap();
+        let (mut p, _) = Project::open_at(dir.path(), &gone.join("state.json")).unwrap();
+        p.write_in_background();
+        std::fs::remove_dir(&gone).unwrap();
+        p.set_status("img0.png", Status::Rejected).unwrap();
+        let err = p.flush().unwrap_err().to_string();
+        assert!(err.contains("could not be saved"), "{err}");
+        std::fs::create_dir(&gone).unwrap();
+        p.set_status("img1.png", Status::Rejected).unwrap();
+        p.flush().unwrap();
+        let (q, _) = Project::open_at(dir.path(), &gone.join("state.json")).unwrap();
+        assert_eq!(q.state, p.state);
     }
 }
