@@ -95,6 +95,13 @@ pub struct BenchArgs {
     /// the model (`--edit-steps` steps), headless.
     #[arg(long, value_name = "IMAGE")]
     pub ui: Option<PathBuf>,
+    /// Instead: the editor's frame time and memory on a project of this many procedural
+    /// images while it drafts them all (`--edit-steps` steps each) and moves through the list.
+    #[arg(long, value_name = "N")]
+    pub ui_folder: Option<usize>,
+    /// How long `--ui-folder` runs, in seconds.
+    #[arg(long, default_value_t = 60.0)]
+    pub seconds: f64,
     /// Also save the whole-edit row's result here (PNG), to compare devices or precisions.
     #[arg(long, value_name = "PNG")]
     pub save_edit: Option<PathBuf>,
@@ -1300,6 +1307,19 @@ fn run_full_res_bench(args: &BenchArgs) -> anyhow::Result<()> {
 }
 
 fn run_bench(args: &BenchArgs) -> anyhow::Result<()> {
+    if let Some(n) = args.ui_folder {
+        let report = crate::app::bench::folder_frames(
+            &args.model.model,
+            n,
+            args.edit_steps.max(1),
+            args.seconds,
+        )?;
+        eprint!("{}", crate::app::bench::folder_table(&report));
+        if let Some(path) = &args.json {
+            imageio::write_atomic(path, serde_json::to_string_pretty(&report)?.as_bytes())?;
+        }
+        return Ok(());
+    }
     if let Some(image) = &args.ui {
         let report = crate::app::bench::ui_frames(
             &args.model.model,

@@ -730,6 +730,47 @@ fn a_folder_opens_as_a_project_reviewed_from_the_keyboard() {
     assert_eq!(records.len(), 1);
 }
 
+/// Down through a folder longer than the list: the current image's row stays in view (the list
+/// scrolls with the keyboard), and Up back to the first scrolls back.
+#[test]
+fn the_list_follows_the_keyboard_through_a_long_folder() {
+    let dir = util::tempdir();
+    for i in 0..60u8 {
+        image::RgbImage::from_pixel(8, 6, image::Rgb([i, 90, 200]))
+            .save(dir.path().join(format!("img{i:02}.png")))
+            .unwrap();
+    }
+    let session = Box::leak(Box::new(util::tempdir()));
+    let mut h = editor_with(Some(dir.path().to_path_buf()), session.path().to_path_buf());
+    h.run_steps(2);
+    let view = |h: &Harness<'_, EditorApp>| {
+        let wb = h.state().workbench.as_ref().unwrap();
+        (wb.current, wb.rows_in_view.clone())
+    };
+    let (_, first) = view(&h);
+    assert!(
+        first.start == 0 && first.len() < 40,
+        "the list shows a part of the folder: {first:?}"
+    );
+    for _ in 0..45 {
+        h.key_press(egui::Key::ArrowDown);
+        h.run_steps(2);
+        let (current, rows) = view(&h);
+        assert!(
+            rows.contains(&current),
+            "image {current} out of view {rows:?}"
+        );
+    }
+    assert_eq!(view(&h).0, 45);
+    for _ in 0..45 {
+        h.key_press(egui::Key::ArrowUp);
+        h.run_steps(2);
+    }
+    let (current, rows) = view(&h);
+    assert_eq!(current, 0);
+    assert!(rows.contains(&0), "{rows:?}");
+}
+
 /// Drafting a folder from the editor: every image drafted in the worker, each saved to the
 /// project as it finishes; stopped midway and reopened, the drafted images are kept and
 /// "Draft all" does only the rest.

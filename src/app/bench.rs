@@ -146,3 +146,206 @@ pub fn table(r: &UiReport) -> String {
         r.preview_latency_ms_median
     )
 }
+
+/// What `bench --ui-folder N` measures.
+#[derive(Debug, Clone, Serialize)]
+pub struct FolderReport {
+    pub model: String,
+    pub images: usize,
+    pub image_px: u32,
+    pub seconds: f64,
+    pub frames: usize,
+    pub frame_ms_median: f64,
+    pub frame_ms_p95: f64,
+    pub frame_ms_max: f64,
+    /// Frames that moved to the next image (Down), which opens it on the UI thread.
+    pub steps: usize,
+    pub drafts_done: usize,
+    pub thumbnails_held_max: usize,
+    pub rss_mib_loaded: f64,
+    pub rss_mib_end: f64,
+    pub rss_mib_peak: f64,
+}
+
+/// The process's resident memory now and at its peak, in MiB (Linux; NaN elsewhere).
+fn rss_mib() -> (f64, f64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map_or(f64::NAN, |kb| kb / 1024.0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// A folder of `n` images of `px` px (made once, kept in the temp folder; its project state
+/// cleared): [`UNIQUE`] procedural scenes, copied under new names up to `n` (a scene takes
+/// about half a second to draw; a copy costs the editor as much as a new image).
+fn bench_folder(n: usize, px: u32) -> anyhow::Result<std::path::PathBuf> {
+    const UNIQUE: usize = 40;
+    let dir = std::env::temp_dir().join(format!("instructdiffusion-ui-folder-{n}-{px}"));
+    std::fs::create_dir_all(&dir)?;
+    let _ = std::fs::remove_file(dir.join(crate::project::STATE_FILE));
+    let weights = crate::data::sample::TaskWeights::default();
+    let name = |i: usize| dir.join(format!("scene{i:05}.png"));
+    for i in 0..n {
+        let path = name(i);
+        if path.exists() {
+            continue;
+        }
+        if i < UNIQUE {
+            let img = crate::data::sample::generate(i as u64, px, &weights).input;
+            crate::imageio::save(&img, &path, &[])?;
+        } else {
+            let tmp = dir.join(format!(".scene{i:05}.tmp"));
+            std::fs::copy(name(i % UNIQUE), &tmp)?;
+            std::fs::rename(&tmp, &path)?;
+        }
+    }
+    Ok(dir)
+}
+
+/// Opens a folder of `n` images as a project in a headless editor, drafts them all with
+/// `model` (`steps` steps each) and, for `seconds`, runs frames at 60 Hz while moving to the
+/// next image ten times a second (so the list scrolls through the folder and its
+/// thumbnails are made and let go), timing each frame's CPU work on the UI thread.
+pub fn folder_frames(
+    model: &str,
+    n: usize,
+    steps: usize,
+    seconds: f64,
+) -> anyhow::Result<FolderReport> {
+    const PX: u32 = 512;
+    let dir = bench_folder(n, PX)?;
+    let session = std::env::temp_dir().join("instructdiffusion-ui-bench");
+    let _ = std::fs::remove_dir_all(&session);
+    let ctx = egui::Context::default();
+    let cc = eframe::CreationContext::_new_kittest(ctx.clone());
+    let mut app = EditorApp::new(
+        &cc,
+        Options {
+            image: Some(dir.clone()),
+            model: Some(model.to_string()),
+            session_dir: Some(session),
+            prompt: None,
+        },
+    );
+    let mut frame = eframe::Frame::_new_kittest();
+    let interval = Duration::from_micros(16_667);
+    let mut run_frame = |app: &mut EditorApp, down: bool| -> f64 {
+        let mut input = egui::RawInput {
+            screen_rect: Some(egui::Rect::from_min_size(
+                egui::Pos2::ZERO,
+                egui::vec2(1280.0, 800.0),
+            )),
+            ..Default::default()
+        };
+        if down {
+            input.events.push(egui::Event::Key {
+                key: egui::Key::ArrowDown,
+                physical_key: None,
+                pressed: true,
+                repeat: false,
+                modifiers: egui::Modifiers::NONE,
+            });
+        }
+        let t = Instant::now();
+        let mut out = ctx.run_ui(input, |ui| eframe::App::ui(app, ui, &mut frame));
+        let _ = ctx.tessellate(out.shapes, out.pixels_per_point);
+        out.textures_delta.clear();
+        t.elapsed().as_secs_f64() * 1e3
+    };
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while app.model.is_none() {
+        if Instant::now() > deadline || app.notice.as_ref().is_some_and(|n| n.error) {
+            anyhow::bail!(
+                "the model did not load: {}",
+                app.notice.map(|n| n.text).unwrap_or_default()
+            );
+        }
+        run_frame(&mut app, false);
+        std::thread::sleep(interval);
+    }
+    let Some(wb) = &app.workbench else {
+        anyhow::bail!(
+            "the folder did not open: {}",
+            app.notice.map(|n| n.text).unwrap_or_default()
+        );
+    };
+    anyhow::ensure!(
+        wb.project.state.items.len() == n,
+        "the folder holds other images"
+    );
+    let (rss_loaded, _) = rss_mib();
+    app.settings.steps = steps;
+    app.settings.variants = 1;
+    app.prompt = "Apply a blue semi-transparent mask to the circle.".into();
+    run_frame(&mut app, false);
+    let files = app.undrafted();
+    app.draft_project(files);
+    anyhow::ensure!(
+        !matches!(app.activity, Activity::Idle),
+        "drafting did not start: {}",
+        app.notice.map(|n| n.text).unwrap_or_default()
+    );
+    let t0 = Instant::now();
+    let (mut times, mut steps_taken, mut held_max) = (vec![], 0, 0);
+    for k in 0.. {
+        if t0.elapsed().as_secs_f64() >= seconds {
+            break;
+        }
+        let before = Instant::now();
+        let down = k % 6 == 5;
+        steps_taken += down as usize;
+        times.push(run_frame(&mut app, down));
+        held_max = held_max.max(app.workbench.as_ref().map_or(0, |w| w.thumbs.held()));
+        std::thread::sleep(interval.saturating_sub(before.elapsed()));
+    }
+    let seconds = t0.elapsed().as_secs_f64();
+    let drafts_done = app.workbench.as_ref().map_or(0, |w| w.project.counts()[1]);
+    app.cancel();
+    let (rss_end, rss_peak) = rss_mib();
+    times.sort_by(f64::total_cmp);
+    Ok(FolderReport {
+        model: app.model.clone().unwrap_or_default(),
+        images: n,
+        image_px: PX,
+        seconds,
+        frames: times.len(),
+        frame_ms_median: percentile(&times, 0.5),
+        frame_ms_p95: percentile(&times, 0.95),
+        frame_ms_max: times.last().copied().unwrap_or(f64::NAN),
+        steps: steps_taken,
+        drafts_done,
+        thumbnails_held_max: held_max,
+        rss_mib_loaded: rss_loaded,
+        rss_mib_end: rss_end,
+        rss_mib_peak: rss_peak,
+    })
+}
+
+/// The folder report as table rows.
+pub fn folder_table(r: &FolderReport) -> String {
+    format!(
+        "A folder of {} images ({} px) drafting with {} for {:.0} s ({} drafts done)\n\
+         frame CPU time   median {:.2} ms  p95 {:.2} ms  max {:.2} ms  ({} frames, {} moves to the next image)\n\
+         thumbnails held  at most {}\n\
+         memory (RSS)     {:.0} MiB loaded, {:.0} MiB at the end, {:.0} MiB peak\n",
+        r.images,
+        r.image_px,
+        r.model,
+        r.seconds,
+        r.drafts_done,
+        r.frame_ms_median,
+        r.frame_ms_p95,
+        r.frame_ms_max,
+        r.frames,
+        r.steps,
+        r.thumbnails_held_max,
+        r.rss_mib_loaded,
+        r.rss_mib_end,
+        r.rss_mib_peak
+    )
+}

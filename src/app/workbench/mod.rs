@@ -54,6 +54,11 @@ pub struct Workbench {
     redo: Vec<Option<crate::project::Answer>>,
     /// Thumbnails of the rows in view.
     pub thumbs: thumbs::Thumbs,
+    /// The list's rows in view at the last frame (positions among the rows shown), so that
+    /// the current image, moved to by the keyboard, is scrolled into view.
+    pub rows_in_view: std::ops::Range<usize>,
+    /// The current image changed since the list was drawn.
+    pub reveal: bool,
 }
 
 /// A status as a person reads it.
@@ -105,6 +110,8 @@ impl Workbench {
             undo: vec![],
             redo: vec![],
             thumbs: thumbs::Thumbs::new(),
+            rows_in_view: 0..0,
+            reveal: false,
         };
         wb.load_draft();
         Ok((wb, notices))
@@ -129,6 +136,7 @@ impl Workbench {
     pub fn select(&mut self, i: usize) {
         if i < self.project.state.items.len() {
             if i != self.current {
+                self.reveal = true;
                 self.undo.clear();
                 self.redo.clear();
                 self.selected = 0;

@@ -166,45 +166,63 @@ impl EditorApp {
             .collect();
         wb.thumbs.receive(ui.ctx());
         let side = super::thumbs::SIZE as f32;
-        let row = side + ui.spacing().item_spacing.y;
-        egui::ScrollArea::vertical()
-            .max_height((ui.available_height() * 0.45).max(120.0))
-            .show_rows(ui, row, shown.len(), |ui, range| {
-                for &i in &shown[range] {
-                    let item = &wb.project.state.items[i];
-                    let text = format!("{:<9} {}", status_name(item.status), item.file);
-                    let dir = &wb.project.dir;
-                    let thumb = wb.thumbs.get(i, || dir.join(&item.file));
-                    ui.horizontal(|ui| {
-                        ui.set_height(side);
-                        match thumb {
-                            Some(t) => {
-                                // The thumbnail at its own aspect, centred in a square.
-                                let (rect, _) = ui.allocate_exact_size(
-                                    egui::vec2(side, side),
-                                    egui::Sense::hover(),
-                                );
-                                let fit = egui::Rect::from_center_size(rect.center(), t.size);
-                                ui.painter().image(
-                                    t.id,
-                                    fit,
-                                    egui::Rect::from_min_max(
-                                        egui::pos2(0.0, 0.0),
-                                        egui::pos2(1.0, 1.0),
-                                    ),
-                                    egui::Color32::WHITE,
-                                );
-                            }
-                            None => {
-                                ui.add_space(side + ui.spacing().item_spacing.x);
-                            }
+        // show_rows places row k at k * (height + spacing).
+        let pitch = side + ui.spacing().item_spacing.y;
+        let mut list =
+            egui::ScrollArea::vertical().max_height((ui.available_height() * 0.45).max(120.0));
+        // The current image out of view (moved to by the keyboard): scroll it in, a few rows
+        // from the edge it came in by.
+        let at = shown.iter().position(|&i| i == wb.current);
+        if let (Some(at), true) = (at, std::mem::take(&mut wb.reveal)) {
+            let view = wb.rows_in_view.clone();
+            if !view.is_empty() && !view.contains(&at) {
+                let first = if at < view.start {
+                    at.saturating_sub(1)
+                } else {
+                    (at + 2).saturating_sub(view.len())
+                };
+                list = list.vertical_scroll_offset(first as f32 * pitch);
+            }
+        }
+        let view = list.show_rows(ui, side, shown.len(), |ui, range| {
+            let view = range.clone();
+            for &i in &shown[range] {
+                let item = &wb.project.state.items[i];
+                let text = format!("{:<9} {}", status_name(item.status), item.file);
+                let dir = &wb.project.dir;
+                let thumb = wb.thumbs.get(i, || dir.join(&item.file));
+                ui.horizontal(|ui| {
+                    ui.set_height(side);
+                    match thumb {
+                        Some(t) => {
+                            // The thumbnail at its own aspect, centred in a square.
+                            let (rect, _) = ui
+                                .allocate_exact_size(egui::vec2(side, side), egui::Sense::hover());
+                            let fit = egui::Rect::from_center_size(rect.center(), t.size);
+                            ui.painter().image(
+                                t.id,
+                                fit,
+                                egui::Rect::from_min_max(
+                                    egui::pos2(0.0, 0.0),
+                                    egui::pos2(1.0, 1.0),
+                                ),
+                                egui::Color32::WHITE,
+                            );
                         }
-                        if ui.selectable_label(i == wb.current, text).clicked() {
-                            picked = Some(i);
+                        None => {
+                            ui.add_space(side + ui.spacing().item_spacing.x);
                         }
-                    });
-                }
-            });
+                    }
+                    if ui.selectable_label(i == wb.current, text).clicked() {
+                        picked = Some(i);
+                    }
+                });
+            }
+            view
+        });
+        // The last row, usually cut by the edge, counts as out of view.
+        let r = view.inner;
+        wb.rows_in_view = if r.len() > 1 { r.start..r.end - 1 } else { r };
         ui.separator();
         let (mut draft_all, mut draft_this) = (false, false);
         ui.horizontal(|ui| {
