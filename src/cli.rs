@@ -252,6 +252,10 @@ pub struct SynthArgs {
     /// Image size in pixels.
     #[arg(long, default_value_t = 128)]
     pub size: u32,
+    /// Only these task families, comma-separated, each `name` or `name=weight` (as
+    /// `train edit --tasks`); default: all, with the built-in recipe's weights.
+    #[arg(long, value_delimiter = ',')]
+    pub tasks: Vec<String>,
 }
 
 /// Where the model comes from and how it runs.
@@ -682,7 +686,11 @@ fn run_synth(args: &SynthArgs) -> anyhow::Result<()> {
         anyhow::bail!("size must be between 16 and 1024, got {}", args.size);
     }
     let bar = indicatif::ProgressBar::new(args.count);
-    let weights = crate::data::sample::TaskWeights::default();
+    let weights = if args.tasks.is_empty() {
+        crate::data::sample::TaskWeights::default()
+    } else {
+        parse_task_weights(&args.tasks)?
+    };
     let seeds = args.first_seed..args.first_seed + args.count;
     crate::data::dataset::write(&args.out, seeds, args.size, &weights, &mut |done, _| {
         bar.set_position(done as u64)
@@ -1014,7 +1022,7 @@ fn parse_task(name: &str) -> anyhow::Result<crate::tasks::Task> {
         })
 }
 
-/// `--tasks` of `train edit`: `name` or `name=weight`, comma-separated.
+/// `--tasks` of `train edit` and `data synth`: `name` or `name=weight`, comma-separated.
 fn parse_task_weights(items: &[String]) -> anyhow::Result<crate::data::sample::TaskWeights> {
     let weights = items
         .iter()

@@ -952,3 +952,44 @@ fn eval_prints_and_writes_a_table_per_task() {
         stderr(&o)
     );
 }
+
+/// `data synth --tasks` writes samples of the named families only; an unknown family is an
+/// error that names it, before anything is written.
+#[test]
+fn data_synth_writes_only_the_families_asked_for() {
+    let dir = util::tempdir();
+    let out = dir.path().join("kp");
+    let o = run_bin(&[
+        "data",
+        "synth",
+        "--out",
+        out.to_str().unwrap(),
+        "--count",
+        "6",
+        "--size",
+        "64",
+        "--tasks",
+        "keypoints",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let records = instructdiffusion::data::dataset::read(&out).unwrap();
+    assert_eq!(records.len(), 6);
+    assert!(
+        records
+            .iter()
+            .all(|r| r.task == Some(instructdiffusion::tasks::Task::Keypoints)),
+        "{records:?}"
+    );
+    let bad = dir.path().join("bad");
+    let o = run_bin(&[
+        "data",
+        "synth",
+        "--out",
+        bad.to_str().unwrap(),
+        "--tasks",
+        "keypints",
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("keypints"), "{}", stderr(&o));
+    assert!(!bad.exists(), "nothing written for a bad request");
+}
