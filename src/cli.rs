@@ -824,6 +824,11 @@ fn run_train(cmd: &TrainCommand) -> anyhow::Result<()> {
             plan.steps = a.steps.unwrap_or(plan.steps);
             plan.batch = a.batch.unwrap_or(plan.batch);
             plan.optim.lr = a.lr.unwrap_or(plan.optim.lr);
+            if a.base.is_some() {
+                // A fine-tune's few hundred steps reach the rate asked for (as in the Training
+                // window), not 500 steps of warmup.
+                plan.optim.warmup_steps = plan.optim.warmup_steps.min(plan.steps / 10);
+            }
             plan.optim.decay = decay_until(a.lr_decay_from, plan.steps)?;
             plan.checkpoint_every = a.checkpoint_every.unwrap_or(plan.checkpoint_every).max(1);
             vae::train(&plan, &device, &mut on_event)
