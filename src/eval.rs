@@ -1,7 +1,7 @@
 //! `instructdiffusion eval`: a model's per-task scores on held-out procedural samples (seeds the
 //! trainer never draws), masks and keypoints read back with [`crate::decode`].
 //!
-//! Metrics (documented in the README's model card section):
+//! Metrics (documented in docs/training.md, *Evaluation*):
 //! - segmentation: cIoU (total intersection / total union over the set) and mIoU (mean of the
 //!   per-sample IoU; a sample whose truth and answer are both empty scores 1);
 //! - keypoints: PCK@0.05 and PCK@0.1, the share of asked keypoints found within that fraction of
