@@ -5,7 +5,7 @@
 //! skipped and reported.
 
 use std::ops::ControlFlow;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{bail, Context};
 
@@ -15,26 +15,6 @@ use crate::imageio;
 use crate::model::load::Model;
 use crate::project::{Notice, Project, Status, STATE_FILE};
 use crate::sample::pipeline::{self, EditOutcome, EditPlan};
-
-/// Image file extensions the folder scan picks up.
-const EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff", "gif"];
-
-/// The images of `dir`, sorted by name.
-pub fn list_images(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    let entries = std::fs::read_dir(dir)
-        .with_context(|| format!("reading the folder '{}'", dir.display()))?;
-    let mut files: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.is_file()
-                && p.extension()
-                    .and_then(|e| e.to_str())
-                    .is_some_and(|e| EXTENSIONS.contains(&e.to_lowercase().as_str()))
-        })
-        .collect();
-    files.sort();
-    Ok(files)
-}
 
 /// Per-image events for a progress display.
 pub enum Event<'a> {
@@ -91,11 +71,11 @@ pub fn run(
             )));
         }
     }
-    let files = list_images(dir)?;
+    let files = crate::imageio::list_images(dir)?;
     if files.is_empty() {
         bail!(
             "no images ({}) in '{}'",
-            EXTENSIONS.join(", "),
+            crate::imageio::EXTENSIONS.join(", "),
             dir.display()
         );
     }

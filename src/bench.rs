@@ -14,7 +14,6 @@ use serde::Serialize;
 
 use crate::model::clip::{ClipConfig, ClipTextModel, ClipTokenizer};
 use crate::model::load::Model;
-use crate::model::meta::{GuidanceFormula, SamplingDefaults, SchedulerConfig};
 use crate::model::unet::{UNet2DConditionModel, UNetConfig};
 use crate::model::vae::{AutoencoderKL, VaeConfig};
 use crate::sample::denoiser::{Denoiser, EpsDenoiser};
@@ -22,6 +21,7 @@ use crate::sample::guidance::Guided;
 use crate::sample::pipeline::{self, EditRequest};
 use crate::sample::samplers::Sampler;
 use crate::sample::schedule::DiscreteSchedule;
+use crate::settings::{GuidanceFormula, SamplingDefaults, SchedulerConfig};
 
 /// Weights given out once each (then dropped here).
 struct Handover(std::sync::Mutex<std::collections::HashMap<String, Tensor>>);

@@ -15,9 +15,9 @@ use serde_json::json;
 use crate::fullres::FullRes;
 use crate::imageio;
 use crate::model::load::{self, LoadOptions, ModelSource};
-use crate::model::meta::GuidanceFormula;
 use crate::sample::pipeline::{self, EditOutcome, EditRequest};
 use crate::sample::samplers::Sampler;
+use crate::settings::GuidanceFormula;
 pub use crate::support::{error_chain, memory_bytes, parse_device, peak_memory_bytes};
 
 #[derive(Parser)]
@@ -824,11 +824,6 @@ fn run_train(cmd: &TrainCommand) -> anyhow::Result<()> {
             plan.steps = a.steps.unwrap_or(plan.steps);
             plan.batch = a.batch.unwrap_or(plan.batch);
             plan.optim.lr = a.lr.unwrap_or(plan.optim.lr);
-            if a.base.is_some() {
-                // A fine-tune's few hundred steps reach the rate asked for (as in the Training
-                // window), not 500 steps of warmup.
-                plan.optim.warmup_steps = plan.optim.warmup_steps.min(plan.steps / 10);
-            }
             plan.optim.decay = decay_until(a.lr_decay_from, plan.steps)?;
             plan.checkpoint_every = a.checkpoint_every.unwrap_or(plan.checkpoint_every).max(1);
             vae::train(&plan, &device, &mut on_event)
@@ -847,8 +842,8 @@ fn run_train(cmd: &TrainCommand) -> anyhow::Result<()> {
             plan.zero_terminal_snr |= a.zero_terminal_snr;
             if let Some(p) = &a.prediction {
                 plan.prediction = match p.as_str() {
-                    "epsilon" | "eps" => crate::model::meta::PredictionType::Epsilon,
-                    "v" | "v_prediction" => crate::model::meta::PredictionType::VPrediction,
+                    "epsilon" | "eps" => crate::settings::PredictionType::Epsilon,
+                    "v" | "v_prediction" => crate::settings::PredictionType::VPrediction,
                     other => anyhow::bail!("--prediction is epsilon or v, not '{other}'"),
                 };
             }
@@ -890,6 +885,11 @@ fn run_train(cmd: &TrainCommand) -> anyhow::Result<()> {
                     anyhow::bail!("--text-encoder-lr is relative to a positive --lr");
                 }
                 plan.optim.lr_scales = vec![("text_encoder.".into(), lr / plan.optim.lr)];
+            }
+            if a.base.is_some() {
+                // A fine-tune's few hundred steps reach the rate asked for (as in the Training
+                // window), not 500 steps of warmup.
+                plan.optim.warmup_steps = plan.optim.warmup_steps.min(plan.steps / 10);
             }
             plan.optim.decay = decay_until(a.lr_decay_from, plan.steps)?;
             plan.checkpoint_every = a.checkpoint_every.unwrap_or(plan.checkpoint_every).max(1);
@@ -1094,7 +1094,7 @@ fn save_task_guidance(
             None => defaults.task_guidance.remove(task),
         };
     }
-    let path = dir.join(crate::model::meta::DEFAULTS_FILE);
+    let path = dir.join(crate::settings::DEFAULTS_FILE);
     let mut json = serde_json::to_string_pretty(&defaults)?;
     json.push('\n');
     imageio::write_atomic(&path, json.as_bytes())

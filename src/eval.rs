@@ -21,8 +21,8 @@ use serde::Serialize;
 use crate::data::sample::{generate, Sample, TaskWeights};
 use crate::decode;
 use crate::model::load::Model;
-use crate::model::meta::SamplingDefaults;
 use crate::sample::pipeline::{self, EditOutcome, EditRequest};
+use crate::settings::SamplingDefaults;
 use crate::tasks::Task;
 use crate::train::HELD_OUT_FIRST_SEED;
 

@@ -231,6 +231,26 @@ pub fn save(img: &RgbImage, path: &Path, text: &[(&str, String)]) -> Result<(), 
     write_atomic(path, &bytes)
 }
 
+/// Image file extensions the folder scan picks up.
+pub const EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff", "gif"];
+
+/// The images of `dir`, sorted by name.
+pub fn list_images(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| anyhow::anyhow!("reading the folder '{}': {e}", dir.display()))?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.is_file()
+                && p.extension()
+                    .and_then(|e| e.to_str())
+                    .is_some_and(|e| EXTENSIONS.contains(&e.to_lowercase().as_str()))
+        })
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

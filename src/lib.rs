@@ -26,6 +26,7 @@ pub mod imageio;
 pub mod model;
 pub mod project;
 pub mod sample;
+pub mod settings;
 pub mod support;
 pub mod tasks;
 pub mod train;

@@ -88,8 +88,8 @@ impl TrainJob {
     pub fn plan(&self) -> Result<crate::train::edit::EditPlan, String> {
         let dir = self.base_dir()?;
         let mut plan = crate::train::edit::default_plan(self.out.clone(), dir.join("vae"));
-        let defaults: Option<crate::model::meta::SamplingDefaults> =
-            std::fs::read_to_string(dir.join(crate::model::meta::DEFAULTS_FILE))
+        let defaults: Option<crate::settings::SamplingDefaults> =
+            std::fs::read_to_string(dir.join(crate::settings::DEFAULTS_FILE))
                 .ok()
                 .and_then(|s| serde_json::from_str(&s).ok());
         plan.size = self
@@ -129,7 +129,7 @@ pub enum Event {
         source: String,
         notes: Vec<String>,
         /// What the model's files recommend (steps, guidance per task family, ...).
-        defaults: crate::model::meta::SamplingDefaults,
+        defaults: crate::settings::SamplingDefaults,
     },
     LoadFailed {
         spec: String,

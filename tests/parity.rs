@@ -8,12 +8,12 @@ use std::ops::ControlFlow;
 
 use candle_core::{DType, IndexOp, Tensor};
 use instructdiffusion::model::load::Model;
-use instructdiffusion::model::meta::{GuidanceFormula, SchedulerConfig};
 use instructdiffusion::sample::denoiser::Conditioning;
 use instructdiffusion::sample::noise::RecordedNoise;
 use instructdiffusion::sample::pipeline::{self, EditRequest, Sampled};
 use instructdiffusion::sample::samplers::Sampler;
 use instructdiffusion::sample::schedule::DiscreteSchedule;
+use instructdiffusion::settings::{GuidanceFormula, SchedulerConfig};
 use util::*;
 
 type Goldens = std::collections::HashMap<String, Tensor>;

@@ -194,7 +194,7 @@ fn micro_training_learns_and_exports_a_loadable_model() {
     eplan.sample_edits = 2;
     eplan.pool = 40;
     // Epsilon, unweighted: the loss scale the 20% threshold below was set for.
-    eplan.prediction = instructdiffusion::model::meta::PredictionType::Epsilon;
+    eplan.prediction = instructdiffusion::settings::PredictionType::Epsilon;
     eplan.min_snr_gamma = 0.0;
     let mut losses = Vec::new();
     let mut sheets = Vec::new();
@@ -275,7 +275,7 @@ fn micro_training_learns_and_exports_a_loadable_model() {
     .unwrap();
     assert!(scheduler.contains("\"epsilon\""), "{scheduler}");
     let mut other = eplan.clone();
-    other.prediction = instructdiffusion::model::meta::PredictionType::VPrediction;
+    other.prediction = instructdiffusion::settings::PredictionType::VPrediction;
     other.steps += 1;
     let err = edit::train(&other, &unet, &clip, &Device::Cpu, &never, &mut |_| {}).unwrap_err();
     assert!(err.to_string().contains("predicts"), "{err}");

@@ -20,9 +20,9 @@ use image::RgbImage;
 use self::state::{Activity, Entry, ExportKind, SeedMode, Session, SessionFile, Settings};
 use self::training::{PanelAction, TrainState, TrainingPanel};
 use crate::imageio;
-use crate::model::meta::{GuidanceFormula, SamplingDefaults};
 use crate::sample::pipeline::EditRequest;
 use crate::sample::samplers::Sampler;
+use crate::settings::{GuidanceFormula, SamplingDefaults};
 use crate::tasks::Task;
 use crate::worker::{Command, Event, Worker};
 
@@ -1754,7 +1754,7 @@ pub fn sample_images() -> Vec<PathBuf> {
             }
             dirs.into_iter()
                 .find(|d| d.is_dir())
-                .and_then(|d| crate::annotate::list_images(&d).ok())
+                .and_then(|d| crate::imageio::list_images(&d).ok())
                 .unwrap_or_default()
         })
         .collect()

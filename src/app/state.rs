@@ -9,9 +9,9 @@ use eframe::egui;
 use image::RgbImage;
 use serde::{Deserialize, Serialize};
 
-use crate::model::meta::GuidanceFormula;
 use crate::sample::pipeline::{EditPlan, EditRequest};
 use crate::sample::samplers::Sampler;
+use crate::settings::GuidanceFormula;
 use crate::tasks::compose::{Fields, Recipe};
 
 /// How the seed of the next edit is chosen.

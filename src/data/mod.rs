@@ -2,6 +2,7 @@
 //! every task family of the paper, (source, instruction, target) samples built the way
 //! InstructDiffusion builds its targets ([`sample`]).
 
+pub mod color;
 pub mod dataset;
 pub mod degrade;
 pub mod person;

@@ -3,7 +3,7 @@
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
-use super::scene::Color;
+use super::color::Color;
 
 /// The 17 COCO keypoints, in COCO order.
 pub const KEYPOINT_NAMES: [&str; 17] = [

@@ -46,7 +46,7 @@ pub struct PhotoRow {
 /// Runs [`INSTRUCTIONS`] on every image in `dir` (`steps` steps, seed 1).
 pub fn photos(model: &Model, dir: &Path, steps: usize) -> anyhow::Result<Vec<PhotoRow>> {
     let mut rows = vec![];
-    for path in crate::annotate::list_images(dir)? {
+    for path in crate::imageio::list_images(dir)? {
         let source = crate::imageio::load_rgb(&path, crate::imageio::DEFAULT_MAX_PIXELS)?;
         for instruction in INSTRUCTIONS {
             let plan = EditRequest {

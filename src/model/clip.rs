@@ -10,6 +10,7 @@ use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use serde::Deserialize;
 
+use super::kernels;
 use super::nn::{self, LayerNorm};
 
 /// The MLP activation of a CLIP text model.
@@ -364,7 +365,7 @@ impl ClipTokenizer {
 }
 
 /// Encodes prompts to `(prompts.len(), length, hidden)` embeddings, on the CPU one share of
-/// the prompts per thread ([`nn::in_shares`]; with one thread, one batch: a product of
+/// the prompts per thread ([`kernels::in_shares`]; with one thread, one batch: a product of
 /// `2 x 77` rows runs faster than two of 77).
 pub fn embed_prompts(
     tokenizer: &ClipTokenizer,
@@ -384,7 +385,7 @@ pub fn embed_prompts(
         return model.forward(&ids);
     }
     // One prompt per thread: 77-row products split poorly across threads.
-    nn::in_shares(prompts.len(), |r| {
+    kernels::in_shares(prompts.len(), |r| {
         model.forward(&ids.narrow(0, r.start, r.len())?)
     })
 }

@@ -6,17 +6,12 @@
 
 pub mod attention;
 pub mod clip;
-pub mod direct_conv;
 pub mod embeddings;
-pub mod fastmath;
-pub mod group_norm;
-pub mod im2col;
+pub mod kernels;
 pub mod load;
 pub mod lora;
-pub mod meta;
 pub mod nn;
 pub mod resnet;
-pub mod shifted_conv;
 pub mod unet;
 pub mod unet_blocks;
 pub mod vae;

@@ -9,8 +9,8 @@ use candle_nn::VarBuilder;
 use serde::Deserialize;
 
 use super::embeddings::{TimestepEmbedding, Timesteps};
-use super::nn;
 use super::unet_blocks::{BlockShared, DownBlock, Heads, MidBlock, UpBlock, UpChannels};
+use super::{kernels, nn};
 
 /// One resolution level of the UNet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -454,7 +454,7 @@ impl UNet2DConditionModel {
         })
     }
 
-    /// [`forward`](Self::forward), on a narrow model ([`nn::splits_batches`]) with the batch
+    /// [`forward`](Self::forward), on a narrow model ([`kernels::splits_batches`]) with the batch
     /// split into one share per compute thread, each share run single-threaded
     /// ([`candle_core::utils::serial`]) and all at once: a narrow model's kernels are too short
     /// to split well across threads, while the samples of a batch are independent work. The
@@ -466,10 +466,10 @@ impl UNet2DConditionModel {
         timesteps: &Tensor,
         context: &Tensor,
     ) -> Result<Tensor> {
-        if !nn::splits_batches(&self.config.block_out_channels) || !sample.device().is_cpu() {
+        if !kernels::splits_batches(&self.config.block_out_channels) || !sample.device().is_cpu() {
             return self.forward(sample, timesteps, context);
         }
-        nn::in_shares(sample.dim(0)?, |r| {
+        kernels::in_shares(sample.dim(0)?, |r| {
             let share = |x: &Tensor| x.narrow(0, r.start, r.len());
             self.forward(&share(sample)?, &share(timesteps)?, &share(context)?)
         })

@@ -159,7 +159,7 @@ impl Project {
 
     /// [`Self::open`] with the state in `path` (for a folder that cannot be written).
     pub fn open_at(dir: &Path, path: &Path) -> anyhow::Result<(Self, Vec<Notice>)> {
-        let files = crate::annotate::list_images(dir)?;
+        let files = crate::imageio::list_images(dir)?;
         let mut notices = vec![];
         let mut state = match std::fs::read_to_string(path) {
             Ok(text) => match serde_json::from_str::<State>(&text) {
@@ -448,7 +448,7 @@ mod tests {
     }
 
     fn bytes(dir: &Path) -> Vec<Vec<u8>> {
-        crate::annotate::list_images(dir)
+        crate::imageio::list_images(dir)
             .unwrap()
             .iter()
             .map(|p| std::fs::read(p).unwrap())

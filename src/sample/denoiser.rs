@@ -8,8 +8,8 @@
 use candle_core::{DType, Result, Tensor};
 
 use super::schedule::DiscreteSchedule;
-use crate::model::meta::PredictionType;
 use crate::model::unet::UNet2DConditionModel;
+use crate::settings::PredictionType;
 
 /// Anything that predicts the clean latent from a noisy one.
 pub trait Denoiser {

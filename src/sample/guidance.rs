@@ -17,7 +17,7 @@
 use candle_core::{Result, Tensor};
 
 use super::denoiser::{Conditioning, Denoiser, EpsDenoiser};
-use crate::model::meta::{GuidanceFormula, PredictionType};
+use crate::settings::{GuidanceFormula, PredictionType};
 
 /// InstructDiffusion's combination of the three predictions.
 pub fn combine_instructdiffusion(

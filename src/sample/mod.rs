@@ -9,6 +9,8 @@ pub mod guidance;
 pub mod noise;
 pub mod pipeline;
 pub mod preview;
+pub mod request;
 pub mod samplers;
 pub mod schedule;
+pub mod steps;
 pub mod tiled;

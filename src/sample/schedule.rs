@@ -3,7 +3,7 @@
 //! Port of k-diffusion's `DiscreteSchedule` (`external.py`) and `get_sigmas_karras` /
 //! `append_zero` (`sampling.py`) at crowsonkb/k-diffusion@4601bf0, in f64 on the host.
 
-use crate::model::meta::{BetaSchedule, SchedulerConfig};
+use crate::settings::{BetaSchedule, SchedulerConfig};
 
 /// `alphas_cumprod` of the training schedule.
 pub fn alphas_cumprod(cfg: &SchedulerConfig) -> Vec<f64> {

@@ -24,14 +24,15 @@ use image::RgbImage;
 use super::denoiser::{Conditioning, Denoiser, EpsDenoiser};
 use super::guidance::Guided;
 use super::noise::SeededNoise;
-use super::pipeline::{
-    condition_text, eps_denoiser, image_to_tensor, run_sampler, EditOutcome, EditPlan, Edited,
-    Sampled, StepEvent, Timings,
+use super::request::EditPlan;
+use super::steps::{
+    condition_text, eps_denoiser, image_to_tensor, run_sampler, EditOutcome, Edited, Sampled,
+    StepEvent, Timings,
 };
 use crate::fullres::tiles::{Bands, Blend, Layout};
 use crate::fullres::Applied;
 use crate::model::load::Model;
-use crate::model::meta::GuidanceFormula;
+use crate::settings::GuidanceFormula;
 
 /// The tile layout for a `w x h` photo with `model`'s autoencoder: in latent units, tiles of
 /// the plan's resolution, a quarter of a tile of overlap. Returns the layout and the

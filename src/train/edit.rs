@@ -25,11 +25,11 @@ use super::{images_to_tensor, sample_seed, step_seed, Missing, Run, TrainError, 
 use crate::data::sample::{generate, TaskWeights};
 use crate::model::clip::{ClipConfig, ClipTextModel, ClipTokenizer};
 use crate::model::lora::LoraSpec;
-use crate::model::meta::{PredictionType, SamplingDefaults, SchedulerConfig, DEFAULTS_FILE};
 use crate::model::unet::{UNet2DConditionModel, UNetConfig};
 use crate::model::vae::AutoencoderKL;
 use crate::sample::noise::{NoiseSource, SeededNoise};
 use crate::sample::schedule::{alphas_cumprod, ZERO_SNR_STAND_IN};
+use crate::settings::{PredictionType, SamplingDefaults, SchedulerConfig, DEFAULTS_FILE};
 
 /// An edit-model training run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -621,7 +621,8 @@ pub fn train(
     };
     let probe = Probe::new(plan, &vae, device)?;
     // One share per CPU thread for a narrow network; a GPU takes the batch whole.
-    let split = crate::model::nn::splits_batches(&unet_cfg.block_out_channels) && device.is_cpu();
+    let split =
+        crate::model::kernels::splits_batches(&unet_cfg.block_out_channels) && device.is_cpu();
     let mut run = Run::new(opt.step);
     let mut phases = super::Phases::new(plan.timing);
     while opt.step < plan.steps {

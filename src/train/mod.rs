@@ -290,7 +290,7 @@ pub fn backward_in_shares(
         ))
     };
     let parts = match split {
-        true => crate::model::nn::shares(n, one)?,
+        true => crate::model::kernels::shares(n, one)?,
         false => vec![one(0..n)?],
     };
     let mut parts = parts.into_iter();

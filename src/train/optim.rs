@@ -53,7 +53,9 @@ impl Default for AdamWConfig {
 /// The data of a contiguous f32 tensor on the CPU, from its storage and layout.
 fn f32_data<'a>(storage: &'a candle_core::Storage, layout: &Layout) -> Option<&'a [f32]> {
     match storage {
-        candle_core::Storage::Cpu(s) => crate::model::nn::contiguous_f32(s, layout, "adamw").ok(),
+        candle_core::Storage::Cpu(s) => {
+            crate::model::kernels::contiguous_f32(s, layout, "adamw").ok()
+        }
         _ => None,
     }
 }

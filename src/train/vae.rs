@@ -176,7 +176,7 @@ pub fn train(
         opt.freeze(is_encoder_weight)?;
     }
     // One share per CPU thread for a narrow network; a GPU takes the batch whole.
-    let split = crate::model::nn::splits_batches(&cfg.block_out_channels) && device.is_cpu();
+    let split = crate::model::kernels::splits_batches(&cfg.block_out_channels) && device.is_cpu();
     let mut run = Run::new(opt.step);
     while opt.step < plan.steps {
         let step = opt.step;

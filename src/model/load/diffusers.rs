@@ -8,9 +8,9 @@ use serde::Deserialize;
 use super::store::TensorStore;
 use super::{build, file, read_json, LoadError, LoadOptions, Model};
 use crate::model::clip::{ClipConfig, ClipConfigJson, ClipTokenizer};
-use crate::model::meta::{SamplingDefaults, SchedulerConfig, DEFAULTS_FILE};
 use crate::model::unet::{UNetConfig, UNetConfigJson};
 use crate::model::vae::{VaeConfig, VaeConfigJson};
+use crate::settings::{SamplingDefaults, SchedulerConfig, DEFAULTS_FILE};
 
 /// The architecture and schedule read from a folder's `config.json` files.
 pub struct Configs {

@@ -18,9 +18,9 @@ use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 
 use super::clip::{ClipConfig, ClipTextModel, ClipTokenizer};
-use super::meta::{SamplingDefaults, SchedulerConfig};
 use super::unet::{UNet2DConditionModel, UNetConfig};
 use super::vae::{AutoencoderKL, VaeConfig};
+use crate::settings::{SamplingDefaults, SchedulerConfig};
 use store::TensorStore;
 
 /// Why a model could not be loaded. Messages follow `what failed: value (hint)`.

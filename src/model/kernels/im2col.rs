@@ -169,7 +169,7 @@ impl Im2Col {
 }
 
 fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    super::nn::contiguous_f32(s, l, "im2col")
+    super::contiguous_f32(s, l, "im2col")
 }
 
 impl CustomOp1 for Im2Col {

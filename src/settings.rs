@@ -1,5 +1,6 @@
 //! What a model's files say about how to sample it: the noise schedule, the prediction type and
-//! the guidance formula it was trained for, with recommended defaults.
+//! the guidance formula it was trained for, with recommended defaults. The loader fills these
+//! in, the sampler and the editor read them; none of them needs the others' modules for it.
 //!
 //! diffusers keeps the schedule in `scheduler/scheduler_config.json`; the guidance formula has no
 //! standard home, so this project writes `instructdiffusion.json` beside `model_index.json`.

@@ -11,6 +11,8 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::band::padded_band;
+
 /// Bytes of shifted copies one band may hold (per thread).
 const BAND_BYTES: usize = 4 << 20;
 
@@ -56,33 +58,6 @@ fn map_bands<T: Send>(
     } else {
         bands.par_iter().map(|&band| f(band)).collect()
     }
-}
-
-/// Input rows `r0 - p .. r1 + p` of image `bi` of `x (b, c, h, w)` (`p = (k - 1) / 2`),
-/// zero-padded by `p` on every side (rows `w + 2p` long), each channel's `plane` followed by
-/// `tail` zeros. Returns `(padded, plane)`.
-pub(super) fn padded_band(
-    x: &[f32],
-    (c, h, w): (usize, usize, usize),
-    k: usize,
-    (bi, r0, r1): (usize, usize, usize),
-    tail: usize,
-) -> (Vec<f32>, usize) {
-    let p = (k - 1) / 2;
-    let wp = w + 2 * p;
-    let bh = r1 - r0 + 2 * p;
-    let plane = bh * wp;
-    let mut padded = vec![0f32; c * (plane + tail)];
-    for ci in 0..c {
-        let src = &x[(bi * c + ci) * h * w..][..h * w];
-        for rr in 0..bh {
-            let Some(iy) = (r0 + rr).checked_sub(p).filter(|&iy| iy < h) else {
-                continue;
-            };
-            padded[ci * (plane + tail) + rr * wp + p..][..w].copy_from_slice(&src[iy * w..][..w]);
-        }
-    }
-    (padded, plane)
 }
 
 /// Input rows `r0 - p .. r1 + p` of image `bi` of `x (b, c, h, w)`, zero-padded to rows of
@@ -183,7 +158,7 @@ impl CustomOp3 for ShiftedConv {
         bs: &CpuStorage,
         bl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let f = |s, l, what| super::nn::contiguous_f32(s, l, what);
+        let f = |s, l, what| super::contiguous_f32(s, l, what);
         let (x, wt, bias) = (
             f(xs, xl, "conv input")?,
             f(ws, wl, "conv weight")?,
@@ -348,8 +323,8 @@ impl CustomOp2 for WeightGrad {
         ds: &CpuStorage,
         dl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = super::nn::contiguous_f32(xs, xl, "conv input")?;
-        let dy = super::nn::contiguous_f32(ds, dl, "conv output gradient")?;
+        let x = super::contiguous_f32(xs, xl, "conv input")?;
+        let dy = super::contiguous_f32(ds, dl, "conv output gradient")?;
         let (b, c, h, w) = xl.shape().dims4()?;
         let (b2, o, h2, w2) = dl.shape().dims4()?;
         if (b2, h2, w2) != (b, h, w) {

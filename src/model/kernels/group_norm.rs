@@ -50,7 +50,7 @@ impl GroupNorm {
     pub fn forward_silu(&self, xs: &Tensor) -> Result<Tensor> {
         let tracked = xs.track_op() || self.weight.track_op() || self.bias.track_op();
         if tracked || !self.fused(xs) {
-            return super::nn::silu(&self.forward(xs)?);
+            return super::activations::silu(&self.forward(xs)?);
         }
         xs.contiguous()?.apply_op3_no_bwd(
             &self.weight,
@@ -100,7 +100,7 @@ fn dims(l: &Layout) -> Result<(usize, usize, usize)> {
 }
 
 fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    super::nn::contiguous_f32(s, l, "fused group norm")
+    super::contiguous_f32(s, l, "fused group norm")
 }
 
 /// Sum of `f(x, y)` over the pairs of two equally long slices, in eight f32 lanes (so the

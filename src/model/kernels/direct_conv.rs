@@ -79,7 +79,7 @@ pub unsafe fn conv_band(
     let o = bias.len();
     let wp = w + 2;
     // Input rows r0 - 1 ..= r1, zero-padded by one on every side.
-    let (padded, plane) = super::shifted_conv::padded_band(x, (c, h, w), 3, (bi, r0, r1), 0);
+    let (padded, plane) = super::band::padded_band(x, (c, h, w), 3, (bi, r0, r1), 0);
     let vectors = w / 16;
     for blk in 0..o / OB {
         let wts = packed[blk * c * 9 * OB..].as_ptr();

@@ -1,0 +1,79 @@
+//! The CPU kernels the networks run on: vectorised maths ([`fastmath`]), softmax, SiLU and
+//! GEGLU with one-pass gradients ([`activations`]), fused group normalisation ([`group_norm`]),
+//! and three ways to convolve ([`im2col`], [`shifted_conv`], [`direct_conv`], the last two
+//! sharing [`band`]'s padded rows). They know tensors and nothing of the networks: the layers in
+//! [`super::nn`] and the networks choose among them. This module holds what they share: the
+//! f32 data of a CPU tensor and the split of a batch over threads.
+
+use candle_core::{Result, Tensor};
+
+pub mod activations;
+pub mod band;
+pub mod direct_conv;
+pub mod fastmath;
+pub mod group_norm;
+pub mod im2col;
+pub mod shifted_conv;
+
+/// Whether the custom CPU kernels (f32, with their own backward passes) apply to `xs`.
+pub fn cpu_f32(xs: &Tensor) -> bool {
+    xs.device().is_cpu() && xs.dtype() == candle_core::DType::F32
+}
+
+/// The f32 data of a contiguous CPU tensor, for the custom kernels (`what` names the op in
+/// the error).
+pub fn contiguous_f32<'a>(
+    s: &'a candle_core::CpuStorage,
+    l: &candle_core::Layout,
+    what: &str,
+) -> Result<&'a [f32]> {
+    match (s, l.contiguous_offsets()) {
+        (candle_core::CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
+        _ => candle_core::bail!("{what} needs a contiguous f32 tensor"),
+    }
+}
+
+/// `f` over shares of a batch of `n` (ranges of samples, in order), one share per compute
+/// thread, each run single-threaded ([`candle_core::utils::serial`]) and all at once. Where a
+/// model's kernels are too short to split well across threads, the samples of a batch are
+/// independent work of the right size. With one thread, one sample, or inside another split,
+/// the one share is `0..n`, run as it is.
+pub fn shares<T: Send>(
+    n: usize,
+    f: impl Fn(std::ops::Range<usize>) -> Result<T> + Sync,
+) -> Result<Vec<T>> {
+    use rayon::prelude::*;
+    let threads = rayon::current_num_threads().min(n);
+    if threads < 2 || candle_core::utils::is_serial() {
+        // Already one share of an outer split (a narrow UNet's batch): no second split.
+        return Ok(vec![f(0..n)?]);
+    }
+    let per = n.div_ceil(threads);
+    (0..n)
+        .step_by(per)
+        .collect::<Vec<_>>()
+        .into_par_iter()
+        .map(|start| candle_core::utils::serial(|| f(start..(start + per).min(n))))
+        .collect()
+}
+
+/// The widest block of a network whose batches run in [`shares`] (one per thread).
+pub const SPLIT_MAX_CHANNELS: usize = 256;
+
+/// Whether a network with these block widths is narrow enough for [`shares`] to beat splitting
+/// each kernel across threads (measured: the built-in architecture yes, SD 1.5 no).
+pub fn splits_batches(block_out_channels: &[usize]) -> bool {
+    block_out_channels.iter().max() <= Some(&SPLIT_MAX_CHANNELS)
+}
+
+/// [`shares`] of a batch, the results stacked in order on the first dimension.
+pub fn in_shares(
+    n: usize,
+    f: impl Fn(std::ops::Range<usize>) -> Result<Tensor> + Sync,
+) -> Result<Tensor> {
+    let mut outs = shares(n, f)?;
+    match outs.len() {
+        1 => Ok(outs.remove(0)),
+        _ => Tensor::cat(&outs, 0),
+    }
+}
