@@ -96,7 +96,7 @@ impl EditorApp {
     }
 
     /// Writes the reviewed images as a training set in `dir` and sets it as the Training
-    /// window's data (see [`Project::training_set`]).
+    /// window's data (see [`crate::project::Project::training_set`]).
     pub fn project_training_set(&mut self, dir: &Path) {
         let Some(wb) = &self.workbench else { return };
         match wb.project.training_set(dir) {
