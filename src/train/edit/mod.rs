@@ -7,19 +7,17 @@
 //! The loss can weight the latent cells where the target differs from the source more, since
 //! an instruction's signal is often a few percent of the pixels.
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
-use image::RgbImage;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use super::checkpoint::{save_weights, Checkpoint};
-use super::optim::{AdamW, AdamWConfig};
+use super::checkpoint::Checkpoint;
+use super::optim::AdamWConfig;
 use super::pool::{build_or_load, change_map, Pool, PoolSource, PoolSpec};
 use super::{images_to_tensor, sample_seed, step_seed, Missing, Run, TrainError, TrainEvent};
 use crate::data::sample::{generate, TaskWeights};
@@ -28,8 +26,16 @@ use crate::model::lora::LoraSpec;
 use crate::model::unet::{UNet2DConditionModel, UNetConfig};
 use crate::model::vae::AutoencoderKL;
 use crate::sample::noise::{NoiseSource, SeededNoise};
-use crate::sample::schedule::{alphas_cumprod, ZERO_SNR_STAND_IN};
-use crate::settings::{PredictionType, SamplingDefaults, SchedulerConfig, DEFAULTS_FILE};
+use crate::sample::schedule::alphas_cumprod;
+use crate::settings::{PredictionType, SchedulerConfig};
+
+mod base;
+mod probe;
+
+pub use base::{base_configs, base_scheduler, check_fit, export_model, scratch_configs};
+use base::{base_weights, exported_weights, text_encoder_weights};
+pub use probe::ProbeResult;
+use probe::{write_sample_edits, Probe};
 
 /// An edit-model training run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -216,41 +222,6 @@ fn fresh(
     })
 }
 
-/// The model's weights to export (`unet.*`, `text_encoder.*`): the EMA of a full run; for a
-/// LoRA, the frozen base with the adapters' EMA merged in, and the adapters alone written to
-/// `OUT/lora/pytorch_lora_weights.safetensors` (diffusers' `load_lora_weights` naming).
-fn exported_weights(
-    opt: &AdamW,
-    frozen: Option<&HashMap<String, Tensor>>,
-    plan: &EditPlan,
-) -> anyhow::Result<HashMap<String, Tensor>> {
-    let ema = opt.ema_weights();
-    let Some(frozen) = frozen else {
-        return Ok(ema);
-    };
-    let mut merged = frozen.clone();
-    for (name, a) in &ema {
-        let Some(layer) = name.strip_suffix(&format!(".{}", crate::model::lora::A)) else {
-            continue;
-        };
-        let b = &ema[&format!("{layer}.{}", crate::model::lora::B)];
-        let key = format!("{layer}.weight");
-        let w = frozen
-            .get(&key)
-            .ok_or_else(|| anyhow::anyhow!("the base has no '{key}' to merge into"))?;
-        merged.insert(
-            key,
-            crate::model::lora::merge(w, a, b, plan.lora_rank as f64)?,
-        );
-    }
-    save_weights(
-        &ema,
-        &plan.out.join("lora/pytorch_lora_weights.safetensors"),
-        false,
-    )?;
-    Ok(merged)
-}
-
 /// The min-SNR weight of a timestep with cumulative alpha `acp` (1 when `gamma` is 0).
 fn min_snr_weight(acp: f64, gamma: f64, prediction: PredictionType) -> f64 {
     if gamma <= 0.0 {
@@ -261,247 +232,6 @@ fn min_snr_weight(acp: f64, gamma: f64, prediction: PredictionType) -> f64 {
         PredictionType::Epsilon => snr.min(gamma) / snr,
         PredictionType::VPrediction => snr.min(gamma) / (snr + 1.0),
     }
-}
-
-/// Writes the diffusers folder of the EMA weights to `dir` (through `dir.tmp` and a rename).
-pub fn export_model(
-    dir: &Path,
-    plan: &EditPlan,
-    (unet_cfg, clip_cfg): (&UNetConfig, &ClipConfig),
-    weights: &HashMap<String, Tensor>,
-    latent_rgb: &[[f32; 3]],
-) -> anyhow::Result<()> {
-    let tmp = dir.with_extension("tmp");
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp)?;
-    let part = |prefix: &str| -> HashMap<String, Tensor> {
-        weights
-            .iter()
-            .filter_map(|(k, v)| k.strip_prefix(prefix).map(|s| (s.to_string(), v.clone())))
-            .collect()
-    };
-    let write_json = |p: PathBuf, v: &serde_json::Value| -> anyhow::Result<()> {
-        std::fs::create_dir_all(p.parent().expect("has a parent"))?;
-        Ok(std::fs::write(p, serde_json::to_string_pretty(v)?)?)
-    };
-    save_weights(
-        &part("unet."),
-        &tmp.join("unet/diffusion_pytorch_model.safetensors"),
-        true,
-    )?;
-    write_json(tmp.join("unet/config.json"), &unet_cfg.to_json())?;
-    save_weights(
-        &part("text_encoder."),
-        &tmp.join("text_encoder/model.safetensors"),
-        true,
-    )?;
-    write_json(tmp.join("text_encoder/config.json"), &clip_cfg.to_json())?;
-    std::fs::create_dir_all(tmp.join("vae"))?;
-    for f in ["config.json", "diffusion_pytorch_model.safetensors"] {
-        std::fs::copy(plan.vae.join(f), tmp.join("vae").join(f))?;
-    }
-    std::fs::create_dir_all(tmp.join("tokenizer"))?;
-    std::fs::write(
-        tmp.join("tokenizer/tokenizer.json"),
-        ClipTokenizer::BUNDLED_JSON,
-    )?;
-    write_json(
-        tmp.join("scheduler/scheduler_config.json"),
-        &serde_json::json!({
-            "_class_name": "EulerAncestralDiscreteScheduler",
-            "num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
-            "beta_schedule": "scaled_linear", "prediction_type": plan.prediction,
-            "rescale_betas_zero_snr": plan.zero_terminal_snr
-        }),
-    )?;
-    write_json(
-        tmp.join("model_index.json"),
-        &serde_json::json!({
-            "_class_name": "StableDiffusionInstructPix2PixPipeline",
-            "_instructdiffusion_note": "trained by `instructdiffusion train`; guidance formula in instructdiffusion.json",
-            "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
-            "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizerFast"],
-            "scheduler": ["diffusers", "EulerAncestralDiscreteScheduler"], "safety_checker": [null, null],
-            "feature_extractor": [null, null], "requires_safety_checker": false
-        }),
-    )?;
-    // The resize rule works in multiples of 64.
-    let resolution = (plan.size as usize).div_ceil(64) * 64;
-    let defaults = SamplingDefaults {
-        steps: 20,
-        resolution,
-        latent_rgb: Some(latent_rgb.to_vec()),
-        // Taught with this crate's templates.
-        phrasing: Some(crate::tasks::Phrasing::Templates),
-        ..SamplingDefaults::instructdiffusion()
-    };
-    write_json(tmp.join(DEFAULTS_FILE), &serde_json::to_value(&defaults)?)?;
-    let old = dir.with_extension("old");
-    let _ = std::fs::remove_dir_all(&old);
-    if dir.exists() {
-        std::fs::rename(dir, &old)?;
-    }
-    std::fs::rename(&tmp, dir)?;
-    let _ = std::fs::remove_dir_all(&old);
-    Ok(())
-}
-
-/// The UNet and text-encoder configs of a diffusers folder (a fine-tune's base).
-pub fn base_configs(dir: &Path) -> anyhow::Result<(UNetConfig, ClipConfig)> {
-    let hint = "a fine-tune's base must be a diffusers folder";
-    Ok((
-        read_unet_config(&dir.join("unet/config.json"), hint)?,
-        read_clip_config(&dir.join("text_encoder/config.json"), hint)?,
-    ))
-}
-
-fn read_config<T: serde::de::DeserializeOwned>(path: &Path, hint: &str) -> anyhow::Result<T> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| anyhow::anyhow!("reading '{}': {e} ({hint})", path.display()))?;
-    serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("'{}': {e} ({hint})", path.display()))
-}
-
-/// A diffusers `UNet2DConditionModel` config.json.
-fn read_unet_config(path: &Path, hint: &str) -> anyhow::Result<UNetConfig> {
-    let json: crate::model::unet::UNetConfigJson = read_config(path, hint)?;
-    UNetConfig::try_from(json).map_err(|e| anyhow::anyhow!("'{}': {e}", path.display()))
-}
-
-/// A transformers `CLIPTextModel` config.json.
-fn read_clip_config(path: &Path, hint: &str) -> anyhow::Result<ClipConfig> {
-    let json: crate::model::clip::ClipConfigJson = read_config(path, hint)?;
-    ClipConfig::try_from(json).map_err(|e| anyhow::anyhow!("'{}': {e}", path.display()))
-}
-
-/// The architecture of a run from scratch in `out`: once the run has a checkpoint, the one it
-/// started with (kept in `out/architecture/`, so a resume needs no flags and a different one is
-/// refused); before that, `unet` and `text_encoder` (config.json files) where given, else the
-/// built-in model's, recorded there for the resumes.
-pub fn scratch_configs(
-    out: &Path,
-    unet: Option<&Path>,
-    text_encoder: Option<&Path>,
-) -> anyhow::Result<(UNetConfig, ClipConfig)> {
-    let hint = "a diffusers UNet2DConditionModel / transformers CLIPTextModel config.json";
-    let given = (
-        unet.map(|p| read_unet_config(p, hint))
-            .transpose()?
-            .unwrap_or_else(UNetConfig::tiny),
-        text_encoder
-            .map(|p| read_clip_config(p, hint))
-            .transpose()?
-            .unwrap_or_else(ClipConfig::tiny),
-    );
-    let dir = out.join("architecture");
-    let (unet_file, clip_file) = (dir.join("unet.json"), dir.join("text_encoder.json"));
-    if Checkpoint::new(&out.join("checkpoint")).exists() && unet_file.exists() {
-        let hint = "written when the run started";
-        let started = (
-            read_unet_config(&unet_file, hint)?,
-            read_clip_config(&clip_file, hint)?,
-        );
-        let differs = |flag: Option<&Path>, same: bool| flag.is_some() && !same;
-        if differs(unet, given.0 == started.0) || differs(text_encoder, given.1 == started.1) {
-            anyhow::bail!(
-                "the run in '{}' started with another architecture (its '{}'): resume it without \
-                 --unet-config / --text-encoder-config, or start a new run folder",
-                out.display(),
-                dir.display()
-            );
-        }
-        return Ok(started);
-    }
-    std::fs::create_dir_all(&dir)?;
-    let pretty = |v: serde_json::Value| serde_json::to_string_pretty(&v).map(|s| s + "\n");
-    crate::imageio::write_atomic(&unet_file, pretty(given.0.to_json())?.as_bytes())?;
-    crate::imageio::write_atomic(&clip_file, pretty(given.1.to_json())?.as_bytes())?;
-    Ok(given)
-}
-
-/// Refuses a UNet that cannot work with this VAE and text encoder, saying which number to set.
-pub fn check_fit(
-    unet: &UNetConfig,
-    clip: &ClipConfig,
-    latent_channels: usize,
-) -> anyhow::Result<()> {
-    let l = latent_channels;
-    if unet.in_channels != 2 * l || unet.out_channels != l {
-        anyhow::bail!(
-            "the UNet takes {} channels in and gives {} out, but this VAE's latents have {l}: an \
-             instruction-editing UNet takes the noisy and the source latents (in_channels {}) and \
-             predicts one latent (out_channels {l})",
-            unet.in_channels,
-            unet.out_channels,
-            2 * l
-        );
-    }
-    if unet.cross_attention_dim != clip.hidden_size {
-        anyhow::bail!(
-            "the UNet's cross_attention_dim is {} but the text encoder's hidden_size is {}: they \
-             must be equal",
-            unet.cross_attention_dim,
-            clip.hidden_size
-        );
-    }
-    Ok(())
-}
-
-/// A diffusers folder's noise schedule (its scheduler config; SD 1.x's, epsilon, when absent):
-/// a fine-tune keeps what its UNet predicts and where its schedule ends.
-pub fn base_scheduler(dir: &Path) -> SchedulerConfig {
-    std::fs::read_to_string(dir.join("scheduler/scheduler_config.json"))
-        .ok()
-        .and_then(|s| serde_json::from_str::<SchedulerConfig>(&s).ok())
-        .unwrap_or_default()
-}
-
-/// The UNet and text-encoder weights of a diffusers folder, named as the trainer names its
-/// variables (`unet.*`, `text_encoder.*`).
-fn base_weights(dir: &Path, device: &Device) -> anyhow::Result<HashMap<String, Tensor>> {
-    let mut all = text_encoder_weights(dir, device)?;
-    all.extend(weights_of(
-        dir,
-        "unet.",
-        "unet/diffusion_pytorch_model.safetensors",
-        device,
-    )?);
-    Ok(all)
-}
-
-/// The text encoder's weights of a diffusers folder, named as the trainer's variables.
-fn text_encoder_weights(dir: &Path, device: &Device) -> anyhow::Result<HashMap<String, Tensor>> {
-    weights_of(
-        dir,
-        "text_encoder.",
-        "text_encoder/model.safetensors",
-        device,
-    )
-}
-
-/// The weights of `dir/file`, each name behind `prefix` ("unet." or "text_encoder.").
-fn weights_of(
-    dir: &Path,
-    prefix: &str,
-    file: &str,
-    device: &Device,
-) -> anyhow::Result<HashMap<String, Tensor>> {
-    let p = dir.join(file);
-    let tensors = candle_core::safetensors::load(&p, device).map_err(|e| {
-        anyhow::anyhow!(
-            "reading '{}': {}",
-            p.display(),
-            crate::model::load::error_message(&e)
-        )
-    })?;
-    // transformers 5 saves the text encoder without the `text_model.` prefix of 4.x.
-    let inner = |k: &str| match prefix {
-        "text_encoder." if !k.starts_with("text_model.") => format!("text_model.{k}"),
-        _ => k.to_string(),
-    };
-    Ok(tensors
-        .into_iter()
-        .map(|(k, v)| (format!("{prefix}{}", inner(&k)), v))
-        .collect())
 }
 
 /// Trains (or resumes) the UNet and text encoder of `plan`. Setting `stop` ends the run after
@@ -750,242 +480,11 @@ pub fn train(
     Ok(())
 }
 
-/// `n` held-out examples (source, target, instruction, task name): the generator's held-out
-/// seeds from `first` on, or a dataset run's first lines.
-fn held_out_examples(
-    plan: &EditPlan,
-    first: usize,
-    n: usize,
-) -> anyhow::Result<Vec<(RgbImage, RgbImage, String, String)>> {
-    Ok(match &plan.data {
-        // A dataset has no held-out lines: its first ones.
-        Some(dir) => super::pool::dataset_examples(dir, plan.size, n)?,
-        None => (first..first + n)
-            .map(|i| {
-                let x = generate(
-                    super::HELD_OUT_FIRST_SEED + i as u64,
-                    plan.size,
-                    &plan.tasks,
-                );
-                (x.input, x.target, x.instruction, x.task.name().to_string())
-            })
-            .collect(),
-    })
-}
-
-/// Held-out samples of the instruction probe (after the sample edits' ones).
-const PROBE_FIRST: usize = 1000;
-const PROBE_SAMPLES: usize = 16;
-
-/// The instruction probe's fixed inputs: the latents, the changed-cell map, noise, timesteps.
-struct Probe {
-    source: Tensor,
-    target: Tensor,
-    changed: Tensor,
-    /// The noise every noisy latent is made with.
-    eps: Tensor,
-    a: Tensor,
-    b: Tensor,
-    t: Tensor,
-    /// The error of "no edit" (the source latent as the answer) over the changed cells.
-    no_edit: f64,
-    /// The edits' own change: the squared difference of source and target latents summed
-    /// over the changed cells.
-    change: f64,
-    /// `alphas_cumprod` of the schedule's last timestep (diffusers' stand-in 2^-24 for a
-    /// zero-terminal-SNR schedule's 0), where the pure-noise reading is taken.
-    last_acp: f64,
-    /// The schedule's number of training timesteps.
-    timesteps: usize,
-    prompts: Vec<String>,
-}
-
-/// What the probe measures with the model of one checkpoint.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct ProbeResult {
-    /// The error of the clean-latent estimate over the changed cells (timesteps spread over
-    /// the schedule) with each sample's own instruction.
-    pub matched: f64,
-    /// The same with the next sample's instruction.
-    pub mismatched: f64,
-    /// The error with the own instruction at the schedule's last timestep with the noise alone
-    /// as input (what sampling's first step sees), relative to "no edit":
-    /// 1 when nothing of the edit is predicted from noise, 0 when all of it is (the edit is
-    /// fixed by the source and the instruction, so a model that grounds the words needs no
-    /// hint from the noisy latent).
-    pub from_noise: f64,
-    /// From pure noise too: the error over the cells the edits keep, summed, as a share of
-    /// the edits' own change (`Probe::change`). A model unsure which object the words name
-    /// paints the edit on several: `from_noise` can fall while this grows (as the loss
-    /// weight on changed cells trades one for the other).
-    pub spill: f64,
-}
-
-impl Probe {
-    fn new(plan: &EditPlan, vae: &AutoencoderKL, device: &Device) -> anyhow::Result<Option<Self>> {
-        let examples = held_out_examples(plan, PROBE_FIRST, PROBE_SAMPLES)?;
-        let n = examples.len();
-        if n < 2 {
-            return Ok(None);
-        }
-        let src = images_to_tensor(&examples.iter().map(|e| &e.0).collect::<Vec<_>>(), device)?;
-        let tgt = images_to_tensor(&examples.iter().map(|e| &e.1).collect::<Vec<_>>(), device)?;
-        let target = (vae.encode_mean(&tgt)? * vae.config.scaling_factor)?;
-        // Timesteps spread over the schedule, the same every time.
-        let acp = alphas_cumprod(&plan.scheduler());
-        let ts: Vec<usize> = (0..n).map(|i| 100 + i * 800 / (n - 1)).collect();
-        let col = |v: Vec<f32>| Tensor::from_vec(v, (n, 1, 1, 1), device);
-        let source = vae.encode_mean(&src)?;
-        let changed = change_map(&src, &tgt, vae.config.downscale())?;
-        let scaled = (&source * vae.config.scaling_factor)?;
-        let no_edit = changed_error(&scaled, &target, &changed)?;
-        let change = masked_sum(&scaled, &target, &changed)?;
-        Ok(Some(Self {
-            a: col(ts.iter().map(|&t| acp[t].sqrt() as f32).collect())?,
-            b: col(ts.iter().map(|&t| (1.0 - acp[t]).sqrt() as f32).collect())?,
-            eps: SeededNoise::new(PROBE_FIRST as u64).sample(target.shape(), device)?,
-            changed,
-            source,
-            target,
-            t: Tensor::from_vec(ts.iter().map(|&t| t as f32).collect(), n, device)?,
-            no_edit,
-            change,
-            last_acp: acp[acp.len() - 1].max(ZERO_SNR_STAND_IN),
-            timesteps: acp.len(),
-            prompts: examples.into_iter().map(|e| e.2).collect(),
-        }))
-    }
-
-    /// The errors of the model's clean-latent estimates over the cells the edits change
-    /// ([`ProbeResult`]).
-    fn measure(
-        &self,
-        unet: &UNet2DConditionModel,
-        clip: &ClipTextModel,
-        tokenizer: &ClipTokenizer,
-        prediction: PredictionType,
-    ) -> anyhow::Result<ProbeResult> {
-        let n = self.prompts.len();
-        let device = self.t.device();
-        let text = |offset: usize| -> anyhow::Result<Tensor> {
-            let mut ids = Vec::new();
-            for i in 0..n {
-                ids.extend(
-                    tokenizer
-                        .encode(&self.prompts[(i + offset) % n])
-                        .map_err(anyhow::Error::msg)?,
-                );
-            }
-            let len = ids.len() / n;
-            Ok(clip
-                .forward(&Tensor::from_vec(ids, (n, len), device)?)?
-                .detach())
-        };
-        // The clean-latent estimate; `a` scales the target into the noisy latent, `leak` of
-        // it (0: pure noise).
-        let estimate = |text: &Tensor,
-                        a: &Tensor,
-                        b: &Tensor,
-                        t: &Tensor,
-                        leak: f64|
-         -> anyhow::Result<Tensor> {
-            let noisy = ((self.target.broadcast_mul(a)? * leak)? + self.eps.broadcast_mul(b)?)?;
-            let input = Tensor::cat(&[&noisy, &self.source], 1)?;
-            let out = unet.forward(&input, t, text)?.detach();
-            Ok(match prediction {
-                PredictionType::Epsilon => (&noisy - out.broadcast_mul(b)?)?.broadcast_div(a)?,
-                PredictionType::VPrediction => (noisy.broadcast_mul(a)? - out.broadcast_mul(b)?)?,
-            })
-        };
-        let error = |text: &Tensor, leak: f64| -> anyhow::Result<f64> {
-            let x0 = estimate(text, &self.a, &self.b, &self.t, leak)?;
-            changed_error(&x0, &self.target, &self.changed)
-        };
-        let (own, other) = (text(0)?, text(1)?);
-        // What sampling's first step sees: the last timestep, and noise alone (a training
-        // sample there still holds sqrt(acp) of the target unless the schedule ends at zero
-        // SNR).
-        let fill = |v: f64| Tensor::full(v as f32, (n, 1, 1, 1), device);
-        let x0 = estimate(
-            &own,
-            &fill(self.last_acp.sqrt())?,
-            &fill((1.0 - self.last_acp).sqrt())?,
-            &Tensor::full((self.timesteps - 1) as f32, n, device)?,
-            0.0,
-        )?;
-        let from_noise = changed_error(&x0, &self.target, &self.changed)?;
-        let kept = (1.0 - &self.changed)?;
-        Ok(ProbeResult {
-            matched: error(&own, 1.0)?,
-            mismatched: error(&other, 1.0)?,
-            from_noise: from_noise / self.no_edit.max(1e-12),
-            spill: masked_sum(&x0, &self.target, &kept)? / self.change.max(1e-12),
-        })
-    }
-}
-
-/// The mean squared difference of two latents over the changed cells (per cell and channel).
-fn changed_error(x: &Tensor, target: &Tensor, changed: &Tensor) -> anyhow::Result<f64> {
-    let cells = (changed.sum_all()?.to_scalar::<f32>()? as f64).max(1.0);
-    let channels = target.dim(1)? as f64;
-    Ok(masked_sum(x, target, changed)? / (cells * channels))
-}
-
-/// The squared difference of two latents summed over the cells where `mask` (`(n, 1, h, w)`)
-/// is 1.
-fn masked_sum(x: &Tensor, target: &Tensor, mask: &Tensor) -> anyhow::Result<f64> {
-    let err = (x - target)?.sqr()?.broadcast_mul(mask)?;
-    Ok(err.sum_all()?.to_scalar::<f32>()? as f64)
-}
-
-/// Edits `plan.sample_edits` held-out samples with the model just saved (20 steps, its default
-/// guidance) and writes `samples/step_NNNNNN.png`, one row per sample: source | target | result,
-/// with the instructions beside it in a `.txt`.
-fn write_sample_edits(plan: &EditPlan, step: usize) -> anyhow::Result<PathBuf> {
-    use crate::model::load::{load, ModelSource};
-    use crate::sample::pipeline::{edit, EditOutcome, EditRequest};
-    let model = load(
-        &ModelSource::Diffusers(plan.out.join("model")),
-        Default::default(),
-    )?;
-    let s = plan.size;
-    let mut text = String::new();
-    let examples = held_out_examples(plan, 0, plan.sample_edits)?;
-    let mut sheet = image::RgbImage::new(3 * s, examples.len() as u32 * s);
-    for (i, (input, target, instruction, task)) in examples.iter().enumerate() {
-        let req = EditRequest {
-            prompt: instruction.clone(),
-            seed: Some(i as u64),
-            full_res: crate::fullres::FullRes::Off,
-            ..Default::default()
-        };
-        let edit_plan = req.validate(&model)?;
-        let out = match edit(&model, input, &edit_plan, None, &mut |_| {
-            std::ops::ControlFlow::Continue(())
-        })? {
-            EditOutcome::Done(e) => e.image,
-            EditOutcome::Cancelled { .. } => anyhow::bail!("sample edit cancelled"),
-        };
-        for (col, img) in [input, target, &out].into_iter().enumerate() {
-            image::imageops::replace(
-                &mut sheet,
-                img,
-                (col as u32 * s) as i64,
-                (i as u32 * s) as i64,
-            );
-        }
-        text.push_str(&format!("{i}: [{task}] {instruction}\n"));
-    }
-    let path = plan.out.join("samples").join(format!("step_{step:06}.png"));
-    std::fs::create_dir_all(path.parent().expect("has a parent"))?;
-    crate::imageio::save(&sheet, &path, &[])?;
-    crate::imageio::write_atomic(&path.with_extension("txt"), text.as_bytes())?;
-    Ok(path)
-}
-
 #[cfg(test)]
 mod tests {
+    use super::probe::changed_error;
     use super::*;
+    use crate::sample::schedule::ZERO_SNR_STAND_IN;
 
     #[test]
     fn min_snr_weights() {
