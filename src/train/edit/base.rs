@@ -2,15 +2,17 @@
 //! scheduler and weights read, the architecture checked against them, and the trained model
 //! written as a diffusers folder (merged LoRA adapters and all).
 
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+
 use super::*;
 use crate::model::clip::{ClipConfig, ClipTokenizer};
 use crate::model::unet::UNetConfig;
 use crate::settings::{SamplingDefaults, SchedulerConfig, DEFAULTS_FILE};
 use crate::train::checkpoint::{save_weights, Checkpoint};
 use crate::train::optim::AdamW;
-use candle_core::{Device, Tensor};
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 
 /// The model's weights to export (`unet.*`, `text_encoder.*`): the EMA of a full run; for a
 /// LoRA, the frozen base with the adapters' EMA merged in, and the adapters alone written to

@@ -1,6 +1,11 @@
 //! What the trainer prints and writes at each checkpoint: held-out sample edits, and the
 //! instruction probe (how much of an edit the model predicts from pure noise, and where).
 
+use std::path::PathBuf;
+
+use candle_core::{Device, Tensor};
+use image::RgbImage;
+
 use super::images_to_tensor;
 use super::*;
 use crate::data::sample::generate;
@@ -11,9 +16,6 @@ use crate::sample::noise::{NoiseSource, SeededNoise};
 use crate::sample::schedule::{alphas_cumprod, ZERO_SNR_STAND_IN};
 use crate::settings::PredictionType;
 use crate::train::pool::change_map;
-use candle_core::{Device, Tensor};
-use image::RgbImage;
-use std::path::PathBuf;
 
 /// `n` held-out examples (source, target, instruction, task name): the generator's held-out
 /// seeds from `first` on, or a dataset run's first lines.
