@@ -446,3 +446,95 @@ fn annotate_runs_a_folder_skips_unreadable_files_and_resumes() {
         stderr(&o)
     );
 }
+
+/// `annotate` killed mid-folder (SIGKILL, no chance to clean up): the project state on disk is
+/// whole, the images drafted before the kill are kept, the images themselves are untouched,
+/// and the rerun drafts only the rest.
+#[cfg(unix)]
+#[test]
+fn annotate_killed_mid_folder_keeps_its_drafts_and_resumes() {
+    use instructdiffusion::project::{Project, Status};
+    let dir = tempdir();
+    let images = dir.path().join("photos");
+    std::fs::create_dir(&images).unwrap();
+    const N: usize = 40;
+    for i in 0..N {
+        image::RgbImage::from_fn(48, 40, |x, y| {
+            image::Rgb([x as u8 * 5, y as u8 * 6, i as u8])
+        })
+        .save(images.join(format!("p{i:02}.png")))
+        .unwrap();
+    }
+    let before: Vec<Vec<u8>> = (0..N)
+        .map(|i| std::fs::read(images.join(format!("p{i:02}.png"))).unwrap())
+        .collect();
+    let model = tiny().join("diffusers").display().to_string();
+    let out = dir.path().join("coco.json");
+    let args = |steps: &str| -> Vec<String> {
+        [
+            "annotate",
+            "--model",
+            &model,
+            "--prompt",
+            "Apply a blue semi-transparent mask to the cat",
+            "--images",
+            &images.display().to_string(),
+            "--coco",
+            &out.display().to_string(),
+            "--steps",
+            steps,
+            "--seed",
+            "1",
+            "--resolution",
+            "64",
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_instructdiffusion"))
+        .args(args("6"))
+        .env("HF_HUB_OFFLINE", "1")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let state_file = images.join(instructdiffusion::project::STATE_FILE);
+    let drafted = |p: &Project| p.counts()[Status::Drafted as usize];
+    let t0 = std::time::Instant::now();
+    loop {
+        if let Ok((p, _)) = Project::open(&images) {
+            if state_file.exists() && drafted(&p) >= 2 {
+                break;
+            }
+        }
+        assert!(t0.elapsed().as_secs() < 120, "no drafts within two minutes");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let (p, notices) = Project::open(&images).unwrap();
+    assert!(notices.is_empty(), "the state file is whole: {notices:?}");
+    let kept = drafted(&p);
+    assert!(
+        (2..N).contains(&kept),
+        "killed midway: {kept} of {N} drafted"
+    );
+    for (i, bytes) in before.iter().enumerate() {
+        let now = std::fs::read(images.join(format!("p{i:02}.png"))).unwrap();
+        assert_eq!(&now, bytes, "p{i:02}.png is untouched");
+    }
+    let o = run_bin(&args("6").iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&format!("resuming: {kept} of {N}")),
+        "{}",
+        stderr(&o)
+    );
+    let (done, _) = Project::open(&images).unwrap();
+    assert_eq!(drafted(&done), N);
+    for (a, b) in p.state.items.iter().zip(&done.state.items) {
+        if a.status == Status::Drafted {
+            assert_eq!(a.answer, b.answer, "{} was not redrafted", a.file);
+        }
+    }
+}
