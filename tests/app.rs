@@ -954,6 +954,17 @@ fn a_draft_is_corrected_with_the_brush_and_a_dragged_point() {
     assert_eq!(points[1].name, "left_wrist");
     assert!((points[1].x - 5.0).abs() < 1.0 && (points[1].y - 25.0).abs() < 1.0);
     let painted = area(&h);
+    let on_screen = h
+        .state()
+        .workbench
+        .as_ref()
+        .unwrap()
+        .draft
+        .as_ref()
+        .unwrap()
+        .instances[0]
+        .mask
+        .clone();
     h.key_press(egui::Key::Enter);
     h.run_steps(2);
     let out = dir.path().join("coco.json");
@@ -963,6 +974,15 @@ fn a_draft_is_corrected_with_the_brush_and_a_dragged_point() {
     let anns = coco["annotations"].as_array().unwrap();
     let mask_ann = anns.iter().find(|a| a["segmentation"].is_object()).unwrap();
     assert_eq!(mask_ann["area"].as_f64(), Some(painted as f64));
+    // The exported mask is the one on screen, pixel for pixel.
+    let counts = mask_ann["segmentation"]["counts"].as_str().unwrap();
+    let exported = instructdiffusion::export::rle::Rle::from_coco_string(counts, w, hgt)
+        .unwrap()
+        .decode();
+    assert!(
+        exported == on_screen,
+        "the exported mask differs from the corrected one"
+    );
     let kp = anns.iter().find(|a| a["keypoints"].is_array()).unwrap();
     let xs: Vec<f64> = serde_json::from_value(kp["keypoints"].clone()).unwrap();
     assert!(
