@@ -520,6 +520,47 @@ fn fine_tune_on_a_dataset_folder_stops_and_resumes() {
     .expect("the fine-tuned folder loads");
 }
 
+/// A fine-tune samples as its base does: the exported folder keeps the base's guidance formula,
+/// guidance scales, guidance rescale, per-task guidance and phrasing (with its own preview
+/// colours and the size it trained at).
+#[test]
+fn a_fine_tune_keeps_its_bases_sampling_defaults() {
+    use instructdiffusion::settings::{GuidanceFormula, SamplingDefaults, DEFAULTS_FILE};
+    use instructdiffusion::tasks::{Phrasing, Task};
+    let tmp = tempdir();
+    let base = tmp.path().join("base");
+    copy_dir(&tiny().join("diffusers"), &base);
+    let mut own = SamplingDefaults::instructdiffusion();
+    own.text_cfg = 6.5;
+    own.image_cfg = 1.1;
+    own.guidance_rescale = 0.7;
+    own.steps = 30;
+    own.phrasing = Some(Phrasing::InstructDiffusion);
+    own.task_guidance.insert(Task::Keypoints, [1.0, 1.25]);
+    std::fs::write(
+        base.join(DEFAULTS_FILE),
+        serde_json::to_string(&own).unwrap(),
+    )
+    .unwrap();
+    let (_, unet, clip, mut plan) = fine_tune_plan(&tmp.path().join("ft"));
+    plan.base = Some(base.clone());
+    plan.steps = 1;
+    plan.pool = 4;
+    plan.sample_edits = 0;
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    edit::train(&plan, &unet, &clip, &Device::Cpu, &stop, &mut |_| {}).unwrap();
+    let text = std::fs::read_to_string(plan.out.join("model").join(DEFAULTS_FILE)).unwrap();
+    let got: SamplingDefaults = serde_json::from_str(&text).unwrap();
+    assert_eq!(got.guidance, GuidanceFormula::InstructDiffusion);
+    assert_eq!((got.text_cfg, got.image_cfg), (6.5, 1.1));
+    assert_eq!(got.guidance_rescale, 0.7);
+    assert_eq!(got.steps, 30);
+    assert_eq!(got.phrasing, Some(Phrasing::InstructDiffusion));
+    assert_eq!(got.task_guidance, own.task_guidance);
+    assert_eq!(got.resolution, 64, "the size it trained at");
+    assert!(got.latent_rgb.is_some());
+}
+
 /// With timing on, each step after the first reports the mean time of its phases, which are
 /// positive and fit in the run's wall time; with it off, nothing is timed.
 #[test]

@@ -149,8 +149,9 @@ pub fn tokenizer(
     Ok(ClipTokenizer::bundled(length))
 }
 
-/// What sampling defaults the folder asks for.
-fn defaults(dir: &Path) -> Result<SamplingDefaults, LoadError> {
+/// What sampling defaults the folder asks for: its `instructdiffusion.json`, else those of the
+/// pipeline its `model_index.json` names.
+pub fn defaults(dir: &Path) -> Result<SamplingDefaults, LoadError> {
     let own = dir.join(DEFAULTS_FILE);
     if own.is_file() {
         return read_json(&own);

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use anyhow::Context;
 use candle_core::{Device, Tensor};
 
 use super::*;
@@ -113,13 +114,21 @@ pub fn export_model(
     )?;
     // The resize rule works in multiples of 64.
     let resolution = (plan.size as usize).div_ceil(64) * 64;
+    // A fine-tune samples as its base did (formula, guidance, rescale, per-task guidance, the
+    // phrasing it was taught); a model trained from scratch as this crate's recipe does.
+    let inherited = match &plan.base {
+        Some(base) => crate::model::load::diffusers::defaults(base)
+            .with_context(|| format!("reading the sampling defaults of '{}'", base.display()))?,
+        None => SamplingDefaults {
+            steps: 20,
+            phrasing: Some(crate::tasks::Phrasing::Templates),
+            ..SamplingDefaults::instructdiffusion()
+        },
+    };
     let defaults = SamplingDefaults {
-        steps: 20,
         resolution,
         latent_rgb: Some(latent_rgb.to_vec()),
-        // Taught with this crate's templates.
-        phrasing: Some(crate::tasks::Phrasing::Templates),
-        ..SamplingDefaults::instructdiffusion()
+        ..inherited
     };
     write_json(tmp.join(DEFAULTS_FILE), &serde_json::to_value(&defaults)?)?;
     let old = dir.with_extension("old");
