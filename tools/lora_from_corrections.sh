@@ -24,7 +24,10 @@ esac
 mkdir -p "$OUT"
 score() { # model family json
   if [ ! -s "$3" ]; then
-    "$BIN" eval --model "$1" --tasks "$2" --per-task "$PER_TASK" --seed 1 --json "$3.tmp"
+    # The built-in model's guidance rescale for every model, so that before and after sample
+    # alike (fine-tunes inherit it since 2026-12-06; this also covers older runs).
+    "$BIN" eval --model "$1" --tasks "$2" --per-task "$PER_TASK" --seed 1 \
+      --guidance-rescale 0.7 --json "$3.tmp"
     mv "$3.tmp" "$3"
   fi
 }
