@@ -5,6 +5,7 @@ With `--ours report.json` (from `instructdiffusion bench --json`) it prints ours
 
     venv/bin/python tools/bench/pytorch_bench.py --arch sd15 --resolution 256 --ours ours.json
     python3 tools/bench/pytorch_bench.py --device cuda --dtype f16 --resolution 512 --ours ours.json
+    python3 tools/bench/pytorch_bench.py --load DIR --ours load.json   # `bench --model DIR --load-only --json load.json`
 
 PyTorch is the anchor of the comparison, not a dependency of the product or of CI.
 """
@@ -95,6 +96,38 @@ class Cast:
         return self.inner(x.to(self.dtype), t, cast).float()
 
 
+def load(folder, ours, repeats):
+    """Loading a diffusers folder's UNet, VAE and text encoder as diffusers does (its defaults:
+    `low_cpu_mem_usage`, safetensors memory-mapped), each run in a fresh process: seconds and
+    the process's peak memory. With `ours` (`bench --model DIR --load-only --json`), the ratio."""
+    import subprocess
+
+    code = f"""
+import resource, time
+t0 = time.perf_counter()
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from transformers import CLIPTextModel
+t1 = time.perf_counter()
+UNet2DConditionModel.from_pretrained({str(folder)!r}, subfolder="unet")
+AutoencoderKL.from_pretrained({str(folder)!r}, subfolder="vae")
+CLIPTextModel.from_pretrained({str(folder)!r}, subfolder="text_encoder")
+print(time.perf_counter() - t1, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
+"""
+    runs = []
+    for _ in range(repeats):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        runs.append(tuple(float(v) for v in out.stdout.split()[-2:]))
+    times = sorted(t for t, _ in runs)
+    peak = max(m for _, m in runs)
+    print(f"pytorch {torch.__version__}, diffusers load of {folder}: {len(runs)} fresh processes")
+    print(f"load s  median {statistics.median(times):.2f} (min {times[0]:.2f}, max {times[-1]:.2f}); peak memory {peak:.2f} GiB")
+    if ours:
+        o = json.loads(ours.read_text())
+        mine = o["peak_memory_bytes"] / 2**30
+        print(f"ours    {o['load_s']:.2f} s, peak {mine:.2f} GiB: load ours/pt {o['load_s'] / statistics.median(times):.2f}, "
+              f"peak ours/pt {mine / peak:.2f}")
+
+
 @torch.no_grad()
 def main():
     ap = argparse.ArgumentParser()
@@ -105,7 +138,10 @@ def main():
     ap.add_argument("--ours", type=pathlib.Path)
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--dtype", choices=["f32", "f16"], default="f32", help="weights and activations (f16 for GPUs)")
+    ap.add_argument("--load", type=pathlib.Path, help="instead: time loading this diffusers folder (see load())")
     a = ap.parse_args()
+    if a.load:
+        return load(a.load, a.ours, a.repeats)
     dev = torch.device(a.device)
     dt = torch.float16 if a.dtype == "f16" else torch.float32
     cfgs = (F.SD15_UNET, F.SD15_VAE, F.SD15_CLIP) if a.arch == "sd15" else TINY
