@@ -736,6 +736,41 @@ fn ui_bench_reports_frames_and_previews() {
     assert!(stderr(&o).contains("frame CPU time"));
 }
 
+/// `bench --ui-folder` opens a project in the headless editor, drafts while moving down the
+/// list, and reports frames, moves, drafts and thumbnails.
+#[test]
+fn ui_folder_bench_reports_frames_while_drafting() {
+    let tmp = tempdir();
+    let json = tmp.path().join("folder.json");
+    let o = run_bin(&[
+        "bench",
+        "--model",
+        tiny().join("diffusers").to_str().unwrap(),
+        "--ui-folder",
+        "12",
+        "--seconds",
+        "3",
+        "--resolution",
+        "64",
+        "--edit-steps",
+        "2",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(r["images"], 12);
+    assert!(r["frames"].as_u64().unwrap() > 10, "{r}");
+    assert!(r["steps"].as_u64().unwrap() > 1, "{r}");
+    assert!(r["drafts_done"].as_u64().unwrap() >= 1, "{r}");
+    assert!(
+        (1..=12).contains(&r["thumbnails_held_max"].as_u64().unwrap()),
+        "{r}"
+    );
+    assert!(stderr(&o).contains("thumbnails held"));
+}
+
 /// A guidance grid scores every family at each setting and records the winners in the model
 /// folder, keeping the rest of its defaults.
 #[test]

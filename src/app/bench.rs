@@ -35,6 +35,79 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
+/// The editor driven headless at 60 Hz, as a display would ask for frames: each frame's CPU
+/// work (layout and tessellation; no renderer takes the textures) is timed.
+struct Headless {
+    ctx: egui::Context,
+    frame: eframe::Frame,
+    app: EditorApp,
+}
+
+/// Frames at 60 Hz.
+const INTERVAL: Duration = Duration::from_micros(16_667);
+
+impl Headless {
+    /// Opens the editor on `open` (an image or a folder) with `model`, in a session folder of
+    /// its own (never the user's; the last run's is cleared first, as the session writer may
+    /// still be finishing when a run returns), and runs frames until the model is loaded.
+    fn start(model: &str, open: &Path) -> anyhow::Result<Self> {
+        let session = std::env::temp_dir().join("instructdiffusion-ui-bench");
+        let _ = std::fs::remove_dir_all(&session);
+        let ctx = egui::Context::default();
+        let cc = eframe::CreationContext::_new_kittest(ctx.clone());
+        let app = EditorApp::new(
+            &cc,
+            Options {
+                image: Some(open.to_path_buf()),
+                model: Some(model.to_string()),
+                session_dir: Some(session),
+                prompt: None,
+            },
+        );
+        let mut h = Self {
+            ctx,
+            frame: eframe::Frame::_new_kittest(),
+            app,
+        };
+        let deadline = Instant::now() + Duration::from_secs(600);
+        while h.app.model.is_none() {
+            if Instant::now() > deadline || h.app.notice.as_ref().is_some_and(|n| n.error) {
+                anyhow::bail!("the model did not load: {}", h.notice());
+            }
+            h.frame(vec![]);
+            std::thread::sleep(INTERVAL);
+        }
+        Ok(h)
+    }
+
+    /// The editor's last notice, for an error message.
+    fn notice(&self) -> String {
+        self.app
+            .notice
+            .as_ref()
+            .map(|n| n.text.clone())
+            .unwrap_or_default()
+    }
+
+    /// Runs one frame with these input events; returns its CPU time in milliseconds.
+    fn frame(&mut self, events: Vec<egui::Event>) -> f64 {
+        let input = egui::RawInput {
+            screen_rect: Some(egui::Rect::from_min_size(
+                egui::Pos2::ZERO,
+                egui::vec2(1280.0, 800.0),
+            )),
+            events,
+            ..Default::default()
+        };
+        let t = Instant::now();
+        let (app, frame) = (&mut self.app, &mut self.frame);
+        let mut out = self.ctx.run_ui(input, |ui| eframe::App::ui(app, ui, frame));
+        let _ = self.ctx.tessellate(out.shapes, out.pixels_per_point);
+        out.textures_delta.clear();
+        t.elapsed().as_secs_f64() * 1e3
+    }
+}
+
 /// Runs one edit of `steps` steps of `image` at `resolution` (0: the model's) on `model` in a
 /// headless editor, frame by frame.
 pub fn ui_frames(
@@ -43,88 +116,44 @@ pub fn ui_frames(
     steps: usize,
     resolution: usize,
 ) -> anyhow::Result<UiReport> {
-    // A session folder of its own (never the user's); the last run's is cleared first, as the
-    // session writer may still be finishing when this returns.
-    let session = std::env::temp_dir().join("instructdiffusion-ui-bench");
-    let _ = std::fs::remove_dir_all(&session);
-    let ctx = egui::Context::default();
-    let cc = eframe::CreationContext::_new_kittest(ctx.clone());
-    let mut app = EditorApp::new(
-        &cc,
-        Options {
-            image: Some(image.to_path_buf()),
-            model: Some(model.to_string()),
-            session_dir: Some(session.clone()),
-            prompt: None,
-        },
-    );
-    let mut frame = eframe::Frame::_new_kittest();
-    let interval = Duration::from_micros(16_667);
-    let input = || egui::RawInput {
-        screen_rect: Some(egui::Rect::from_min_size(
-            egui::Pos2::ZERO,
-            egui::vec2(1280.0, 800.0),
-        )),
-        ..Default::default()
-    };
-    let mut run_frame = |app: &mut EditorApp| -> f64 {
-        let t = Instant::now();
-        let mut out = ctx.run_ui(input(), |ui| eframe::App::ui(app, ui, &mut frame));
-        let _ = ctx.tessellate(out.shapes, out.pixels_per_point);
-        // No renderer takes the texture updates here.
-        out.textures_delta.clear();
-        t.elapsed().as_secs_f64() * 1e3
-    };
-    let deadline = Instant::now() + Duration::from_secs(600);
-    while app.model.is_none() {
-        if Instant::now() > deadline || app.notice.as_ref().is_some_and(|n| n.error) {
-            anyhow::bail!(
-                "the model did not load: {}",
-                app.notice.map(|n| n.text).unwrap_or_default()
-            );
-        }
-        run_frame(&mut app);
-        std::thread::sleep(interval);
-    }
-    app.settings.steps = steps;
-    app.settings.resolution = resolution;
-    app.settings.variants = 1;
-    app.prompt = "Apply a blue semi-transparent mask to the circle.".into();
-    run_frame(&mut app);
-    app.run_edit();
+    let mut h = Headless::start(model, image)?;
+    h.app.settings.steps = steps;
+    h.app.settings.resolution = resolution;
+    h.app.settings.variants = 1;
+    h.app.prompt = "Apply a blue semi-transparent mask to the circle.".into();
+    h.frame(vec![]);
+    h.app.run_edit();
     let t0 = Instant::now();
+    let deadline = t0 + Duration::from_secs(600);
     let mut times = vec![];
-    app.preview_waits_ms.clear();
+    h.app.preview_waits_ms.clear();
     loop {
         let before = Instant::now();
-        times.push(run_frame(&mut app));
-        if matches!(app.activity, Activity::Idle) {
+        times.push(h.frame(vec![]));
+        if matches!(h.app.activity, Activity::Idle) {
             break;
         }
         if Instant::now() > deadline {
             anyhow::bail!("the edit did not finish in 10 minutes");
         }
-        std::thread::sleep(interval.saturating_sub(before.elapsed()));
+        std::thread::sleep(INTERVAL.saturating_sub(before.elapsed()));
     }
     let edit_s = t0.elapsed().as_secs_f64();
-    if app.session.history.is_empty() {
-        anyhow::bail!(
-            "the edit failed: {}",
-            app.notice.map(|n| n.text).unwrap_or_default()
-        );
+    if h.app.session.history.is_empty() {
+        anyhow::bail!("the edit failed: {}", h.notice());
     }
     times.sort_by(f64::total_cmp);
-    let mut waits = app.preview_waits_ms.clone();
+    let mut waits = h.app.preview_waits_ms.clone();
     waits.sort_by(f64::total_cmp);
     Ok(UiReport {
-        model: app.model.clone().unwrap_or_default(),
+        model: h.app.model.clone().unwrap_or_default(),
         frames: times.len(),
         frame_ms_median: percentile(&times, 0.5),
         frame_ms_p95: percentile(&times, 0.95),
         frame_ms_max: times.last().copied().unwrap_or(f64::NAN),
-        previews: app.previews_received,
+        previews: h.app.previews_received,
         preview_latency_ms_median: percentile(&waits, 0.5),
-        frame_interval_ms: interval.as_secs_f64() * 1e3,
+        frame_interval_ms: INTERVAL.as_secs_f64() * 1e3,
         edit_s,
     })
 }
@@ -208,87 +237,39 @@ fn bench_folder(n: usize, px: u32) -> anyhow::Result<std::path::PathBuf> {
 }
 
 /// Opens a folder of `n` images as a project in a headless editor, drafts them all with
-/// `model` (`steps` steps each) and, for `seconds`, runs frames at 60 Hz while moving to the
-/// next image ten times a second (so the list scrolls through the folder and its
-/// thumbnails are made and let go), timing each frame's CPU work on the UI thread.
+/// `model` (`steps` steps each, at `resolution`, 0: the model's) and, for `seconds`, runs
+/// frames at 60 Hz while moving to the next image ten times a second (so the list scrolls
+/// through the folder and its thumbnails are made and let go), timing each frame's CPU work on
+/// the UI thread.
 pub fn folder_frames(
     model: &str,
     n: usize,
     steps: usize,
+    resolution: usize,
     seconds: f64,
 ) -> anyhow::Result<FolderReport> {
     const PX: u32 = 512;
     let dir = bench_folder(n, PX)?;
-    let session = std::env::temp_dir().join("instructdiffusion-ui-bench");
-    let _ = std::fs::remove_dir_all(&session);
-    let ctx = egui::Context::default();
-    let cc = eframe::CreationContext::_new_kittest(ctx.clone());
-    let mut app = EditorApp::new(
-        &cc,
-        Options {
-            image: Some(dir.clone()),
-            model: Some(model.to_string()),
-            session_dir: Some(session),
-            prompt: None,
-        },
-    );
-    let mut frame = eframe::Frame::_new_kittest();
-    let interval = Duration::from_micros(16_667);
-    let mut run_frame = |app: &mut EditorApp, down: bool| -> f64 {
-        let mut input = egui::RawInput {
-            screen_rect: Some(egui::Rect::from_min_size(
-                egui::Pos2::ZERO,
-                egui::vec2(1280.0, 800.0),
-            )),
-            ..Default::default()
-        };
-        if down {
-            input.events.push(egui::Event::Key {
-                key: egui::Key::ArrowDown,
-                physical_key: None,
-                pressed: true,
-                repeat: false,
-                modifiers: egui::Modifiers::NONE,
-            });
-        }
-        let t = Instant::now();
-        let mut out = ctx.run_ui(input, |ui| eframe::App::ui(app, ui, &mut frame));
-        let _ = ctx.tessellate(out.shapes, out.pixels_per_point);
-        out.textures_delta.clear();
-        t.elapsed().as_secs_f64() * 1e3
-    };
-    let deadline = Instant::now() + Duration::from_secs(600);
-    while app.model.is_none() {
-        if Instant::now() > deadline || app.notice.as_ref().is_some_and(|n| n.error) {
-            anyhow::bail!(
-                "the model did not load: {}",
-                app.notice.map(|n| n.text).unwrap_or_default()
-            );
-        }
-        run_frame(&mut app, false);
-        std::thread::sleep(interval);
-    }
-    let Some(wb) = &app.workbench else {
-        anyhow::bail!(
-            "the folder did not open: {}",
-            app.notice.map(|n| n.text).unwrap_or_default()
-        );
+    let mut h = Headless::start(model, &dir)?;
+    let Some(wb) = &h.app.workbench else {
+        anyhow::bail!("the folder did not open: {}", h.notice());
     };
     anyhow::ensure!(
         wb.project.state.items.len() == n,
         "the folder holds other images"
     );
     let (rss_loaded, _) = rss_mib();
-    app.settings.steps = steps;
-    app.settings.variants = 1;
-    app.prompt = "Apply a blue semi-transparent mask to the circle.".into();
-    run_frame(&mut app, false);
-    let files = app.undrafted();
-    app.draft_project(files);
+    h.app.settings.steps = steps;
+    h.app.settings.resolution = resolution;
+    h.app.settings.variants = 1;
+    h.app.prompt = "Apply a blue semi-transparent mask to the circle.".into();
+    h.frame(vec![]);
+    let files = h.app.undrafted();
+    h.app.draft_project(files);
     anyhow::ensure!(
-        !matches!(app.activity, Activity::Idle),
+        !matches!(h.app.activity, Activity::Idle),
         "drafting did not start: {}",
-        app.notice.map(|n| n.text).unwrap_or_default()
+        h.notice()
     );
     let t0 = Instant::now();
     let (mut times, mut steps_taken, mut held_max) = (vec![], 0, 0);
@@ -299,17 +280,31 @@ pub fn folder_frames(
         let before = Instant::now();
         let down = k % 6 == 5;
         steps_taken += down as usize;
-        times.push(run_frame(&mut app, down));
-        held_max = held_max.max(app.workbench.as_ref().map_or(0, |w| w.thumbs.held()));
-        std::thread::sleep(interval.saturating_sub(before.elapsed()));
+        let events = match down {
+            true => vec![egui::Event::Key {
+                key: egui::Key::ArrowDown,
+                physical_key: None,
+                pressed: true,
+                repeat: false,
+                modifiers: egui::Modifiers::NONE,
+            }],
+            false => vec![],
+        };
+        times.push(h.frame(events));
+        held_max = held_max.max(h.app.workbench.as_ref().map_or(0, |w| w.thumbs.held()));
+        std::thread::sleep(INTERVAL.saturating_sub(before.elapsed()));
     }
     let seconds = t0.elapsed().as_secs_f64();
-    let drafts_done = app.workbench.as_ref().map_or(0, |w| w.project.counts()[1]);
-    app.cancel();
+    let drafts_done = h
+        .app
+        .workbench
+        .as_ref()
+        .map_or(0, |w| w.project.counts()[1]);
+    h.app.cancel();
     let (rss_end, rss_peak) = rss_mib();
     times.sort_by(f64::total_cmp);
     Ok(FolderReport {
-        model: app.model.clone().unwrap_or_default(),
+        model: h.app.model.clone().unwrap_or_default(),
         images: n,
         image_px: PX,
         seconds,

@@ -96,6 +96,7 @@ pub(super) fn run_bench(args: &BenchArgs) -> anyhow::Result<()> {
             &args.model.model,
             n,
             args.edit_steps.max(1),
+            args.resolution,
             args.seconds,
         )?;
         eprint!("{}", crate::app::bench::folder_table(&report));
