@@ -752,6 +752,16 @@ fn the_list_follows_the_keyboard_through_a_long_folder() {
         first.start == 0 && first.len() < 40,
         "the list shows a part of the folder: {first:?}"
     );
+    // The neighbours are decoded ahead: the first move takes its image from there.
+    let t0 = Instant::now();
+    while h.state_mut().workbench.as_mut().unwrap().prefetch.held() < 2 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "nothing decoded ahead"
+        );
+        h.run_steps(1);
+        std::thread::sleep(Duration::from_millis(5));
+    }
     for _ in 0..45 {
         h.key_press(egui::Key::ArrowDown);
         h.run_steps(2);
@@ -762,6 +772,7 @@ fn the_list_follows_the_keyboard_through_a_long_folder() {
         );
     }
     assert_eq!(view(&h).0, 45);
+    assert!(h.state().workbench.as_ref().unwrap().prefetch.hits >= 1);
     for _ in 0..45 {
         h.key_press(egui::Key::ArrowUp);
         h.run_steps(2);

@@ -5,6 +5,7 @@
 //! `annotate` drafts a folder into the same project state today.
 
 mod panel;
+pub mod prefetch;
 pub mod thumbs;
 
 use std::path::{Path, PathBuf};
@@ -59,6 +60,8 @@ pub struct Workbench {
     pub rows_in_view: std::ops::Range<usize>,
     /// The current image changed since the list was drawn.
     pub reveal: bool,
+    /// The current image's neighbours, decoded ahead.
+    pub prefetch: prefetch::Prefetch,
 }
 
 /// A status as a person reads it.
@@ -112,6 +115,7 @@ impl Workbench {
             thumbs: thumbs::Thumbs::new(),
             rows_in_view: 0..0,
             reveal: false,
+            prefetch: prefetch::Prefetch::new(),
         };
         wb.load_draft();
         Ok((wb, notices))
@@ -148,9 +152,17 @@ impl Workbench {
 
     /// Moves to the next (or previous) image the filter shows; false when there is none.
     pub fn step(&mut self, forward: bool) -> bool {
+        let found = self.neighbour(forward);
+        if let Some(i) = found {
+            self.select(i);
+        }
+        found.is_some()
+    }
+
+    /// The image [`Self::step`] would move to.
+    pub fn neighbour(&self, forward: bool) -> Option<usize> {
         let n = self.project.state.items.len();
-        let filter = self.filter;
-        let found = (1..n)
+        (1..n)
             .map(|k| {
                 if forward {
                     (self.current + k) % n
@@ -158,11 +170,7 @@ impl Workbench {
                     (self.current + n - k) % n
                 }
             })
-            .find(|&i| filter.passes(self.project.state.items[i].status));
-        if let Some(i) = found {
-            self.select(i);
-        }
-        found.is_some()
+            .find(|&i| self.filter.passes(self.project.state.items[i].status))
     }
 
     /// Accepts (reviewed) or rejects the current image, saved at once, then moves to the next

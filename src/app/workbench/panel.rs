@@ -33,9 +33,22 @@ impl EditorApp {
 
     /// Opens the project's current image (the source; its draft shows as overlays).
     fn show_project_image(&mut self) {
-        let Some(wb) = &self.workbench else { return };
+        let Some(wb) = &mut self.workbench else {
+            return;
+        };
         let path = wb.current_path();
-        match crate::imageio::load_rgb(&path, crate::imageio::DEFAULT_MAX_PIXELS) {
+        let loaded = match wb.prefetch.take(&path) {
+            Some(img) => Ok(img),
+            None => crate::imageio::load_rgb(&path, crate::imageio::DEFAULT_MAX_PIXELS),
+        };
+        // The next move's image, decoded ahead.
+        let near = [wb.neighbour(true), wb.neighbour(false)]
+            .into_iter()
+            .flatten()
+            .map(|i| wb.project.dir.join(&wb.project.state.items[i].file))
+            .collect();
+        wb.prefetch.want(near);
+        match loaded {
             Ok(img) => {
                 // The folder is what Recent remembers, not each image looked at.
                 let recent = self.settings.recent_files.clone();
