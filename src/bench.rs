@@ -165,7 +165,8 @@ pub fn random_model(arch: &str, device: &Device, dtype: DType) -> anyhow::Result
         scheduler: SchedulerConfig::default(),
         defaults: SamplingDefaults::instructdiffusion(),
         device: device.clone(),
-        dtype,
+        dtype: crate::model::nn::compute_dtype_for(dtype, device),
+        weights_dtype: dtype,
         source: format!("random {arch}"),
         notes: vec![],
     })
@@ -253,6 +254,8 @@ pub struct Row {
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub model: String,
+    /// The weights' precision ("f32", "bf16", ...) and how the products run.
+    pub precision: String,
     pub resolution: usize,
     pub threads: String,
     pub rows: Vec<Row>,
@@ -369,6 +372,7 @@ pub fn run(
     );
     Ok(Report {
         model: model.source.clone(),
+        precision: precision(model),
         resolution,
         threads,
         rows,
@@ -377,11 +381,21 @@ pub fn run(
     })
 }
 
+/// The weights' dtype, and for bf16 on the CPU which kernel runs the products.
+pub fn precision(model: &Model) -> String {
+    let name = format!("{:?}", model.weights_dtype).to_lowercase();
+    if model.device.is_cpu() && model.weights_dtype == DType::BF16 {
+        let kernel = crate::model::kernels::bf16::Bf16Kernel::detect();
+        return format!("{name} ({kernel:?} products)");
+    }
+    name
+}
+
 /// The report as a table for stderr.
 pub fn table(r: &Report) -> String {
     let mut s = format!(
-        "model: {}, {}x{} px, {}\n",
-        r.model, r.resolution, r.resolution, r.threads
+        "model: {}, {}, {}x{} px, {}\n",
+        r.model, r.precision, r.resolution, r.resolution, r.threads
     );
     s.push_str(&rows_table(&r.rows, "s", 1.0, 3));
     if let Some(p) = r.peak_memory_bytes {

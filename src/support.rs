@@ -31,6 +31,17 @@ pub fn parse_device(name: &str) -> anyhow::Result<Device> {
     }
 }
 
+/// Parses a precision name (`--dtype`, the editor's *Precision*): the weights' dtype.
+pub fn parse_dtype(name: &str) -> anyhow::Result<candle_core::DType> {
+    use candle_core::DType;
+    match name {
+        "f32" => Ok(DType::F32),
+        "f16" => Ok(DType::F16),
+        "bf16" => Ok(DType::BF16),
+        other => anyhow::bail!("unknown dtype '{other}' (use f32, f16 or bf16)"),
+    }
+}
+
 /// Peak resident memory of this process in bytes (Linux `VmHWM`), when known.
 pub fn peak_memory_bytes() -> Option<u64> {
     proc_status_bytes("VmHWM:")

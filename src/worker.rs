@@ -24,7 +24,12 @@ use crate::sample::preview;
 pub enum Command {
     /// Load a model ("builtin", a folder, a file or a hub id) onto a device ("cpu", "cuda",
     /// "metal"); replaces (and frees) the old one.
-    Load { spec: String, device: String },
+    Load {
+        spec: String,
+        device: String,
+        /// The weights' precision: "f32", "f16" or "bf16".
+        precision: String,
+    },
     /// Edit `image` as `request` says; `job` names the events it produces.
     Edit {
         job: u64,
@@ -315,7 +320,11 @@ fn run(cmd: Command, model: &mut Option<Model>, flags: &Flags, send: &(dyn Fn(Ev
             files,
             request,
         } => draft(job, &files, &request, model.as_ref(), cancel, send),
-        Command::Load { spec, device } => {
+        Command::Load {
+            spec,
+            device,
+            precision,
+        } => {
             send(Event::Loading { spec: spec.clone() });
             *model = None; // free the old weights before reading the new ones
             let mut progress = |file: &str, done: u64, total: u64| {
@@ -327,9 +336,12 @@ fn run(cmd: Command, model: &mut Option<Model>, flags: &Flags, send: &(dyn Fn(Ev
             };
             let result = (|| {
                 let device = crate::support::parse_device(&device).map_err(|e| format!("{e:#}"))?;
+                let dtype =
+                    crate::support::parse_dtype(&precision).map_err(|e| format!("{e:#}"))?;
                 let source = ModelSource::parse(&spec).map_err(|e| e.to_string())?;
                 let opts = LoadOptions {
                     device,
+                    dtype,
                     progress: Some(&mut progress),
                     ..Default::default()
                 };

@@ -64,28 +64,25 @@ fn mis_shaped_tensor_reports_expected_and_found() {
     );
 }
 
-/// bf16 on the CPU is refused before any weights are read: a truncated file, which reading
-/// would report, gives the precision's refusal instead.
+/// bf16 on the CPU loads (weights in bf16, compute in f32) and says how this CPU runs its
+/// products; the answer for a CPU with and without AVX512-BF16 is in the kernel's own tests.
 #[test]
-fn bf16_on_the_cpu_is_refused_before_loading() {
-    let tmp = tempdir();
-    let bytes = std::fs::read(tiny().join("ldm.safetensors")).unwrap();
-    let cut = tmp.path().join("ldm.safetensors");
-    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+fn bf16_on_the_cpu_loads_and_says_how_it_runs() {
     let opts = LoadOptions {
         dtype: DType::BF16,
-        config_dir: Some(tiny().join("diffusers")),
         ..Default::default()
     };
-    let err = match load::load(&ModelSource::SingleFile(cut), opts) {
-        Ok(_) => panic!("bf16 on the CPU should be refused"),
-        Err(e) => e.to_string(),
-    };
-    assert!(
-        err.contains("bf16 is not supported on the CPU") && err.contains("--dtype f32"),
-        "{err}"
+    let model = load::load(&ModelSource::Diffusers(tiny().join("diffusers")), opts).unwrap();
+    assert_eq!(
+        (model.weights_dtype, model.dtype),
+        (DType::BF16, DType::F32)
     );
-    assert!(!err.contains("truncated"), "{err}");
+    let kernel = instructdiffusion::model::kernels::bf16::Bf16Kernel::detect();
+    assert!(
+        model.notes.iter().any(|n| n == kernel.describe()),
+        "{:?}",
+        model.notes
+    );
 }
 
 #[test]

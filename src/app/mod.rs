@@ -264,6 +264,7 @@ impl EditorApp {
         self.worker.send(Command::Load {
             spec: self.settings.model.clone(),
             device: self.settings.device.clone(),
+            precision: self.settings.precision.clone(),
         });
         self.activity = Activity::Loading {
             spec: self.settings.model.clone(),

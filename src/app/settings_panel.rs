@@ -47,6 +47,18 @@ impl EditorApp {
                 })
                 .response
                 .labelled_by(l.id);
+            let l = ui.label("Precision");
+            egui::ComboBox::from_id_salt("precision")
+                .selected_text(&self.settings.precision)
+                .show_ui(ui, |ui| {
+                    for (p, tip) in PRECISIONS {
+                        ui.selectable_value(&mut self.settings.precision, p.to_string(), *p)
+                            .on_hover_text(*tip);
+                    }
+                })
+                .response
+                .labelled_by(l.id)
+                .on_hover_text("The weights' precision; applies at the next Load");
         });
         ui.label(
             egui::RichText::new(
@@ -189,6 +201,16 @@ impl EditorApp {
 }
 
 /// The devices this build can use.
+/// The precisions offered, each with what it means.
+const PRECISIONS: &[(&str, &str)] = &[
+    ("f32", "Full precision (the CPU's default)"),
+    (
+        "bf16",
+        "Weights in half the memory; on the CPU the arithmetic stays f32, fast where the CPU has AVX512-BF16",
+    ),
+    ("f16", "Half precision, for GPUs (slow on the CPU)"),
+];
+
 const DEVICES: &[&str] = &[
     "cpu",
     #[cfg(feature = "cuda")]

@@ -30,6 +30,8 @@ pub struct Settings {
     pub model: String,
     /// "cpu", or "cuda" / "metal" in builds with those features.
     pub device: String,
+    /// The weights' precision: "f32", "bf16" (half the memory) or "f16".
+    pub precision: String,
     pub steps: usize,
     pub text_cfg: f64,
     pub image_cfg: f64,
@@ -63,6 +65,7 @@ impl Default for Settings {
         Self {
             model: "builtin".into(),
             device: "cpu".into(),
+            precision: "f32".into(),
             steps: 20,
             text_cfg: 5.0,
             image_cfg: 1.25,

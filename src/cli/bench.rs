@@ -140,16 +140,21 @@ pub(super) fn run_bench(args: &BenchArgs) -> anyhow::Result<()> {
         let load_s = t0.elapsed().as_secs_f64();
         let peak = crate::support::peak_memory_bytes();
         eprintln!(
-            "loaded {} ({:?}) in {load_s:.2} s; peak memory {}",
+            "loaded {} ({}) in {load_s:.2} s; peak memory {}",
             model.source,
-            model.dtype,
+            crate::bench::precision(&model),
             peak.map_or("unknown".into(), |b| format!(
                 "{:.2} GiB",
                 b as f64 / (1u64 << 30) as f64
             ))
         );
         if let Some(path) = &args.json {
-            let j = json!({ "model": model.source, "load_s": load_s, "peak_memory_bytes": peak });
+            let j = json!({
+                "model": model.source,
+                "precision": crate::bench::precision(&model),
+                "load_s": load_s,
+                "peak_memory_bytes": peak,
+            });
             imageio::write_atomic(path, j.to_string().as_bytes())?;
         }
         return Ok(());

@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use candle_core::DType;
 use clap::{Args, Parser, Subcommand};
 
 use crate::fullres::FullRes;
@@ -87,7 +86,8 @@ pub struct ModelArgs {
     /// cpu, cuda or metal.
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    /// Compute precision: f32, f16 or bf16 (f16/bf16 are for GPUs).
+    /// Precision of the weights: f32, f16 or bf16. On the CPU, bf16 holds the weights in half
+    /// the memory and computes in f32 (fast products where the CPU has AVX512-BF16).
     #[arg(long, default_value = "f32")]
     pub dtype: String,
     /// Compute attention in slices of this many heads to save memory on large images.
@@ -183,15 +183,7 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// Parses `--dtype`.
-pub fn parse_dtype(name: &str) -> anyhow::Result<DType> {
-    match name {
-        "f32" => Ok(DType::F32),
-        "f16" => Ok(DType::F16),
-        "bf16" => Ok(DType::BF16),
-        other => anyhow::bail!("unknown dtype '{other}' (use f32, f16 or bf16)"),
-    }
-}
+pub use crate::support::parse_dtype;
 
 /// Loads the model named by `args`, with a download bar on stderr.
 pub fn load_model(args: &ModelArgs) -> anyhow::Result<load::Model> {

@@ -227,8 +227,8 @@ impl ClipTextModel {
             .map(|i| EncoderLayer::new(cfg, vb.pp(format!("encoder.layers.{i}"))))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
-            token_embedding: candle_nn::embedding(cfg.vocab_size, d, emb.pp("token_embedding"))?,
-            position_embedding: candle_nn::embedding(
+            token_embedding: embedding(cfg.vocab_size, d, emb.pp("token_embedding"))?,
+            position_embedding: embedding(
                 cfg.max_position_embeddings,
                 d,
                 emb.pp("position_embedding"),
@@ -388,6 +388,17 @@ pub fn embed_prompts(
     kernels::in_shares(prompts.len(), |r| {
         model.forward(&ids.narrow(0, r.start, r.len())?)
     })
+}
+
+/// An embedding table (candle-nn's initialisation), in the compute dtype: a lookup reads
+/// rows, it multiplies nothing.
+fn embedding(rows: usize, dim: usize, vb: VarBuilder) -> Result<candle_nn::Embedding> {
+    let init = candle_nn::Init::Randn {
+        mean: 0.,
+        stdev: 1.,
+    };
+    let table = vb.get_with_hints_dtype((rows, dim), "weight", init, nn::compute_dtype(&vb))?;
+    Ok(candle_nn::Embedding::new(table, dim))
 }
 
 #[cfg(test)]

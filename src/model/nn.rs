@@ -13,6 +13,30 @@ use super::kernels::im2col::Im2Col;
 use super::kernels::in_shares;
 use candle_nn::VarBuilder;
 
+/// The dtype a network built from `vb` computes in: its weights' dtype, except that bf16
+/// weights on the CPU compute in f32 (only the matrix products read them in bf16, through
+/// [`super::kernels::bf16`]; norms, biases and embeddings are widened to f32 as they load).
+pub fn compute_dtype(vb: &VarBuilder) -> candle_core::DType {
+    compute_dtype_for(vb.dtype(), vb.device())
+}
+
+/// [`compute_dtype`] for weights of `dtype` on `device`.
+pub fn compute_dtype_for(
+    dtype: candle_core::DType,
+    device: &candle_core::Device,
+) -> candle_core::DType {
+    if device.is_cpu() && dtype == candle_core::DType::BF16 {
+        candle_core::DType::F32
+    } else {
+        dtype
+    }
+}
+
+/// Whether `w` is a bf16 weight a CPU product reads through [`super::kernels::bf16`].
+fn bf16_on_cpu(w: &Tensor) -> bool {
+    w.device().is_cpu() && w.dtype() == candle_core::DType::BF16
+}
+
 /// `torch.nn.LayerNorm` over the last dimension (with affine weight and bias).
 #[derive(Debug, Clone)]
 pub struct LayerNorm {
@@ -24,8 +48,9 @@ pub struct LayerNorm {
 impl LayerNorm {
     /// Loads `weight` and `bias` of size `dim` from `vb`.
     pub fn new(dim: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
-        let weight = vb.get_with_hints(dim, "weight", candle_nn::Init::Const(1.))?;
-        let bias = vb.get_with_hints(dim, "bias", candle_nn::Init::Const(0.))?;
+        let dtype = compute_dtype(&vb);
+        let weight = vb.get_with_hints_dtype(dim, "weight", candle_nn::Init::Const(1.), dtype)?;
+        let bias = vb.get_with_hints_dtype(dim, "bias", candle_nn::Init::Const(0.), dtype)?;
         Ok(Self {
             weight,
             bias,
@@ -79,22 +104,34 @@ fn build_linear(
     vb: VarBuilder,
     transpose: bool,
 ) -> Result<Linear> {
-    let inner = if bias {
-        candle_nn::linear(in_dim, out_dim, vb)?
+    // candle-nn's initialisation (for layers made fresh, as in training), with the bias in
+    // the compute dtype.
+    let weight = vb.get_with_hints(
+        (out_dim, in_dim),
+        "weight",
+        candle_nn::init::DEFAULT_KAIMING_NORMAL,
+    )?;
+    let bias = if bias {
+        let bound = 1. / (in_dim as f64).sqrt();
+        let init = candle_nn::Init::Uniform {
+            lo: -bound,
+            up: bound,
+        };
+        Some(vb.get_with_hints_dtype(out_dim, "bias", init, compute_dtype(&vb))?)
     } else {
-        candle_nn::linear_no_bias(in_dim, out_dim, vb)?
+        None
     };
-    let weight = inner.weight();
-    // A trained variable stays as it is (its gradient is taken with respect to it).
-    let transposed = transpose && !weight.is_variable();
+    // A trained variable stays as it is (its gradient is taken with respect to it); bf16
+    // weights are read in their own layout by their own product.
+    let transposed = transpose && !weight.is_variable() && !bf16_on_cpu(&weight);
     Ok(Linear {
         weight: if transposed {
             weight.t()?.contiguous()?
         } else {
-            weight.clone()
+            weight
         },
         transposed,
-        bias: inner.bias().cloned(),
+        bias,
     })
 }
 
@@ -105,6 +142,16 @@ impl Module for Linear {
             candle_core::bail!("linear: a scalar input")
         };
         let rows = lead.iter().product::<usize>();
+        if bf16_on_cpu(&self.weight) {
+            let ys = super::kernels::bf16::matmul_wt(&xs.reshape((rows, inner))?, &self.weight)?;
+            let ys = match &self.bias {
+                Some(b) => ys.broadcast_add(b)?,
+                None => ys,
+            };
+            let mut shape = lead.to_vec();
+            shape.push(self.weight.dim(0)?);
+            return ys.reshape(shape);
+        }
         let w = if self.transposed {
             self.weight.clone()
         } else {
@@ -155,12 +202,21 @@ pub fn conv2d(
         stride,
         ..Default::default()
     };
-    let inner = candle_nn::conv2d(in_ch, out_ch, kernel, cfg, vb)?;
+    // candle-nn's initialisation (for layers made fresh), with the bias in the compute dtype.
+    let weight = vb.get_with_hints(
+        (out_ch, in_ch, kernel, kernel),
+        "weight",
+        candle_nn::init::DEFAULT_KAIMING_NORMAL,
+    )?;
+    let bound = 1. / (in_ch as f64).sqrt();
+    let init = candle_nn::Init::Uniform {
+        lo: -bound,
+        up: bound,
+    };
+    let bias = vb.get_with_hints_dtype(out_ch, "bias", init, compute_dtype(&vb))?;
+    let inner = candle_nn::Conv2d::new(weight, Some(bias.clone()), cfg);
     let weight_2d = inner.weight().reshape((out_ch, in_ch * kernel * kernel))?;
-    let bias = inner
-        .bias()
-        .expect("built with a bias")
-        .reshape((1, out_ch, 1))?;
+    let bias = bias.reshape((1, out_ch, 1))?;
     Ok(Conv2d {
         inner,
         weight_2d,
@@ -177,6 +233,14 @@ impl Conv2d {
     fn batched_weight(&self, b: usize) -> Result<Tensor> {
         let (o, k) = self.weight_2d.dims2()?;
         self.weight_2d.broadcast_as((b, o, k))
+    }
+
+    /// `weight_2d · cols` for each sample of `cols` `(b, in*k*k, pixels)`.
+    fn times(&self, cols: &Tensor) -> Result<Tensor> {
+        if bf16_on_cpu(&self.weight_2d) {
+            return super::kernels::bf16::weight_matmul(&self.weight_2d, cols);
+        }
+        self.batched_weight(cols.dim(0)?)?.matmul(cols)
     }
 }
 
@@ -197,20 +261,25 @@ impl Conv2d {
         if self.kernel == 1 && self.stride == 1 && self.padding == 0 {
             // A 1x1 convolution is a matrix product over the channels; no patches to gather.
             let out = self
-                .batched_weight(b)?
-                .matmul(&xs.reshape((b, c, h * w))?)?
+                .times(&xs.reshape((b, c, h * w))?)?
                 .broadcast_add(&self.bias)?;
             return out.reshape((b, (), h, w));
         }
         let (o, k) = (self.bias.elem_count(), self.kernel);
-        if self.stride == 1 && 2 * self.padding + 1 == k && o * k * k <= b * h * w {
+        let shifted = self.stride == 1 && 2 * self.padding + 1 == k && o * k * k <= b * h * w;
+        // bf16 weights on AVX512-BF16 go through patches and their own product; widened to
+        // f32, they take the f32 route.
+        let widen = bf16_on_cpu(&self.weight_2d)
+            && super::kernels::bf16::Bf16Kernel::detect()
+                == super::kernels::bf16::Bf16Kernel::Widen;
+        if shifted && (widen || !bf16_on_cpu(&self.weight_2d)) {
             // Kernel rows of shifted copies, no patch matrix (forward and backward). Each band
             // of rows packs the weights again, so this pays where they are small beside the
             // input (measured per layer shape: 0.4-0.8x the im2col time there, up to 3x where
             // they are not).
             return super::kernels::shifted_conv::conv_same(
                 xs,
-                self.inner.weight(),
+                &self.inner.weight().to_dtype(candle_core::DType::F32)?,
                 &self.bias.flatten_all()?,
             );
         }
@@ -223,10 +292,7 @@ impl Conv2d {
         let row_bytes = b * c * self.kernel * self.kernel * ow * std::mem::size_of::<f32>();
         if xs.track_op() || row_bytes * oh <= band_bytes {
             let cols = p.apply(xs)?;
-            let out = self
-                .batched_weight(b)?
-                .matmul(&cols)?
-                .broadcast_add(&self.bias)?;
+            let out = self.times(&cols)?.broadcast_add(&self.bias)?;
             return out.reshape((b, (), oh, ow));
         }
         // Inference on a large plane: the patches of a band of output rows at a time (a VAE
@@ -237,9 +303,7 @@ impl Conv2d {
             .step_by(band)
             .map(|r0| {
                 let cols = p.apply_rows(&xs, r0..(r0 + band).min(oh))?;
-                self.batched_weight(b)?
-                    .matmul(&cols)?
-                    .broadcast_add(&self.bias)
+                self.times(&cols)?.broadcast_add(&self.bias)
             })
             .collect::<Result<Vec<_>>>()?;
         Tensor::cat(&parts, 2)?.reshape((b, (), oh, ow))

@@ -43,6 +43,11 @@ pub fn golden(g: &HashMap<String, Tensor>, name: &str) -> Tensor {
 
 /// Loads the tiny model from one of its layouts.
 pub fn load_tiny(layout: &str) -> Model {
+    load_tiny_as(layout, DType::F32)
+}
+
+/// [`load_tiny`] with weights in `dtype`.
+pub fn load_tiny_as(layout: &str, dtype: DType) -> Model {
     let dir = tiny();
     let (source, config_dir) = match layout {
         "diffusers" => (ModelSource::Diffusers(dir.join("diffusers")), None),
@@ -54,6 +59,7 @@ pub fn load_tiny(layout: &str) -> Model {
     };
     let opts = LoadOptions {
         config_dir,
+        dtype,
         ..Default::default()
     };
     load::load(&source, opts).unwrap_or_else(|e| panic!("loading {layout}: {e}"))

@@ -5,6 +5,7 @@ With `--ours report.json` (from `instructdiffusion bench --json`) it prints ours
 
     venv/bin/python tools/bench/pytorch_bench.py --arch sd15 --resolution 256 --ours ours.json
     python3 tools/bench/pytorch_bench.py --device cuda --dtype f16 --resolution 512 --ours ours.json
+    python3 tools/bench/pytorch_bench.py --dtype bf16 --ours ours-bf16.json   # `bench --dtype bf16 --json ours-bf16.json`
     python3 tools/bench/pytorch_bench.py --load DIR --ours load.json   # `bench --model DIR --load-only --json load.json`
 
 PyTorch is the anchor of the comparison, not a dependency of the product or of CI.
@@ -137,13 +138,14 @@ def main():
     ap.add_argument("--edit-steps", type=int, default=4)
     ap.add_argument("--ours", type=pathlib.Path)
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
-    ap.add_argument("--dtype", choices=["f32", "f16"], default="f32", help="weights and activations (f16 for GPUs)")
+    ap.add_argument("--dtype", choices=["f32", "f16", "bf16"], default="f32",
+                    help="weights and activations (f16 for GPUs; bf16 runs oneDNN's bf16 kernels on CPUs with AVX512-BF16)")
     ap.add_argument("--load", type=pathlib.Path, help="instead: time loading this diffusers folder (see load())")
     a = ap.parse_args()
     if a.load:
         return load(a.load, a.ours, a.repeats)
     dev = torch.device(a.device)
-    dt = torch.float16 if a.dtype == "f16" else torch.float32
+    dt = {"f16": torch.float16, "bf16": torch.bfloat16}.get(a.dtype, torch.float32)
     cfgs = (F.SD15_UNET, F.SD15_VAE, F.SD15_CLIP) if a.arch == "sd15" else TINY
     unet = UNet2DConditionModel(**cfgs[0]).eval().to(dev, dt)
     vae = AutoencoderKL(**cfgs[1]).eval().to(dev, dt)
@@ -186,7 +188,7 @@ def main():
         rows.append(train_step(tok, n // 4, 8, a.repeats))
     import resource  # Linux: ru_maxrss in KiB
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    where = f"{torch.get_num_threads()} threads"
+    where = f"{torch.get_num_threads()} threads, {a.dtype}"
     if dev.type == "cuda":
         gpu = torch.cuda.max_memory_allocated() / 2**30
         where = f"{torch.cuda.get_device_name()}, {a.dtype}, peak GPU memory allocated {gpu:.2f} GiB"

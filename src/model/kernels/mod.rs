@@ -1,7 +1,7 @@
 //! The CPU kernels the networks run on: vectorised maths ([`fastmath`]), softmax, SiLU and
 //! GEGLU with one-pass gradients ([`activations`]), fused group normalisation ([`group_norm`]),
 //! and three ways to convolve ([`im2col`], [`shifted_conv`], [`direct_conv`], the last two
-//! sharing [`band`]'s padded rows). They know tensors and nothing of the networks: the layers in
+//! sharing [`band`]'s padded rows), and products with bf16 weights ([`bf16`]). They know tensors and nothing of the networks: the layers in
 //! [`super::nn`] and the networks choose among them. This module holds what they share: the
 //! f32 data of a CPU tensor and the split of a batch over threads.
 
@@ -9,6 +9,7 @@ use candle_core::{Result, Tensor};
 
 pub mod activations;
 pub mod band;
+pub mod bf16;
 pub mod direct_conv;
 pub mod fastmath;
 pub mod group_norm;

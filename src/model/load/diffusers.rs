@@ -196,7 +196,8 @@ pub fn load_folder(dir: &Path, opts: &mut LoadOptions) -> Result<Model, LoadErro
         scheduler: cfg.scheduler,
         defaults: defaults(dir)?,
         device: opts.device.clone(),
-        dtype: opts.dtype,
+        dtype: crate::model::nn::compute_dtype_for(opts.dtype, &opts.device),
+        weights_dtype: opts.dtype,
         source: dir.display().to_string(),
         notes,
     })

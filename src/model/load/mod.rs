@@ -47,8 +47,6 @@ pub enum LoadError {
     NoBuiltin(PathBuf),
     #[error("hub model '{repo}': {msg}")]
     Hub { repo: String, msg: String },
-    #[error("{dtype} is not supported on the {device} yet (its matrix products have no {dtype} kernel in this build): use --dtype f32 (the CPU's default) or f16, or a CUDA build for bf16; refused before loading any weights")]
-    Unsupported { dtype: String, device: String },
 }
 
 impl LoadError {
@@ -164,7 +162,11 @@ pub struct Model {
     pub scheduler: SchedulerConfig,
     pub defaults: SamplingDefaults,
     pub device: Device,
+    /// The dtype the networks compute in (inputs are made in it).
     pub dtype: DType,
+    /// The dtype the weights are held in: `dtype`, except bf16 weights on the CPU, which
+    /// compute in f32 ([`crate::model::kernels::bf16`]).
+    pub weights_dtype: DType,
     pub source: String,
     /// Things the user may want to know about how the files were read.
     pub notes: Vec<String>,
@@ -189,14 +191,6 @@ pub fn builtin_dir() -> PathBuf {
 
 /// Loads a model from any [`ModelSource`].
 pub fn load(source: &ModelSource, mut opts: LoadOptions) -> Result<Model, LoadError> {
-    // Refused here, not after minutes of reading weights into a precision the device cannot
-    // multiply in.
-    if opts.device.is_cpu() && opts.dtype == DType::BF16 {
-        return Err(LoadError::Unsupported {
-            dtype: "bf16".into(),
-            device: "CPU".into(),
-        });
-    }
     let mut model = match source {
         ModelSource::Builtin => {
             let dir = builtin_dir();
@@ -227,6 +221,10 @@ pub fn load(source: &ModelSource, mut opts: LoadOptions) -> Result<Model, LoadEr
         }
     }?;
     model.source = source.describe();
+    if model.device.is_cpu() && model.weights_dtype == DType::BF16 {
+        let kernel = crate::model::kernels::bf16::Bf16Kernel::detect();
+        model.notes.push(kernel.describe().to_string());
+    }
     Ok(model)
 }
 
@@ -265,8 +263,11 @@ pub(crate) fn build(
         .map(|s| s.prefetch_bytes())
         .sum();
     let mut done = 0u64;
+    // Floating-point weights are held in the weights' dtype from the moment they are read (an
+    // f32 file loaded as bf16 never holds its f32 copy).
+    let keep = opts.dtype;
     for s in [&mut unet_store, &mut vae_store, &mut clip_store] {
-        s.prefetch(&mut |bytes| {
+        s.prefetch(keep, &mut |bytes| {
             done += bytes;
             if let Some(p) = opts.progress.as_deref_mut() {
                 p("weights", done, total);
@@ -373,7 +374,8 @@ fn load_single_file(path: &Path, opts: &mut LoadOptions) -> Result<Model, LoadEr
         scheduler,
         defaults,
         device: opts.device.clone(),
-        dtype: opts.dtype,
+        dtype: crate::model::nn::compute_dtype_for(opts.dtype, &opts.device),
+        weights_dtype: opts.dtype,
         source: path.display().to_string(),
         notes,
     })

@@ -137,6 +137,43 @@ impl SafetensorsFile {
     }
 }
 
+impl SafetensorsFile {
+    /// Reads `name` into a new CPU tensor of `dtype` (floating-point tensors only; others keep
+    /// their stored dtype). f32 read as bf16 is converted slice by slice as it is read, so the
+    /// f32 copy never exists whole.
+    pub fn load_as(&self, name: &str, dtype: DType) -> Result<Option<Tensor>> {
+        let Some(e) = self.entries.get(name) else {
+            return Ok(None);
+        };
+        if e.dtype == DType::F32 && dtype == DType::BF16 {
+            let n = e.len / 4;
+            let mut out: Vec<half::bf16> = Vec::with_capacity(n);
+            let mut slice = vec![0f32; n.min(1 << 18)];
+            let mut done = 0usize;
+            while done < n {
+                let len = slice.len().min(n - done);
+                read_at(
+                    &self.file,
+                    slice.as_mut_ptr().cast(),
+                    len * 4,
+                    e.start + 4 * done as u64,
+                )?;
+                out.extend(slice[..len].iter().map(|&v| half::bf16::from_f32(v)));
+                done += len;
+            }
+            return Ok(Some(Tensor::from_vec(
+                out,
+                e.shape.as_slice(),
+                &Device::Cpu,
+            )?));
+        }
+        Ok(match self.load(name)? {
+            Some(t) if t.dtype().is_float() && t.dtype() != dtype => Some(t.to_dtype(dtype)?),
+            other => other,
+        })
+    }
+}
+
 /// Plain numbers that any bit pattern is a value of.
 trait Plain: Copy {}
 impl Plain for f32 {}

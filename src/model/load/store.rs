@@ -38,6 +38,17 @@ impl WeightsFile {
             WeightsFile::Pth(p) => p.get(name),
         }
     }
+
+    /// [`Self::load`], floating-point tensors converted to `dtype` as they are read.
+    fn load_as(&self, name: &str, dtype: DType) -> Result<Option<Tensor>> {
+        match self {
+            WeightsFile::Safetensors(st) => st.load_as(name, dtype),
+            WeightsFile::Pth(_) => Ok(match self.load(name)? {
+                Some(t) if t.dtype().is_float() && t.dtype() != dtype => Some(t.to_dtype(dtype)?),
+                other => other,
+            }),
+        }
+    }
 }
 
 /// Tensors read ahead by [`TensorStore::prefetch`]: per (file slot, stored name), the tensor
@@ -121,8 +132,9 @@ impl TensorStore {
     /// Reads every visible tensor of the safetensors files now, in parallel (the networks then
     /// take them one by one, each handed over once: no copy stays behind). A tensor that fails
     /// to read is left for [`SimpleBackend::get`] to read again and report.
-    /// `on_read(bytes)` is called after each chunk (about 64 MB) is read.
-    pub fn prefetch(&mut self, on_read: &mut dyn FnMut(u64)) {
+    /// Floating-point tensors are held in `keep` (the weights' dtype) from the moment they are
+    /// read. `on_read(bytes)` is called after each chunk (about 64 MB) is read.
+    pub fn prefetch(&mut self, keep: DType, on_read: &mut dyn FnMut(u64)) {
         use rayon::prelude::*;
         let mut jobs = self.prefetch_jobs();
         // Largest first, so the parallel reads of a chunk end together.
@@ -137,7 +149,7 @@ impl TensorStore {
             }
             let files = &self.files;
             got.par_extend(rest[..n].par_iter().filter_map(|(key, uses)| {
-                let t = files[key.0].1.load(&key.1).ok().flatten()?;
+                let t = files[key.0].1.load_as(&key.1, keep).ok().flatten()?;
                 Some((key.clone(), (t, *uses)))
             }));
             on_read(bytes);
@@ -291,7 +303,7 @@ mod tests {
         store.add_identity(&path, super::super::file::open(&path).unwrap());
         store.alias("a", "also_a".into());
         let mut read = 0;
-        store.prefetch(&mut |b| read += b);
+        store.prefetch(DType::F32, &mut |b| read += b);
         assert_eq!(read, 6 * 4 + 4 * 2);
         assert_eq!(store.ready.lock().unwrap().len(), 2);
         let get = |name: &str, n: usize| {
