@@ -63,10 +63,17 @@ impl Bf16Kernel {
         }
     }
 
-    /// The kernel for this CPU, detected once.
+    /// The kernel for this CPU, detected once; `INSTRUCTDIFFUSION_BF16_KERNEL=widen` forces the
+    /// fallback (to compare the two on a CPU that has the instructions).
     pub fn detect() -> Self {
         static KERNEL: std::sync::OnceLock<Bf16Kernel> = std::sync::OnceLock::new();
-        *KERNEL.get_or_init(|| Self::for_cpu(CpuFeatures::this_cpu()))
+        *KERNEL.get_or_init(|| {
+            let forced = std::env::var("INSTRUCTDIFFUSION_BF16_KERNEL").ok();
+            if forced.as_deref() == Some("widen") {
+                return Bf16Kernel::Widen;
+            }
+            Self::for_cpu(CpuFeatures::this_cpu())
+        })
     }
 
     /// One line for users: what bf16 does on this CPU.
