@@ -20,17 +20,7 @@ pub fn compute_dtype(vb: &VarBuilder) -> candle_core::DType {
     compute_dtype_for(vb.dtype(), vb.device())
 }
 
-/// [`compute_dtype`] for weights of `dtype` on `device`.
-pub fn compute_dtype_for(
-    dtype: candle_core::DType,
-    device: &candle_core::Device,
-) -> candle_core::DType {
-    if device.is_cpu() && dtype == candle_core::DType::BF16 {
-        candle_core::DType::F32
-    } else {
-        dtype
-    }
-}
+pub use super::kernels::bf16::compute_dtype_for;
 
 /// Whether `w` is a bf16 weight a CPU product reads through [`super::kernels::bf16`].
 fn bf16_on_cpu(w: &Tensor) -> bool {

@@ -89,6 +89,16 @@ impl Bf16Kernel {
     }
 }
 
+/// The dtype a network whose weights are `dtype` on `device` computes in: `dtype`, except bf16
+/// weights on the CPU, which compute in f32 (through this module's products).
+pub fn compute_dtype_for(dtype: DType, device: &candle_core::Device) -> DType {
+    if device.is_cpu() && dtype == DType::BF16 {
+        DType::F32
+    } else {
+        dtype
+    }
+}
+
 /// `x · wᵀ`: `x` `(m, k)` f32, `w` `(n, k)` bf16 (a linear layer's weight) -> `(m, n)` f32.
 pub fn matmul_wt(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     match Bf16Kernel::detect() {

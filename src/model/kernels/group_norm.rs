@@ -24,7 +24,7 @@ pub fn group_norm(groups: usize, channels: usize, eps: f64, vb: VarBuilder) -> R
     if groups == 0 || !channels.is_multiple_of(groups) {
         candle_core::bail!("group norm: {channels} channels do not split into {groups} groups")
     }
-    let dtype = crate::model::nn::compute_dtype(&vb);
+    let dtype = super::bf16::compute_dtype_for(vb.dtype(), vb.device());
     let weight = vb.get_with_hints_dtype(channels, "weight", candle_nn::Init::Const(1.), dtype)?;
     let bias = vb.get_with_hints_dtype(channels, "bias", candle_nn::Init::Const(0.), dtype)?;
     let inner = candle_nn::GroupNorm::new(weight.clone(), bias.clone(), channels, groups, eps)?;
