@@ -31,3 +31,9 @@ pub mod support;
 pub mod tasks;
 pub mod train;
 pub mod worker;
+
+/// The library's own tests map weights too ([`model::load::mapped`]; the binary installs the
+/// same allocator in `main.rs`).
+#[cfg(test)]
+#[global_allocator]
+static ALLOCATOR: model::load::mapped::Allocator = model::load::mapped::Allocator;

@@ -1,3 +1,9 @@
+/// The system allocator, which also frees weights that are views of their files
+/// (`model::load::mapped`: loading SD 1.5 without copying it).
+#[global_allocator]
+static ALLOCATOR: instructdiffusion::model::load::mapped::Allocator =
+    instructdiffusion::model::load::mapped::Allocator;
+
 fn main() -> std::process::ExitCode {
     tune_allocator();
     instructdiffusion::support::unify_thread_counts();

@@ -116,7 +116,7 @@ fn build_linear(
     let transposed = transpose && !weight.is_variable() && !bf16_on_cpu(&weight);
     Ok(Linear {
         weight: if transposed {
-            weight.t()?.contiguous()?
+            super::kernels::transposed(&weight)?
         } else {
             weight
         },

@@ -9,6 +9,7 @@ pub mod diffusers;
 pub mod file;
 pub mod hub;
 pub mod ldm;
+pub mod mapped;
 pub mod safetensors;
 pub mod store;
 
