@@ -70,6 +70,40 @@ fn reference_edit(model: &str, noise: &Path, out: &Path) -> Vec<String> {
     v
 }
 
+/// The binary maps weights stored in the dtype they load in (the tiny fixture is f16) instead
+/// of copying them; the edit is the same either way, and `INSTRUCTDIFFUSION_MMAP=0` reads them.
+#[test]
+fn mapped_weights_edit_like_read_ones() {
+    let tmp = tempdir();
+    let model = tiny().join("diffusers");
+    let run = |mmap: &str| -> (image::RgbImage, serde_json::Value) {
+        let (out, report) = (
+            tmp.path().join(format!("out-{mmap}.png")),
+            tmp.path().join(format!("report-{mmap}.json")),
+        );
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_instructdiffusion"))
+            .args(["edit", "--model", model.to_str().unwrap(), "--dtype", "f16"])
+            .args(["--image", &input(), "--prompt", PROMPT, "--steps", "2"])
+            .args(["--resolution", "64", "--seed", "3", "--full-res", "off"])
+            .arg("--out")
+            .arg(&out)
+            .arg("--report")
+            .arg(&report)
+            .env("HF_HUB_OFFLINE", "1")
+            .env("INSTRUCTDIFFUSION_MMAP", mmap)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        let report = serde_json::from_str(&std::fs::read_to_string(report).unwrap()).unwrap();
+        (image::open(out).unwrap().to_rgb8(), report)
+    };
+    let (mapped, with) = run("1");
+    let (read, without) = run("0");
+    assert!(with["mapped_tensors"].as_u64().unwrap() > 10, "{with}");
+    assert_eq!(without["mapped_tensors"].as_u64(), Some(0), "{without}");
+    assert_eq!(mapped, read, "the same weights give the same edit");
+}
+
 /// `edit --init-noise` with the reference's noise reproduces the reference's pixels.
 #[test]
 fn edit_reproduces_the_reference_from_its_noise() {

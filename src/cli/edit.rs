@@ -162,6 +162,7 @@ pub(super) fn run_edit(args: &EditArgs) -> anyhow::Result<()> {
             "model_notes": model.notes,
             "device": args.model.device,
             "dtype": args.model.dtype,
+            "mapped_tensors": crate::model::load::mapped::mapped_count(),
             "input_size": [source.width(), source.height()],
             "model_size": [mw, mh],
             "output_size": [edited.image.width(), edited.image.height()],
