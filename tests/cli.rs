@@ -70,19 +70,18 @@ fn reference_edit(model: &str, noise: &Path, out: &Path) -> Vec<String> {
     v
 }
 
-/// The binary maps weights stored in the dtype they load in (the tiny fixture is f16) instead
-/// of copying them; the edit is the same either way, and `INSTRUCTDIFFUSION_MMAP=0` reads them.
+/// The binary maps large weights stored in the dtype they load in (the built-in model is f16)
+/// instead of copying them; the edit is the same either way; `INSTRUCTDIFFUSION_MMAP=0` reads them.
 #[test]
 fn mapped_weights_edit_like_read_ones() {
     let tmp = tempdir();
-    let model = tiny().join("diffusers");
     let run = |mmap: &str| -> (image::RgbImage, serde_json::Value) {
         let (out, report) = (
             tmp.path().join(format!("out-{mmap}.png")),
             tmp.path().join(format!("report-{mmap}.json")),
         );
         let o = std::process::Command::new(env!("CARGO_BIN_EXE_instructdiffusion"))
-            .args(["edit", "--model", model.to_str().unwrap(), "--dtype", "f16"])
+            .args(["edit", "--model", "builtin", "--dtype", "f16"])
             .args(["--image", &input(), "--prompt", PROMPT, "--steps", "2"])
             .args(["--resolution", "64", "--seed", "3", "--full-res", "off"])
             .arg("--out")
@@ -99,7 +98,8 @@ fn mapped_weights_edit_like_read_ones() {
     };
     let (mapped, with) = run("1");
     let (read, without) = run("0");
-    assert!(with["mapped_tensors"].as_u64().unwrap() > 10, "{with}");
+    // The built-in model's one tensor of 2 MiB or more: its token embedding table.
+    assert!(with["mapped_tensors"].as_u64().unwrap() >= 1, "{with}");
     assert_eq!(without["mapped_tensors"].as_u64(), Some(0), "{without}");
     assert_eq!(mapped, read, "the same weights give the same edit");
 }
