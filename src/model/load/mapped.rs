@@ -1,15 +1,16 @@
-//! Weights that stay views of their file: a tensor stored in the dtype it is loaded in becomes a
-//! private, read-only-in-practice memory map of its bytes, not a copy.
+//! Weights that stay views of their file: a tensor of at least 2 MiB stored in the dtype it is
+//! loaded in becomes a private memory map of its bytes, not a copy (smaller ones are read into
+//! buffers by the caller).
 //!
 //! candle's CPU storage owns a `Vec`, and a `Vec` is freed through the global allocator. So this
 //! module is the process's global allocator ([`Allocator`], the system one for everything else)
-//! and places every mapped tensor inside one address range it reserved: freeing a pointer in
-//! that range unmaps its pages. Nothing is copied and no page is cleared: the pages are the page cache's own, counted in
-//! the process's memory once a computation first touches them (as PyTorch's memory-mapped
-//! safetensors are). The mapping is private: a write (candle never writes to a weight in
-//! inference) copies the page.
+//! and places every mapped tensor inside one address range it reserved (1 TiB of address space,
+//! no memory: `ps` shows it in VSZ): freeing a pointer in that range unmaps its pages. Nothing is
+//! copied and no page is cleared: the pages are the page cache's own, counted in the process's
+//! memory once a computation first touches them (as PyTorch's memory-mapped safetensors are).
+//! The mapping is private: a write (candle never writes to a weight in inference) copies the page.
 //!
-//! Measured on SD 1.5's f32 folder (2-core VM, 2026-12-06): a load in 0.43-0.50 s and 0.36 GiB
+//! Measured on SD 1.5's f32 folder (2-core VM, 2026-12-07): a load in 0.50-0.59 s and 0.50 GiB
 //! instead of 1.4-6.6 s and 4.01 GiB (clearing fresh pages was most of that). The products run
 //! at the owned buffers' speed when the mapping gets 2 MiB pages; a file the page cache already
 //! holds in 4 KiB pages (copied or read just before) maps in those, and the products that
