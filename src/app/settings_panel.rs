@@ -200,7 +200,6 @@ impl EditorApp {
     }
 }
 
-/// The devices this build can use.
 /// The precisions offered, each with what it means.
 const PRECISIONS: &[(&str, &str)] = &[
     ("f32", "Full precision (the CPU's default)"),
@@ -211,6 +210,7 @@ const PRECISIONS: &[(&str, &str)] = &[
     ("f16", "Half precision, for GPUs (slow on the CPU)"),
 ];
 
+/// The devices this build can use.
 const DEVICES: &[&str] = &[
     "cpu",
     #[cfg(feature = "cuda")]

@@ -132,28 +132,21 @@ impl Module for Linear {
             candle_core::bail!("linear: a scalar input")
         };
         let rows = lead.iter().product::<usize>();
-        if bf16_on_cpu(&self.weight) {
-            let ys = super::kernels::bf16::matmul_wt(&xs.reshape((rows, inner))?, &self.weight)?;
-            let ys = match &self.bias {
-                Some(b) => ys.broadcast_add(b)?,
-                None => ys,
-            };
-            let mut shape = lead.to_vec();
-            shape.push(self.weight.dim(0)?);
-            return ys.reshape(shape);
-        }
-        let w = if self.transposed {
-            self.weight.clone()
+        let xs = xs.reshape((rows, inner))?;
+        let (ys, out_dim) = if bf16_on_cpu(&self.weight) {
+            let ys = super::kernels::bf16::matmul_wt(&xs, &self.weight)?;
+            (ys, self.weight.dim(0)?)
+        } else if self.transposed {
+            (xs.matmul(&self.weight)?, self.weight.dim(1)?)
         } else {
-            self.weight.t()?
+            (xs.matmul(&self.weight.t()?)?, self.weight.dim(0)?)
         };
-        let ys = xs.reshape((rows, inner))?.matmul(&w)?;
         let ys = match &self.bias {
             Some(b) => ys.broadcast_add(b)?,
             None => ys,
         };
         let mut shape = lead.to_vec();
-        shape.push(w.dim(1)?);
+        shape.push(out_dim);
         ys.reshape(shape)
     }
 }
