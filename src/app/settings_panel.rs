@@ -205,7 +205,7 @@ const PRECISIONS: &[(&str, &str)] = &[
     ("f32", "Full precision (the CPU's default)"),
     (
         "bf16",
-        "Weights in half the memory; on the CPU the arithmetic stays f32, fast where the CPU has AVX512-BF16",
+        "Weights in half the memory; on the CPU the arithmetic stays f32 (products on AVX512-BF16 where the CPU has it; no faster elsewhere)",
     ),
     ("f16", "Half precision, for GPUs (slow on the CPU)"),
 ];

@@ -87,7 +87,7 @@ pub struct ModelArgs {
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// Precision of the weights: f32, f16 or bf16. On the CPU, bf16 holds the weights in half
-    /// the memory and computes in f32 (fast products where the CPU has AVX512-BF16).
+    /// the memory and computes in f32 (products on AVX512-BF16 where the CPU has it).
     #[arg(long, default_value = "f32")]
     pub dtype: String,
     /// Compute attention in slices of this many heads to save memory on large images.

@@ -185,11 +185,16 @@ impl SafetensorsFile {
                 &Device::Cpu,
             )?));
         }
-        Ok(match self.load(name)? {
-            Some(t) if t.dtype().is_float() && t.dtype() != dtype => Some(t.to_dtype(dtype)?),
-            other => other,
-        })
+        as_float(self.load(name)?, dtype)
     }
+}
+
+/// A loaded tensor with its floating-point values in `dtype` (other tensors as they are).
+pub(super) fn as_float(t: Option<Tensor>, dtype: DType) -> Result<Option<Tensor>> {
+    Ok(match t {
+        Some(t) if t.dtype().is_float() && t.dtype() != dtype => Some(t.to_dtype(dtype)?),
+        other => other,
+    })
 }
 
 /// Appends the bf16 nearest to each f32 (given by its bits) to `out`: in 8-lane AVX2 where the

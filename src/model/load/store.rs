@@ -43,10 +43,7 @@ impl WeightsFile {
     fn load_as(&self, name: &str, dtype: DType) -> Result<Option<Tensor>> {
         match self {
             WeightsFile::Safetensors(st) => st.load_as(name, dtype),
-            WeightsFile::Pth(_) => Ok(match self.load(name)? {
-                Some(t) if t.dtype().is_float() && t.dtype() != dtype => Some(t.to_dtype(dtype)?),
-                other => other,
-            }),
+            WeightsFile::Pth(_) => super::safetensors::as_float(self.load(name)?, dtype),
         }
     }
 }
