@@ -64,9 +64,12 @@ impl Module for LayerNorm {
 /// into the rows of one matrix product (candle's `Linear` runs one product per batch row).
 #[derive(Debug, Clone)]
 pub struct Linear {
-    /// `(in, out)` contiguous when `transposed`, else `(out, in)`.
+    /// `(in, out)` contiguous when `transposed`; packed for the bf16 product when `packed`
+    /// ([`super::kernels::bf16::pack_weight`]); else `(out, in)`.
     weight: Tensor,
     transposed: bool,
+    /// `(out, in)` of a weight held packed.
+    packed: Option<(usize, usize)>,
     bias: Option<Tensor>,
 }
 
@@ -112,15 +115,24 @@ fn build_linear(
         None
     };
     // A trained variable stays as it is (its gradient is taken with respect to it); bf16
-    // weights are read in their own layout by their own product.
-    let transposed = transpose && !weight.is_variable() && !bf16_on_cpu(&weight);
+    // weights are read by their own product, packed once for it where the CPU runs it on
+    // bf16 dot products.
+    let bf16 = bf16_on_cpu(&weight);
+    let transposed = transpose && !weight.is_variable() && !bf16;
+    let packed = bf16
+        && !weight.is_variable()
+        && super::kernels::bf16::Bf16Kernel::detect()
+            == super::kernels::bf16::Bf16Kernel::Avx512Bf16;
     Ok(Linear {
         weight: if transposed {
             super::kernels::transposed(&weight)?
+        } else if packed {
+            super::kernels::bf16::pack_weight(&weight)?
         } else {
             weight
         },
         transposed,
+        packed: packed.then_some((out_dim, in_dim)),
         bias,
     })
 }
@@ -133,7 +145,10 @@ impl Module for Linear {
         };
         let rows = lead.iter().product::<usize>();
         let xs = xs.reshape((rows, inner))?;
-        let (ys, out_dim) = if bf16_on_cpu(&self.weight) {
+        let (ys, out_dim) = if let Some((n, k)) = self.packed {
+            let ys = super::kernels::bf16::matmul_packed(&xs, &self.weight, n, k)?;
+            (ys, n)
+        } else if bf16_on_cpu(&self.weight) {
             let ys = super::kernels::bf16::matmul_wt(&xs, &self.weight)?;
             (ys, self.weight.dim(0)?)
         } else if self.transposed {
@@ -249,13 +264,19 @@ impl Conv2d {
             return out.reshape((b, (), h, w));
         }
         let (o, k) = (self.bias.elem_count(), self.kernel);
-        let shifted = self.stride == 1 && 2 * self.padding + 1 == k && o * k * k <= b * h * w;
-        // bf16 weights on AVX512-BF16 go through patches and their own product; widened to
-        // f32, they take the f32 route.
-        let widen = bf16_on_cpu(&self.weight_2d)
+        let same = self.stride == 1 && 2 * self.padding + 1 == k;
+        let shifted = same && o * k * k <= b * h * w;
+        // bf16 weights on AVX512-BF16: their own convolution (rows of whole vectors) or
+        // patches and their own product; widened to f32, they take the f32 route.
+        let bf16 = bf16_on_cpu(&self.weight_2d);
+        if bf16 && same && super::kernels::bf16::conv_same_applies(k, w) {
+            let out = super::kernels::bf16::conv_same(xs, self.inner.weight())?;
+            return out.broadcast_add(&self.bias.reshape((1, o, 1, 1))?);
+        }
+        let widen = bf16
             && super::kernels::bf16::Bf16Kernel::detect()
                 == super::kernels::bf16::Bf16Kernel::Widen;
-        if shifted && (widen || !bf16_on_cpu(&self.weight_2d)) {
+        if shifted && (widen || !bf16) {
             // Kernel rows of shifted copies, no patch matrix (forward and backward). Each band
             // of rows packs the weights again, so this pays where they are small beside the
             // input (measured per layer shape: 0.4-0.8x the im2col time there, up to 3x where

@@ -99,18 +99,74 @@ pub fn compute_dtype_for(dtype: DType, device: &candle_core::Device) -> DType {
     }
 }
 
+/// Pairs of the depth one pass over the panels covers: the panels of a block (at most
+/// [`MAX_COLS`] columns, 512 KiB) stay in the L2 cache and one micro-kernel's rows (16 KiB)
+/// in the L1 while they are read.
+pub const KC: usize = 512;
+/// The most output columns one block packs panels for.
+const MAX_COLS: usize = 256;
+
 /// `x · wᵀ`: `x` `(m, k)` f32, `w` `(n, k)` bf16 (a linear layer's weight) -> `(m, n)` f32.
+/// A layer packs its weight once ([`pack_weight`], [`matmul_packed`]); this packs it per call.
 pub fn matmul_wt(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     match Bf16Kernel::detect() {
         Bf16Kernel::Widen => x.matmul(&w.to_dtype(DType::F32)?.t()?),
-        Bf16Kernel::Avx512Bf16 => x.contiguous()?.apply_op2_no_bwd(
-            &w.contiguous()?,
-            &Product {
-                form: Form::XWt,
-                micro: avx512_micro(),
-            },
-        ),
+        Bf16Kernel::Avx512Bf16 => {
+            let (n, k) = w.dims2()?;
+            matmul_packed(x, &pack_weight(w)?, n, k)
+        }
     }
+}
+
+/// A linear layer's bf16 weight `w` `(n, k)` in the layout [`matmul_packed`] reads: panels of
+/// [`NR`] rows of `w`, each `kp = ceil(k / 2)` groups of [`NR`] bf16 pairs (`(panels, kp, NR)`
+/// u32, the bytes of `w` plus the zeros that pad its last panel).
+pub fn pack_weight(w: &Tensor) -> Result<Tensor> {
+    let (n, k) = w.dims2()?;
+    let w = w.contiguous()?;
+    let (storage, layout) = w.storage_and_layout();
+    let bits: &[u16] = match (&*storage, layout.contiguous_offsets()) {
+        (candle_core::Storage::Cpu(CpuStorage::BF16(v)), Some((a, b))) => bytemuck_bf16(&v[a..b]),
+        _ => candle_core::bail!("packing a bf16 weight: not a contiguous bf16 CPU tensor"),
+    };
+    let out = pack_weight_bits(bits, n, k);
+    drop(storage);
+    Tensor::from_vec(out, (n.div_ceil(NR), k.div_ceil(2), NR), w.device())
+}
+
+/// [`pack_weight`] on the bits of a `(n, k)` weight.
+fn pack_weight_bits(bits: &[u16], n: usize, k: usize) -> Vec<u32> {
+    let (kp, panels) = (k.div_ceil(2), n.div_ceil(NR));
+    let mut out = vec![0u32; panels * kp * NR];
+    out.par_chunks_mut((kp * NR).max(1))
+        .enumerate()
+        .for_each(|(pi, panel)| {
+            for jj in 0..NR.min(n - pi * NR) {
+                let row = &bits[(pi * NR + jj) * k..][..k];
+                for (q, two) in row.chunks(2).enumerate() {
+                    panel[q * NR + jj] = pair(two[0], two.get(1).copied().unwrap_or(0));
+                }
+            }
+        });
+    out
+}
+
+/// The bits of bf16 values.
+fn bytemuck_bf16(v: &[bf16]) -> &[u16] {
+    // SAFETY: `bf16` is a `repr(transparent)` `u16`.
+    unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u16>(), v.len()) }
+}
+
+/// `x` `(m, k)` f32 times the transpose of the `(n, k)` weight `packed` by [`pack_weight`]
+/// -> `(m, n)` f32, on AVX512-BF16.
+pub fn matmul_packed(x: &Tensor, packed: &Tensor, n: usize, k: usize) -> Result<Tensor> {
+    x.contiguous()?.apply_op2_no_bwd(
+        packed,
+        &Product {
+            form: Form::XPacked { n, k },
+            micro: avx512_micro(),
+        },
+    )
 }
 
 /// `w · cols` for each sample: `w` `(o, k)` bf16 (a convolution's flattened weight), `cols`
@@ -133,24 +189,55 @@ pub fn weight_matmul(w: &Tensor, cols: &Tensor) -> Result<Tensor> {
     }
 }
 
-/// The innermost step: `tile[r][j] = Σ_q a[r][q] · b[q][j]` over `kp` bf16 pairs, for the
-/// [`MR`] rows `a` (pointers to their first pair; pairs may be unaligned) and the packed panel
-/// `b` (`kp` groups of [`NR`] pairs).
+/// Whether [`conv_same`] runs a `k x k` convolution on planes `width` wide here: an odd kernel
+/// on AVX512-BF16, rows a whole number of 16-lane vectors (narrower planes go through patches).
+pub fn conv_same_applies(k: usize, width: usize) -> bool {
+    Bf16Kernel::detect() == Bf16Kernel::Avx512Bf16 && k % 2 == 1 && width % 16 == 0
+}
+
+/// `conv2d(x, w)`, stride 1, padding `(k - 1) / 2`, no bias: `x` `(b, c, h, w)` f32, `w`
+/// `(o, c, k, k)` bf16, where [`conv_same_applies`]. No patch matrix: the panels are packed
+/// straight from a zero-padded band of input rows, each tap a shifted read.
+pub fn conv_same(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op2_no_bwd(
+        &w.contiguous()?,
+        &Product {
+            form: Form::ConvSame,
+            micro: avx512_micro(),
+        },
+    )
+}
+
+/// The innermost step: `c[r][j] (+)= Σ_q a[r][q] · b[q][j]` over `kp` bf16 pairs, for rows
+/// `r < rows` and columns `j < cols` of `c` (rows `ldc` apart), adding to what `c` holds when
+/// `accumulate`. `a` holds [`MR`] row pointers (to their first pair; unaligned; rows past `rows`
+/// repeat a valid one), `b` a panel of `kp` groups of [`NR`] pairs.
 ///
 /// # Safety
-/// Each `a[r]` is valid for `kp` reads of `u32`, `b` for `kp * NR`.
-pub type Micro = unsafe fn(kp: usize, a: &[*const u32; MR], b: *const u32, tile: &mut [f32]);
+/// Each `a[r]` is valid for `kp` reads of `u32`, `b` for `kp * NR`, `c` for `rows` rows of `cols`.
+pub type Micro = unsafe fn(
+    kp: usize,
+    a: &[*const u32; MR],
+    b: *const u32,
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    cols: usize,
+    accumulate: bool,
+);
 
 /// Which product a [`Product`] op computes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Form {
-    /// `x (m, k) · wᵀ`, `w (n, k)`.
-    XWt,
+    /// `x (m, k) · wᵀ` with `w (n, k)` packed by [`pack_weight`].
+    XPacked { n: usize, k: usize },
     /// `w (o, k) · cols (b, k, p)`.
     WCols,
+    /// `conv2d(x (b, c, h, w), w (o, c, k, k))`, stride 1, "same" padding.
+    ConvSame,
 }
 
-/// A bf16-weight product as an op on (f32 activation, bf16 weight).
+/// A bf16-weight product as an op on (f32 activation, weight).
 struct Product {
     form: Form,
     micro: Micro,
@@ -169,29 +256,38 @@ impl CustomOp2 for Product {
         wl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let x = super::contiguous_f32(xs, xl, "a bf16-weight product")?;
+        if let Form::XPacked { n, k } = self.form {
+            let packed = match (ws, wl.contiguous_offsets()) {
+                (CpuStorage::U32(v), Some((a, b))) => &v[a..b],
+                _ => candle_core::bail!("a bf16-weight product needs its packed weights"),
+            };
+            let (m, kx) = xl.shape().dims2()?;
+            if kx != k || packed.len() != n.div_ceil(NR) * k.div_ceil(2) * NR {
+                candle_core::bail!("bf16 product: x is {m}x{kx}, the packed weight {n}x{k}")
+            }
+            let out = x_packed(x, packed, m, n, k, self.micro);
+            return Ok((CpuStorage::F32(out), Shape::from((m, n))));
+        }
         let w = match (ws, wl.contiguous_offsets()) {
             (CpuStorage::BF16(v), Some((a, b))) => &v[a..b],
             _ => candle_core::bail!("a bf16-weight product needs contiguous bf16 weights"),
         };
-        let (n_w, k) = wl.shape().dims2()?;
-        match self.form {
-            Form::XWt => {
-                let (m, kx) = xl.shape().dims2()?;
-                if kx != k {
-                    candle_core::bail!("bf16 product: x is {m}x{kx}, w is {n_w}x{k}")
-                }
-                let out = x_wt(x, w, m, n_w, k, self.micro);
-                Ok((CpuStorage::F32(out), Shape::from((m, n_w))))
+        if self.form == Form::ConvSame {
+            let (b, c, h, wd) = xl.shape().dims4()?;
+            let (o, c2, k, k2) = wl.shape().dims4()?;
+            if c2 != c || k2 != k || k % 2 == 0 || wd % 16 != 0 {
+                candle_core::bail!("bf16 conv: input {:?}, weight {:?}", xl.dims(), wl.dims())
             }
-            Form::WCols => {
-                let (b, kc, p) = xl.shape().dims3()?;
-                if kc != k {
-                    candle_core::bail!("bf16 product: w is {n_w}x{k}, cols are {b}x{kc}x{p}")
-                }
-                let out = w_cols(w, x, b, n_w, k, p, self.micro);
-                Ok((CpuStorage::F32(out), Shape::from((b, n_w, p))))
-            }
+            let out = conv(x, (b, c, h, wd), w, o, k, self.micro);
+            return Ok((CpuStorage::F32(out), Shape::from((b, o, h, wd))));
         }
+        let (o, k) = wl.shape().dims2()?;
+        let (b, kc, p) = xl.shape().dims3()?;
+        if kc != k {
+            candle_core::bail!("bf16 product: w is {o}x{k}, cols are {b}x{kc}x{p}")
+        }
+        let out = w_cols(w, x, b, o, k, p, self.micro);
+        Ok((CpuStorage::F32(out), Shape::from((b, o, p))))
     }
 }
 
@@ -206,55 +302,234 @@ fn pair(lo: u16, hi: u16) -> u32 {
     lo as u32 | (hi as u32) << 16
 }
 
-/// Rows of bf16 as rows of pairs (`kp = ceil(k / 2)` each, an odd `k` padded with a zero).
-fn rows_of_pairs(rows: usize, k: usize, get: impl Fn(usize, usize) -> u16) -> Vec<u32> {
-    let kp = k.div_ceil(2);
-    let mut out = vec![0u32; rows * kp];
-    for (r, row) in out.chunks_mut(kp.max(1)).enumerate().take(rows) {
-        for (q, v) in row.iter_mut().enumerate() {
-            let hi = if 2 * q + 1 < k { get(r, 2 * q + 1) } else { 0 };
-            *v = pair(get(r, 2 * q), hi);
+/// Whether the packing below runs on AVX512-BF16's conversions (else in plain Rust; the two
+/// give the same bits but for subnormals, which the instructions flush to zero).
+fn simd_packing() -> bool {
+    static SIMD: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SIMD.get_or_init(|| CpuFeatures::this_cpu().avx512bf16)
+}
+
+/// `out[j] = pair(round(lo[j]), round(hi[j]))` (`hi` absent: 0) for `j < out.len()`: two rows
+/// of the depth as one row of pairs.
+fn pack_rows(lo: &[f32], hi: Option<&[f32]>, out: &mut [u32]) {
+    let n = out.len();
+    assert!(lo.len() >= n && hi.is_none_or(|h| h.len() >= n));
+    #[cfg(target_arch = "x86_64")]
+    if simd_packing() {
+        // SAFETY: the CPU has the instructions; every pointer is valid for `n` elements.
+        unsafe {
+            return avx512::pack_rows(lo.as_ptr(), hi.map(|h| h.as_ptr()), n, out.as_mut_ptr());
         }
     }
-    out
+    for (j, v) in out.iter_mut().enumerate() {
+        *v = pair(round(lo[j]), hi.map_or(0, |h| round(h[j])));
+    }
 }
 
-/// `x (m, k) · wᵀ`, `w (n, k)`: the rows of `x` rounded to bf16 pairs per block of rows, the
-/// panels of `wᵀ` read as pairs straight from the rows of `w`.
-fn x_wt(x: &[f32], w: &[bf16], m: usize, n: usize, k: usize, micro: Micro) -> Vec<f32> {
+/// `out[q] = pair(round(x[2q]), round(x[2q + 1]))` (past the end: 0): a row along the depth
+/// as pairs, `out.len() == x.len().div_ceil(2)`.
+fn pack_along(x: &[f32], out: &mut [u32]) {
+    assert_eq!(out.len(), x.len().div_ceil(2));
+    #[cfg(target_arch = "x86_64")]
+    if simd_packing() {
+        // SAFETY: the CPU has the instructions; `x` and `out` have the lengths checked above.
+        unsafe { return avx512::pack_along(x.as_ptr(), x.len(), out.as_mut_ptr()) }
+    }
+    for (v, two) in out.iter_mut().zip(x.chunks(2)) {
+        *v = pair(round(two[0]), two.get(1).map_or(0, |&h| round(h)));
+    }
+}
+
+/// A pointer that parallel jobs write disjoint blocks through.
+#[derive(Clone, Copy)]
+struct Out(*mut f32);
+// SAFETY: each job writes its own block of the output (see the callers).
+unsafe impl Send for Out {}
+unsafe impl Sync for Out {}
+
+impl Out {
+    /// The element `i` past the start.
+    fn at(self, i: usize) -> *mut f32 {
+        self.0.wrapping_add(i)
+    }
+}
+
+/// Runs `f` on each job, across the threads (in turn inside a split batch's share).
+fn for_each_job<J: Send + Sync + Copy>(jobs: &[J], f: impl Fn(J) + Sync) {
+    if candle_core::utils::is_serial() || jobs.len() < 2 {
+        jobs.iter().for_each(|&j| f(j));
+    } else {
+        jobs.par_iter().for_each(|&j| f(j));
+    }
+}
+
+/// How a product of `rows x cols` (per image, `images` of them) is cut into blocks: at most
+/// [`MAX_COLS`] columns (a multiple of [`NR`]) and `max_rows` rows each, smaller until every
+/// thread has about four blocks (but not below one panel, or 64 rows). Returns the block's
+/// (rows, columns).
+fn blocks(rows: usize, cols: usize, images: usize, max_rows: usize) -> (usize, usize) {
+    let target = if candle_core::utils::is_serial() {
+        1
+    } else {
+        4 * rayon::current_num_threads().max(1)
+    };
+    let count = |rb: usize, cb: usize| images * rows.div_ceil(rb) * cols.div_ceil(cb);
+    let (mut rb, mut cb) = (rows.clamp(1, max_rows), cols.clamp(1, MAX_COLS));
+    while count(rb, cb) < target && cb > NR {
+        cb = (cb / 2).next_multiple_of(NR);
+    }
+    while count(rb, cb) < target && rb > 64 {
+        rb = (rb / 2).next_multiple_of(MR);
+    }
+    (rb, cb)
+}
+
+/// One block of a product: `c[r][j] = Σ_q a_r[q] · b[q][j]` for `r < rows`, `j < cols`, row `r`
+/// of `a` at `a + r * lda` (`kp` pairs), and `panels(q0, kc, scratch)` giving the panels of
+/// pairs `q0..q0 + kc` of every column: a pointer to the first and the distance between two.
+///
+/// # Safety
+/// `a` valid for `rows` rows of `kp` pairs, `lda` apart; the panels for `kc * NR` pairs each;
+/// `c` for `rows` rows of `cols` (`ldc` apart) no other thread touches.
+#[allow(clippy::too_many_arguments)]
+unsafe fn block(
+    kp: usize,
+    (rows, cols): (usize, usize),
+    (a, lda): (*const u32, usize),
+    mut panels: impl FnMut(usize, usize, &mut Vec<u32>) -> (*const u32, usize),
+    (c, ldc): (*mut f32, usize),
+    micro: Micro,
+) {
+    if rows == 0 || cols == 0 {
+        return;
+    }
+    if kp == 0 {
+        for r in 0..rows {
+            std::ptr::write_bytes(c.add(r * ldc), 0, cols);
+        }
+        return;
+    }
+    let mut scratch = Vec::new();
+    for q0 in (0..kp).step_by(KC) {
+        let kc = KC.min(kp - q0);
+        let (b, panel_step) = panels(q0, kc, &mut scratch);
+        for r0 in (0..rows).step_by(MR) {
+            let nr = MR.min(rows - r0);
+            let ar: [*const u32; MR] =
+                std::array::from_fn(|r| a.add((r0 + r.min(nr - 1)) * lda + q0));
+            for (pi, j0) in (0..cols).step_by(NR).enumerate() {
+                let nc = NR.min(cols - j0);
+                micro(
+                    kc,
+                    &ar,
+                    b.add(pi * panel_step),
+                    c.add(r0 * ldc + j0),
+                    ldc,
+                    nr,
+                    nc,
+                    q0 > 0,
+                );
+            }
+        }
+    }
+}
+
+/// Fills `scratch` with the panels of `cols` columns for pairs `q0..q0 + kc`, column `j` of
+/// depth row `t` read by `read(t, j, out)` for runs of columns that do not cross a multiple of
+/// 16 (`out` the run's pairs): returns `block`'s pointer and panel step.
+fn pack_panels(
+    scratch: &mut Vec<u32>,
+    cols: usize,
+    (q0, kc): (usize, usize),
+    rows_of: impl Fn(usize, usize, usize) -> (*const f32, Option<*const f32>),
+) -> (*const u32, usize) {
+    let panels = cols.div_ceil(NR);
+    scratch.resize(panels * kc * NR, 0);
+    for pi in 0..panels {
+        for q in 0..kc {
+            let dst = &mut scratch[(pi * kc + q) * NR..][..NR];
+            for half in (0..NR).step_by(16) {
+                let j = pi * NR + half;
+                if j >= cols {
+                    break;
+                }
+                let len = 16.min(cols - j);
+                let (lo, hi) = rows_of(q0 + q, j, len);
+                // SAFETY: `rows_of` returns rows valid for `len` elements.
+                let (lo, hi) = unsafe {
+                    (
+                        std::slice::from_raw_parts(lo, len),
+                        hi.map(|h| std::slice::from_raw_parts(h, len)),
+                    )
+                };
+                pack_rows(lo, hi, &mut dst[half..half + len]);
+            }
+        }
+    }
+    (scratch.as_ptr(), kc * NR)
+}
+
+/// `x (m, k) · wᵀ` from the packed weight: blocks of rows of `x` rounded to pairs, times the
+/// panels as they are.
+fn x_packed(x: &[f32], packed: &[u32], m: usize, n: usize, k: usize, micro: Micro) -> Vec<f32> {
     let kp = k.div_ceil(2);
     let mut out = vec![0f32; m * n];
-    let chunk = chunk_rows(m);
-    out.par_chunks_mut(chunk * n.max(1))
-        .enumerate()
-        .for_each(|(ci, c)| {
-            let r0 = ci * chunk;
-            let rows = c.len() / n.max(1);
-            let a = rows_of_pairs(rows, k, |r, j| round(x[(r0 + r) * k + j]));
-            let pack_b = |j0: usize, panel: &mut [u32]| {
-                for q in 0..kp {
-                    for jj in 0..NR {
-                        let j = j0 + jj;
-                        panel[q * NR + jj] = if j < n {
-                            let lo = w[j * k + 2 * q].to_bits();
-                            let hi = if 2 * q + 1 < k {
-                                w[j * k + 2 * q + 1].to_bits()
-                            } else {
-                                0
-                            };
-                            pair(lo, hi)
-                        } else {
-                            0
-                        };
-                    }
-                }
-            };
-            gemm(rows, n, kp, &a, pack_b, c, micro);
-        });
+    let (rb, cb) = blocks(m, n, 1, 256);
+    let jobs: Vec<(usize, usize)> = (0..m)
+        .step_by(rb)
+        .flat_map(|r0| (0..n).step_by(cb).map(move |c0| (r0, c0)))
+        .collect();
+    let dst = Out(out.as_mut_ptr());
+    for_each_job(&jobs, |(r0, c0)| {
+        let (rows, cols) = (rb.min(m - r0), cb.min(n - c0));
+        let mut a = vec![0u32; rows * kp];
+        for (r, row) in a.chunks_mut(kp.max(1)).enumerate().take(rows) {
+            pack_along(&x[(r0 + r) * k..][..k], row);
+        }
+        let first = &packed[(c0 / NR) * kp * NR..];
+        // SAFETY: `a` holds `rows` rows of `kp`; panel `c0 / NR + i` starts `i * kp * NR` after
+        // `first` and holds `kp * NR` pairs; the job writes rows `r0..` columns `c0..` of `out`
+        // (`m x n`), which no other job does.
+        unsafe {
+            block(
+                kp,
+                (rows, cols),
+                (a.as_ptr(), kp),
+                |q0, _, _| (first.as_ptr().add(q0 * NR), kp * NR),
+                (dst.at(r0 * n + c0), n),
+                micro,
+            )
+        }
+    });
     out
 }
 
-/// `w (o, k) · cols (b, k, p)` per sample: the rows of `w` as pairs, the panels of `cols`
+/// Rows of pairs of a bf16 weight `(o, k)`: the weight itself when `k` is even (each two bf16
+/// of a row are one pair), else a copy with each row padded by a zero.
+fn weight_rows(w: &[bf16], o: usize, k: usize) -> std::borrow::Cow<'_, [u32]> {
+    let kp = k.div_ceil(2);
+    if k % 2 == 0 && w.as_ptr().cast::<u32>().is_aligned() {
+        // SAFETY: `w` is `o * k` bf16, aligned for u32 (checked): `o * kp` u32.
+        return std::borrow::Cow::Borrowed(unsafe {
+            std::slice::from_raw_parts(w.as_ptr().cast::<u32>(), o * kp)
+        });
+    }
+    let bits = bytemuck_bf16(w);
+    let mut out = vec![0u32; o * kp];
+    for (r, row) in out.chunks_mut(kp.max(1)).enumerate().take(o) {
+        for (q, v) in row.iter_mut().enumerate() {
+            let hi = if 2 * q + 1 < k {
+                bits[r * k + 2 * q + 1]
+            } else {
+                0
+            };
+            *v = pair(bits[r * k + 2 * q], hi);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// `w (o, k) · cols (b, k, p)` per sample: the weight's rows as they are, the panels of `cols`
 /// rounded to bf16 pairs as they are packed.
 fn w_cols(
     w: &[bf16],
@@ -266,89 +541,104 @@ fn w_cols(
     micro: Micro,
 ) -> Vec<f32> {
     let kp = k.div_ceil(2);
-    let a = rows_of_pairs(o, k, |r, j| w[r * k + j].to_bits());
+    let a = weight_rows(w, o, k);
     let mut out = vec![0f32; b * o * p];
-    if out.is_empty() {
-        return out;
-    }
-    // Jobs: (sample, block of weight rows).
-    let chunk = chunk_rows(o * b).min(o);
-    out.par_chunks_mut(o * p)
-        .enumerate()
-        .flat_map(|(s, plane)| {
-            plane
-                .par_chunks_mut(chunk * p)
-                .enumerate()
-                .map(move |(ci, c)| (s, ci, c))
+    let (rb, cb) = blocks(o, p, b, usize::MAX);
+    let jobs: Vec<(usize, usize, usize)> = (0..b)
+        .flat_map(|s| {
+            (0..o)
+                .step_by(rb)
+                .flat_map(move |r0| (0..p).step_by(cb).map(move |c0| (s, r0, c0)))
         })
-        .for_each(|(s, ci, c)| {
-            let r0 = ci * chunk;
-            let rows = c.len() / p.max(1);
-            let x = &cols[s * k * p..(s + 1) * k * p];
-            let pack_b = |j0: usize, panel: &mut [u32]| {
-                for q in 0..kp {
-                    let (lo_row, hi_row) = (2 * q * p, (2 * q + 1) * p);
-                    for jj in 0..NR {
-                        let j = j0 + jj;
-                        panel[q * NR + jj] = if j < p {
-                            let hi = if 2 * q + 1 < k {
-                                round(x[hi_row + j])
-                            } else {
-                                0
-                            };
-                            pair(round(x[lo_row + j]), hi)
-                        } else {
-                            0
-                        };
-                    }
-                }
-            };
-            gemm(rows, p, kp, &a[r0 * kp..(r0 + rows) * kp], pack_b, c, micro);
-        });
+        .collect();
+    let dst = Out(out.as_mut_ptr());
+    for_each_job(&jobs, |(s, r0, c0)| {
+        let (rows, ncols) = (rb.min(o - r0), cb.min(p - c0));
+        let x = &cols[s * k * p..(s + 1) * k * p];
+        let rows_of = |q: usize, j: usize, _len: usize| {
+            let at = |t: usize| x[t * p + c0 + j..].as_ptr();
+            (at(2 * q), (2 * q + 1 < k).then(|| at(2 * q + 1)))
+        };
+        // SAFETY: `a` holds `o` rows of `kp`; the job writes rows `r0..` columns `c0..` of
+        // sample `s`'s `(o, p)` plane, which no other job does; `rows_of` returns pointers
+        // into `x` with `_len <= p - c0 - j` elements after them.
+        unsafe {
+            block(
+                kp,
+                (rows, ncols),
+                (a.as_ptr().add(r0 * kp), kp),
+                |q0, kc, scratch| pack_panels(scratch, ncols, (q0, kc), rows_of),
+                (dst.at((s * o + r0) * p + c0), p),
+                micro,
+            )
+        }
+    });
     out
 }
 
-/// Rows per parallel job: enough jobs for every thread (four each), at least one micro-kernel
-/// block, at most 256 rows (each job packs the weight panels again: 1/256 of its arithmetic).
-fn chunk_rows(m: usize) -> usize {
-    let threads = rayon::current_num_threads().max(1);
-    let per = m.div_ceil(threads * 4);
-    per.next_multiple_of(MR).clamp(MR, 256).min(m.max(1))
-}
-
-/// `c (m, n) = a · b`: `a` is `m` rows of `kp` pairs; `pack_b(j0, panel)` fills the panel of
-/// columns `j0..j0 + NR` (`kp * NR` pairs, zero past column `n`).
-pub fn gemm(
-    m: usize,
-    n: usize,
-    kp: usize,
-    a: &[u32],
-    pack_b: impl Fn(usize, &mut [u32]),
-    c: &mut [f32],
+/// The implicit-patch convolution ([`conv_same`]): depth row `t = (ci, ky, kx)` of the patch
+/// matrix (the weight's own order) at pixel `j` is the padded input at `ci`, shifted by
+/// `(ky, kx)`; a block of pixels packs its panels from a padded band of the rows it covers.
+fn conv(
+    x: &[f32],
+    (b, c, h, wd): (usize, usize, usize, usize),
+    w: &[bf16],
+    o: usize,
+    k: usize,
     micro: Micro,
-) {
-    assert!(a.len() >= m * kp && c.len() >= m * n);
-    if m == 0 || n == 0 {
-        return;
-    }
-    let mut panel = vec![0u32; kp * NR];
-    let mut tile = [0f32; MR * NR];
-    for j0 in (0..n).step_by(NR) {
-        pack_b(j0, &mut panel);
-        let cols = NR.min(n - j0);
-        for r0 in (0..m).step_by(MR) {
-            let rows = MR.min(m - r0);
-            // Rows past the end repeat the last one; their results are dropped.
-            let rows_a: [*const u32; MR] =
-                std::array::from_fn(|r| a[(r0 + r.min(rows - 1)) * kp..].as_ptr());
-            // SAFETY: each row pointer has `kp` pairs after it (`a` holds `m * kp`), the panel
-            // `kp * NR`.
-            unsafe { micro(kp, &rows_a, panel.as_ptr(), &mut tile) };
-            for r in 0..rows {
-                c[(r0 + r) * n + j0..][..cols].copy_from_slice(&tile[r * NR..][..cols]);
-            }
+) -> Vec<f32> {
+    let depth = c * k * k;
+    let kp = depth.div_ceil(2);
+    let a = weight_rows(w, o, depth);
+    let p = h * wd;
+    let mut out = vec![0f32; b * o * p];
+    let (rb, cb) = blocks(o, p, b, usize::MAX);
+    let jobs: Vec<(usize, usize, usize)> = (0..b)
+        .flat_map(|s| {
+            (0..o)
+                .step_by(rb)
+                .flat_map(move |r0| (0..p).step_by(cb).map(move |c0| (s, r0, c0)))
+        })
+        .collect();
+    let dst = Out(out.as_mut_ptr());
+    let wp = wd + k - 1;
+    for_each_job(&jobs, |(s, r0, c0)| {
+        let (rows, ncols) = (rb.min(o - r0), cb.min(p - c0));
+        // The input rows this block's pixels read, zero-padded.
+        let (y0, y1) = (c0 / wd, (c0 + ncols - 1) / wd + 1);
+        let (padded, plane) = super::band::padded_band(x, (c, h, wd), k, (s, y0, y1), 0);
+        // Where each depth row starts in `padded`, and pixel `j` of the block within a row.
+        let start: Vec<usize> = (0..depth)
+            .map(|t| {
+                let (ci, ky, kx) = (t / (k * k), t / k % k, t % k);
+                ci * plane + ky * wp + kx
+            })
+            .collect();
+        let pixel = |j: usize| {
+            let at = c0 + j;
+            (at / wd - y0) * wp + at % wd
+        };
+        let rows_of = |q: usize, j: usize, _len: usize| {
+            // A run of 16 from a multiple of 16 stays in one row (`wd % 16 == 0`).
+            let at = |t: usize| padded[start[t] + pixel(j)..].as_ptr();
+            (at(2 * q), (2 * q + 1 < depth).then(|| at(2 * q + 1)))
+        };
+        // SAFETY: `a` holds `o` rows of `kp`; the job writes rows `r0..` pixels `c0..` of
+        // sample `s`'s `(o, p)` plane, which no other job does; a run of `_len <= 16` pixels
+        // from `j` (a multiple of 16, `c0` of 32) lies in one output row, so its reads stay
+        // inside that row of the padded band (`wp` long).
+        unsafe {
+            block(
+                kp,
+                (rows, ncols),
+                (a.as_ptr().add(r0 * kp), kp),
+                |q0, kc, scratch| pack_panels(scratch, ncols, (q0, kc), rows_of),
+                (dst.at((s * o + r0) * p + c0), p),
+                micro,
+            )
         }
-    }
+    });
+    out
 }
 
 /// `vdpbf16ps` in plain Rust: per lane, the high pair's product then the low pair's is added
@@ -358,17 +648,28 @@ pub fn gemm(
 ///
 /// # Safety
 /// As [`Micro`].
-pub unsafe fn micro_emulated(kp: usize, a: &[*const u32; MR], b: *const u32, tile: &mut [f32]) {
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn micro_emulated(
+    kp: usize,
+    a: &[*const u32; MR],
+    b: *const u32,
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    cols: usize,
+    accumulate: bool,
+) {
     let half = |v: u32, hi: bool| f32::from_bits(if hi { v & 0xffff_0000 } else { v << 16 });
-    for (r, &row) in a.iter().enumerate() {
-        for j in 0..NR {
-            let mut acc = 0f32;
+    for (r, &row) in a.iter().enumerate().take(rows) {
+        for j in 0..cols {
+            let dst = c.add(r * ldc + j);
+            let mut acc = if accumulate { *dst } else { 0f32 };
             for q in 0..kp {
                 let (x, y) = (row.add(q).read_unaligned(), *b.add(q * NR + j));
                 acc += half(x, true) * half(y, true);
                 acc += half(x, false) * half(y, false);
             }
-            tile[r * NR + j] = acc;
+            *dst = acc;
         }
     }
 }
@@ -391,18 +692,54 @@ mod avx512 {
     use super::{MR, NR};
     use std::arch::x86_64::*;
 
+    /// The lanes `0..len` of a 16-lane vector.
+    fn mask(len: usize) -> __mmask16 {
+        if len >= 16 {
+            0xffff
+        } else {
+            (1u16 << len) - 1
+        }
+    }
+
     /// [`super::Micro`] on `vdpbf16ps`: the `MR x NR` sums in 16 registers, each step one
     /// broadcast pair of a row times two 16-pair vectors of the panel.
     ///
     /// # Safety
     /// As [`super::Micro`], on a CPU with AVX512F and AVX512-BF16.
-    pub unsafe fn micro(kp: usize, a: &[*const u32; MR], b: *const u32, tile: &mut [f32]) {
-        inner(kp, a, b, tile)
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn micro(
+        kp: usize,
+        a: &[*const u32; MR],
+        b: *const u32,
+        c: *mut f32,
+        ldc: usize,
+        rows: usize,
+        cols: usize,
+        accumulate: bool,
+    ) {
+        inner(kp, a, b, c, ldc, rows, cols, accumulate)
     }
 
     #[target_feature(enable = "avx512f,avx512bf16")]
-    unsafe fn inner(kp: usize, a: &[*const u32; MR], b: *const u32, tile: &mut [f32]) {
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn inner(
+        kp: usize,
+        a: &[*const u32; MR],
+        b: *const u32,
+        c: *mut f32,
+        ldc: usize,
+        rows: usize,
+        cols: usize,
+        accumulate: bool,
+    ) {
+        let (m0, m1) = (mask(cols), mask(cols.saturating_sub(16)));
         let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+        if accumulate {
+            for (r, lanes) in acc.iter_mut().enumerate().take(rows) {
+                lanes[0] = _mm512_maskz_loadu_ps(m0, c.add(r * ldc));
+                lanes[1] = _mm512_maskz_loadu_ps(m1, c.add(r * ldc + 16));
+            }
+        }
         for q in 0..kp {
             let p = b.add(q * NR) as *const __m512i;
             let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(p));
@@ -414,9 +751,45 @@ mod avx512 {
                 acc[r][1] = _mm512_dpbf16_ps(acc[r][1], av, b1);
             }
         }
-        for (r, lanes) in acc.iter().enumerate() {
-            _mm512_storeu_ps(tile.as_mut_ptr().add(r * NR), lanes[0]);
-            _mm512_storeu_ps(tile.as_mut_ptr().add(r * NR + 16), lanes[1]);
+        for (r, lanes) in acc.iter().enumerate().take(rows) {
+            _mm512_mask_storeu_ps(c.add(r * ldc), m0, lanes[0]);
+            _mm512_mask_storeu_ps(c.add(r * ldc + 16), m1, lanes[1]);
+        }
+    }
+
+    /// [`super::pack_rows`] on the CPU's rounding (`vcvtneps2bf16`).
+    ///
+    /// # Safety
+    /// AVX512F and AVX512-BF16; `lo` (and `hi`) valid for `n` reads, `out` for `n` writes.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub unsafe fn pack_rows(lo: *const f32, hi: Option<*const f32>, n: usize, out: *mut u32) {
+        for j in (0..n).step_by(16) {
+            let m = mask(n - j);
+            let l: __m256i =
+                std::mem::transmute(_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, lo.add(j))));
+            let mut v = _mm512_cvtepu16_epi32(l);
+            if let Some(hi) = hi {
+                let h: __m256i =
+                    std::mem::transmute(_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, hi.add(j))));
+                v = _mm512_or_si512(v, _mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)));
+            }
+            _mm512_mask_storeu_epi32(out.add(j) as *mut i32, m, v);
+        }
+    }
+
+    /// [`super::pack_along`] on the CPU's rounding (`vcvtne2ps2bf16`).
+    ///
+    /// # Safety
+    /// AVX512F and AVX512-BF16; `x` valid for `n` reads, `out` for `n.div_ceil(2)` writes.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub unsafe fn pack_along(x: *const f32, n: usize, out: *mut u32) {
+        for i in (0..n).step_by(32) {
+            let len = (n - i).min(32);
+            let lo = _mm512_maskz_loadu_ps(mask(len), x.add(i));
+            let hi = _mm512_maskz_loadu_ps(mask(len.saturating_sub(16)), x.add(i + 16));
+            // The low 16 bf16 from the second operand: pairs in order.
+            let v: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
+            _mm512_mask_storeu_epi32(out.add(i / 2) as *mut i32, mask(len.div_ceil(2)), v);
         }
     }
 }
@@ -426,9 +799,13 @@ mod tests {
     use super::*;
     use candle_core::Device;
 
-    /// The product of bf16-rounded operands in f64, one output at a time.
+    /// bf16-rounded, as f64.
+    fn r(v: f32) -> f64 {
+        bf16::from_f32(v).to_f32() as f64
+    }
+
+    /// `x (m, k) · wᵀ` of bf16-rounded operands in f64.
     fn reference(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
-        let r = |v: f32| bf16::from_f32(v).to_f32() as f64;
         (0..m * n)
             .map(|i| {
                 let (row, col) = (i / n, i % n);
@@ -439,9 +816,45 @@ mod tests {
             .collect()
     }
 
+    /// A stride-1 "same" convolution of bf16-rounded operands in f64.
+    fn reference_conv(
+        x: &[f32],
+        (b, c, h, wd): (usize, usize, usize, usize),
+        w: &[f32],
+        o: usize,
+        k: usize,
+    ) -> Vec<f32> {
+        let p = (k - 1) / 2;
+        let mut out = vec![0f32; b * o * h * wd];
+        for s in 0..b {
+            for co in 0..o {
+                for y in 0..h {
+                    for xx in 0..wd {
+                        let mut acc = 0f64;
+                        for ci in 0..c {
+                            for ky in 0..k {
+                                for kx in 0..k {
+                                    let (iy, ix) = (y + ky, xx + kx);
+                                    if iy < p || ix < p || iy - p >= h || ix - p >= wd {
+                                        continue;
+                                    }
+                                    let v = x[((s * c + ci) * h + iy - p) * wd + ix - p];
+                                    acc += r(v) * r(w[((co * c + ci) * k + ky) * k + kx]);
+                                }
+                            }
+                        }
+                        out[((s * o + co) * h + y) * wd + xx] = acc as f32;
+                    }
+                }
+            }
+        }
+        out
+    }
+
     /// The largest difference from `want`, relative to the sum of magnitudes a product adds up
     /// (f32 accumulation of `k` terms errs by about `k * 2^-24` of it).
     fn worst(got: &[f32], want: &[f32], scale: f32) -> f32 {
+        assert_eq!(got.len(), want.len());
         got.iter()
             .zip(want)
             .map(|(g, w)| (g - w).abs() / scale)
@@ -454,14 +867,26 @@ mod tests {
         (0..n).map(|_| rng.random_range(-1f32..1.)).collect()
     }
 
-    /// Both packed forms with a given micro-kernel, against the f64 reference, on shapes with
-    /// remainders everywhere (rows not a multiple of MR, columns of NR, an odd depth).
+    fn to_bf16(v: &[f32]) -> Vec<bf16> {
+        v.iter().map(|&v| bf16::from_f32(v)).collect()
+    }
+
+    /// The three packed forms with a given micro-kernel, against the f64 reference, on shapes
+    /// with remainders everywhere (rows not a multiple of MR, columns of NR, odd depths, more
+    /// than one depth slice of KC pairs).
     fn check(micro: Micro) -> std::result::Result<(), String> {
-        for &(m, n, k) in &[(1, 1, 1), (13, 45, 37), (70, 33, 64), (8, 32, 2)] {
+        for &(m, n, k) in &[
+            (1, 1, 1),
+            (13, 45, 37),
+            (70, 33, 64),
+            (8, 32, 2),
+            (9, 40, 1100),
+        ] {
             let (x, w) = (random(m * k, 1), random(n * k, 2));
-            let wb: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
+            let wb = to_bf16(&w);
             let want = reference(&x, &w, m, n, k);
-            let got = x_wt(&x, &wb, m, n, k, micro);
+            let packed = pack_weight_bits(bytemuck_bf16(&wb), n, k);
+            let got = x_packed(&x, &packed, m, n, k, micro);
             let e = worst(&got, &want, k as f32);
             if e > 1e-6 {
                 return Err(format!("x·wᵀ {m}x{n}x{k}: off by {e} of the scale"));
@@ -485,6 +910,23 @@ mod tests {
                 }
             }
         }
+        // Convolutions: an odd depth (3 channels), 1x1 and 5x5 kernels, rows of 16 and 48
+        // (blocks that start mid-row), a depth of more than KC pairs.
+        for &(b, c, h, wd, o, k) in &[
+            (2, 3, 5, 16, 13, 3),
+            (1, 4, 3, 32, 9, 1),
+            (1, 2, 4, 16, 3, 5),
+            (2, 6, 7, 48, 70, 3),
+            (1, 120, 2, 16, 10, 3),
+        ] {
+            let (x, w) = (random(b * c * h * wd, 3), random(o * c * k * k, 4));
+            let want = reference_conv(&x, (b, c, h, wd), &w, o, k);
+            let got = conv(&x, (b, c, h, wd), &to_bf16(&w), o, k, micro);
+            let e = worst(&got, &want, (c * k * k) as f32);
+            if e > 1e-6 {
+                return Err(format!("conv {b}x{c}x{h}x{wd} -> {o}, {k}x{k}: off by {e}"));
+            }
+        }
         Ok(())
     }
 
@@ -504,35 +946,102 @@ mod tests {
         check(avx512_micro()).unwrap();
     }
 
-    /// A kernel that drops the second bf16 of each pair, or swaps the halves of one operand,
-    /// is caught by the same check.
+    /// A kernel that drops the second bf16 of each pair, swaps the halves of one operand, or
+    /// forgets what earlier depth slices summed, is caught by the same check.
     #[test]
     fn a_broken_kernel_fails_the_check() {
-        unsafe fn drops_low(kp: usize, a: &[*const u32; MR], b: *const u32, tile: &mut [f32]) {
-            let hi = |v: u32| f32::from_bits(v & 0xffff_0000);
-            for (r, &row) in a.iter().enumerate() {
-                for j in 0..NR {
-                    tile[r * NR + j] = (0..kp)
-                        .map(|q| hi(row.add(q).read_unaligned()) * hi(*b.add(q * NR + j)))
-                        .sum();
+        /// `micro_emulated` with each pair's two products taken by `f`, summing from zero
+        /// when `restart`.
+        unsafe fn with(
+            (kp, a, b, c, ldc, rows, cols, accumulate): (
+                usize,
+                &[*const u32; MR],
+                *const u32,
+                *mut f32,
+                usize,
+                usize,
+                usize,
+                bool,
+            ),
+            restart: bool,
+            f: impl Fn(u32, u32) -> f32,
+        ) {
+            for (r, &row) in a.iter().enumerate().take(rows) {
+                for j in 0..cols {
+                    let dst = c.add(r * ldc + j);
+                    let start = if accumulate && !restart { *dst } else { 0. };
+                    *dst = start
+                        + (0..kp)
+                            .map(|q| f(row.add(q).read_unaligned(), *b.add(q * NR + j)))
+                            .sum::<f32>();
                 }
             }
         }
-        unsafe fn swaps(kp: usize, a: &[*const u32; MR], b: *const u32, tile: &mut [f32]) {
-            let f = |v: u32, hi: bool| f32::from_bits(if hi { v & 0xffff_0000 } else { v << 16 });
-            for (r, &row) in a.iter().enumerate() {
-                for j in 0..NR {
-                    tile[r * NR + j] = (0..kp)
-                        .map(|q| {
-                            let (x, y) = (row.add(q).read_unaligned(), *b.add(q * NR + j));
-                            f(x, true) * f(y, false) + f(x, false) * f(y, true)
-                        })
-                        .sum();
-                }
-            }
+        fn h(v: u32, hi: bool) -> f32 {
+            f32::from_bits(if hi { v & 0xffff_0000 } else { v << 16 })
         }
+        macro_rules! broken {
+            ($name:ident, $restart:expr, $f:expr) => {
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn $name(
+                    kp: usize,
+                    a: &[*const u32; MR],
+                    b: *const u32,
+                    c: *mut f32,
+                    ldc: usize,
+                    rows: usize,
+                    cols: usize,
+                    acc: bool,
+                ) {
+                    with((kp, a, b, c, ldc, rows, cols, acc), $restart, $f)
+                }
+            };
+        }
+        broken!(drops_low, false, |x, y| h(x, true) * h(y, true));
+        broken!(swaps, false, |x, y| h(x, true) * h(y, false)
+            + h(x, false) * h(y, true));
+        broken!(restarts, true, |x, y| h(x, true) * h(y, true)
+            + h(x, false) * h(y, false));
         assert!(check(drops_low).is_err());
         assert!(check(swaps).is_err());
+        assert!(check(restarts).is_err());
+    }
+
+    /// The packing's two ways of rounding (the CPU's conversions where present, plain Rust)
+    /// give the same bits: ties to even, infinities, NaN staying NaN, every length's tail.
+    #[test]
+    fn packing_rounds_like_half() {
+        let mut v = random(100, 5);
+        v.extend([
+            f32::from_bits(0x3f80_8000), // a tie: down to even
+            f32::from_bits(0x3f81_8000), // a tie: up to even
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::MAX,
+            -0.0,
+        ]);
+        let nan = f32::NAN;
+        for n in [0, 1, 15, 16, 17, 31, 33, 106] {
+            let x = &v[..n];
+            let mut got = vec![0u32; n];
+            pack_rows(x, Some(&v[v.len() - n..]), &mut got);
+            for (j, &g) in got.iter().enumerate() {
+                assert_eq!(
+                    g,
+                    pair(round(x[j]), round(v[v.len() - n + j])),
+                    "rows, {n}: {j}"
+                );
+            }
+            let mut along = vec![0u32; n.div_ceil(2)];
+            pack_along(x, &mut along);
+            for (q, &g) in along.iter().enumerate() {
+                let hi = x.get(2 * q + 1).map_or(0, |&h| round(h));
+                assert_eq!(g, pair(round(x[2 * q]), hi), "along, {n}: {q}");
+            }
+        }
+        let mut one = [0u32];
+        pack_rows(&[nan], None, &mut one);
+        assert!(bf16::from_bits(one[0] as u16).is_nan() && one[0] >> 16 == 0);
     }
 
     /// The tensor entry points (whichever kernel this CPU runs) against f32 products of the
@@ -548,18 +1057,22 @@ mod tests {
             // |x| ~ 1, rounded to bf16 (2^-9 relative), over 50 terms.
             Bf16Kernel::Avx512Bf16 => 0.15,
         };
-        let diff: f32 = (matmul_wt(&x, &w)? - x.matmul(&wide.t()?)?)?
-            .abs()?
-            .max_all()?
-            .to_scalar()?;
+        let max_diff = |a: Tensor, b: Tensor| -> Result<f32> {
+            (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar()
+        };
+        let diff = max_diff(matmul_wt(&x, &w)?, x.matmul(&wide.t()?)?)?;
         assert!(diff < tol, "x·wᵀ off by {diff}");
         let cols = Tensor::randn(0f32, 1., (3, 50, 21), &dev)?;
         let want = wide.broadcast_as((3, 29, 50))?.matmul(&cols)?;
-        let diff: f32 = (weight_matmul(&w, &cols)? - want)?
-            .abs()?
-            .max_all()?
-            .to_scalar()?;
+        let diff = max_diff(weight_matmul(&w, &cols)?, want)?;
         assert!(diff < tol, "w·cols off by {diff}");
+        if conv_same_applies(3, 16) {
+            let x = Tensor::randn(0f32, 1., (2, 6, 5, 16), &dev)?;
+            let w = Tensor::randn(0f32, 0.3, (7, 6, 3, 3), &dev)?.to_dtype(DType::BF16)?;
+            let want = x.conv2d(&w.to_dtype(DType::F32)?, 1, 1, 1, 1)?;
+            let diff = max_diff(conv_same(&x, &w)?, want)?;
+            assert!(diff < tol, "conv off by {diff}");
+        }
         Ok(())
     }
 
@@ -574,5 +1087,96 @@ mod tests {
             Bf16Kernel::for_cpu(CpuFeatures { avx512bf16: true }),
             Bf16Kernel::Avx512Bf16
         );
+    }
+}
+
+#[cfg(test)]
+mod timing {
+    use super::*;
+    use candle_core::Device;
+
+    fn time<F: FnMut()>(mut f: F) -> f64 {
+        f();
+        let t = std::time::Instant::now();
+        for _ in 0..3 {
+            f();
+        }
+        t.elapsed().as_secs_f64() / 3.
+    }
+
+    #[test]
+    #[ignore]
+    fn kernel_speed() {
+        let dev = Device::Cpu;
+        for &(m, n, k) in &[
+            (3072, 320, 320),
+            (3072, 2560, 320),
+            (3072, 320, 1280),
+            (768, 640, 640),
+            (231, 320, 768),
+        ] {
+            let x = Tensor::randn(0f32, 1., (m, k), &dev).unwrap();
+            let w = Tensor::randn(0f32, 1., (n, k), &dev).unwrap();
+            let wt = w.t().unwrap().contiguous().unwrap();
+            let wb = w.to_dtype(DType::BF16).unwrap();
+            let pk = pack_weight(&wb).unwrap();
+            let f = time(|| {
+                x.matmul(&wt).unwrap();
+            });
+            let b = time(|| {
+                matmul_packed(&x, &pk, n, k).unwrap();
+            });
+            let g = 2. * (m * n * k) as f64 / 1e9;
+            eprintln!(
+                "x_wt {m}x{n}x{k}: f32 {:.1} GF/s, bf16 {:.1} GF/s",
+                g / f,
+                g / b
+            );
+        }
+        for &(b, o, k, p) in &[
+            (3, 320, 2880, 1024),
+            (3, 1280, 11520, 16),
+            (3, 320, 320, 1024),
+        ] {
+            let cols = Tensor::randn(0f32, 1., (b, k, p), &dev).unwrap();
+            let w = Tensor::randn(0f32, 1., (o, k), &dev).unwrap();
+            let wb = w.to_dtype(DType::BF16).unwrap();
+            let f = time(|| {
+                w.broadcast_as((b, o, k)).unwrap().matmul(&cols).unwrap();
+            });
+            let t = time(|| {
+                weight_matmul(&wb, &cols).unwrap();
+            });
+            let g = 2. * (b * o * k * p) as f64 / 1e9;
+            eprintln!(
+                "w_cols {b}x{o}x{k}x{p}: f32 {:.1} GF/s, bf16 {:.1} GF/s",
+                g / f,
+                g / t
+            );
+        }
+        for &(b, c, o, hw) in &[
+            (3, 320, 320, 32),
+            (3, 640, 640, 16),
+            (1, 128, 128, 256),
+            (1, 512, 512, 64),
+            (1, 256, 256, 128),
+        ] {
+            let x = Tensor::randn(0f32, 1., (b, c, hw, hw), &dev).unwrap();
+            let w = Tensor::randn(0f32, 1., (o, c, 3, 3), &dev).unwrap();
+            let wb = w.to_dtype(DType::BF16).unwrap();
+            let bias = Tensor::zeros(o, DType::F32, &dev).unwrap();
+            let f = time(|| {
+                crate::model::kernels::shifted_conv::conv_same(&x, &w, &bias).unwrap();
+            });
+            let t = time(|| {
+                conv_same(&x, &wb).unwrap();
+            });
+            let g = 2. * (b * o * c * 9 * hw * hw) as f64 / 1e9;
+            eprintln!(
+                "conv {b}x{c}->{o} {hw}x{hw}: f32 {:.1} GF/s, bf16 {:.1} GF/s",
+                g / f,
+                g / t
+            );
+        }
     }
 }
