@@ -145,10 +145,14 @@ impl Module for Linear {
         };
         let rows = lead.iter().product::<usize>();
         let xs = xs.reshape((rows, inner))?;
-        let (ys, out_dim) = if let Some((n, k)) = self.packed {
-            let ys = super::kernels::bf16::matmul_packed(&xs, &self.weight, n, k)?;
-            (ys, n)
-        } else if bf16_on_cpu(&self.weight) {
+        if let Some((n, k)) = self.packed {
+            let ys =
+                super::kernels::bf16::matmul_packed(&xs, &self.weight, (n, k), self.bias.as_ref())?;
+            let mut shape = lead.to_vec();
+            shape.push(n);
+            return ys.reshape(shape);
+        }
+        let (ys, out_dim) = if bf16_on_cpu(&self.weight) {
             let ys = super::kernels::bf16::matmul_wt(&xs, &self.weight)?;
             (ys, self.weight.dim(0)?)
         } else if self.transposed {
@@ -233,12 +237,15 @@ impl Conv2d {
         self.weight_2d.broadcast_as((b, o, k))
     }
 
-    /// `weight_2d · cols` for each sample of `cols` `(b, in*k*k, pixels)`.
+    /// `weight_2d · cols + bias` for each sample of `cols` `(b, in*k*k, pixels)`.
     fn times(&self, cols: &Tensor) -> Result<Tensor> {
         if bf16_on_cpu(&self.weight_2d) {
-            return super::kernels::bf16::weight_matmul(&self.weight_2d, cols);
+            let bias = self.bias.flatten_all()?;
+            return super::kernels::bf16::weight_matmul(&self.weight_2d, cols, Some(&bias));
         }
-        self.batched_weight(cols.dim(0)?)?.matmul(cols)
+        self.batched_weight(cols.dim(0)?)?
+            .matmul(cols)?
+            .broadcast_add(&self.bias)
     }
 }
 
@@ -258,10 +265,9 @@ impl Conv2d {
         let (b, c, h, w) = xs.dims4()?;
         if self.kernel == 1 && self.stride == 1 && self.padding == 0 {
             // A 1x1 convolution is a matrix product over the channels; no patches to gather.
-            let out = self
+            return self
                 .times(&xs.reshape((b, c, h * w))?)?
-                .broadcast_add(&self.bias)?;
-            return out.reshape((b, (), h, w));
+                .reshape((b, (), h, w));
         }
         let (o, k) = (self.bias.elem_count(), self.kernel);
         let same = self.stride == 1 && 2 * self.padding + 1 == k;
@@ -270,8 +276,8 @@ impl Conv2d {
         // patches and their own product; widened to f32, they take the f32 route.
         let bf16 = bf16_on_cpu(&self.weight_2d);
         if bf16 && same && super::kernels::bf16::conv_same_applies(k, w) {
-            let out = super::kernels::bf16::conv_same(xs, self.inner.weight())?;
-            return out.broadcast_add(&self.bias.reshape((1, o, 1, 1))?);
+            let bias = self.bias.flatten_all()?;
+            return super::kernels::bf16::conv_same(xs, self.inner.weight(), Some(&bias));
         }
         let widen = bf16
             && super::kernels::bf16::Bf16Kernel::detect()
@@ -296,8 +302,7 @@ impl Conv2d {
         let row_bytes = b * c * self.kernel * self.kernel * ow * std::mem::size_of::<f32>();
         if xs.track_op() || row_bytes * oh <= band_bytes {
             let cols = p.apply(xs)?;
-            let out = self.times(&cols)?.broadcast_add(&self.bias)?;
-            return out.reshape((b, (), oh, ow));
+            return self.times(&cols)?.reshape((b, (), oh, ow));
         }
         // Inference on a large plane: the patches of a band of output rows at a time (a VAE
         // decoder's 3x3 convolution at 512x512x128 needs 1.2 GB of patches at once).
@@ -307,7 +312,7 @@ impl Conv2d {
             .step_by(band)
             .map(|r0| {
                 let cols = p.apply_rows(&xs, r0..(r0 + band).min(oh))?;
-                self.times(&cols)?.broadcast_add(&self.bias)
+                self.times(&cols)
             })
             .collect::<Result<Vec<_>>>()?;
         Tensor::cat(&parts, 2)?.reshape((b, (), oh, ow))

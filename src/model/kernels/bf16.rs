@@ -113,7 +113,7 @@ pub fn matmul_wt(x: &Tensor, w: &Tensor) -> Result<Tensor> {
         Bf16Kernel::Widen => x.matmul(&w.to_dtype(DType::F32)?.t()?),
         Bf16Kernel::Avx512Bf16 => {
             let (n, k) = w.dims2()?;
-            matmul_packed(x, &pack_weight(w)?, n, k)
+            matmul_packed(x, &pack_weight(w)?, (n, k), None)
         }
     }
 }
@@ -158,32 +158,45 @@ fn bytemuck_bf16(v: &[bf16]) -> &[u16] {
 }
 
 /// `x` `(m, k)` f32 times the transpose of the `(n, k)` weight `packed` by [`pack_weight`]
-/// -> `(m, n)` f32, on AVX512-BF16.
-pub fn matmul_packed(x: &Tensor, packed: &Tensor, n: usize, k: usize) -> Result<Tensor> {
+/// (plus `bias` `(n,)` on each row) -> `(m, n)` f32, on AVX512-BF16.
+pub fn matmul_packed(
+    x: &Tensor,
+    packed: &Tensor,
+    (n, k): (usize, usize),
+    bias: Option<&Tensor>,
+) -> Result<Tensor> {
     x.contiguous()?.apply_op2_no_bwd(
         packed,
         &Product {
             form: Form::XPacked { n, k },
             micro: avx512_micro(),
+            bias: bias_values(bias)?,
         },
     )
 }
 
 /// `w · cols` for each sample: `w` `(o, k)` bf16 (a convolution's flattened weight), `cols`
-/// `(b, k, p)` f32 (patches, or the pixels of a 1x1 convolution) -> `(b, o, p)` f32.
-pub fn weight_matmul(w: &Tensor, cols: &Tensor) -> Result<Tensor> {
+/// `(b, k, p)` f32 (patches, or the pixels of a 1x1 convolution), plus `bias` `(o,)` on each
+/// row -> `(b, o, p)` f32.
+pub fn weight_matmul(w: &Tensor, cols: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     match Bf16Kernel::detect() {
         Bf16Kernel::Widen => {
             let (b, o, k) = (cols.dim(0)?, w.dim(0)?, w.dim(1)?);
-            w.to_dtype(DType::F32)?
+            let out = w
+                .to_dtype(DType::F32)?
                 .broadcast_as((b, o, k))?
-                .matmul(cols)
+                .matmul(cols)?;
+            match bias {
+                Some(bias) => out.broadcast_add(&bias.reshape((1, o, 1))?),
+                None => Ok(out),
+            }
         }
         Bf16Kernel::Avx512Bf16 => cols.contiguous()?.apply_op2_no_bwd(
             &w.contiguous()?,
             &Product {
                 form: Form::WCols,
                 micro: avx512_micro(),
+                bias: bias_values(bias)?,
             },
         ),
     }
@@ -197,13 +210,15 @@ pub fn conv_same_applies(k: usize, width: usize) -> bool {
 
 /// `conv2d(x, w)`, stride 1, padding `(k - 1) / 2`, no bias: `x` `(b, c, h, w)` f32, `w`
 /// `(o, c, k, k)` bf16, where [`conv_same_applies`]. No patch matrix: the panels are packed
-/// straight from a zero-padded band of input rows, each tap a shifted read.
-pub fn conv_same(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+/// straight from a zero-padded band of input rows, each tap a shifted read. `bias` `(o,)` is
+/// added to each output channel.
+pub fn conv_same(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     x.contiguous()?.apply_op2_no_bwd(
         &w.contiguous()?,
         &Product {
             form: Form::ConvSame,
             micro: avx512_micro(),
+            bias: bias_values(bias)?,
         },
     )
 }
@@ -241,6 +256,14 @@ enum Form {
 struct Product {
     form: Form,
     micro: Micro,
+    /// Added to each output column (linear layers) or row (convolutions).
+    bias: Option<Vec<f32>>,
+}
+
+/// A bias tensor's values, for [`Product`].
+fn bias_values(bias: Option<&Tensor>) -> Result<Option<Vec<f32>>> {
+    bias.map(|b| b.flatten_all()?.to_dtype(DType::F32)?.to_vec1())
+        .transpose()
 }
 
 impl CustomOp2 for Product {
@@ -265,20 +288,33 @@ impl CustomOp2 for Product {
             if kx != k || packed.len() != n.div_ceil(NR) * k.div_ceil(2) * NR {
                 candle_core::bail!("bf16 product: x is {m}x{kx}, the packed weight {n}x{k}")
             }
-            let out = x_packed(x, packed, m, n, k, self.micro);
+            if self.bias.as_ref().is_some_and(|b| b.len() != n) {
+                candle_core::bail!("bf16 product: a bias that is not {n} long")
+            }
+            let out = x_packed(x, packed, (m, n, k), self.bias.as_deref(), self.micro);
             return Ok((CpuStorage::F32(out), Shape::from((m, n))));
         }
         let w = match (ws, wl.contiguous_offsets()) {
             (CpuStorage::BF16(v), Some((a, b))) => &v[a..b],
             _ => candle_core::bail!("a bf16-weight product needs contiguous bf16 weights"),
         };
+        let o = wl.dims()[0];
+        if self.bias.as_ref().is_some_and(|b| b.len() != o) {
+            candle_core::bail!("bf16 product: a bias that is not {o} long")
+        }
         if self.form == Form::ConvSame {
             let (b, c, h, wd) = xl.shape().dims4()?;
             let (o, c2, k, k2) = wl.shape().dims4()?;
             if c2 != c || k2 != k || k % 2 == 0 || wd % 16 != 0 {
                 candle_core::bail!("bf16 conv: input {:?}, weight {:?}", xl.dims(), wl.dims())
             }
-            let out = conv(x, (b, c, h, wd), w, o, k, self.micro);
+            let out = conv(
+                x,
+                (b, c, h, wd),
+                (w, o, k),
+                self.bias.as_deref(),
+                self.micro,
+            );
             return Ok((CpuStorage::F32(out), Shape::from((b, o, h, wd))));
         }
         let (o, k) = wl.shape().dims2()?;
@@ -286,7 +322,7 @@ impl CustomOp2 for Product {
         if kc != k {
             candle_core::bail!("bf16 product: w is {o}x{k}, cols are {b}x{kc}x{p}")
         }
-        let out = w_cols(w, x, b, o, k, p, self.micro);
+        let out = w_cols(w, x, (b, o, k, p), self.bias.as_deref(), self.micro);
         Ok((CpuStorage::F32(out), Shape::from((b, o, p))))
     }
 }
@@ -307,23 +343,6 @@ fn pair(lo: u16, hi: u16) -> u32 {
 fn simd_packing() -> bool {
     static SIMD: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *SIMD.get_or_init(|| CpuFeatures::this_cpu().avx512bf16)
-}
-
-/// `out[j] = pair(round(lo[j]), round(hi[j]))` (`hi` absent: 0) for `j < out.len()`: two rows
-/// of the depth as one row of pairs.
-fn pack_rows(lo: &[f32], hi: Option<&[f32]>, out: &mut [u32]) {
-    let n = out.len();
-    assert!(lo.len() >= n && hi.is_none_or(|h| h.len() >= n));
-    #[cfg(target_arch = "x86_64")]
-    if simd_packing() {
-        // SAFETY: the CPU has the instructions; every pointer is valid for `n` elements.
-        unsafe {
-            return avx512::pack_rows(lo.as_ptr(), hi.map(|h| h.as_ptr()), n, out.as_mut_ptr());
-        }
-    }
-    for (j, v) in out.iter_mut().enumerate() {
-        *v = pair(round(lo[j]), hi.map_or(0, |h| round(h[j])));
-    }
 }
 
 /// `out[q] = pair(round(x[2q]), round(x[2q + 1]))` (past the end: 0): a row along the depth
@@ -434,52 +453,120 @@ unsafe fn block(
     }
 }
 
-/// Fills `scratch` with the panels of `cols` columns for pairs `q0..q0 + kc`, column `j` of
-/// depth row `t` read by `read(t, j, out)` for runs of columns that do not cross a multiple of
-/// 16 (`out` the run's pairs): returns `block`'s pointer and panel step.
+/// Fills `scratch` with the panels of `cols` columns for pairs `q0..q0 + kc` (`depth` rows
+/// in all): column `j` of depth row `t` is read at `row(t) + offset(j)`, where the 16 columns
+/// from a multiple of 16 lie one after another. Returns [`block`]'s pointer and panel step.
 fn pack_panels(
     scratch: &mut Vec<u32>,
-    cols: usize,
+    (cols, depth): (usize, usize),
     (q0, kc): (usize, usize),
-    rows_of: impl Fn(usize, usize, usize) -> (*const f32, Option<*const f32>),
+    row: impl Fn(usize) -> *const f32,
+    offset: impl Fn(usize) -> usize,
 ) -> (*const u32, usize) {
     let panels = cols.div_ceil(NR);
     scratch.resize(panels * kc * NR, 0);
+    // Each pair's two depth rows (null past the depth).
+    let rows: Vec<[*const f32; 2]> = (0..kc)
+        .map(|q| {
+            let t = 2 * (q0 + q);
+            [
+                row(t),
+                if t + 1 < depth {
+                    row(t + 1)
+                } else {
+                    std::ptr::null()
+                },
+            ]
+        })
+        .collect();
     for pi in 0..panels {
-        for q in 0..kc {
-            let dst = &mut scratch[(pi * kc + q) * NR..][..NR];
-            for half in (0..NR).step_by(16) {
-                let j = pi * NR + half;
-                if j >= cols {
-                    break;
-                }
-                let len = 16.min(cols - j);
-                let (lo, hi) = rows_of(q0 + q, j, len);
-                // SAFETY: `rows_of` returns rows valid for `len` elements.
-                let (lo, hi) = unsafe {
-                    (
-                        std::slice::from_raw_parts(lo, len),
-                        hi.map(|h| std::slice::from_raw_parts(h, len)),
-                    )
-                };
-                pack_rows(lo, hi, &mut dst[half..half + len]);
+        // The panel's two runs of 16 columns: (offset, length).
+        let runs: [(usize, usize); 2] = std::array::from_fn(|h| {
+            let j = pi * NR + 16 * h;
+            if j < cols {
+                (offset(j), 16.min(cols - j))
+            } else {
+                (0, 0)
             }
-        }
+        });
+        let dst = scratch[pi * kc * NR..][..kc * NR].as_mut_ptr();
+        // SAFETY: the caller's `row` and `offset` give `len` readable elements per run; `dst`
+        // has `kc * NR` pairs.
+        unsafe { pack_panel(&rows, runs, dst) }
     }
     (scratch.as_ptr(), kc * NR)
 }
 
-/// `x (m, k) · wᵀ` from the packed weight: blocks of rows of `x` rounded to pairs, times the
-/// panels as they are.
-fn x_packed(x: &[f32], packed: &[u32], m: usize, n: usize, k: usize, micro: Micro) -> Vec<f32> {
+/// One panel: `out[q * NR + 16h + i] = pair(rows[q][0][o_h + i], rows[q][1][o_h + i])` rounded,
+/// for the runs `(o_h, len_h)`.
+///
+/// # Safety
+/// Each non-null row pointer is valid for reads at each run; `out` for `rows.len() * NR`.
+unsafe fn pack_panel(rows: &[[*const f32; 2]], runs: [(usize, usize); 2], out: *mut u32) {
+    #[cfg(target_arch = "x86_64")]
+    if simd_packing() {
+        return avx512::pack_panel(rows, runs, out);
+    }
+    for (q, &[lo, hi]) in rows.iter().enumerate() {
+        for (h, &(off, len)) in runs.iter().enumerate() {
+            for i in 0..len {
+                let hi = if hi.is_null() {
+                    0
+                } else {
+                    round(*hi.add(off + i))
+                };
+                *out.add(q * NR + 16 * h + i) = pair(round(*lo.add(off + i)), hi);
+            }
+        }
+    }
+}
+
+/// Adds `bias[r]` to row `r` (`per_row`) or `bias[j]` to column `j` of the `rows x cols` block
+/// at `c` (rows `ldc` apart).
+///
+/// # Safety
+/// `c` valid for the block, which no other thread touches.
+unsafe fn add_bias(
+    c: *mut f32,
+    ldc: usize,
+    (rows, cols): (usize, usize),
+    bias: &[f32],
+    per_row: bool,
+) {
+    for r in 0..rows {
+        let row = std::slice::from_raw_parts_mut(c.add(r * ldc), cols);
+        if per_row {
+            row.iter_mut().for_each(|v| *v += bias[r]);
+        } else {
+            row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
+        }
+    }
+}
+
+/// A `len`-element output every element of which the jobs write, and the pointer they write
+/// through.
+fn output(len: usize) -> (Vec<f32>, Out) {
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    let dst = Out(out.spare_capacity_mut().as_mut_ptr().cast());
+    (out, dst)
+}
+
+/// `x (m, k) · wᵀ (+ bias)` from the packed weight: blocks of rows of `x` rounded to pairs,
+/// times the panels as they are.
+fn x_packed(
+    x: &[f32],
+    packed: &[u32],
+    (m, n, k): (usize, usize, usize),
+    bias: Option<&[f32]>,
+    micro: Micro,
+) -> Vec<f32> {
     let kp = k.div_ceil(2);
-    let mut out = vec![0f32; m * n];
+    let (mut out, dst) = output(m * n);
     let (rb, cb) = blocks(m, n, 1, 256);
     let jobs: Vec<(usize, usize)> = (0..m)
         .step_by(rb)
         .flat_map(|r0| (0..n).step_by(cb).map(move |c0| (r0, c0)))
         .collect();
-    let dst = Out(out.as_mut_ptr());
     for_each_job(&jobs, |(r0, c0)| {
         let (rows, cols) = (rb.min(m - r0), cb.min(n - c0));
         let mut a = vec![0u32; rows * kp];
@@ -487,6 +574,7 @@ fn x_packed(x: &[f32], packed: &[u32], m: usize, n: usize, k: usize, micro: Micr
             pack_along(&x[(r0 + r) * k..][..k], row);
         }
         let first = &packed[(c0 / NR) * kp * NR..];
+        let c = dst.at(r0 * n + c0);
         // SAFETY: `a` holds `rows` rows of `kp`; panel `c0 / NR + i` starts `i * kp * NR` after
         // `first` and holds `kp * NR` pairs; the job writes rows `r0..` columns `c0..` of `out`
         // (`m x n`), which no other job does.
@@ -496,11 +584,16 @@ fn x_packed(x: &[f32], packed: &[u32], m: usize, n: usize, k: usize, micro: Micr
                 (rows, cols),
                 (a.as_ptr(), kp),
                 |q0, _, _| (first.as_ptr().add(q0 * NR), kp * NR),
-                (dst.at(r0 * n + c0), n),
+                (c, n),
                 micro,
-            )
+            );
+            if let Some(bias) = bias {
+                add_bias(c, n, (rows, cols), &bias[c0..], false);
+            }
         }
     });
+    // SAFETY: the jobs cover every row and column.
+    unsafe { out.set_len(m * n) };
     out
 }
 
@@ -529,50 +622,59 @@ fn weight_rows(w: &[bf16], o: usize, k: usize) -> std::borrow::Cow<'_, [u32]> {
     std::borrow::Cow::Owned(out)
 }
 
-/// `w (o, k) · cols (b, k, p)` per sample: the weight's rows as they are, the panels of `cols`
-/// rounded to bf16 pairs as they are packed.
-fn w_cols(
-    w: &[bf16],
-    cols: &[f32],
-    b: usize,
-    o: usize,
-    k: usize,
-    p: usize,
-    micro: Micro,
-) -> Vec<f32> {
-    let kp = k.div_ceil(2);
-    let a = weight_rows(w, o, k);
-    let mut out = vec![0f32; b * o * p];
+/// The jobs of a weight-times-pixels product: `(sample, first row, first column)`, and the
+/// block's size.
+fn pixel_jobs(b: usize, o: usize, p: usize) -> (Vec<(usize, usize, usize)>, usize, usize) {
     let (rb, cb) = blocks(o, p, b, usize::MAX);
-    let jobs: Vec<(usize, usize, usize)> = (0..b)
+    let jobs = (0..b)
         .flat_map(|s| {
             (0..o)
                 .step_by(rb)
                 .flat_map(move |r0| (0..p).step_by(cb).map(move |c0| (s, r0, c0)))
         })
         .collect();
-    let dst = Out(out.as_mut_ptr());
+    (jobs, rb, cb)
+}
+
+/// `w (o, k) · cols (b, k, p) (+ bias)` per sample: the weight's rows as they are, the panels
+/// of `cols` rounded to bf16 pairs as they are packed.
+fn w_cols(
+    w: &[bf16],
+    cols: &[f32],
+    (b, o, k, p): (usize, usize, usize, usize),
+    bias: Option<&[f32]>,
+    micro: Micro,
+) -> Vec<f32> {
+    let kp = k.div_ceil(2);
+    let a = weight_rows(w, o, k);
+    let (mut out, dst) = output(b * o * p);
+    let (jobs, rb, cb) = pixel_jobs(b, o, p);
     for_each_job(&jobs, |(s, r0, c0)| {
         let (rows, ncols) = (rb.min(o - r0), cb.min(p - c0));
-        let x = &cols[s * k * p..(s + 1) * k * p];
-        let rows_of = |q: usize, j: usize, _len: usize| {
-            let at = |t: usize| x[t * p + c0 + j..].as_ptr();
-            (at(2 * q), (2 * q + 1 < k).then(|| at(2 * q + 1)))
-        };
-        // SAFETY: `a` holds `o` rows of `kp`; the job writes rows `r0..` columns `c0..` of
-        // sample `s`'s `(o, p)` plane, which no other job does; `rows_of` returns pointers
-        // into `x` with `_len <= p - c0 - j` elements after them.
+        let x = cols[s * k * p..(s + 1) * k * p].as_ptr();
+        let c = dst.at((s * o + r0) * p + c0);
+        // SAFETY: `a` holds `o` rows of `kp`; depth row `t` of sample `s` starts at `x + t * p`
+        // and its columns `c0..c0 + ncols` are read; the job writes rows `r0..` columns `c0..`
+        // of sample `s`'s `(o, p)` plane, which no other job does.
         unsafe {
             block(
                 kp,
                 (rows, ncols),
                 (a.as_ptr().add(r0 * kp), kp),
-                |q0, kc, scratch| pack_panels(scratch, ncols, (q0, kc), rows_of),
-                (dst.at((s * o + r0) * p + c0), p),
+                |q0, kc, scratch| {
+                    let row = |t: usize| x.add(t * p + c0);
+                    pack_panels(scratch, (ncols, k), (q0, kc), row, |j| j)
+                },
+                (c, p),
                 micro,
-            )
+            );
+            if let Some(bias) = bias {
+                add_bias(c, p, (rows, ncols), &bias[r0..], true);
+            }
         }
     });
+    // SAFETY: the jobs cover every sample, row and column.
+    unsafe { out.set_len(b * o * p) };
     out
 }
 
@@ -582,62 +684,49 @@ fn w_cols(
 fn conv(
     x: &[f32],
     (b, c, h, wd): (usize, usize, usize, usize),
-    w: &[bf16],
-    o: usize,
-    k: usize,
+    (w, o, k): (&[bf16], usize, usize),
+    bias: Option<&[f32]>,
     micro: Micro,
 ) -> Vec<f32> {
     let depth = c * k * k;
     let kp = depth.div_ceil(2);
     let a = weight_rows(w, o, depth);
     let p = h * wd;
-    let mut out = vec![0f32; b * o * p];
-    let (rb, cb) = blocks(o, p, b, usize::MAX);
-    let jobs: Vec<(usize, usize, usize)> = (0..b)
-        .flat_map(|s| {
-            (0..o)
-                .step_by(rb)
-                .flat_map(move |r0| (0..p).step_by(cb).map(move |c0| (s, r0, c0)))
-        })
-        .collect();
-    let dst = Out(out.as_mut_ptr());
+    let (mut out, dst) = output(b * o * p);
+    let (jobs, rb, cb) = pixel_jobs(b, o, p);
     let wp = wd + k - 1;
     for_each_job(&jobs, |(s, r0, c0)| {
         let (rows, ncols) = (rb.min(o - r0), cb.min(p - c0));
         // The input rows this block's pixels read, zero-padded.
         let (y0, y1) = (c0 / wd, (c0 + ncols - 1) / wd + 1);
         let (padded, plane) = super::band::padded_band(x, (c, h, wd), k, (s, y0, y1), 0);
-        // Where each depth row starts in `padded`, and pixel `j` of the block within a row.
-        let start: Vec<usize> = (0..depth)
-            .map(|t| {
-                let (ci, ky, kx) = (t / (k * k), t / k % k, t % k);
-                ci * plane + ky * wp + kx
-            })
-            .collect();
-        let pixel = |j: usize| {
-            let at = c0 + j;
-            (at / wd - y0) * wp + at % wd
+        let row = |t: usize| {
+            let (ci, ky, kx) = (t / (k * k), t / k % k, t % k);
+            padded[ci * plane + ky * wp + kx..].as_ptr()
         };
-        let rows_of = |q: usize, j: usize, _len: usize| {
-            // A run of 16 from a multiple of 16 stays in one row (`wd % 16 == 0`).
-            let at = |t: usize| padded[start[t] + pixel(j)..].as_ptr();
-            (at(2 * q), (2 * q + 1 < depth).then(|| at(2 * q + 1)))
-        };
+        // Pixel `j` of the block, in its padded row.
+        let offset = |j: usize| (c0 + j) / wd * wp - y0 * wp + (c0 + j) % wd;
+        let c = dst.at((s * o + r0) * p + c0);
         // SAFETY: `a` holds `o` rows of `kp`; the job writes rows `r0..` pixels `c0..` of
-        // sample `s`'s `(o, p)` plane, which no other job does; a run of `_len <= 16` pixels
-        // from `j` (a multiple of 16, `c0` of 32) lies in one output row, so its reads stay
-        // inside that row of the padded band (`wp` long).
+        // sample `s`'s `(o, p)` plane, which no other job does; a run of 16 pixels from a
+        // multiple of 16 lies in one output row (`wd % 16 == 0`, `c0 % 32 == 0`), so its reads
+        // stay inside that row of the padded band (`wp` long).
         unsafe {
             block(
                 kp,
                 (rows, ncols),
                 (a.as_ptr().add(r0 * kp), kp),
-                |q0, kc, scratch| pack_panels(scratch, ncols, (q0, kc), rows_of),
-                (dst.at((s * o + r0) * p + c0), p),
+                |q0, kc, scratch| pack_panels(scratch, (ncols, depth), (q0, kc), row, offset),
+                (c, p),
                 micro,
-            )
+            );
+            if let Some(bias) = bias {
+                add_bias(c, p, (rows, ncols), &bias[r0..], true);
+            }
         }
     });
+    // SAFETY: the jobs cover every sample, row and pixel.
+    unsafe { out.set_len(b * o * p) };
     out
 }
 
@@ -757,23 +846,28 @@ mod avx512 {
         }
     }
 
-    /// [`super::pack_rows`] on the CPU's rounding (`vcvtneps2bf16`).
+    /// [`super::pack_panel`] on the CPU's rounding (`vcvtneps2bf16`).
     ///
     /// # Safety
-    /// AVX512F and AVX512-BF16; `lo` (and `hi`) valid for `n` reads, `out` for `n` writes.
+    /// AVX512F and AVX512-BF16; as [`super::pack_panel`].
     #[target_feature(enable = "avx512f,avx512bf16")]
-    pub unsafe fn pack_rows(lo: *const f32, hi: Option<*const f32>, n: usize, out: *mut u32) {
-        for j in (0..n).step_by(16) {
-            let m = mask(n - j);
-            let l: __m256i =
-                std::mem::transmute(_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, lo.add(j))));
-            let mut v = _mm512_cvtepu16_epi32(l);
-            if let Some(hi) = hi {
-                let h: __m256i =
-                    std::mem::transmute(_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, hi.add(j))));
-                v = _mm512_or_si512(v, _mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)));
+    pub unsafe fn pack_panel(rows: &[[*const f32; 2]], runs: [(usize, usize); 2], out: *mut u32) {
+        let rounded = |m: __mmask16, p: *const f32| -> __m512i {
+            let b: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, p)));
+            _mm512_cvtepu16_epi32(b)
+        };
+        for (q, &[lo, hi]) in rows.iter().enumerate() {
+            for (h, &(off, len)) in runs.iter().enumerate() {
+                if len == 0 {
+                    continue;
+                }
+                let m = mask(len);
+                let mut v = rounded(m, lo.add(off));
+                if !hi.is_null() {
+                    v = _mm512_or_si512(v, _mm512_slli_epi32::<16>(rounded(m, hi.add(off))));
+                }
+                _mm512_mask_storeu_epi32(out.add(q * NR + 16 * h) as *mut i32, m, v);
             }
-            _mm512_mask_storeu_epi32(out.add(j) as *mut i32, m, v);
         }
     }
 
@@ -886,8 +980,15 @@ mod tests {
             let wb = to_bf16(&w);
             let want = reference(&x, &w, m, n, k);
             let packed = pack_weight_bits(bytemuck_bf16(&wb), n, k);
-            let got = x_packed(&x, &packed, m, n, k, micro);
-            let e = worst(&got, &want, k as f32);
+            // With a bias on each column.
+            let bias = random(n, 7);
+            let got = x_packed(&x, &packed, (m, n, k), Some(&bias), micro);
+            let unbiased: Vec<f32> = got
+                .iter()
+                .enumerate()
+                .map(|(i, v)| v - bias[i % n])
+                .collect();
+            let e = worst(&unbiased, &want, k as f32);
             if e > 1e-6 {
                 return Err(format!("x·wᵀ {m}x{n}x{k}: off by {e} of the scale"));
             }
@@ -900,7 +1001,7 @@ mod tests {
                     }
                 }
             }
-            let got = w_cols(&wb, &cols, 2, n, k, m, micro);
+            let got = w_cols(&wb, &cols, (2, n, k, m), None, micro);
             for s in 0..2 {
                 let plane = &got[s * n * m..(s + 1) * n * m];
                 let t: Vec<f32> = (0..m * n).map(|i| plane[(i % n) * m + i / n]).collect();
@@ -921,8 +1022,13 @@ mod tests {
         ] {
             let (x, w) = (random(b * c * h * wd, 3), random(o * c * k * k, 4));
             let want = reference_conv(&x, (b, c, h, wd), &w, o, k);
-            let got = conv(&x, (b, c, h, wd), &to_bf16(&w), o, k, micro);
-            let e = worst(&got, &want, (c * k * k) as f32);
+            // With a bias on each channel.
+            let bias = random(o, 8);
+            let got = conv(&x, (b, c, h, wd), (&to_bf16(&w), o, k), Some(&bias), micro);
+            let unbiased: Vec<f32> = (got.iter().enumerate())
+                .map(|(i, v)| v - bias[i / (h * wd) % o])
+                .collect();
+            let e = worst(&unbiased, &want, (c * k * k) as f32);
             if e > 1e-6 {
                 return Err(format!("conv {b}x{c}x{h}x{wd} -> {o}, {k}x{k}: off by {e}"));
             }
@@ -1008,10 +1114,10 @@ mod tests {
     }
 
     /// The packing's two ways of rounding (the CPU's conversions where present, plain Rust)
-    /// give the same bits: ties to even, infinities, NaN staying NaN, every length's tail.
+    /// give the same bits: ties to even, infinities, NaN staying NaN, runs of every length.
     #[test]
     fn packing_rounds_like_half() {
-        let mut v = random(100, 5);
+        let mut v = random(64, 5);
         v.extend([
             f32::from_bits(0x3f80_8000), // a tie: down to even
             f32::from_bits(0x3f81_8000), // a tie: up to even
@@ -1019,19 +1125,27 @@ mod tests {
             f32::NEG_INFINITY,
             f32::MAX,
             -0.0,
+            f32::NAN,
         ]);
-        let nan = f32::NAN;
-        for n in [0, 1, 15, 16, 17, 31, 33, 106] {
-            let x = &v[..n];
-            let mut got = vec![0u32; n];
-            pack_rows(x, Some(&v[v.len() - n..]), &mut got);
-            for (j, &g) in got.iter().enumerate() {
-                assert_eq!(
-                    g,
-                    pair(round(x[j]), round(v[v.len() - n + j])),
-                    "rows, {n}: {j}"
-                );
+        let (lo, hi) = (v.as_ptr(), v[10..].as_ptr());
+        for len in [0, 1, 7, 15, 16] {
+            for (off, with_hi) in [(0, true), (55 - len.min(55), true), (3, false)] {
+                let rows = [[lo, if with_hi { hi } else { std::ptr::null() }]; 3];
+                let runs = [(off, len), (off + 1, 16.min(len + 1))];
+                let mut got = vec![0u32; 3 * NR];
+                // SAFETY: every run stays inside `v` (71 long), `got` holds 3 panels' rows.
+                unsafe { pack_panel(&rows, runs, got.as_mut_ptr()) };
+                for (h, &(o, l)) in runs.iter().enumerate() {
+                    for i in 0..l {
+                        let hi = if with_hi { round(v[10 + o + i]) } else { 0 };
+                        let want = pair(round(v[o + i]), hi);
+                        assert_eq!(got[2 * NR + 16 * h + i], want, "run {h}, {len} from {off}");
+                    }
+                }
             }
+        }
+        for n in [0, 1, 15, 16, 17, 31, 33, 71] {
+            let x = &v[..n];
             let mut along = vec![0u32; n.div_ceil(2)];
             pack_along(x, &mut along);
             for (q, &g) in along.iter().enumerate() {
@@ -1039,9 +1153,8 @@ mod tests {
                 assert_eq!(g, pair(round(x[2 * q]), hi), "along, {n}: {q}");
             }
         }
-        let mut one = [0u32];
-        pack_rows(&[nan], None, &mut one);
-        assert!(bf16::from_bits(one[0] as u16).is_nan() && one[0] >> 16 == 0);
+        let nan = round(f32::NAN);
+        assert!(bf16::from_bits(nan).is_nan());
     }
 
     /// The tensor entry points (whichever kernel this CPU runs) against f32 products of the
@@ -1064,13 +1177,13 @@ mod tests {
         assert!(diff < tol, "x·wᵀ off by {diff}");
         let cols = Tensor::randn(0f32, 1., (3, 50, 21), &dev)?;
         let want = wide.broadcast_as((3, 29, 50))?.matmul(&cols)?;
-        let diff = max_diff(weight_matmul(&w, &cols)?, want)?;
+        let diff = max_diff(weight_matmul(&w, &cols, None)?, want)?;
         assert!(diff < tol, "w·cols off by {diff}");
         if conv_same_applies(3, 16) {
             let x = Tensor::randn(0f32, 1., (2, 6, 5, 16), &dev)?;
             let w = Tensor::randn(0f32, 0.3, (7, 6, 3, 3), &dev)?.to_dtype(DType::BF16)?;
             let want = x.conv2d(&w.to_dtype(DType::F32)?, 1, 1, 1, 1)?;
-            let diff = max_diff(conv_same(&x, &w)?, want)?;
+            let diff = max_diff(conv_same(&x, &w, None)?, want)?;
             assert!(diff < tol, "conv off by {diff}");
         }
         Ok(())
@@ -1124,7 +1237,7 @@ mod timing {
                 x.matmul(&wt).unwrap();
             });
             let b = time(|| {
-                matmul_packed(&x, &pk, n, k).unwrap();
+                matmul_packed(&x, &pk, (n, k), None).unwrap();
             });
             let g = 2. * (m * n * k) as f64 / 1e9;
             eprintln!(
@@ -1145,7 +1258,7 @@ mod timing {
                 w.broadcast_as((b, o, k)).unwrap().matmul(&cols).unwrap();
             });
             let t = time(|| {
-                weight_matmul(&wb, &cols).unwrap();
+                weight_matmul(&wb, &cols, None).unwrap();
             });
             let g = 2. * (b * o * k * p) as f64 / 1e9;
             eprintln!(
@@ -1169,7 +1282,7 @@ mod timing {
                 crate::model::kernels::shifted_conv::conv_same(&x, &w, &bias).unwrap();
             });
             let t = time(|| {
-                conv_same(&x, &wb).unwrap();
+                conv_same(&x, &wb, None).unwrap();
             });
             let g = 2. * (b * o * c * 9 * hw * hw) as f64 / 1e9;
             eprintln!(
