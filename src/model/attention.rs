@@ -19,6 +19,8 @@ pub struct CrossAttention {
     to_out: Linear,
     heads: usize,
     slice: Option<usize>,
+    /// [`nn::bf16_products`].
+    bf16: bool,
 }
 
 impl CrossAttention {
@@ -41,6 +43,7 @@ impl CrossAttention {
             to_out: Linear::new(inner, query_dim, true, vb.pp("to_out.0"), lora)?,
             heads,
             slice,
+            bf16: nn::bf16_products(&vb),
         })
     }
 
@@ -58,7 +61,7 @@ impl CrossAttention {
         let q = self.split_heads(&self.to_q.forward(xs)?)?;
         let k = self.split_heads(&self.to_k.forward(context)?)?;
         let v = self.split_heads(&self.to_v.forward(context)?)?;
-        let out = nn::attention(&q, &k, &v, self.slice)?;
+        let out = nn::attention(&q, &k, &v, self.slice, self.bf16)?;
         let (bh, n, dh) = out.dims3()?;
         let b = bh / self.heads;
         let out = out

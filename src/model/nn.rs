@@ -332,24 +332,49 @@ const SCORE_BLOCK: usize = 1 << 20;
 /// one block of query rows at a time (about a million scores, 4 MB, per block): SD 1.5 at 512 px
 /// attends over 4096 tokens, and its whole score matrix (1.6 GB per layer) cost more in page
 /// faults and cache misses than in arithmetic.
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, slice: Option<usize>) -> Result<Tensor> {
-    attention_in_blocks(q, k, v, slice, SCORE_BLOCK)
+///
+/// With `bf16` (a network with [`bf16_products`]), the two products round their operands to
+/// bf16 and sum in f32, like the layers around them; the softmax stays f32.
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    slice: Option<usize>,
+    bf16: bool,
+) -> Result<Tensor> {
+    attention_in_blocks(q, k, v, (slice, SCORE_BLOCK), bf16)
+}
+
+/// Whether a network built from `vb` runs its products on bf16 dot products (bf16 weights on a
+/// CPU with AVX512-BF16): its attention's own products then run there too ([`attention`]).
+pub fn bf16_products(vb: &VarBuilder) -> bool {
+    use super::kernels::bf16::Bf16Kernel;
+    vb.device().is_cpu()
+        && vb.dtype() == candle_core::DType::BF16
+        && Bf16Kernel::detect() == Bf16Kernel::Avx512Bf16
 }
 
 fn attention_in_blocks(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
-    slice: Option<usize>,
-    block: usize,
+    (slice, block): (Option<usize>, usize),
+    bf16: bool,
 ) -> Result<Tensor> {
     let scale = 1.0 / (q.dim(D::Minus1)? as f64).sqrt();
+    let product = |a: &Tensor, b: &Tensor| {
+        if bf16 {
+            super::kernels::bf16::matmul_rounded(a, b)
+        } else {
+            a.matmul(b)
+        }
+    };
     // `kt` is `k` transposed (a view, or a contiguous copy reused across blocks).
     let attend_t = |q: &Tensor, kt: &Tensor, v: &Tensor| -> Result<Tensor> {
         // Scaling the queries (seq x dim) instead of the scores (seq x seq) is the same product
         // with a pass over a far smaller tensor.
-        let scores = (q * scale)?.matmul(kt)?;
-        softmax_last_dim(&scores)?.matmul(v)
+        let scores = product(&(q * scale)?, kt)?;
+        product(&softmax_last_dim(&scores)?, v)
     };
     let attend = |q: &Tensor, k: &Tensor, v: &Tensor| attend_t(q, &k.t()?, v);
     let n = q.dim(0)?;
@@ -461,7 +486,7 @@ mod tests {
         let q = Tensor::randn(0f32, 1.0, (3, 70, 8), &dev)?;
         let k = Tensor::randn(0f32, 1.0, (3, 50, 8), &dev)?;
         let v = Tensor::randn(0f32, 1.0, (3, 50, 8), &dev)?;
-        let whole = attention_in_blocks(&q, &k, &v, None, usize::MAX)?;
+        let whole = attention_in_blocks(&q, &k, &v, (None, usize::MAX), false)?;
         // 70 x 50 scores > 1000: blocks of 20 query rows (the last one 10), one batch row each.
         // On two threads: the batch rows in one share per thread.
         let pool = rayon::ThreadPoolBuilder::new()
@@ -469,7 +494,7 @@ mod tests {
             .build()
             .expect("pool");
         for slice in [None, Some(2)] {
-            let blocked = pool.install(|| attention_in_blocks(&q, &k, &v, slice, 1000))?;
+            let blocked = pool.install(|| attention_in_blocks(&q, &k, &v, (slice, 1000), false))?;
             assert_eq!(blocked.dims(), whole.dims());
             let diff: f32 = (&blocked - &whole)?.abs()?.max_all()?.to_scalar()?;
             assert!(diff < 1e-6, "{slice:?}: {diff}");
@@ -587,8 +612,8 @@ mod tests {
         let q = Tensor::randn(0f32, 1., (5, 7, 4), &dev)?;
         let k = Tensor::randn(0f32, 1., (5, 6, 4), &dev)?;
         let v = Tensor::randn(0f32, 1., (5, 6, 3), &dev)?;
-        let whole = attention(&q, &k, &v, None)?;
-        let sliced = attention(&q, &k, &v, Some(2))?;
+        let whole = attention(&q, &k, &v, None, false)?;
+        let sliced = attention(&q, &k, &v, Some(2), false)?;
         assert_eq!(sliced.dims(), &[5, 7, 3]);
         let diff: f32 = (whole - sliced)?.abs()?.max_all()?.to_scalar()?;
         assert!(diff < 1e-6);

@@ -138,6 +138,8 @@ struct AttentionBlock {
     to_k: nn::Linear,
     to_v: nn::Linear,
     to_out: nn::Linear,
+    /// [`nn::bf16_products`].
+    bf16: bool,
 }
 
 impl AttentionBlock {
@@ -148,6 +150,7 @@ impl AttentionBlock {
             to_k: nn::linear(channels, channels, true, vb.pp("to_k"))?,
             to_v: nn::linear(channels, channels, true, vb.pp("to_v"))?,
             to_out: nn::linear(channels, channels, true, vb.pp("to_out.0"))?,
+            bf16: nn::bf16_products(&vb),
         })
     }
 }
@@ -163,7 +166,9 @@ impl Module for AttentionBlock {
         let q = self.to_q.forward(&tokens)?.contiguous()?;
         let k = self.to_k.forward(&tokens)?.contiguous()?;
         let v = self.to_v.forward(&tokens)?.contiguous()?;
-        let out = self.to_out.forward(&nn::attention(&q, &k, &v, Some(1))?)?;
+        let out = self
+            .to_out
+            .forward(&nn::attention(&q, &k, &v, Some(1), self.bf16)?)?;
         out.transpose(1, 2)?.reshape((b, c, h, w))? + xs
     }
 }

@@ -223,6 +223,20 @@ pub fn conv_same(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor
     )
 }
 
+/// `a · b` per batch item with both operands rounded to bf16 (f32 sums), for products of two
+/// activations (attention's scores and their weighted values) where the weights are bf16:
+/// `a` `(bt, m, k)`, `b` `(bt, k, n)` f32 -> `(bt, m, n)` f32, on AVX512-BF16.
+pub fn matmul_rounded(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    a.contiguous()?.apply_op2_no_bwd(
+        &b.contiguous()?,
+        &Product {
+            form: Form::Rounded,
+            micro: avx512_micro(),
+            bias: None,
+        },
+    )
+}
+
 /// The innermost step: `c[r][j] (+)= Σ_q a[r][q] · b[q][j]` over `kp` bf16 pairs, for rows
 /// `r < rows` and columns `j < cols` of `c` (rows `ldc` apart), adding to what `c` holds when
 /// `accumulate`. `a` holds [`MR`] row pointers (to their first pair; unaligned; rows past `rows`
@@ -250,6 +264,8 @@ enum Form {
     WCols,
     /// `conv2d(x (b, c, h, w), w (o, c, k, k))`, stride 1, "same" padding.
     ConvSame,
+    /// `a (bt, m, k) · b (bt, k, n)`, both f32, rounded as they are packed.
+    Rounded,
 }
 
 /// A bf16-weight product as an op on (f32 activation, weight).
@@ -293,6 +309,16 @@ impl CustomOp2 for Product {
             }
             let out = x_packed(x, packed, (m, n, k), self.bias.as_deref(), self.micro);
             return Ok((CpuStorage::F32(out), Shape::from((m, n))));
+        }
+        if self.form == Form::Rounded {
+            let b = super::contiguous_f32(ws, wl, "a bf16-rounded product")?;
+            let (bt, m, k) = xl.shape().dims3()?;
+            let (bt2, k2, n) = wl.shape().dims3()?;
+            if (bt2, k2) != (bt, k) {
+                candle_core::bail!("bf16 product: {:?} times {:?}", xl.dims(), wl.dims())
+            }
+            let out = rounded(x, b, (bt, m, k, n), self.micro);
+            return Ok((CpuStorage::F32(out), Shape::from((bt, m, n))));
         }
         let w = match (ws, wl.contiguous_offsets()) {
             (CpuStorage::BF16(v), Some((a, b))) => &v[a..b],
@@ -569,10 +595,7 @@ fn x_packed(
         .collect();
     for_each_job(&jobs, |(r0, c0)| {
         let (rows, cols) = (rb.min(m - r0), cb.min(n - c0));
-        let mut a = vec![0u32; rows * kp];
-        for (r, row) in a.chunks_mut(kp.max(1)).enumerate().take(rows) {
-            pack_along(&x[(r0 + r) * k..][..k], row);
-        }
+        let a = rows_along(&x[r0 * k..], rows, k);
         let first = &packed[(c0 / NR) * kp * NR..];
         let c = dst.at(r0 * n + c0);
         // SAFETY: `a` holds `rows` rows of `kp`; panel `c0 / NR + i` starts `i * kp * NR` after
@@ -594,6 +617,61 @@ fn x_packed(
     });
     // SAFETY: the jobs cover every row and column.
     unsafe { out.set_len(m * n) };
+    out
+}
+
+/// The first `rows` rows of `x` (`k` long) as rows of bf16 pairs ([`pack_along`]).
+fn rows_along(x: &[f32], rows: usize, k: usize) -> Vec<u32> {
+    let kp = k.div_ceil(2);
+    let mut a = vec![0u32; rows * kp];
+    for (r, row) in a.chunks_mut(kp.max(1)).enumerate().take(rows) {
+        pack_along(&x[r * k..][..k], row);
+    }
+    a
+}
+
+/// `a (bt, m, k) · b (bt, k, n)` per batch item: rows of `a` rounded to pairs per block, the
+/// panels of `b` rounded as they are packed.
+fn rounded(
+    a: &[f32],
+    b: &[f32],
+    (bt, m, k, n): (usize, usize, usize, usize),
+    micro: Micro,
+) -> Vec<f32> {
+    let kp = k.div_ceil(2);
+    let (mut out, dst) = output(bt * m * n);
+    let (rb, cb) = blocks(m, n, bt, 256);
+    let jobs: Vec<(usize, usize, usize)> = (0..bt)
+        .flat_map(|s| {
+            (0..m)
+                .step_by(rb)
+                .flat_map(move |r0| (0..n).step_by(cb).map(move |c0| (s, r0, c0)))
+        })
+        .collect();
+    for_each_job(&jobs, |(s, r0, c0)| {
+        let (rows, cols) = (rb.min(m - r0), cb.min(n - c0));
+        let rows_a = rows_along(&a[(s * m + r0) * k..], rows, k);
+        let bs = b[s * k * n..(s + 1) * k * n].as_ptr();
+        let c = dst.at((s * m + r0) * n + c0);
+        // SAFETY: `rows_a` holds `rows` rows of `kp`; depth row `t` of item `s` of `b` starts
+        // at `bs + t * n` and its columns `c0..c0 + cols` are read; the job writes rows `r0..`
+        // columns `c0..` of item `s`'s `(m, n)` output, which no other job does.
+        unsafe {
+            block(
+                kp,
+                (rows, cols),
+                (rows_a.as_ptr(), kp),
+                |q0, kc, scratch| {
+                    let row = |t: usize| bs.add(t * n + c0);
+                    pack_panels(scratch, (cols, k), (q0, kc), row, |j| j)
+                },
+                (c, n),
+                micro,
+            )
+        }
+    });
+    // SAFETY: the jobs cover every item, row and column.
+    unsafe { out.set_len(bt * m * n) };
     out
 }
 
@@ -1001,6 +1079,16 @@ mod tests {
                     }
                 }
             }
+            // And as a product of two activations: a = x twice, b = wᵀ twice.
+            let wt: Vec<f32> = (0..k * n).map(|i| w[(i % n) * k + i / n]).collect();
+            let (a2, b2) = ([&x[..], &x[..]].concat(), [&wt[..], &wt[..]].concat());
+            let got = rounded(&a2, &b2, (2, m, k, n), micro);
+            for s in 0..2 {
+                let e = worst(&got[s * m * n..(s + 1) * m * n], &want, k as f32);
+                if e > 1e-6 {
+                    return Err(format!("a·b {m}x{k}x{n}, item {s}: off by {e}"));
+                }
+            }
             let got = w_cols(&wb, &cols, (2, n, k, m), None, micro);
             for s in 0..2 {
                 let plane = &got[s * n * m..(s + 1) * n * m];
@@ -1179,6 +1267,13 @@ mod tests {
         let want = wide.broadcast_as((3, 29, 50))?.matmul(&cols)?;
         let diff = max_diff(weight_matmul(&w, &cols, None)?, want)?;
         assert!(diff < tol, "w·cols off by {diff}");
+        if Bf16Kernel::detect() == Bf16Kernel::Avx512Bf16 {
+            // Both operands rounded: twice the activation's rounding.
+            let a = Tensor::randn(0f32, 1., (2, 9, 40), &dev)?;
+            let b = Tensor::randn(0f32, 1., (2, 40, 33), &dev)?;
+            let diff = max_diff(matmul_rounded(&a, &b)?, a.matmul(&b)?)?;
+            assert!(diff < 2. * tol, "a·b off by {diff}");
+        }
         if conv_same_applies(3, 16) {
             let x = Tensor::randn(0f32, 1., (2, 6, 5, 16), &dev)?;
             let w = Tensor::randn(0f32, 0.3, (7, 6, 3, 3), &dev)?.to_dtype(DType::BF16)?;
