@@ -27,7 +27,7 @@ pub enum Command {
     Load {
         spec: String,
         device: String,
-        /// The weights' precision: "f32", "f16" or "bf16".
+        /// The weights' precision: "auto", "f32", "f16" or "bf16".
         precision: String,
     },
     /// Edit `image` as `request` says; `job` names the events it produces.
@@ -336,8 +336,8 @@ fn run(cmd: Command, model: &mut Option<Model>, flags: &Flags, send: &(dyn Fn(Ev
             };
             let result = (|| {
                 let device = crate::support::parse_device(&device).map_err(|e| format!("{e:#}"))?;
-                let dtype =
-                    crate::support::parse_dtype(&precision).map_err(|e| format!("{e:#}"))?;
+                let dtype = crate::support::parse_dtype(&precision, &device)
+                    .map_err(|e| format!("{e:#}"))?;
                 let source = ModelSource::parse(&spec).map_err(|e| e.to_string())?;
                 let opts = LoadOptions {
                     device,

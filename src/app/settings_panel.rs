@@ -202,10 +202,14 @@ impl EditorApp {
 
 /// The precisions offered, each with what it means.
 const PRECISIONS: &[(&str, &str)] = &[
-    ("f32", "Full precision (the CPU's default)"),
+    (
+        "auto",
+        "bf16 on a CPU with AVX512-BF16 (faster, half the memory), else f32",
+    ),
+    ("f32", "Full precision"),
     (
         "bf16",
-        "Weights in half the memory; on the CPU the arithmetic stays f32 (products on AVX512-BF16 where the CPU has it; no faster elsewhere)",
+        "Weights in half the memory; products on AVX512-BF16 where the CPU has it (no faster elsewhere), the rest in f32",
     ),
     ("f16", "Half precision, for GPUs (slow on the CPU)"),
 ];

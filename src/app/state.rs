@@ -30,7 +30,8 @@ pub struct Settings {
     pub model: String,
     /// "cpu", or "cuda" / "metal" in builds with those features.
     pub device: String,
-    /// The weights' precision: "f32", "bf16" (half the memory) or "f16".
+    /// The weights' precision: "auto" (bf16 on CPUs with AVX512-BF16, else f32), "f32",
+    /// "bf16" (half the memory) or "f16".
     pub precision: String,
     pub steps: usize,
     pub text_cfg: f64,
@@ -65,7 +66,7 @@ impl Default for Settings {
         Self {
             model: "builtin".into(),
             device: "cpu".into(),
-            precision: "f32".into(),
+            precision: "auto".into(),
             steps: 20,
             text_cfg: 5.0,
             image_cfg: 1.25,

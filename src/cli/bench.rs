@@ -163,11 +163,11 @@ pub(super) fn run_bench(args: &BenchArgs) -> anyhow::Result<()> {
         anyhow::bail!("--resolution must be a positive multiple of 64 and --repeats at least 1");
     }
     let model = match &args.random {
-        Some(arch) => crate::bench::random_model(
-            arch,
-            &parse_device(&args.model.device)?,
-            parse_dtype(&args.model.dtype)?,
-        )?,
+        Some(arch) => {
+            let device = parse_device(&args.model.device)?;
+            let dtype = parse_dtype(&args.model.dtype, &device)?;
+            crate::bench::random_model(arch, &device, dtype)?
+        }
         None => load_model(&args.model)?,
     };
     let mut report = crate::bench::run(

@@ -86,9 +86,10 @@ pub struct ModelArgs {
     /// cpu, cuda or metal.
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    /// Precision of the weights: f32, f16 or bf16. On the CPU, bf16 holds the weights in half
-    /// the memory and computes in f32 (products on AVX512-BF16 where the CPU has it).
-    #[arg(long, default_value = "f32")]
+    /// Precision of the weights: auto, f32, f16 or bf16. On the CPU, bf16 holds the weights in
+    /// half the memory; its products run on AVX512-BF16 where the CPU has it (the rest in f32).
+    /// auto: bf16 on such a CPU, else f32.
+    #[arg(long, default_value = "auto")]
     pub dtype: String,
     /// Compute attention in slices of this many heads to save memory on large images.
     #[arg(long)]
@@ -199,9 +200,10 @@ pub fn load_model(args: &ModelArgs) -> anyhow::Result<load::Model> {
         bar.set_position(done);
         bar.set_message(file.to_string());
     };
+    let device = parse_device(&args.device)?;
     let opts = LoadOptions {
-        device: parse_device(&args.device)?,
-        dtype: parse_dtype(&args.dtype)?,
+        dtype: parse_dtype(&args.dtype, &device)?,
+        device,
         config_dir: args.config.clone(),
         attention_slice: args.attention_slice,
         progress: Some(&mut progress),

@@ -7,6 +7,7 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
+use super::kernels::swap_last_two;
 use super::lora::{Linear, LoraSpec};
 use super::nn::{self, LayerNorm};
 
@@ -210,15 +211,17 @@ impl Transformer2D {
     pub fn forward(&self, xs: &Tensor, context: &Tensor) -> Result<Tensor> {
         let (b, c, h, w) = xs.dims4()?;
         let normed = self.norm.forward(xs)?;
-        let to_tokens = |t: &Tensor| t.permute((0, 2, 3, 1))?.reshape((b, h * w, c));
+        // (b, c, h, w) <-> (b, h*w, c), in tiles (candle's strided copy of the permuted view
+        // went element by element).
+        let to_tokens = |t: &Tensor| swap_last_two(&t.reshape((b, c, h * w))?);
         let tokens = match &self.proj_in {
             Projection::Conv(conv) => to_tokens(&conv.forward(&normed)?)?,
             Projection::Linear(lin) => lin.forward(&to_tokens(&normed)?)?,
         };
         let tokens = self.block.forward(&tokens, context)?;
-        let to_image = |t: &Tensor| t.reshape((b, h, w, c))?.permute((0, 3, 1, 2));
+        let to_image = |t: &Tensor| swap_last_two(t)?.reshape((b, c, h, w));
         let out = match &self.proj_out {
-            Projection::Conv(conv) => conv.forward(&to_image(&tokens)?.contiguous()?)?,
+            Projection::Conv(conv) => conv.forward(&to_image(&tokens)?)?,
             Projection::Linear(lin) => to_image(&lin.forward(&tokens)?)?,
         };
         out + xs

@@ -103,8 +103,11 @@ impl Upsample2D {
     /// Upsamples to `size` when given (odd skip sizes), else to twice the input.
     pub fn forward(&self, xs: &Tensor, size: Option<(usize, usize)>) -> Result<Tensor> {
         let (_, _, h, w) = xs.dims4()?;
-        let (th, tw) = size.unwrap_or((2 * h, 2 * w));
-        self.conv.forward(&xs.upsample_nearest2d(th, tw)?)
+        let up = match size {
+            Some((th, tw)) if (th, tw) != (2 * h, 2 * w) => xs.upsample_nearest2d(th, tw)?,
+            _ => super::kernels::upsample_nearest_2x(xs)?,
+        };
+        self.conv.forward(&up)
     }
 }
 

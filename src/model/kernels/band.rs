@@ -15,15 +15,22 @@ pub fn padded_band(
     let wp = w + 2 * p;
     let bh = r1 - r0 + 2 * p;
     let plane = bh * wp;
-    let mut padded = vec![0f32; c * (plane + tail)];
+    // Written in order, the zeros where the padding is (no zero fill of what is copied).
+    let mut padded = Vec::with_capacity(c * (plane + tail));
+    let zeros = |v: &mut Vec<f32>, n: usize| v.resize(v.len() + n, 0.);
     for ci in 0..c {
         let src = &x[(bi * c + ci) * h * w..][..h * w];
         for rr in 0..bh {
-            let Some(iy) = (r0 + rr).checked_sub(p).filter(|&iy| iy < h) else {
-                continue;
-            };
-            padded[ci * (plane + tail) + rr * wp + p..][..w].copy_from_slice(&src[iy * w..][..w]);
+            match (r0 + rr).checked_sub(p).filter(|&iy| iy < h) {
+                Some(iy) => {
+                    zeros(&mut padded, p);
+                    padded.extend_from_slice(&src[iy * w..][..w]);
+                    zeros(&mut padded, p);
+                }
+                None => zeros(&mut padded, wp),
+            }
         }
+        zeros(&mut padded, tail);
     }
     (padded, plane)
 }

@@ -373,15 +373,16 @@ fn simd_packing() -> bool {
 
 /// `out[q] = pair(round(x[2q]), round(x[2q + 1]))` (past the end: 0): a row along the depth
 /// as pairs, `out.len() == x.len().div_ceil(2)`.
-fn pack_along(x: &[f32], out: &mut [u32]) {
+fn pack_along(x: &[f32], out: &mut [std::mem::MaybeUninit<u32>]) {
     assert_eq!(out.len(), x.len().div_ceil(2));
     #[cfg(target_arch = "x86_64")]
     if simd_packing() {
-        // SAFETY: the CPU has the instructions; `x` and `out` have the lengths checked above.
-        unsafe { return avx512::pack_along(x.as_ptr(), x.len(), out.as_mut_ptr()) }
+        // SAFETY: the CPU has the instructions; `x` and `out` have the lengths checked above
+        // (every element of `out` is written).
+        unsafe { return avx512::pack_along(x.as_ptr(), x.len(), out.as_mut_ptr().cast()) }
     }
     for (v, two) in out.iter_mut().zip(x.chunks(2)) {
-        *v = pair(round(two[0]), two.get(1).map_or(0, |&h| round(h)));
+        v.write(pair(round(two[0]), two.get(1).map_or(0, |&h| round(h))));
     }
 }
 
@@ -623,10 +624,13 @@ fn x_packed(
 /// The first `rows` rows of `x` (`k` long) as rows of bf16 pairs ([`pack_along`]).
 fn rows_along(x: &[f32], rows: usize, k: usize) -> Vec<u32> {
     let kp = k.div_ceil(2);
-    let mut a = vec![0u32; rows * kp];
-    for (r, row) in a.chunks_mut(kp.max(1)).enumerate().take(rows) {
+    let mut a = Vec::with_capacity(rows * kp);
+    let rows_out = a.spare_capacity_mut()[..rows * kp].chunks_mut(kp.max(1));
+    for (r, row) in rows_out.enumerate().take(rows) {
         pack_along(&x[r * k..][..k], row);
     }
+    // SAFETY: `pack_along` wrote every pair of every row.
+    unsafe { a.set_len(rows * kp) };
     a
 }
 
@@ -1234,8 +1238,10 @@ mod tests {
         }
         for n in [0, 1, 15, 16, 17, 31, 33, 71] {
             let x = &v[..n];
-            let mut along = vec![0u32; n.div_ceil(2)];
+            let mut along = vec![std::mem::MaybeUninit::new(0u32); n.div_ceil(2)];
             pack_along(x, &mut along);
+            // SAFETY: every element was initialised.
+            let along: Vec<u32> = along.iter().map(|v| unsafe { v.assume_init() }).collect();
             for (q, &g) in along.iter().enumerate() {
                 let hi = x.get(2 * q + 1).map_or(0, |&h| round(h));
                 assert_eq!(g, pair(round(x[2 * q]), hi), "along, {n}: {q}");

@@ -39,36 +39,80 @@ pub fn contiguous_f32<'a>(
 /// rows: half of loading SD 1.5's mapped weights was its transposes of the text encoder's);
 /// otherwise `t.t().contiguous()`.
 pub fn transposed(t: &Tensor) -> Result<Tensor> {
+    let (r, c) = t.dims2()?;
+    swap_last_two(&t.reshape((1, r, c))?)?.reshape((c, r))
+}
+
+/// `t` `(b, r, c)` as a new contiguous `(b, c, r)`: each matrix transposed in tiles as
+/// [`transposed`] does (for untracked f32 CPU tensors; otherwise candle's transpose and copy).
+pub fn swap_last_two(t: &Tensor) -> Result<Tensor> {
     use rayon::prelude::*;
     const TILE: usize = 32;
-    let (r, c) = t.dims2()?;
-    let t = t.contiguous()?;
-    if !cpu_f32(&t) {
-        return t.t()?.contiguous();
+    let (b, r, c) = t.dims3()?;
+    if !cpu_f32(t) || t.track_op() {
+        return t.transpose(1, 2)?.contiguous();
     }
+    let t = t.contiguous()?;
     let (storage, layout) = t.storage_and_layout();
     let candle_core::Storage::Cpu(s) = &*storage else {
         candle_core::bail!("transposed: not a CPU tensor")
     };
     let src = contiguous_f32(s, layout, "transposed")?;
-    let mut out = vec![0f32; r * c];
-    // Each job writes TILE rows of the output (TILE columns of the input).
-    out.par_chunks_mut(TILE * r)
+    let mut out = vec![0f32; b * r * c];
+    // Each job writes TILE rows of one output matrix (TILE columns of the input's).
+    out.par_chunks_mut((r * c).max(1))
         .enumerate()
-        .for_each(|(jb, dst)| {
+        .flat_map(|(m, plane)| {
+            plane
+                .par_chunks_mut(TILE * r.max(1))
+                .enumerate()
+                .map(move |(jb, dst)| (m, jb, dst))
+        })
+        .for_each(|(m, jb, dst)| {
+            let src = &src[m * r * c..][..r * c];
             let j0 = jb * TILE;
             let cols = dst.len() / r.max(1);
-            for i0 in (0..r).step_by(TILE) {
-                for i in i0..(i0 + TILE).min(r) {
-                    let row = &src[i * c + j0..i * c + j0 + cols];
-                    for (dj, &v) in row.iter().enumerate() {
-                        dst[dj * r + i] = v;
-                    }
+            for i in 0..r {
+                let row = &src[i * c + j0..i * c + j0 + cols];
+                for (dj, &v) in row.iter().enumerate() {
+                    dst[dj * r + i] = v;
                 }
             }
         });
     drop(storage);
-    Tensor::from_vec(out, (c, r), t.device())
+    Tensor::from_vec(out, (b, c, r), t.device())
+}
+
+/// Nearest-neighbour upsampling of `xs` `(b, c, h, w)` to twice its size: each pixel copied to
+/// a 2x2 block, plane by plane over the threads (for an untracked f32 CPU tensor; otherwise
+/// candle's `upsample_nearest2d`, which computes each output's source index).
+pub fn upsample_nearest_2x(xs: &Tensor) -> Result<Tensor> {
+    use rayon::prelude::*;
+    let (b, c, h, w) = xs.dims4()?;
+    if !cpu_f32(xs) || xs.track_op() {
+        return xs.upsample_nearest2d(2 * h, 2 * w);
+    }
+    let xs = xs.contiguous()?;
+    let (storage, layout) = xs.storage_and_layout();
+    let candle_core::Storage::Cpu(s) = &*storage else {
+        candle_core::bail!("upsample: not a CPU tensor")
+    };
+    let src = contiguous_f32(s, layout, "upsample")?;
+    let mut out = vec![0f32; b * c * 4 * h * w];
+    out.par_chunks_mut((4 * h * w).max(1))
+        .enumerate()
+        .for_each(|(plane, dst)| {
+            let src = &src[plane * h * w..][..h * w];
+            for (y, pair) in dst.chunks_mut(4 * w).enumerate() {
+                let (top, bottom) = pair.split_at_mut(2 * w);
+                for (two, &v) in top.chunks_mut(2).zip(&src[y * w..][..w]) {
+                    two.fill(v);
+                }
+                bottom.copy_from_slice(top);
+            }
+        });
+    drop(storage);
+    Tensor::from_vec(out, (b, c, 2 * h, 2 * w), xs.device())
 }
 
 /// `f` over shares of a batch of `n` (ranges of samples, in order), one share per compute
@@ -127,6 +171,25 @@ mod tests {
             let t = Tensor::randn(0f32, 1., (r, c), &candle_core::Device::Cpu)?;
             let want: Vec<Vec<f32>> = t.t()?.contiguous()?.to_vec2()?;
             assert_eq!(transposed(&t)?.to_vec2::<f32>()?, want, "{r}x{c}");
+            let batch = Tensor::randn(0f32, 1., (3, r, c), &candle_core::Device::Cpu)?;
+            let want: Vec<Vec<Vec<f32>>> = batch.transpose(1, 2)?.contiguous()?.to_vec3()?;
+            assert_eq!(swap_last_two(&batch)?.to_vec3::<f32>()?, want, "3x{r}x{c}");
+        }
+        Ok(())
+    }
+
+    /// The 2x nearest upsampling equals candle's.
+    #[test]
+    fn upsampling_equals_candle() -> Result<()> {
+        for (h, w) in [(1, 1), (3, 5), (8, 8)] {
+            let x = Tensor::randn(0f32, 1., (2, 3, h, w), &candle_core::Device::Cpu)?;
+            let want = x
+                .upsample_nearest2d(2 * h, 2 * w)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            let got = upsample_nearest_2x(&x)?;
+            assert_eq!(got.dims(), &[2, 3, 2 * h, 2 * w]);
+            assert_eq!(got.flatten_all()?.to_vec1::<f32>()?, want, "{h}x{w}");
         }
         Ok(())
     }
