@@ -1,0 +1,329 @@
+//! The products' loop nest ([`block`]) and the four forms that feed it: linear layers on
+//! packed weights, weights times patches or pixels, the implicit-patch convolution, and two
+//! rounded activations. Each splits its output into blocks ([`blocks`]) run over the threads.
+
+use half::bf16;
+use rayon::prelude::*;
+
+use super::pack::{pack_panels, rows_along, weight_rows};
+use super::{Kernel, Kernels, KC, MAX_COLS, MR, MR_MAX, NR};
+
+/// A pointer that parallel jobs write disjoint blocks through.
+#[derive(Clone, Copy)]
+struct Out(*mut f32);
+
+// SAFETY: each job writes its own block of the output (see the callers).
+unsafe impl Send for Out {}
+unsafe impl Sync for Out {}
+
+impl Out {
+    /// The element `i` past the start.
+    fn at(self, i: usize) -> *mut f32 {
+        self.0.wrapping_add(i)
+    }
+}
+
+/// Runs `f` on each job, across the threads (in turn inside a split batch's share).
+fn for_each_job<J: Send + Sync + Copy>(jobs: &[J], f: impl Fn(J) + Sync) {
+    if candle_core::utils::is_serial() || jobs.len() < 2 {
+        jobs.iter().for_each(|&j| f(j));
+    } else {
+        jobs.par_iter().for_each(|&j| f(j));
+    }
+}
+
+/// How a product of `rows x cols` (per image, `images` of them) is cut into blocks: at most
+/// [`MAX_COLS`] columns (a multiple of [`NR`]) and `max_rows` rows each, smaller until every
+/// thread has about four blocks (but not below one panel, or 64 rows). Returns the block's
+/// (rows, columns).
+pub(super) fn blocks(rows: usize, cols: usize, images: usize, max_rows: usize) -> (usize, usize) {
+    let target = if candle_core::utils::is_serial() {
+        1
+    } else {
+        4 * rayon::current_num_threads().max(1)
+    };
+    let count = |rb: usize, cb: usize| images * rows.div_ceil(rb) * cols.div_ceil(cb);
+    let (mut rb, mut cb) = (rows.clamp(1, max_rows), cols.clamp(1, MAX_COLS));
+    while count(rb, cb) < target && cb > NR {
+        cb = (cb / 2).next_multiple_of(NR);
+    }
+    while count(rb, cb) < target && rb > 64 {
+        rb = (rb / 2).next_multiple_of(MR);
+    }
+    (rb, cb)
+}
+
+/// One block of a product: `c[r][j] = Σ_q a_r[q] · b[q][j]` for `r < rows`, `j < cols`, row `r`
+/// of `a` at `a + r * lda` (`kp` pairs), and `panels(q0, kc, scratch)` giving the panels of
+/// pairs `q0..q0 + kc` of every column: a pointer to the first and the distance between two.
+///
+/// # Safety
+/// `a` valid for `rows` rows of `kp` pairs, `lda` apart; the panels for `kc * NR` pairs each;
+/// `c` for `rows` rows of `cols` (`ldc` apart) no other thread touches.
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn block(
+    kp: usize,
+    (rows, cols): (usize, usize),
+    (a, lda): (*const u32, usize),
+    mut panels: impl FnMut(usize, usize, &mut Vec<u32>) -> (*const u32, usize),
+    (c, ldc): (*mut f32, usize),
+    kernel: Kernel,
+) {
+    if rows == 0 || cols == 0 {
+        return;
+    }
+    if kp == 0 {
+        for r in 0..rows {
+            std::ptr::write_bytes(c.add(r * ldc), 0, cols);
+        }
+        return;
+    }
+    let mut scratch = Vec::new();
+    for q0 in (0..kp).step_by(KC) {
+        let kc = KC.min(kp - q0);
+        let (b, panel_step) = panels(q0, kc, &mut scratch);
+        for r0 in (0..rows).step_by(kernel.mr) {
+            let nr = kernel.mr.min(rows - r0);
+            let ar: [*const u32; MR_MAX] =
+                std::array::from_fn(|r| a.add((r0 + r.min(nr - 1)) * lda + q0));
+            for (pi, j0) in (0..cols).step_by(kernel.nr).enumerate() {
+                let nc = kernel.nr.min(cols - j0);
+                let (b, c) = (b.add(pi * panel_step), c.add(r0 * ldc + j0));
+                (kernel.micro)(kc, &ar, b, c, ldc, nr, nc, q0 > 0);
+            }
+        }
+    }
+}
+
+/// Adds `bias[r]` to row `r` (`per_row`) or `bias[j]` to column `j` of the `rows x cols` block
+/// at `c` (rows `ldc` apart).
+///
+/// # Safety
+/// `c` valid for the block, which no other thread touches.
+unsafe fn add_bias(
+    c: *mut f32,
+    ldc: usize,
+    (rows, cols): (usize, usize),
+    bias: &[f32],
+    per_row: bool,
+) {
+    for r in 0..rows {
+        let row = std::slice::from_raw_parts_mut(c.add(r * ldc), cols);
+        if per_row {
+            row.iter_mut().for_each(|v| *v += bias[r]);
+        } else {
+            row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
+        }
+    }
+}
+
+/// A `len`-element output every element of which the jobs write, and the pointer they write
+/// through.
+fn output(len: usize) -> (Vec<f32>, Out) {
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    let dst = Out(out.spare_capacity_mut().as_mut_ptr().cast());
+    (out, dst)
+}
+
+/// `x (m, k) · wᵀ (+ bias)` from the packed weight: blocks of rows of `x` rounded to pairs,
+/// times the panels as they are.
+pub(super) fn x_packed(
+    x: &[f32],
+    packed: &[u32],
+    (m, n, k): (usize, usize, usize),
+    bias: Option<&[f32]>,
+    kernels: Kernels,
+) -> Vec<f32> {
+    // The weight's panels are NR wide: the wide kernel's.
+    let kernel = kernels.wide;
+    let kp = k.div_ceil(2);
+    let (mut out, dst) = output(m * n);
+    let (rb, cb) = blocks(m, n, 1, 256);
+    let jobs: Vec<(usize, usize)> = (0..m)
+        .step_by(rb)
+        .flat_map(|r0| (0..n).step_by(cb).map(move |c0| (r0, c0)))
+        .collect();
+    for_each_job(&jobs, |(r0, c0)| {
+        let (rows, cols) = (rb.min(m - r0), cb.min(n - c0));
+        let a = rows_along(&x[r0 * k..], rows, k);
+        let first = &packed[(c0 / NR) * kp * NR..];
+        let c = dst.at(r0 * n + c0);
+        // SAFETY: `a` holds `rows` rows of `kp`; panel `c0 / NR + i` starts `i * kp * NR` after
+        // `first` and holds `kp * NR` pairs; the job writes rows `r0..` columns `c0..` of `out`
+        // (`m x n`), which no other job does.
+        unsafe {
+            block(
+                kp,
+                (rows, cols),
+                (a.as_ptr(), kp),
+                |q0, _, _| (first.as_ptr().add(q0 * NR), kp * NR),
+                (c, n),
+                kernel,
+            );
+            if let Some(bias) = bias {
+                add_bias(c, n, (rows, cols), &bias[c0..], false);
+            }
+        }
+    });
+    // SAFETY: the jobs cover every row and column.
+    unsafe { out.set_len(m * n) };
+    out
+}
+
+/// `a (bt, m, k) · b (bt, k, n)` per batch item: rows of `a` rounded to pairs per block, the
+/// panels of `b` rounded as they are packed.
+pub(super) fn rounded(
+    a: &[f32],
+    b: &[f32],
+    (bt, m, k, n): (usize, usize, usize, usize),
+    kernels: Kernels,
+) -> Vec<f32> {
+    let kp = k.div_ceil(2);
+    let (mut out, dst) = output(bt * m * n);
+    let (rb, cb) = blocks(m, n, bt, 256);
+    let kernel = kernels.for_cols(cb);
+    let jobs: Vec<(usize, usize, usize)> = (0..bt)
+        .flat_map(|s| {
+            (0..m)
+                .step_by(rb)
+                .flat_map(move |r0| (0..n).step_by(cb).map(move |c0| (s, r0, c0)))
+        })
+        .collect();
+    for_each_job(&jobs, |(s, r0, c0)| {
+        let (rows, cols) = (rb.min(m - r0), cb.min(n - c0));
+        let rows_a = rows_along(&a[(s * m + r0) * k..], rows, k);
+        let bs = b[s * k * n..(s + 1) * k * n].as_ptr();
+        let c = dst.at((s * m + r0) * n + c0);
+        // SAFETY: `rows_a` holds `rows` rows of `kp`; depth row `t` of item `s` of `b` starts
+        // at `bs + t * n` and its columns `c0..c0 + cols` are read; the job writes rows `r0..`
+        // columns `c0..` of item `s`'s `(m, n)` output, which no other job does.
+        unsafe {
+            block(
+                kp,
+                (rows, cols),
+                (rows_a.as_ptr(), kp),
+                |q0, kc, scratch| {
+                    let row = |t: usize| bs.add(t * n + c0);
+                    pack_panels(scratch, kernel.nr, (cols, k), (q0, kc), row, |j| j)
+                },
+                (c, n),
+                kernel,
+            )
+        }
+    });
+    // SAFETY: the jobs cover every item, row and column.
+    unsafe { out.set_len(bt * m * n) };
+    out
+}
+
+/// The jobs of a weight-times-pixels product: `(sample, first row, first column)`, and the
+/// block's size.
+fn pixel_jobs(b: usize, o: usize, p: usize) -> (Vec<(usize, usize, usize)>, usize, usize) {
+    let (rb, cb) = blocks(o, p, b, usize::MAX);
+    let jobs = (0..b)
+        .flat_map(|s| {
+            (0..o)
+                .step_by(rb)
+                .flat_map(move |r0| (0..p).step_by(cb).map(move |c0| (s, r0, c0)))
+        })
+        .collect();
+    (jobs, rb, cb)
+}
+
+/// `w (o, k) · cols (b, k, p) (+ bias)` per sample: the weight's rows as they are, the panels
+/// of `cols` rounded to bf16 pairs as they are packed.
+pub(super) fn w_cols(
+    w: &[bf16],
+    cols: &[f32],
+    (b, o, k, p): (usize, usize, usize, usize),
+    bias: Option<&[f32]>,
+    kernels: Kernels,
+) -> Vec<f32> {
+    let kp = k.div_ceil(2);
+    let a = weight_rows(w, o, k);
+    let (mut out, dst) = output(b * o * p);
+    let (jobs, rb, cb) = pixel_jobs(b, o, p);
+    let kernel = kernels.for_cols(cb);
+    for_each_job(&jobs, |(s, r0, c0)| {
+        let (rows, ncols) = (rb.min(o - r0), cb.min(p - c0));
+        let x = cols[s * k * p..(s + 1) * k * p].as_ptr();
+        let c = dst.at((s * o + r0) * p + c0);
+        // SAFETY: `a` holds `o` rows of `kp`; depth row `t` of sample `s` starts at `x + t * p`
+        // and its columns `c0..c0 + ncols` are read; the job writes rows `r0..` columns `c0..`
+        // of sample `s`'s `(o, p)` plane, which no other job does.
+        unsafe {
+            block(
+                kp,
+                (rows, ncols),
+                (a.as_ptr().add(r0 * kp), kp),
+                |q0, kc, scratch| {
+                    let row = |t: usize| x.add(t * p + c0);
+                    pack_panels(scratch, kernel.nr, (ncols, k), (q0, kc), row, |j| j)
+                },
+                (c, p),
+                kernel,
+            );
+            if let Some(bias) = bias {
+                add_bias(c, p, (rows, ncols), &bias[r0..], true);
+            }
+        }
+    });
+    // SAFETY: the jobs cover every sample, row and column.
+    unsafe { out.set_len(b * o * p) };
+    out
+}
+
+/// The implicit-patch convolution ([`conv_same`]): depth row `t = (ci, ky, kx)` of the patch
+/// matrix (the weight's own order) at pixel `j` is the padded input at `ci`, shifted by
+/// `(ky, kx)`; a block of pixels packs its panels from a padded band of the rows it covers.
+pub(super) fn conv(
+    x: &[f32],
+    (b, c, h, wd): (usize, usize, usize, usize),
+    (w, o, k): (&[bf16], usize, usize),
+    bias: Option<&[f32]>,
+    kernels: Kernels,
+) -> Vec<f32> {
+    let depth = c * k * k;
+    let kp = depth.div_ceil(2);
+    let a = weight_rows(w, o, depth);
+    let p = h * wd;
+    let (mut out, dst) = output(b * o * p);
+    let (jobs, rb, cb) = pixel_jobs(b, o, p);
+    let kernel = kernels.for_cols(cb);
+    let wp = wd + k - 1;
+    for_each_job(&jobs, |(s, r0, c0)| {
+        let (rows, ncols) = (rb.min(o - r0), cb.min(p - c0));
+        // The input rows this block's pixels read, zero-padded.
+        let (y0, y1) = (c0 / wd, (c0 + ncols - 1) / wd + 1);
+        let (padded, plane) = super::super::band::padded_band(x, (c, h, wd), k, (s, y0, y1), 0);
+        let row = |t: usize| {
+            let (ci, ky, kx) = (t / (k * k), t / k % k, t % k);
+            padded[ci * plane + ky * wp + kx..].as_ptr()
+        };
+        // Pixel `j` of the block, in its padded row.
+        let offset = |j: usize| (c0 + j) / wd * wp - y0 * wp + (c0 + j) % wd;
+        let c = dst.at((s * o + r0) * p + c0);
+        // SAFETY: `a` holds `o` rows of `kp`; the job writes rows `r0..` pixels `c0..` of
+        // sample `s`'s `(o, p)` plane, which no other job does; a run of 16 pixels from a
+        // multiple of 16 lies in one output row (`wd % 16 == 0`, `c0 % 32 == 0`), so its reads
+        // stay inside that row of the padded band (`wp` long).
+        unsafe {
+            block(
+                kp,
+                (rows, ncols),
+                (a.as_ptr().add(r0 * kp), kp),
+                |q0, kc, scratch| {
+                    pack_panels(scratch, kernel.nr, (ncols, depth), (q0, kc), row, offset)
+                },
+                (c, p),
+                kernel,
+            );
+            if let Some(bias) = bias {
+                add_bias(c, p, (rows, ncols), &bias[r0..], true);
+            }
+        }
+    });
+    // SAFETY: the jobs cover every sample, row and pixel.
+    unsafe { out.set_len(b * o * p) };
+    out
+}

@@ -1,0 +1,354 @@
+//! The packed products against an f64 reference, with the instruction emulated (every CPU)
+//! and real (where present), and mutated kernels that must fail the same check.
+
+use super::pack::{bytemuck_bf16, pack_along, pack_panel, pack_weight_bits, pair, round};
+use super::products::{conv, rounded, w_cols, x_packed};
+use super::*;
+use candle_core::Device;
+use half::bf16;
+
+/// bf16-rounded, as f64.
+fn r(v: f32) -> f64 {
+    bf16::from_f32(v).to_f32() as f64
+}
+
+/// `x (m, k) · wᵀ` of bf16-rounded operands in f64.
+fn reference(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
+    (0..m * n)
+        .map(|i| {
+            let (row, col) = (i / n, i % n);
+            (0..k)
+                .map(|j| r(x[row * k + j]) * r(w[col * k + j]))
+                .sum::<f64>() as f32
+        })
+        .collect()
+}
+
+/// A stride-1 "same" convolution of bf16-rounded operands in f64.
+fn reference_conv(
+    x: &[f32],
+    (b, c, h, wd): (usize, usize, usize, usize),
+    w: &[f32],
+    o: usize,
+    k: usize,
+) -> Vec<f32> {
+    let p = (k - 1) / 2;
+    let mut out = vec![0f32; b * o * h * wd];
+    for s in 0..b {
+        for co in 0..o {
+            for y in 0..h {
+                for xx in 0..wd {
+                    let mut acc = 0f64;
+                    for ci in 0..c {
+                        for ky in 0..k {
+                            for kx in 0..k {
+                                let (iy, ix) = (y + ky, xx + kx);
+                                if iy < p || ix < p || iy - p >= h || ix - p >= wd {
+                                    continue;
+                                }
+                                let v = x[((s * c + ci) * h + iy - p) * wd + ix - p];
+                                acc += r(v) * r(w[((co * c + ci) * k + ky) * k + kx]);
+                            }
+                        }
+                    }
+                    out[((s * o + co) * h + y) * wd + xx] = acc as f32;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The largest difference from `want`, relative to the sum of magnitudes a product adds up
+/// (f32 accumulation of `k` terms errs by about `k * 2^-24` of it).
+fn worst(got: &[f32], want: &[f32], scale: f32) -> f32 {
+    assert_eq!(got.len(), want.len());
+    got.iter()
+        .zip(want)
+        .map(|(g, w)| (g - w).abs() / scale)
+        .fold(0f32, f32::max)
+}
+
+fn random(n: usize, seed: u64) -> Vec<f32> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    (0..n).map(|_| rng.random_range(-1f32..1.)).collect()
+}
+
+fn to_bf16(v: &[f32]) -> Vec<bf16> {
+    v.iter().map(|&v| bf16::from_f32(v)).collect()
+}
+
+/// The four packed forms with given micro-kernels, against the f64 reference, on shapes with
+/// remainders everywhere (rows not a multiple of the kernel's, columns not of the panel's, odd
+/// depths, more than one depth slice of KC pairs), blocks of 16 columns or fewer (the narrow
+/// kernel) and wider.
+fn check(kernels: Kernels) -> std::result::Result<(), String> {
+    for &(m, n, k) in &[
+        (1, 1, 1),
+        (13, 45, 37),
+        (70, 33, 64),
+        (8, 32, 2),
+        (9, 40, 1100),
+    ] {
+        let (x, w) = (random(m * k, 1), random(n * k, 2));
+        let wb = to_bf16(&w);
+        let want = reference(&x, &w, m, n, k);
+        let packed = pack_weight_bits(bytemuck_bf16(&wb), n, k);
+        // With a bias on each column.
+        let bias = random(n, 7);
+        let got = x_packed(&x, &packed, (m, n, k), Some(&bias), kernels);
+        let unbiased: Vec<f32> = got
+            .iter()
+            .enumerate()
+            .map(|(i, v)| v - bias[i % n])
+            .collect();
+        let e = worst(&unbiased, &want, k as f32);
+        if e > 1e-6 {
+            return Err(format!("x·wᵀ {m}x{n}x{k}: off by {e} of the scale"));
+        }
+        // The same numbers as w · cols: cols (2, k, m) holds x transposed, twice.
+        let mut cols = vec![0f32; 2 * k * m];
+        for s in 0..2 {
+            for r in 0..m {
+                for j in 0..k {
+                    cols[s * k * m + j * m + r] = x[r * k + j];
+                }
+            }
+        }
+        // And as a product of two activations: a = x twice, b = wᵀ twice.
+        let wt: Vec<f32> = (0..k * n).map(|i| w[(i % n) * k + i / n]).collect();
+        let (a2, b2) = ([&x[..], &x[..]].concat(), [&wt[..], &wt[..]].concat());
+        let got = rounded(&a2, &b2, (2, m, k, n), kernels);
+        for s in 0..2 {
+            let e = worst(&got[s * m * n..(s + 1) * m * n], &want, k as f32);
+            if e > 1e-6 {
+                return Err(format!("a·b {m}x{k}x{n}, item {s}: off by {e}"));
+            }
+        }
+        let got = w_cols(&wb, &cols, (2, n, k, m), None, kernels);
+        for s in 0..2 {
+            let plane = &got[s * n * m..(s + 1) * n * m];
+            let t: Vec<f32> = (0..m * n).map(|i| plane[(i % n) * m + i / n]).collect();
+            let e = worst(&t, &want, k as f32);
+            if e > 1e-6 {
+                return Err(format!("w·cols {n}x{m}x{k}, sample {s}: off by {e}"));
+            }
+        }
+    }
+    // Convolutions: an odd depth (3 channels), 1x1 and 5x5 kernels, rows of 16 and 48
+    // (blocks that start mid-row), a depth of more than KC pairs, planes of 16 pixels (the
+    // narrow kernel, with more rows than its 16).
+    for &(b, c, h, wd, o, k) in &[
+        (2, 3, 5, 16, 13, 3),
+        (2, 3, 1, 16, 13, 3),
+        (1, 8, 1, 16, 37, 3),
+        (1, 4, 3, 32, 9, 1),
+        (1, 2, 4, 16, 3, 5),
+        (2, 6, 7, 48, 70, 3),
+        (1, 120, 2, 16, 10, 3),
+    ] {
+        let (x, w) = (random(b * c * h * wd, 3), random(o * c * k * k, 4));
+        let want = reference_conv(&x, (b, c, h, wd), &w, o, k);
+        // With a bias on each channel.
+        let bias = random(o, 8);
+        let got = conv(
+            &x,
+            (b, c, h, wd),
+            (&to_bf16(&w), o, k),
+            Some(&bias),
+            kernels,
+        );
+        let unbiased: Vec<f32> = (got.iter().enumerate())
+            .map(|(i, v)| v - bias[i / (h * wd) % o])
+            .collect();
+        let e = worst(&unbiased, &want, (c * k * k) as f32);
+        if e > 1e-6 {
+            return Err(format!("conv {b}x{c}x{h}x{wd} -> {o}, {k}x{k}: off by {e}"));
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn emulated_kernel_matches_the_reference() {
+    check(Kernels::emulated()).unwrap();
+}
+
+/// The real instructions, where this CPU has them (the emulated kernel above checks the
+/// packing and loops on every CPU).
+#[test]
+fn avx512_bf16_kernel_matches_the_reference_where_present() {
+    if !CpuFeatures::this_cpu().avx512bf16 {
+        eprintln!("this CPU has no AVX512-BF16: the vdpbf16ps kernel is not run here");
+        return;
+    }
+    check(Kernels::avx512()).unwrap();
+}
+
+/// A kernel that drops the second bf16 of each pair, swaps the halves of one operand, or
+/// forgets what earlier depth slices summed, is caught by the same check.
+#[test]
+fn a_broken_kernel_fails_the_check() {
+    /// `micro_emulated` with each pair's two products taken by `f`, summing from zero
+    /// when `restart`.
+    unsafe fn with(
+        (kp, a, b, c, ldc, rows, cols, accumulate): (
+            usize,
+            &[*const u32; MR_MAX],
+            *const u32,
+            *mut f32,
+            usize,
+            usize,
+            usize,
+            bool,
+        ),
+        restart: bool,
+        f: impl Fn(u32, u32) -> f32,
+    ) {
+        for (r, &row) in a.iter().enumerate().take(rows) {
+            for j in 0..cols {
+                let dst = c.add(r * ldc + j);
+                let start = if accumulate && !restart { *dst } else { 0. };
+                *dst = start
+                    + (0..kp)
+                        .map(|q| f(row.add(q).read_unaligned(), *b.add(q * NR + j)))
+                        .sum::<f32>();
+            }
+        }
+    }
+    fn h(v: u32, hi: bool) -> f32 {
+        f32::from_bits(if hi { v & 0xffff_0000 } else { v << 16 })
+    }
+    macro_rules! broken {
+        ($name:ident, $restart:expr, $f:expr) => {
+            #[allow(clippy::too_many_arguments)]
+            unsafe fn $name(
+                kp: usize,
+                a: &[*const u32; MR_MAX],
+                b: *const u32,
+                c: *mut f32,
+                ldc: usize,
+                rows: usize,
+                cols: usize,
+                acc: bool,
+            ) {
+                with((kp, a, b, c, ldc, rows, cols, acc), $restart, $f)
+            }
+        };
+    }
+    broken!(drops_low, false, |x, y| h(x, true) * h(y, true));
+    broken!(swaps, false, |x, y| h(x, true) * h(y, false)
+        + h(x, false) * h(y, true));
+    broken!(restarts, true, |x, y| h(x, true) * h(y, true)
+        + h(x, false) * h(y, false));
+    let wide = |micro: Micro| Kernels {
+        wide: Kernel {
+            micro,
+            mr: MR,
+            nr: NR,
+        },
+        ..Kernels::emulated()
+    };
+    assert!(check(wide(drops_low)).is_err());
+    assert!(check(wide(swaps)).is_err());
+    assert!(check(wide(restarts)).is_err());
+}
+
+/// The packing's two ways of rounding (the CPU's conversions where present, plain Rust)
+/// give the same bits: ties to even, infinities, NaN staying NaN, runs of every length.
+#[test]
+fn packing_rounds_like_half() {
+    let mut v = random(64, 5);
+    v.extend([
+        f32::from_bits(0x3f80_8000), // a tie: down to even
+        f32::from_bits(0x3f81_8000), // a tie: up to even
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::MAX,
+        -0.0,
+        f32::NAN,
+    ]);
+    let (lo, hi) = (v.as_ptr(), v[10..].as_ptr());
+    for len in [0, 1, 7, 15, 16] {
+        for (off, with_hi) in [(0, true), (55 - len.min(55), true), (3, false)] {
+            let rows = [[lo, if with_hi { hi } else { std::ptr::null() }]; 3];
+            let runs = [(off, len), (off + 1, 16.min(len + 1))];
+            let mut got = vec![0u32; 3 * NR];
+            // SAFETY: every run stays inside `v` (71 long), `got` holds 3 panels' rows.
+            unsafe { pack_panel(&rows, runs, got.as_mut_ptr(), NR) };
+            for (h, &(o, l)) in runs.iter().enumerate() {
+                for i in 0..l {
+                    let hi = if with_hi { round(v[10 + o + i]) } else { 0 };
+                    let want = pair(round(v[o + i]), hi);
+                    assert_eq!(got[2 * NR + 16 * h + i], want, "run {h}, {len} from {off}");
+                }
+            }
+        }
+    }
+    for n in [0, 1, 15, 16, 17, 31, 33, 71] {
+        let x = &v[..n];
+        let mut along = vec![std::mem::MaybeUninit::new(0u32); n.div_ceil(2)];
+        pack_along(x, &mut along);
+        // SAFETY: every element was initialised.
+        let along: Vec<u32> = along.iter().map(|v| unsafe { v.assume_init() }).collect();
+        for (q, &g) in along.iter().enumerate() {
+            let hi = x.get(2 * q + 1).map_or(0, |&h| round(h));
+            assert_eq!(g, pair(round(x[2 * q]), hi), "along, {n}: {q}");
+        }
+    }
+    let nan = round(f32::NAN);
+    assert!(bf16::from_bits(nan).is_nan());
+}
+
+/// The tensor entry points (whichever kernel this CPU runs) against f32 products of the
+/// widened weights: the activation's rounding to bf16 (AVX512-BF16 only) is the whole gap.
+#[test]
+fn products_with_bf16_weights_match_f32_on_the_rounded_weights() -> Result<()> {
+    let dev = Device::Cpu;
+    let x = Tensor::randn(0f32, 1., (37, 50), &dev)?;
+    let w = Tensor::randn(0f32, 1., (29, 50), &dev)?.to_dtype(DType::BF16)?;
+    let wide = w.to_dtype(DType::F32)?;
+    let tol = match Bf16Kernel::detect() {
+        Bf16Kernel::Widen => 1e-5,
+        // |x| ~ 1, rounded to bf16 (2^-9 relative), over 50 terms.
+        Bf16Kernel::Avx512Bf16 => 0.15,
+    };
+    let max_diff = |a: Tensor, b: Tensor| -> Result<f32> {
+        (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar()
+    };
+    let diff = max_diff(matmul_wt(&x, &w)?, x.matmul(&wide.t()?)?)?;
+    assert!(diff < tol, "x·wᵀ off by {diff}");
+    let cols = Tensor::randn(0f32, 1., (3, 50, 21), &dev)?;
+    let want = wide.broadcast_as((3, 29, 50))?.matmul(&cols)?;
+    let diff = max_diff(weight_matmul(&w, &cols, None)?, want)?;
+    assert!(diff < tol, "w·cols off by {diff}");
+    if Bf16Kernel::detect() == Bf16Kernel::Avx512Bf16 {
+        // Both operands rounded: twice the activation's rounding.
+        let a = Tensor::randn(0f32, 1., (2, 9, 40), &dev)?;
+        let b = Tensor::randn(0f32, 1., (2, 40, 33), &dev)?;
+        let diff = max_diff(matmul_rounded(&a, &b)?, a.matmul(&b)?)?;
+        assert!(diff < 2. * tol, "a·b off by {diff}");
+    }
+    if conv_same_applies(3, 16) {
+        let x = Tensor::randn(0f32, 1., (2, 6, 5, 16), &dev)?;
+        let w = Tensor::randn(0f32, 0.3, (7, 6, 3, 3), &dev)?.to_dtype(DType::BF16)?;
+        let want = x.conv2d(&w.to_dtype(DType::F32)?, 1, 1, 1, 1)?;
+        let diff = max_diff(conv_same(&x, &w, None)?, want)?;
+        assert!(diff < tol, "conv off by {diff}");
+    }
+    Ok(())
+}
+
+/// A CPU without AVX512-BF16 gets the widening fallback (and says so), one with it the
+/// dot-product kernel.
+#[test]
+fn the_kernel_follows_the_cpu() {
+    let without = Bf16Kernel::for_cpu(CpuFeatures { avx512bf16: false });
+    assert_eq!(without, Bf16Kernel::Widen);
+    assert!(without.describe().contains("no AVX512-BF16"));
+    assert_eq!(
+        Bf16Kernel::for_cpu(CpuFeatures { avx512bf16: true }),
+        Bf16Kernel::Avx512Bf16
+    );
+}
