@@ -54,42 +54,52 @@ pub(super) fn blocks(rows: usize, cols: usize, images: usize, max_rows: usize) -
 }
 
 /// One block of a product: `c[r][j] = Σ_q a_r[q] · b[q][j]` for `r < rows`, `j < cols`, row `r`
-/// of `a` at `a + r * lda` (`kp` pairs), and `panels(q0, kc, scratch)` giving the panels of
-/// pairs `q0..q0 + kc` of every column: a pointer to the first and the distance between two.
+/// of `a` at `a + r * lda` (`kp` pairs), over `segs` segments of columns (the samples of a
+/// batch, which share the weight `a`): `panels(seg, q0, kc, scratch)` gives the panels of pairs
+/// `q0..q0 + kc` of the segment's columns (a pointer to the first and the distance between
+/// two), `c(seg)` where its output starts. Each block of rows of `a` is read once per depth
+/// slice for every segment while it is in cache: a deep layer's weights (29 MB for SD 1.5's
+/// 1280-channel convolutions) come from memory once per call, not once per sample.
 ///
 /// # Safety
-/// `a` valid for `rows` rows of `kp` pairs, `lda` apart; the panels for `kc * NR` pairs each;
-/// `c` for `rows` rows of `cols` (`ldc` apart) no other thread touches.
-#[allow(clippy::too_many_arguments)]
+/// `a` valid for `rows` rows of `kp` pairs, `lda` apart; the panels for `kc` groups each;
+/// each segment's `c` for `rows` rows of `cols` (`ldc` apart) no other thread touches.
 pub(super) unsafe fn block(
     kp: usize,
-    (rows, cols): (usize, usize),
+    (rows, cols, segs): (usize, usize, usize),
     (a, lda): (*const u32, usize),
-    mut panels: impl FnMut(usize, usize, &mut Vec<u32>) -> (*const u32, usize),
-    (c, ldc): (*mut f32, usize),
+    mut panels: impl FnMut(usize, usize, usize, &mut Vec<u32>) -> (*const u32, usize),
+    (c, ldc): (impl Fn(usize) -> *mut f32, usize),
     kernel: Kernel,
 ) {
     if rows == 0 || cols == 0 {
         return;
     }
     if kp == 0 {
-        for r in 0..rows {
-            std::ptr::write_bytes(c.add(r * ldc), 0, cols);
+        for seg in 0..segs {
+            for r in 0..rows {
+                std::ptr::write_bytes(c(seg).add(r * ldc), 0, cols);
+            }
         }
         return;
     }
-    let mut scratch = Vec::new();
+    let mut scratch: Vec<Vec<u32>> = vec![Vec::new(); segs];
     for q0 in (0..kp).step_by(KC) {
         let kc = KC.min(kp - q0);
-        let (b, panel_step) = panels(q0, kc, &mut scratch);
+        let packed: Vec<(*const u32, usize)> = (scratch.iter_mut().enumerate())
+            .map(|(seg, scratch)| panels(seg, q0, kc, scratch))
+            .collect();
         for r0 in (0..rows).step_by(kernel.mr) {
             let nr = kernel.mr.min(rows - r0);
             let ar: [*const u32; MR_MAX] =
                 std::array::from_fn(|r| a.add((r0 + r.min(nr - 1)) * lda + q0));
-            for (pi, j0) in (0..cols).step_by(kernel.nr).enumerate() {
-                let nc = kernel.nr.min(cols - j0);
-                let (b, c) = (b.add(pi * panel_step), c.add(r0 * ldc + j0));
-                (kernel.micro)(kc, &ar, b, c, ldc, nr, nc, q0 > 0);
+            for (seg, &(b, panel_step)) in packed.iter().enumerate() {
+                let c = c(seg);
+                for (pi, j0) in (0..cols).step_by(kernel.nr).enumerate() {
+                    let nc = kernel.nr.min(cols - j0);
+                    let (b, c) = (b.add(pi * panel_step), c.add(r0 * ldc + j0));
+                    (kernel.micro)(kc, &ar, b, c, ldc, nr, nc, q0 > 0);
+                }
             }
         }
     }
@@ -154,10 +164,10 @@ pub(super) fn x_packed(
         unsafe {
             block(
                 kp,
-                (rows, cols),
+                (rows, cols, 1),
                 (a.as_ptr(), kp),
-                |q0, _, _| (first.as_ptr().add(q0 * NR), kp * NR),
-                (c, n),
+                |_, q0, _, _| (first.as_ptr().add(q0 * NR), kp * NR),
+                (|_| c, n),
                 kernel,
             );
             if let Some(bias) = bias {
@@ -200,13 +210,13 @@ pub(super) fn rounded(
         unsafe {
             block(
                 kp,
-                (rows, cols),
+                (rows, cols, 1),
                 (rows_a.as_ptr(), kp),
-                |q0, kc, scratch| {
+                |_, q0, kc, scratch| {
                     let row = |t: usize| bs.add(t * n + c0);
                     pack_panels(scratch, kernel.nr, (cols, k), (q0, kc), row, |j| j)
                 },
-                (c, n),
+                (|_| c, n),
                 kernel,
             )
         }
@@ -216,16 +226,25 @@ pub(super) fn rounded(
     out
 }
 
-/// The jobs of a weight-times-pixels product: `(sample, first row, first column)`, and the
-/// block's size.
-fn pixel_jobs(b: usize, o: usize, p: usize) -> (Vec<(usize, usize, usize)>, usize, usize) {
-    let (rb, cb) = blocks(o, p, b, usize::MAX);
-    let jobs = (0..b)
-        .flat_map(|s| {
-            (0..o)
-                .step_by(rb)
-                .flat_map(move |r0| (0..p).step_by(cb).map(move |c0| (s, r0, c0)))
-        })
+/// The jobs of a weight-times-pixels product over all `b` samples at once: `(first row, first
+/// column)` and the block's size. The samples' panels of one block stay in the L2 cache
+/// ([`MAX_COLS`] columns in all); the rows are split before the columns, each split of the
+/// columns reading the weight once more.
+fn pixel_jobs(b: usize, o: usize, p: usize) -> (Vec<(usize, usize)>, usize, usize) {
+    let target = if candle_core::utils::is_serial() {
+        1
+    } else {
+        4 * rayon::current_num_threads().max(1)
+    };
+    let max_cols = (MAX_COLS / b.max(1)).max(NR) / NR * NR;
+    let (mut rb, cb) = (o.max(1), p.clamp(1, max_cols));
+    let count = |rb: usize| o.div_ceil(rb) * p.div_ceil(cb);
+    while count(rb) < target && rb > 64 {
+        rb = (rb / 2).next_multiple_of(MR);
+    }
+    let jobs = (0..o)
+        .step_by(rb)
+        .flat_map(|r0| (0..p).step_by(cb).map(move |c0| (r0, c0)))
         .collect();
     (jobs, rb, cb)
 }
@@ -244,27 +263,28 @@ pub(super) fn w_cols(
     let (mut out, dst) = output(b * o * p);
     let (jobs, rb, cb) = pixel_jobs(b, o, p);
     let kernel = kernels.for_cols(cb);
-    for_each_job(&jobs, |(s, r0, c0)| {
+    for_each_job(&jobs, |(r0, c0)| {
         let (rows, ncols) = (rb.min(o - r0), cb.min(p - c0));
-        let x = cols[s * k * p..(s + 1) * k * p].as_ptr();
-        let c = dst.at((s * o + r0) * p + c0);
-        // SAFETY: `a` holds `o` rows of `kp`; depth row `t` of sample `s` starts at `x + t * p`
-        // and its columns `c0..c0 + ncols` are read; the job writes rows `r0..` columns `c0..`
-        // of sample `s`'s `(o, p)` plane, which no other job does.
+        let c = |s: usize| dst.at((s * o + r0) * p + c0);
+        // SAFETY: `a` holds `o` rows of `kp`; depth row `t` of sample `s` starts at
+        // `cols + (s * k + t) * p` and its columns `c0..c0 + ncols` are read; the job writes rows
+        // `r0..` columns `c0..` of each sample's `(o, p)` plane, which no other job does.
         unsafe {
             block(
                 kp,
-                (rows, ncols),
+                (rows, ncols, b),
                 (a.as_ptr().add(r0 * kp), kp),
-                |q0, kc, scratch| {
-                    let row = |t: usize| x.add(t * p + c0);
+                |s, q0, kc, scratch| {
+                    let row = |t: usize| cols.as_ptr().add((s * k + t) * p + c0);
                     pack_panels(scratch, kernel.nr, (ncols, k), (q0, kc), row, |j| j)
                 },
                 (c, p),
                 kernel,
             );
             if let Some(bias) = bias {
-                add_bias(c, p, (rows, ncols), &bias[r0..], true);
+                for s in 0..b {
+                    add_bias(c(s), p, (rows, ncols), &bias[r0..], true);
+                }
             }
         }
     });
@@ -291,35 +311,40 @@ pub(super) fn conv(
     let (jobs, rb, cb) = pixel_jobs(b, o, p);
     let kernel = kernels.for_cols(cb);
     let wp = wd + k - 1;
-    for_each_job(&jobs, |(s, r0, c0)| {
+    for_each_job(&jobs, |(r0, c0)| {
         let (rows, ncols) = (rb.min(o - r0), cb.min(p - c0));
-        // The input rows this block's pixels read, zero-padded.
+        // The input rows this block's pixels read, zero-padded, for each sample.
         let (y0, y1) = (c0 / wd, (c0 + ncols - 1) / wd + 1);
-        let (padded, plane) = super::super::band::padded_band(x, (c, h, wd), k, (s, y0, y1), 0);
-        let row = |t: usize| {
-            let (ci, ky, kx) = (t / (k * k), t / k % k, t % k);
-            padded[ci * plane + ky * wp + kx..].as_ptr()
-        };
+        let bands: Vec<(Vec<f32>, usize)> = (0..b)
+            .map(|s| super::super::band::padded_band(x, (c, h, wd), k, (s, y0, y1), 0))
+            .collect();
         // Pixel `j` of the block, in its padded row.
         let offset = |j: usize| (c0 + j) / wd * wp - y0 * wp + (c0 + j) % wd;
-        let c = dst.at((s * o + r0) * p + c0);
-        // SAFETY: `a` holds `o` rows of `kp`; the job writes rows `r0..` pixels `c0..` of
-        // sample `s`'s `(o, p)` plane, which no other job does; a run of 16 pixels from a
-        // multiple of 16 lies in one output row (`wd % 16 == 0`, `c0 % 32 == 0`), so its reads
-        // stay inside that row of the padded band (`wp` long).
+        let out_at = |s: usize| dst.at((s * o + r0) * p + c0);
+        // SAFETY: `a` holds `o` rows of `kp`; the job writes rows `r0..` pixels `c0..` of each
+        // sample's `(o, p)` plane, which no other job does; a run of 16 pixels from a multiple
+        // of 16 lies in one output row (`wd % 16 == 0`, `c0 % 16 == 0`), so its reads stay
+        // inside that row of the sample's padded band (`wp` long).
         unsafe {
             block(
                 kp,
-                (rows, ncols),
+                (rows, ncols, b),
                 (a.as_ptr().add(r0 * kp), kp),
-                |q0, kc, scratch| {
+                |s, q0, kc, scratch| {
+                    let (padded, plane) = (&bands[s].0, bands[s].1);
+                    let row = |t: usize| {
+                        let (ci, ky, kx) = (t / (k * k), t / k % k, t % k);
+                        padded[ci * plane + ky * wp + kx..].as_ptr()
+                    };
                     pack_panels(scratch, kernel.nr, (ncols, depth), (q0, kc), row, offset)
                 },
-                (c, p),
+                (out_at, p),
                 kernel,
             );
             if let Some(bias) = bias {
-                add_bias(c, p, (rows, ncols), &bias[r0..], true);
+                for s in 0..b {
+                    add_bias(out_at(s), p, (rows, ncols), &bias[r0..], true);
+                }
             }
         }
     });
