@@ -200,7 +200,7 @@ pub fn weight_matmul(w: &Tensor, cols: &Tensor, bias: Option<&Tensor>) -> Result
 /// Whether [`conv_same`] runs a `k x k` convolution on planes `width` wide here: an odd kernel
 /// on AVX512-BF16, rows a whole number of 16-lane vectors (narrower planes go through patches).
 pub fn conv_same_applies(k: usize, width: usize) -> bool {
-    Bf16Kernel::detect() == Bf16Kernel::Avx512Bf16 && k % 2 == 1 && width % 16 == 0
+    Bf16Kernel::detect() == Bf16Kernel::Avx512Bf16 && k % 2 == 1 && width.is_multiple_of(16)
 }
 
 /// `conv2d(x, w)`, stride 1, padding `(k - 1) / 2`, no bias: `x` `(b, c, h, w)` f32, `w`

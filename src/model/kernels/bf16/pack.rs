@@ -170,7 +170,7 @@ pub(super) fn rows_along(x: &[f32], rows: usize, k: usize) -> Vec<u32> {
 /// of a row are one pair), else a copy with each row padded by a zero.
 pub(super) fn weight_rows(w: &[bf16], o: usize, k: usize) -> std::borrow::Cow<'_, [u32]> {
     let kp = k.div_ceil(2);
-    if k % 2 == 0 && w.as_ptr().cast::<u32>().is_aligned() {
+    if k.is_multiple_of(2) && w.as_ptr().cast::<u32>().is_aligned() {
         // SAFETY: `w` is `o * k` bf16, aligned for u32 (checked): `o * kp` u32.
         return std::borrow::Cow::Borrowed(unsafe {
             std::slice::from_raw_parts(w.as_ptr().cast::<u32>(), o * kp)
