@@ -1,6 +1,6 @@
 //! The AVX512-BF16 micro-kernel and packing (`vdpbf16ps`, `vcvtneps2bf16`).
 
-use super::{MR, MR_MAX, NR};
+use super::{Tile, MR, MR_MAX, NR};
 use std::arch::x86_64::*;
 
 /// The lanes `0..len` of a 16-lane vector.
@@ -17,32 +17,22 @@ fn mask(len: usize) -> __mmask16 {
 ///
 /// # Safety
 /// As [`super::Micro`], on a CPU with AVX512F and AVX512-BF16.
-#[allow(clippy::too_many_arguments)]
-pub unsafe fn micro(
-    kp: usize,
-    a: &[*const u32; MR_MAX],
-    b: *const u32,
-    c: *mut f32,
-    ldc: usize,
-    rows: usize,
-    cols: usize,
-    accumulate: bool,
-) {
-    inner(kp, a, b, c, ldc, rows, cols, accumulate)
+pub unsafe fn micro(t: &Tile) {
+    inner(t)
 }
 
 #[target_feature(enable = "avx512f,avx512bf16")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn inner(
-    kp: usize,
-    a: &[*const u32; MR_MAX],
-    b: *const u32,
-    c: *mut f32,
-    ldc: usize,
-    rows: usize,
-    cols: usize,
-    accumulate: bool,
-) {
+unsafe fn inner(t: &Tile) {
+    let Tile {
+        kp,
+        a,
+        b,
+        c,
+        ldc,
+        rows,
+        cols,
+        accumulate,
+    } = *t;
     let (m0, m1) = (mask(cols), mask(cols.saturating_sub(16)));
     let mut acc = [[_mm512_setzero_ps(); 2]; MR];
     if accumulate {
@@ -73,32 +63,22 @@ unsafe fn inner(
 ///
 /// # Safety
 /// As [`super::Micro`], on a CPU with AVX512F and AVX512-BF16.
-#[allow(clippy::too_many_arguments)]
-pub unsafe fn micro_narrow(
-    kp: usize,
-    a: &[*const u32; MR_MAX],
-    b: *const u32,
-    c: *mut f32,
-    ldc: usize,
-    rows: usize,
-    cols: usize,
-    accumulate: bool,
-) {
-    inner_narrow(kp, a, b, c, ldc, rows, cols, accumulate)
+pub unsafe fn micro_narrow(t: &Tile) {
+    inner_narrow(t)
 }
 
 #[target_feature(enable = "avx512f,avx512bf16")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn inner_narrow(
-    kp: usize,
-    a: &[*const u32; MR_MAX],
-    b: *const u32,
-    c: *mut f32,
-    ldc: usize,
-    rows: usize,
-    cols: usize,
-    accumulate: bool,
-) {
+unsafe fn inner_narrow(t: &Tile) {
+    let Tile {
+        kp,
+        a,
+        b,
+        c,
+        ldc,
+        rows,
+        cols,
+        accumulate,
+    } = *t;
     let m = mask(cols);
     let mut acc = [_mm512_setzero_ps(); MR_MAX];
     if accumulate {

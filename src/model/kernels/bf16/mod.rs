@@ -240,16 +240,19 @@ pub fn matmul_rounded(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 /// # Safety
 /// Each `a[r]` is valid for `kp` reads of `u32`, `b` for `kp` groups, `c` for `rows` rows of
 /// `cols`.
-pub type Micro = unsafe fn(
-    kp: usize,
-    a: &[*const u32; MR_MAX],
-    b: *const u32,
-    c: *mut f32,
-    ldc: usize,
-    rows: usize,
-    cols: usize,
-    accumulate: bool,
-);
+pub type Micro = unsafe fn(&Tile);
+
+/// One call of a micro-kernel ([`Micro`]).
+pub struct Tile<'a> {
+    pub kp: usize,
+    pub a: &'a [*const u32; MR_MAX],
+    pub b: *const u32,
+    pub c: *mut f32,
+    pub ldc: usize,
+    pub rows: usize,
+    pub cols: usize,
+    pub accumulate: bool,
+}
 
 /// A micro-kernel and the block it computes (`mr` rows, `nr` columns).
 #[derive(Clone, Copy)]
@@ -426,17 +429,17 @@ impl CustomOp2 for Product {
 ///
 /// # Safety
 /// As [`Micro`].
-#[allow(clippy::too_many_arguments)]
-pub unsafe fn micro_emulated<const R: usize, const C: usize>(
-    kp: usize,
-    a: &[*const u32; MR_MAX],
-    b: *const u32,
-    c: *mut f32,
-    ldc: usize,
-    rows: usize,
-    cols: usize,
-    accumulate: bool,
-) {
+pub unsafe fn micro_emulated<const R: usize, const C: usize>(t: &Tile) {
+    let Tile {
+        kp,
+        a,
+        b,
+        c,
+        ldc,
+        rows,
+        cols,
+        accumulate,
+    } = *t;
     let half = |v: u32, hi: bool| f32::from_bits(if hi { v & 0xffff_0000 } else { v << 16 });
     for (r, &row) in a.iter().enumerate().take(rows.min(R)) {
         for j in 0..cols.min(C) {

@@ -6,7 +6,7 @@ use half::bf16;
 use rayon::prelude::*;
 
 use super::pack::{pack_panels, rows_along, weight_rows};
-use super::{Kernel, Kernels, KC, MAX_COLS, MR, MR_MAX, NR};
+use super::{Kernel, Kernels, Tile, KC, MAX_COLS, MR, MR_MAX, NR};
 
 /// A pointer that parallel jobs write disjoint blocks through.
 #[derive(Clone, Copy)]
@@ -97,8 +97,16 @@ pub(super) unsafe fn block(
                 let c = c(seg);
                 for (pi, j0) in (0..cols).step_by(kernel.nr).enumerate() {
                     let nc = kernel.nr.min(cols - j0);
-                    let (b, c) = (b.add(pi * panel_step), c.add(r0 * ldc + j0));
-                    (kernel.micro)(kc, &ar, b, c, ldc, nr, nc, q0 > 0);
+                    (kernel.micro)(&Tile {
+                        kp: kc,
+                        a: &ar,
+                        b: b.add(pi * panel_step),
+                        c: c.add(r0 * ldc + j0),
+                        ldc,
+                        rows: nr,
+                        cols: nc,
+                        accumulate: q0 > 0,
+                    });
                 }
             }
         }

@@ -192,27 +192,14 @@ fn avx512_bf16_kernel_matches_the_reference_where_present() {
 fn a_broken_kernel_fails_the_check() {
     /// `micro_emulated` with each pair's two products taken by `f`, summing from zero
     /// when `restart`.
-    unsafe fn with(
-        (kp, a, b, c, ldc, rows, cols, accumulate): (
-            usize,
-            &[*const u32; MR_MAX],
-            *const u32,
-            *mut f32,
-            usize,
-            usize,
-            usize,
-            bool,
-        ),
-        restart: bool,
-        f: impl Fn(u32, u32) -> f32,
-    ) {
-        for (r, &row) in a.iter().enumerate().take(rows) {
-            for j in 0..cols {
-                let dst = c.add(r * ldc + j);
-                let start = if accumulate && !restart { *dst } else { 0. };
+    unsafe fn with(t: &Tile, restart: bool, f: impl Fn(u32, u32) -> f32) {
+        for (r, &row) in t.a.iter().enumerate().take(t.rows) {
+            for j in 0..t.cols {
+                let dst = t.c.add(r * t.ldc + j);
+                let start = if t.accumulate && !restart { *dst } else { 0. };
                 *dst = start
-                    + (0..kp)
-                        .map(|q| f(row.add(q).read_unaligned(), *b.add(q * NR + j)))
+                    + (0..t.kp)
+                        .map(|q| f(row.add(q).read_unaligned(), *t.b.add(q * NR + j)))
                         .sum::<f32>();
             }
         }
@@ -222,18 +209,8 @@ fn a_broken_kernel_fails_the_check() {
     }
     macro_rules! broken {
         ($name:ident, $restart:expr, $f:expr) => {
-            #[allow(clippy::too_many_arguments)]
-            unsafe fn $name(
-                kp: usize,
-                a: &[*const u32; MR_MAX],
-                b: *const u32,
-                c: *mut f32,
-                ldc: usize,
-                rows: usize,
-                cols: usize,
-                acc: bool,
-            ) {
-                with((kp, a, b, c, ldc, rows, cols, acc), $restart, $f)
+            unsafe fn $name(t: &Tile) {
+                with(t, $restart, $f)
             }
         };
     }
