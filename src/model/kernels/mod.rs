@@ -16,6 +16,21 @@ pub mod group_norm;
 pub mod im2col;
 pub mod shifted_conv;
 
+/// An output buffer that parallel tasks write through, each to elements no other task writes
+/// (the convolutions' bands, the bf16 products' blocks).
+#[derive(Clone, Copy)]
+pub struct Out(pub *mut f32);
+// SAFETY: the users write disjoint elements from each task (see each one's SAFETY notes).
+unsafe impl Send for Out {}
+unsafe impl Sync for Out {}
+
+impl Out {
+    /// The element `i` past the start.
+    pub fn at(self, i: usize) -> *mut f32 {
+        self.0.wrapping_add(i)
+    }
+}
+
 /// Whether the custom CPU kernels (f32, with their own backward passes) apply to `xs`.
 pub fn cpu_f32(xs: &Tensor) -> bool {
     xs.device().is_cpu() && xs.dtype() == candle_core::DType::F32

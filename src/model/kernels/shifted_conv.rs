@@ -11,6 +11,8 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::Out;
+
 use super::band::padded_band;
 
 /// Bytes of shifted copies one band may hold (per thread).
@@ -128,19 +130,6 @@ unsafe fn product(
             false,
             gemm::Parallelism::None,
         )
-    }
-}
-
-/// A pointer the band tasks write through; each writes rows no other task writes.
-#[derive(Clone, Copy)]
-struct Out(*mut f32);
-// SAFETY: tasks write disjoint elements (see `cpu_fwd`).
-unsafe impl Send for Out {}
-unsafe impl Sync for Out {}
-
-impl Out {
-    fn at(self, i: usize) -> *mut f32 {
-        self.0.wrapping_add(i)
     }
 }
 

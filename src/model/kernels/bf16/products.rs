@@ -5,23 +5,9 @@
 use half::bf16;
 use rayon::prelude::*;
 
+use super::super::Out;
 use super::pack::{pack_panels, rows_along, weight_rows};
 use super::{Kernel, Kernels, Tile, KC, MAX_COLS, MR, MR_MAX, NR};
-
-/// A pointer that parallel jobs write disjoint blocks through.
-#[derive(Clone, Copy)]
-struct Out(*mut f32);
-
-// SAFETY: each job writes its own block of the output (see the callers).
-unsafe impl Send for Out {}
-unsafe impl Sync for Out {}
-
-impl Out {
-    /// The element `i` past the start.
-    fn at(self, i: usize) -> *mut f32 {
-        self.0.wrapping_add(i)
-    }
-}
 
 /// Runs `f` on each job, across the threads (in turn inside a split batch's share).
 fn for_each_job<J: Send + Sync + Copy>(jobs: &[J], f: impl Fn(J) + Sync) {
