@@ -243,6 +243,52 @@ fn pixel_jobs(b: usize, o: usize, p: usize) -> (Vec<(usize, usize)>, usize, usiz
     (jobs, rb, cb)
 }
 
+/// A job's panels for [`block`]: `(sample, q0, kc, scratch)` -> the first panel and the
+/// distance between two.
+type JobPanels<'a> = Box<dyn FnMut(usize, usize, usize, &mut Vec<u32>) -> (*const u32, usize) + 'a>;
+
+/// The rows of pairs `a` (`o` of `kp`) times the pixels of `b` samples (`p` each), plus `bias`
+/// on each row: the jobs of [`pixel_jobs`], each one [`block`] over every sample, its panels
+/// from `panels(c0, ncols, nr)` (the job's pixels `c0..c0 + ncols`, panels `nr` wide).
+///
+/// # Safety
+/// The panels must be valid as [`block`] requires, for every sample and depth slice.
+unsafe fn weight_times_pixels<'a>(
+    (b, o, p): (usize, usize, usize),
+    (a, kp): (&[u32], usize),
+    bias: Option<&[f32]>,
+    kernels: Kernels,
+    panels: impl Fn(usize, usize, usize) -> JobPanels<'a> + Sync,
+) -> Vec<f32> {
+    let (mut out, dst) = output(b * o * p);
+    let (jobs, rb, cb) = pixel_jobs(b, o, p);
+    let kernel = kernels.for_cols(cb);
+    for_each_job(&jobs, |(r0, c0)| {
+        let (rows, ncols) = (rb.min(o - r0), cb.min(p - c0));
+        let out_at = |s: usize| dst.at((s * o + r0) * p + c0);
+        // SAFETY: `a` holds `o` rows of `kp`; the panels are the caller's; the job writes rows
+        // `r0..` columns `c0..` of each sample's `(o, p)` plane, which no other job does.
+        unsafe {
+            block(
+                kp,
+                (rows, ncols, b),
+                (a.as_ptr().add(r0 * kp), kp),
+                panels(c0, ncols, kernel.nr),
+                (out_at, p),
+                kernel,
+            );
+            if let Some(bias) = bias {
+                for s in 0..b {
+                    add_bias(out_at(s), p, (rows, ncols), &bias[r0..], true);
+                }
+            }
+        }
+    });
+    // SAFETY: the jobs cover every sample, row and column.
+    unsafe { out.set_len(b * o * p) };
+    out
+}
+
 /// `w (o, k) · cols (b, k, p) (+ bias)` per sample: the weight's rows as they are, the panels
 /// of `cols` rounded to bf16 pairs as they are packed.
 pub(super) fn w_cols(
@@ -254,42 +300,21 @@ pub(super) fn w_cols(
 ) -> Vec<f32> {
     let kp = k.div_ceil(2);
     let a = weight_rows(w, o, k);
-    let (mut out, dst) = output(b * o * p);
-    let (jobs, rb, cb) = pixel_jobs(b, o, p);
-    let kernel = kernels.for_cols(cb);
-    for_each_job(&jobs, |(r0, c0)| {
-        let (rows, ncols) = (rb.min(o - r0), cb.min(p - c0));
-        let c = |s: usize| dst.at((s * o + r0) * p + c0);
-        // SAFETY: `a` holds `o` rows of `kp`; depth row `t` of sample `s` starts at
-        // `cols + (s * k + t) * p` and its columns `c0..c0 + ncols` are read; the job writes rows
-        // `r0..` columns `c0..` of each sample's `(o, p)` plane, which no other job does.
-        unsafe {
-            block(
-                kp,
-                (rows, ncols, b),
-                (a.as_ptr().add(r0 * kp), kp),
-                |s, q0, kc, scratch| {
-                    let row = |t: usize| cols.as_ptr().add((s * k + t) * p + c0);
-                    pack_panels(scratch, kernel.nr, (ncols, k), (q0, kc), row, |j| j)
-                },
-                (c, p),
-                kernel,
-            );
-            if let Some(bias) = bias {
-                for s in 0..b {
-                    add_bias(c(s), p, (rows, ncols), &bias[r0..], true);
-                }
-            }
-        }
-    });
-    // SAFETY: the jobs cover every sample, row and column.
-    unsafe { out.set_len(b * o * p) };
-    out
+    let panels = |c0: usize, ncols: usize, nr: usize| -> JobPanels<'_> {
+        Box::new(move |s, q0, kc, scratch| {
+            // Depth row `t` of sample `s` starts at `cols + (s * k + t) * p`; its columns
+            // `c0..c0 + ncols` are read.
+            let row = |t: usize| cols[(s * k + t) * p + c0..].as_ptr();
+            pack_panels(scratch, nr, (ncols, k), (q0, kc), row, |j| j)
+        })
+    };
+    // SAFETY: each row `row` gives holds the `ncols` columns read after it.
+    unsafe { weight_times_pixels((b, o, p), (&a, kp), bias, kernels, panels) }
 }
 
 /// The implicit-patch convolution ([`conv_same`]): depth row `t = (ci, ky, kx)` of the patch
 /// matrix (the weight's own order) at pixel `j` is the padded input at `ci`, shifted by
-/// `(ky, kx)`; a block of pixels packs its panels from a padded band of the rows it covers.
+/// `(ky, kx)`; a block of pixels packs its panels from padded bands of the rows it covers.
 pub(super) fn conv(
     x: &[f32],
     (b, c, h, wd): (usize, usize, usize, usize),
@@ -300,49 +325,25 @@ pub(super) fn conv(
     let depth = c * k * k;
     let kp = depth.div_ceil(2);
     let a = weight_rows(w, o, depth);
-    let p = h * wd;
-    let (mut out, dst) = output(b * o * p);
-    let (jobs, rb, cb) = pixel_jobs(b, o, p);
-    let kernel = kernels.for_cols(cb);
     let wp = wd + k - 1;
-    for_each_job(&jobs, |(r0, c0)| {
-        let (rows, ncols) = (rb.min(o - r0), cb.min(p - c0));
-        // The input rows this block's pixels read, zero-padded, for each sample.
+    let panels = |c0: usize, ncols: usize, nr: usize| -> JobPanels<'_> {
+        // The input rows these pixels read, zero-padded, for each sample.
         let (y0, y1) = (c0 / wd, (c0 + ncols - 1) / wd + 1);
         let bands: Vec<(Vec<f32>, usize)> = (0..b)
             .map(|s| super::super::band::padded_band(x, (c, h, wd), k, (s, y0, y1), 0))
             .collect();
-        // Pixel `j` of the block, in its padded row.
-        let offset = |j: usize| (c0 + j) / wd * wp - y0 * wp + (c0 + j) % wd;
-        let out_at = |s: usize| dst.at((s * o + r0) * p + c0);
-        // SAFETY: `a` holds `o` rows of `kp`; the job writes rows `r0..` pixels `c0..` of each
-        // sample's `(o, p)` plane, which no other job does; a run of 16 pixels from a multiple
-        // of 16 lies in one output row (`wd % 16 == 0`, `c0 % 16 == 0`), so its reads stay
-        // inside that row of the sample's padded band (`wp` long).
-        unsafe {
-            block(
-                kp,
-                (rows, ncols, b),
-                (a.as_ptr().add(r0 * kp), kp),
-                |s, q0, kc, scratch| {
-                    let (padded, plane) = (&bands[s].0, bands[s].1);
-                    let row = |t: usize| {
-                        let (ci, ky, kx) = (t / (k * k), t / k % k, t % k);
-                        padded[ci * plane + ky * wp + kx..].as_ptr()
-                    };
-                    pack_panels(scratch, kernel.nr, (ncols, depth), (q0, kc), row, offset)
-                },
-                (out_at, p),
-                kernel,
-            );
-            if let Some(bias) = bias {
-                for s in 0..b {
-                    add_bias(out_at(s), p, (rows, ncols), &bias[r0..], true);
-                }
-            }
-        }
-    });
-    // SAFETY: the jobs cover every sample, row and pixel.
-    unsafe { out.set_len(b * o * p) };
-    out
+        // Pixel `j` of the job, in its padded row.
+        let offset = move |j: usize| (c0 + j) / wd * wp - y0 * wp + (c0 + j) % wd;
+        Box::new(move |s, q0, kc, scratch| {
+            let (padded, plane) = (&bands[s].0, bands[s].1);
+            let row = |t: usize| {
+                let (ci, ky, kx) = (t / (k * k), t / k % k, t % k);
+                padded[ci * plane + ky * wp + kx..].as_ptr()
+            };
+            pack_panels(scratch, nr, (ncols, depth), (q0, kc), row, offset)
+        })
+    };
+    // SAFETY: a run of 16 pixels from a multiple of 16 lies in one output row (`wd % 16 == 0`,
+    // `c0 % 16 == 0`), so its reads stay inside that row of the sample's padded band (`wp` long).
+    unsafe { weight_times_pixels((b, o, h * wd), (&a, kp), bias, kernels, panels) }
 }
