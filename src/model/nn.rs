@@ -334,7 +334,9 @@ const SCORE_BLOCK: usize = 1 << 20;
 /// faults and cache misses than in arithmetic.
 ///
 /// With `bf16` (a network with [`bf16_products`]), the two products round their operands to
-/// bf16 and sum in f32, like the layers around them; the softmax stays f32.
+/// bf16 and sum in f32, like the layers around them; the softmax stays f32. Without gradients
+/// to track, that is one fused pass ([`super::kernels::bf16::attention`]: no score matrix, so
+/// no slices either).
 pub fn attention(
     q: &Tensor,
     k: &Tensor,
@@ -342,6 +344,11 @@ pub fn attention(
     slice: Option<usize>,
     bf16: bool,
 ) -> Result<Tensor> {
+    let tracked = q.track_op() || k.track_op() || v.track_op();
+    if bf16 && !tracked && q.device().is_cpu() {
+        let scale = 1.0 / (q.dim(D::Minus1)? as f64).sqrt();
+        return super::kernels::bf16::attention(q, k, v, scale);
+    }
     attention_in_blocks(q, k, v, (slice, SCORE_BLOCK), bf16)
 }
 

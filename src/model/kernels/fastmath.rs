@@ -200,6 +200,33 @@ fn softmax_rows_avx512(data: &mut [f32], len: usize) {
     }
 }
 
+#[inline(always)]
+fn exp_scaled_body(row: &mut [f32], scale: f32) -> f32 {
+    let max = lane_fold(row, f32::NEG_INFINITY, f32::max);
+    for v in row.iter_mut() {
+        *v = exp_approx(scale * (*v - max));
+    }
+    lane_fold(row, 0.0, |a, b| a + b)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn exp_scaled_avx512(row: &mut [f32], scale: f32) -> f32 {
+    exp_scaled_body(row, scale)
+}
+
+/// `row[i] = exp(scale * (row[i] - max(row)))`, in place; returns their sum. Divided by it,
+/// the row is the softmax of `scale * row` (attention divides its weighted sum instead, once
+/// per output row). `scale` must be positive.
+pub fn exp_scaled(row: &mut [f32], scale: f32) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU supports AVX-512F (checked just above).
+        return unsafe { exp_scaled_avx512(row, scale) };
+    }
+    exp_scaled_body(row, scale)
+}
+
 /// Softmax of each `len`-long row of `data`, in place.
 pub fn softmax_rows(data: &mut [f32], len: usize) {
     if len == 0 {

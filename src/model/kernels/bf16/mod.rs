@@ -20,11 +20,13 @@
 //! as the layer loads ([`pack_weight`]); weights times patches or pixels (1x1 and strided
 //! convolutions); stride-1 convolutions with no patch matrix, their panels packed straight from
 //! a zero-padded band of input rows ([`conv_same`]); and attention's products of two
-//! activations, both rounded ([`matmul_rounded`]). Activations are rounded as they are packed
+//! activations, both rounded ([`matmul_rounded`]), or attention whole, its scores never stored
+//! ([`attention`]). Activations are rounded as they are packed
 //! (`pack`); sums stay f32, and biases are added block by block.
 
-use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 
+mod attention;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 mod pack;
@@ -230,6 +232,64 @@ pub fn matmul_rounded(a: &Tensor, b: &Tensor) -> Result<Tensor> {
             bias: None,
         },
     )
+}
+
+/// `softmax(scale · q kᵀ) v` per batch item in one pass on AVX512-BF16 (inference): `q`
+/// `(bh, sq, dh)`, `k` `(bh, sk, dh)`, `v` `(bh, sk, dv)` f32 -> `(bh, sq, dv)` f32. Blocks of
+/// query rows take their scores, exponentials and weighted sums in turn, the scores in cache:
+/// no score matrix is allocated. Both products round their operands to bf16 (the scores'
+/// exponentials too) and sum in f32; the softmax is f32.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
+    q.contiguous()?.apply_op3_no_bwd(
+        &k.contiguous()?,
+        &v.contiguous()?,
+        &Attention {
+            scale: scale as f32,
+            kernels: Kernels::avx512(),
+        },
+    )
+}
+
+/// [`attention`] as an op.
+struct Attention {
+    scale: f32,
+    kernels: Kernels,
+}
+
+impl CustomOp3 for Attention {
+    fn name(&self) -> &'static str {
+        "bf16-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        qs: &CpuStorage,
+        ql: &Layout,
+        ks: &CpuStorage,
+        kl: &Layout,
+        vs: &CpuStorage,
+        vl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let q = super::contiguous_f32(qs, ql, "bf16 attention's queries")?;
+        let k = super::contiguous_f32(ks, kl, "bf16 attention's keys")?;
+        let v = super::contiguous_f32(vs, vl, "bf16 attention's values")?;
+        let ((bh, sq, dh), (bk, sk, dk), (bv, sv, dv)) = (
+            ql.shape().dims3()?,
+            kl.shape().dims3()?,
+            vl.shape().dims3()?,
+        );
+        if (bk, dk) != (bh, dh) || (bv, sv) != (bh, sk) || sk == 0 {
+            candle_core::bail!(
+                "bf16 attention: queries {:?}, keys {:?}, values {:?}",
+                ql.dims(),
+                kl.dims(),
+                vl.dims()
+            )
+        }
+        let dims = (bh, sq, sk, dh, dv);
+        let out = attention::fused((q, k, v), dims, self.scale, self.kernels);
+        Ok((CpuStorage::F32(out), Shape::from((bh, sq, dv))))
+    }
 }
 
 /// The innermost step: `c[r][j] (+)= Σ_q a[r][q] · b[q][j]` over `kp` bf16 pairs, for rows

@@ -1,6 +1,7 @@
 //! The packed products against an f64 reference, with the instruction emulated (every CPU)
 //! and real (where present), and mutated kernels that must fail the same check.
 
+use super::attention::fused;
 use super::pack::{bytemuck_bf16, pack_along, pack_panel, pack_weight_bits, pair, round};
 use super::products::{conv, rounded, w_cols, x_packed};
 use super::*;
@@ -53,6 +54,35 @@ fn reference_conv(
                     }
                     out[((s * o + co) * h + y) * wd + xx] = acc as f32;
                 }
+            }
+        }
+    }
+    out
+}
+
+/// `softmax(scale · q kᵀ) v` per batch item on bf16-rounded `q`, `k`, `v`, in f64.
+fn reference_attention(
+    (q, k, v): (&[f32], &[f32], &[f32]),
+    (bh, sq, sk, dh, dv): (usize, usize, usize, usize, usize),
+    scale: f64,
+) -> Vec<f32> {
+    let mut out = vec![0f32; bh * sq * dv];
+    for h in 0..bh {
+        for i in 0..sq {
+            let scores: Vec<f64> = (0..sk)
+                .map(|j| {
+                    let dot = (0..dh)
+                        .map(|t| r(q[(h * sq + i) * dh + t]) * r(k[(h * sk + j) * dh + t]))
+                        .sum::<f64>();
+                    scale * dot
+                })
+                .collect();
+            let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let e: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+            let sum: f64 = e.iter().sum();
+            for c in 0..dv {
+                let acc: f64 = (0..sk).map(|j| e[j] * r(v[(h * sk + j) * dv + c])).sum();
+                out[(h * sq + i) * dv + c] = (acc / sum) as f32;
             }
         }
     }
@@ -165,6 +195,29 @@ fn check(kernels: Kernels) -> std::result::Result<(), String> {
         let e = worst(&unbiased, &want, (c * k * k) as f32);
         if e > 1e-6 {
             return Err(format!("conv {b}x{c}x{h}x{wd} -> {o}, {k}x{k}: off by {e}"));
+        }
+    }
+    // Fused attention: odd sizes everywhere, 77 keys (a prompt), heads of 40 (the values'
+    // narrow kernel) and 160 channels, more keys than KC pairs. Its weights are rounded to
+    // bf16 before the values' product, so an output may be off by 2^-9 of the largest value
+    // (every operand is within [-1, 1)); a kernel that drops or swaps bf16 halves is far off.
+    for &(bh, sq, sk, dh, dv) in &[
+        (3, 5, 3, 5, 3),
+        (2, 20, 77, 40, 40),
+        (1, 17, 33, 160, 160),
+        (1, 40, 1100, 8, 64),
+    ] {
+        let (q, k) = (random(bh * sq * dh, 9), random(bh * sk * dh, 10));
+        let v = random(bh * sk * dv, 11);
+        // A scale that spreads the softmax: with 1/sqrt(dh) on these small values every
+        // weight is alike, and an output near the values' mean hides a wrong score.
+        let scale = 4.0;
+        let dims = (bh, sq, sk, dh, dv);
+        let want = reference_attention((&q, &k, &v), dims, scale);
+        let got = fused((&q, &k, &v), dims, scale as f32, kernels);
+        let e = worst(&got, &want, 1.0);
+        if e > 1.0 / 512.0 {
+            return Err(format!("attention {dims:?}: off by {e}"));
         }
     }
     Ok(())
