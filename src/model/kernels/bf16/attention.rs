@@ -3,11 +3,9 @@
 //! matrix in memory. Each head's keys and values are packed once into panels; a block's scores
 //! stay in the L2 cache between the two products.
 
-use rayon::prelude::*;
-
 use super::super::fastmath::exp_scaled;
 use super::pack::{pack_panels, rows_along};
-use super::products::{block, for_each_job, output};
+use super::products::{block, for_each_job, map_jobs, output};
 use super::{Kernel, Kernels, NR};
 
 /// The most bytes of scores (f32) one block of query rows computes at once: with the head's
@@ -59,11 +57,7 @@ pub(super) fn fused(
         pack_panels(&mut values, vk.nr, (dv, sk), (0, kps), row, |j| j);
         (keys, values)
     };
-    let heads: Vec<(Vec<u32>, Vec<u32>)> = if candle_core::utils::is_serial() {
-        (0..bh).map(pack).collect()
-    } else {
-        (0..bh).into_par_iter().map(pack).collect()
-    };
+    let heads = map_jobs(&(0..bh).collect::<Vec<_>>(), |&h| pack(h));
     let rb = (SCORE_BYTES / 4 / sk.max(1)).clamp(16, 256);
     let jobs: Vec<(usize, usize)> = (0..bh)
         .flat_map(|h| (0..sq).step_by(rb).map(move |r0| (h, r0)))
