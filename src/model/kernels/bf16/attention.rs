@@ -3,8 +3,7 @@
 //! matrix in memory. Each head's keys and values are packed once into panels; a block's scores
 //! stay in the L2 cache between the two products.
 
-use super::super::fastmath::exp_scaled;
-use super::pack::{pack_panels, rows_along};
+use super::pack::{exp_pairs, pack_panels, rows_along};
 use super::products::{block, for_each_job, map_jobs, output};
 use super::{Kernel, Kernels, NR};
 
@@ -84,10 +83,14 @@ pub(super) fn fused(
             );
             scores.set_len(rows * sk);
         }
-        let sums: Vec<f32> = (scores.chunks_exact_mut(sk.max(1)))
-            .map(|row| exp_scaled(row, scale))
+        // The weights: each row's exponentials as pairs, and their sums.
+        let mut weights: Vec<u32> = Vec::with_capacity(rows * kps);
+        let sums: Vec<f32> = (scores.chunks_exact_mut(sk))
+            .zip(weights.spare_capacity_mut().chunks_mut(kps))
+            .map(|(row, out)| exp_pairs(row, scale, out))
             .collect();
-        let weights = rows_along(&scores, rows, sk);
+        // SAFETY: `exp_pairs` wrote every pair of every row.
+        unsafe { weights.set_len(rows * kps) };
         // SAFETY: `weights` holds `rows` rows of `kps` pairs; value panel `i` starts
         // `i * kps * vk.nr` into `values`; the job writes rows `r0..r0 + rows` of head `h`'s
         // `(sq, dv)` output, which no other job does.

@@ -144,3 +144,36 @@ pub unsafe fn pack_along(x: *const f32, n: usize, out: *mut u32) {
         _mm512_mask_storeu_epi32(out.add(i / 2) as *mut i32, mask(len.div_ceil(2)), v);
     }
 }
+
+/// [`super::pack::exp_pairs`] on AVX-512: 32 exponentials at a time, summed and rounded to
+/// pairs (`vcvtne2ps2bf16`) while in registers.
+///
+/// # Safety
+/// AVX512F and AVX512-BF16; `out` valid for `row.len().div_ceil(2)` writes.
+#[target_feature(enable = "avx512f,avx512bf16")]
+pub unsafe fn exp_pairs(row: &[f32], scale: f32, out: *mut u32) -> f32 {
+    use super::super::fastmath::exp_approx;
+    let max = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    let n = row.len();
+    let mut sum = _mm512_setzero_ps();
+    for i in (0..n).step_by(32) {
+        let len = (n - i).min(32);
+        let mut e = [0f32; 32];
+        if len == 32 {
+            let x = &row[i..i + 32];
+            for l in 0..32 {
+                e[l] = exp_approx(scale * (x[l] - max));
+            }
+        } else {
+            for l in 0..len {
+                e[l] = exp_approx(scale * (row[i + l] - max));
+            }
+        }
+        let lo = _mm512_maskz_loadu_ps(mask(len), e.as_ptr());
+        let hi = _mm512_maskz_loadu_ps(mask(len.saturating_sub(16)), e.as_ptr().add(16));
+        sum = _mm512_add_ps(sum, _mm512_add_ps(lo, hi));
+        let v: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
+        _mm512_mask_storeu_epi32(out.add(i / 2) as *mut i32, mask(len.div_ceil(2)), v);
+    }
+    _mm512_reduce_add_ps(sum)
+}

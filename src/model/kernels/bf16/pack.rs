@@ -78,6 +78,25 @@ pub(super) fn pack_along(x: &[f32], out: &mut [std::mem::MaybeUninit<u32>]) {
     }
 }
 
+/// `row`'s exponentials `exp(scale · (v - max(row)))` rounded to bf16 pairs into `out` (as
+/// [`pack_along`]); returns their sum before rounding. `scale` must be positive.
+pub(super) fn exp_pairs(
+    row: &mut [f32],
+    scale: f32,
+    out: &mut [std::mem::MaybeUninit<u32>],
+) -> f32 {
+    assert_eq!(out.len(), row.len().div_ceil(2));
+    #[cfg(target_arch = "x86_64")]
+    if simd_packing() {
+        // SAFETY: the CPU has the instructions; `out` has the length checked above (every
+        // element of it is written).
+        unsafe { return super::avx512::exp_pairs(row, scale, out.as_mut_ptr().cast()) }
+    }
+    let sum = super::super::fastmath::exp_scaled(row, scale);
+    pack_along(row, out);
+    sum
+}
+
 /// Fills `scratch` with the panels (`nr` = 16 or 32 wide) of `cols` columns for pairs `q0..q0 + kc` (`depth` rows
 /// in all): column `j` of depth row `t` is read at `row(t) + offset(j)`, where the 16 columns
 /// from a multiple of 16 lie one after another. Returns [`block`]'s pointer and panel step.
