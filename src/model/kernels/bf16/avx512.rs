@@ -153,8 +153,13 @@ pub unsafe fn pack_along(x: *const f32, n: usize, out: *mut u32) {
 #[target_feature(enable = "avx512f,avx512bf16")]
 pub unsafe fn exp_pairs(row: &[f32], scale: f32, out: *mut u32) -> f32 {
     use super::super::fastmath::exp_approx;
-    let max = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
     let n = row.len();
+    let mut top = _mm512_set1_ps(f32::NEG_INFINITY);
+    for i in (0..n).step_by(16) {
+        let v = _mm512_mask_loadu_ps(top, mask(n - i), row.as_ptr().add(i));
+        top = _mm512_max_ps(top, v);
+    }
+    let max = _mm512_reduce_max_ps(top);
     let mut sum = _mm512_setzero_ps();
     for i in (0..n).step_by(32) {
         let len = (n - i).min(32);
