@@ -6,6 +6,8 @@
 //! Models can be loaded or built with seeded random weights in a named architecture
 //! (`sd15`, `tiny`), so the SD 1.5-size figures need no download.
 
+pub mod products;
+
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};

@@ -41,6 +41,10 @@ pub struct BenchArgs {
     /// image) on the photos in this folder (e.g. assets/samples).
     #[arg(long, value_name = "PHOTOS")]
     pub decode: Option<PathBuf>,
+    /// Instead: the layers' bf16 products alone on SD 1.5's shapes at 256 px (GFLOP/s each;
+    /// `tools/bench/pytorch_products.py` times PyTorch's on the same shapes).
+    #[arg(long)]
+    pub products: bool,
     /// Instead: the editor's frame time and preview latency while it edits this image with
     /// the model (`--edit-steps` steps), headless.
     #[arg(long, value_name = "IMAGE")]
@@ -113,6 +117,14 @@ pub(super) fn run_bench(args: &BenchArgs) -> anyhow::Result<()> {
             args.resolution,
         )?;
         eprint!("{}", crate::app::bench::table(&report));
+        if let Some(path) = &args.json {
+            imageio::write_atomic(path, serde_json::to_string_pretty(&report)?.as_bytes())?;
+        }
+        return Ok(());
+    }
+    if args.products {
+        let report = crate::bench::products::run(args.repeats)?;
+        eprint!("{}", crate::bench::products::table(&report));
         if let Some(path) = &args.json {
             imageio::write_atomic(path, serde_json::to_string_pretty(&report)?.as_bytes())?;
         }

@@ -91,7 +91,8 @@ pub struct ModelArgs {
     /// auto: bf16 on such a CPU, else f32.
     #[arg(long, default_value = "auto")]
     pub dtype: String,
-    /// Compute attention in slices of this many heads to save memory on large images.
+    /// Compute attention in slices of this many heads to save memory on large images (bf16 on
+    /// AVX512-BF16 needs none: its attention never holds the whole score matrix).
     #[arg(long)]
     pub attention_slice: Option<usize>,
 }

@@ -278,7 +278,7 @@ impl CustomOp3 for Attention {
             kl.shape().dims3()?,
             vl.shape().dims3()?,
         );
-        if (bk, dk) != (bh, dh) || (bv, sv) != (bh, sk) || sk == 0 {
+        if (bk, dk) != (bh, dh) || (bv, sv) != (bh, sk) || sk == 0 || dh == 0 {
             candle_core::bail!(
                 "bf16 attention: queries {:?}, keys {:?}, values {:?}",
                 ql.dims(),

@@ -130,29 +130,22 @@ pub(super) fn output(len: usize) -> (Vec<f32>, Out) {
 }
 
 /// The jobs of a product whose rows are rounded once per job: `(first row, first column)`,
-/// with the rows and columns each job covers. A job takes whole blocks of [`blocks`]' size,
-/// as many columns as the thread count allows, so that rows are rounded to pairs as few times
-/// as possible (a 3072 x 1280 activation is 16 MB of reads each time).
-fn row_jobs(
-    m: usize,
-    n: usize,
-    images: usize,
-) -> (Vec<(usize, usize, usize)>, usize, usize, usize) {
-    let (rb, cb) = blocks(m, n, images, 256);
+/// the block size of [`blocks`], and how many columns a job covers: whole blocks, as many as
+/// the thread count allows, so that rows are rounded to pairs as few times as possible (a
+/// 3072 x 1280 activation is 16 MB of reads each time).
+fn row_jobs(m: usize, n: usize) -> (Vec<(usize, usize)>, usize, usize, usize) {
+    let (rb, cb) = blocks(m, n, 1, 256);
     let target = if candle_core::utils::is_serial() {
         1
     } else {
         4 * rayon::current_num_threads().max(1)
     };
-    let (row_blocks, col_blocks) = (images * m.div_ceil(rb), n.div_ceil(cb));
+    let (row_blocks, col_blocks) = (m.div_ceil(rb), n.div_ceil(cb));
     let groups = target.div_ceil(row_blocks).clamp(1, col_blocks);
     let span = col_blocks.div_ceil(groups) * cb;
-    let jobs = (0..images)
-        .flat_map(|s| {
-            (0..m)
-                .step_by(rb)
-                .flat_map(move |r0| (0..n).step_by(span).map(move |c0| (s, r0, c0)))
-        })
+    let jobs = (0..m)
+        .step_by(rb)
+        .flat_map(|r0| (0..n).step_by(span).map(move |c0| (r0, c0)))
         .collect();
     (jobs, rb, cb, span)
 }
@@ -170,8 +163,8 @@ pub(super) fn x_packed(
     let kernel = kernels.wide;
     let kp = k.div_ceil(2);
     let (mut out, dst) = output(m * n);
-    let (jobs, rb, cb, span) = row_jobs(m, n, 1);
-    for_each_job(&jobs, |(_, r0, c1)| {
+    let (jobs, rb, cb, span) = row_jobs(m, n);
+    for_each_job(&jobs, |(r0, c1)| {
         let rows = rb.min(m - r0);
         let a = rows_along(&x[r0 * k..], rows, k);
         for c0 in (c1..n.min(c1 + span)).step_by(cb) {

@@ -177,6 +177,9 @@ fn check(kernels: Kernels) -> std::result::Result<(), String> {
         (1, 2, 4, 16, 3, 5),
         (2, 6, 7, 48, 70, 3),
         (1, 120, 2, 16, 10, 3),
+        // 300 output channels on 32 pixels: the rows split four ways or more, so the pixels
+        // are packed once, whole, for every block of rows.
+        (1, 4, 2, 16, 300, 3),
     ] {
         let (x, w) = (random(b * c * h * wd, 3), random(o * c * k * k, 4));
         let want = reference_conv(&x, (b, c, h, wd), &w, o, k);
@@ -221,6 +224,22 @@ fn check(kernels: Kernels) -> std::result::Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// On one thread, a linear product of three blocks of rows and three of columns gives each job
+/// two blocks of columns for the rows it rounds once: the second block must read the same rows.
+#[test]
+fn a_job_reuses_its_rounded_rows_across_column_blocks() {
+    let (m, n, k) = (600, 600, 40);
+    let (x, w) = (random(m * k, 12), random(n * k, 13));
+    let packed = pack_weight_bits(bytemuck_bf16(&to_bf16(&w)), n, k);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .expect("pool");
+    let got = pool.install(|| x_packed(&x, &packed, (m, n, k), None, Kernels::emulated()));
+    let e = worst(&got, &reference(&x, &w, m, n, k), k as f32);
+    assert!(e <= 1e-6, "off by {e} of the scale");
 }
 
 #[test]
