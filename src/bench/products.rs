@@ -1,6 +1,7 @@
 //! `bench --products`: the layers' products alone, in bf16, on the shapes of SD 1.5's UNet at
-//! 256 px (a guided batch of three): the best time and GFLOP/s of each, to set against
-//! `tools/bench/pytorch_products.py` (PyTorch's bf16 `linear` and `conv2d` on the same shapes).
+//! 256 px (a guided batch of three), and attention at 256 and 512 px: the best time and GFLOP/s of each, to set against
+//! `tools/bench/pytorch_products.py` (PyTorch's bf16 `linear`, `conv2d` and
+//! `scaled_dot_product_attention` on the same shapes).
 //! Each layer is built the way a loaded model builds it (linear weights packed at load,
 //! convolutions by plane width), with random weights.
 
@@ -39,6 +40,14 @@ const LINEAR: [(usize, usize, usize, &str); 5] = [
 
 /// 3x3 convolutions, stride 1, batch 3: (channels, plane side).
 const CONV: [(usize, usize); 4] = [(320, 32), (640, 16), (1280, 8), (1280, 4)];
+
+/// Attention (batch x heads, query tokens, key tokens, head width, what it is).
+const ATTENTION: [(usize, usize, usize, usize, &str); 4] = [
+    (24, 1024, 1024, 40, "UNet self, 256 px"),
+    (24, 1024, 77, 40, "UNet cross, 256 px"),
+    (24, 4096, 4096, 40, "UNet self, 512 px"),
+    (1, 4096, 4096, 512, "VAE, 512 px"),
+];
 
 /// Times each layer `repeats` times after a warm-up.
 pub fn run(repeats: usize) -> anyhow::Result<ProductsReport> {
@@ -80,7 +89,23 @@ pub fn run(repeats: usize) -> anyhow::Result<ProductsReport> {
             Ok(())
         })?;
     }
-    let kernel = format!("{:?}", crate::model::kernels::bf16::Bf16Kernel::detect());
+    // Attention runs on bf16 dot products only where the CPU has them (else in f32).
+    let kernel = crate::model::kernels::bf16::Bf16Kernel::detect();
+    let bf16 = kernel == crate::model::kernels::bf16::Bf16Kernel::Avx512Bf16;
+    for &(bh, sq, sk, dh, what) in &ATTENTION {
+        let (q, k, v) = (
+            random(&[bh, sq, dh])?,
+            random(&[bh, sk, dh])?,
+            random(&[bh, sk, dh])?,
+        );
+        let flops = 4.0 * (bh * sq * sk * dh) as f64;
+        let name = format!("attention {bh} x {sq}x{sk}x{dh} ({what})");
+        measure(name, flops, &|| {
+            nn::attention(&q, &k, &v, None, bf16)?;
+            Ok(())
+        })?;
+    }
+    let kernel = format!("{kernel:?}");
     Ok(ProductsReport { kernel, rows })
 }
 
@@ -88,12 +113,12 @@ pub fn run(repeats: usize) -> anyhow::Result<ProductsReport> {
 pub fn table(r: &ProductsReport) -> String {
     let mut s = format!("bf16 products ({} kernel)\n", r.kernel);
     s.push_str(&format!(
-        "{:<52} {:>9} {:>8}\n",
+        "{:<60} {:>9} {:>8}\n",
         "layer", "best ms", "GFLOP/s"
     ));
     for row in &r.rows {
         s.push_str(&format!(
-            "{:<52} {:>9.2} {:>8.0}\n",
+            "{:<60} {:>9.2} {:>8.0}\n",
             row.layer,
             row.best_s * 1e3,
             row.gflops
