@@ -376,7 +376,9 @@ pub(super) fn w_cols(
 
 /// The implicit-patch convolution ([`conv_same`]): depth row `t = (ci, ky, kx)` of the patch
 /// matrix (the weight's own order) at pixel `j` is the padded input at `ci`, shifted by
-/// `(ky, kx)`; a block of pixels packs its panels from padded bands of the rows it covers.
+/// `(ky, kx)`; a block of pixels packs its panels from padded bands of the rows it covers, or,
+/// where the block lies in one row of a wide plane, of only the columns it reads (a VAE's
+/// 512-pixel rows were copied whole for every 256 pixels).
 pub(super) fn conv(
     x: &[f32],
     (b, c, h, wd): (usize, usize, usize, usize),
@@ -387,15 +389,24 @@ pub(super) fn conv(
     let depth = c * k * k;
     let kp = depth.div_ceil(2);
     let a = weight_rows(w, o, depth);
-    let wp = wd + k - 1;
     let panels = |c0: usize, ncols: usize, nr: usize| -> JobPanels<'_> {
-        // The input rows these pixels read, zero-padded, for each sample.
+        // The input these pixels read, zero-padded, for each sample: rows `y0..y1`, columns
+        // `x0..x1` (whole rows when the block spans more than one).
         let (y0, y1) = (c0 / wd, (c0 + ncols - 1) / wd + 1);
+        let (x0, x1) = if y1 - y0 == 1 {
+            (c0 % wd, c0 % wd + ncols)
+        } else {
+            (0, wd)
+        };
+        let wp = x1 - x0 + k - 1;
         let bands: Vec<(Vec<f32>, usize)> = (0..b)
-            .map(|s| super::super::band::padded_band(x, (c, h, wd), k, (s, y0, y1), 0))
+            .map(|s| {
+                let rows = (s, y0, y1);
+                super::super::band::padded_window(x, (c, h, wd), k, rows, (x0, x1), 0)
+            })
             .collect();
         // Pixel `j` of the job, in its padded row.
-        let offset = move |j: usize| (c0 + j) / wd * wp - y0 * wp + (c0 + j) % wd;
+        let offset = move |j: usize| (c0 + j) / wd * wp - y0 * wp + (c0 + j) % wd - x0;
         Box::new(move |s, q0, kc, scratch| {
             let (padded, plane) = (&bands[s].0, bands[s].1);
             let row = |t: usize| {
@@ -406,6 +417,7 @@ pub(super) fn conv(
         })
     };
     // SAFETY: a run of 16 pixels from a multiple of 16 lies in one output row (`wd % 16 == 0`,
-    // `c0 % 16 == 0`), so its reads stay inside that row of the sample's padded band (`wp` long).
+    // `c0 % 16 == 0`), so its reads stay inside that row of the sample's padded band or window
+    // (`wp` long, covering the job's columns plus `k - 1`).
     unsafe { weight_times_pixels((b, o, h * wd), (&a, kp), bias, kernels, panels) }
 }

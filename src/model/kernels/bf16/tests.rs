@@ -180,6 +180,9 @@ fn check(kernels: Kernels) -> std::result::Result<(), String> {
         // 300 output channels on 32 pixels: the rows split four ways or more, so the pixels
         // are packed once, whole, for every block of rows.
         (1, 4, 2, 16, 300, 3),
+        // Rows wider than a block of pixels (256): each block reads a window of its row, at
+        // the left edge, inside and at the right edge.
+        (1, 3, 2, 768, 5, 3),
     ] {
         let (x, w) = (random(b * c * h * wd, 3), random(o * c * k * k, 4));
         let want = reference_conv(&x, (b, c, h, wd), &w, o, k);
