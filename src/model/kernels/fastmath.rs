@@ -182,11 +182,7 @@ fn lane_fold(row: &[f32], init: f32, f: impl Fn(f32, f32) -> f32) -> f32 {
 
 #[inline(always)]
 fn softmax_body(row: &mut [f32]) {
-    let max = lane_fold(row, f32::NEG_INFINITY, f32::max);
-    for v in row.iter_mut() {
-        *v = exp_approx(*v - max);
-    }
-    let inv = 1.0 / lane_fold(row, 0.0, |a, b| a + b);
+    let inv = 1.0 / exp_scaled_body(row, 1.0);
     for v in row.iter_mut() {
         *v *= inv;
     }
