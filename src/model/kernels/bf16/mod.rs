@@ -240,6 +240,9 @@ pub fn matmul_rounded(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 /// no score matrix is allocated. Both products round their operands to bf16 (the scores'
 /// exponentials too) and sum in f32; the softmax is f32.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
+    if Bf16Kernel::detect() != Bf16Kernel::Avx512Bf16 {
+        candle_core::bail!("bf16 attention runs on AVX512-BF16 only; this CPU widens to f32")
+    }
     q.contiguous()?.apply_op3_no_bwd(
         &k.contiguous()?,
         &v.contiguous()?,
